@@ -1,0 +1,14 @@
+//! Switchyard: an LLM router whose routing policies are WebAssembly components.
+//!
+//! The crate is both the `switchyard` binary and a library, so that tests and
+//! benchmarks drive the same code. See `ARCHITECTURE.md` for the code map.
+//!
+//! - [`policy`]: the policy runtime (wasmtime), the registry of loaded
+//!   policies and their hot reload. wasmtime types never leave it.
+
+// One audited exception: loading precompiled artifacts from our own cache
+// (`policy::compile`).
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod policy;

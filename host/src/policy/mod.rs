@@ -1,0 +1,30 @@
+//! The policy runtime: routing policies as sandboxed WebAssembly components.
+//!
+//! - [`contract`]: the WIT types a policy receives and returns.
+//! - [`PolicyRuntime`]: the wasmtime engine; compiles, links and loads.
+//! - [`LoadedPolicy`]: one version of a policy; [`LoadedPolicy::decide`] is
+//!   the per-request call.
+//! - [`PolicyRegistry`] and [`watch`]: policies by name from a directory,
+//!   hot-reloaded.
+//!
+//! wasmtime types do not leave this module.
+
+pub mod contract;
+mod decision;
+mod error;
+mod guest_log;
+mod instance_state;
+pub mod json;
+mod registry;
+mod runtime;
+mod settings;
+mod version;
+mod watch;
+
+pub use decision::{ChosenTarget, Decision, RoutePlan};
+pub use error::{PolicyError, PolicyErrorKind};
+pub use registry::{PolicyRegistry, PolicyStatus, RescanReport, EMPTY_CONFIG, POLICY_EXTENSION};
+pub use runtime::{ComponentReport, PolicyRuntime};
+pub use settings::{default_cache_dir, InstanceMode, RuntimeSettings};
+pub use version::{LoadedPolicy, PolicyCallStats};
+pub use watch::{watch, PolicyWatcher, DEFAULT_DEBOUNCE, DEFAULT_POLL};

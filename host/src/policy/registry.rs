@@ -1,0 +1,252 @@
+//! The registry of loaded policies: one current version per policy name,
+//! swapped atomically when its file changes, and a status per name that says
+//! what is serving and what last failed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use super::error::{PolicyError, PolicyErrorKind};
+use super::runtime::{content_hash, PolicyRuntime};
+use super::version::LoadedPolicy;
+
+/// File extension of policy components.
+pub const POLICY_EXTENSION: &str = "wasm";
+
+/// Configuration a policy receives when none is configured.
+pub const EMPTY_CONFIG: &str = "{}";
+
+/// What the registry knows about one policy name.
+#[derive(Debug, Clone)]
+pub struct PolicyStatus {
+    /// The policy's name.
+    pub name: String,
+    /// The file it is loaded from.
+    pub file: PathBuf,
+    /// The version serving requests, if any.
+    pub version: Option<String>,
+    /// When the serving version was loaded.
+    pub loaded_at: Option<SystemTime>,
+    /// The last failure to load a new version of this file, cleared by the
+    /// next successful load.
+    pub last_error: Option<PolicyError>,
+    /// When `last_error` happened.
+    pub failed_at: Option<SystemTime>,
+}
+
+/// What one rescan of the directory did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RescanReport {
+    /// Names whose new version now serves.
+    pub loaded: Vec<String>,
+    /// Names whose new file failed; the previous version (if any) still serves.
+    pub failed: Vec<String>,
+    /// Names whose file disappeared and which no longer serve.
+    pub unloaded: Vec<String>,
+}
+
+/// Identity of a file's content as seen by `stat`, to skip unchanged files
+/// without reading them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+/// Per-name bookkeeping of the reload path.
+struct Entry {
+    status: PolicyStatus,
+    stamp: Option<FileStamp>,
+    /// Hash of the bytes last tried (loaded or failed), and the config used.
+    tried: Option<(String, String)>,
+}
+
+/// Policies loaded from one directory, each file `NAME.wasm` serving the
+/// policy `NAME`.
+pub struct PolicyRegistry {
+    runtime: PolicyRuntime,
+    dir: PathBuf,
+    /// What requests read: swapped whole on every change.
+    serving: ArcSwap<HashMap<String, Arc<LoadedPolicy>>>,
+    /// The reload path's state; its lock also serialises reloads.
+    reload: Mutex<ReloadState>,
+}
+
+struct ReloadState {
+    configs: HashMap<String, String>,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl PolicyRegistry {
+    /// Loads every policy in `dir`. A policy that fails is reported in its
+    /// status and does not serve; the others do. `configs` maps policy names
+    /// to their JSON configuration.
+    pub fn open(runtime: PolicyRuntime, dir: impl Into<PathBuf>, configs: HashMap<String, String>) -> Result<Self, PolicyError> {
+        let dir = dir.into();
+        if !dir.is_dir() {
+            return Err(PolicyError::new(PolicyErrorKind::Io, "-", format!("policy directory {} does not exist or is not a directory", dir.display())));
+        }
+        let registry = Self {
+            runtime,
+            dir,
+            serving: ArcSwap::from_pointee(HashMap::new()),
+            reload: Mutex::new(ReloadState { configs, entries: BTreeMap::new() }),
+        };
+        registry.rescan();
+        Ok(registry)
+    }
+
+    /// The directory this registry watches.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The runtime policies are loaded into.
+    pub fn runtime(&self) -> &PolicyRuntime {
+        &self.runtime
+    }
+
+    /// The version of `name` serving now. Hold on to it for the whole request.
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedPolicy>> {
+        self.serving.load().get(name).cloned()
+    }
+
+    /// The names of the policies serving now.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<_> = self.serving.load().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The status of every policy file seen.
+    pub fn statuses(&self) -> Vec<PolicyStatus> {
+        self.lock().entries.values().map(|e| e.status.clone()).collect()
+    }
+
+    /// Replaces the policies' configurations and reloads those whose
+    /// configuration changed. A refused configuration leaves the previous
+    /// version serving.
+    pub fn set_configs(&self, configs: HashMap<String, String>) -> RescanReport {
+        self.lock().configs = configs;
+        self.rescan()
+    }
+
+    /// Compares the directory with what serves, and loads, replaces or
+    /// unloads accordingly. Safe to call at any time from any thread; runs
+    /// one at a time.
+    pub fn rescan(&self) -> RescanReport {
+        let mut state = self.lock();
+        let mut report = RescanReport::default();
+        let files = match policy_files(&self.dir) {
+            Ok(files) => files,
+            Err(e) => {
+                // The directory itself is unreadable (being swapped, or gone):
+                // keep serving what we have.
+                tracing::warn!(dir = %self.dir.display(), "cannot list the policy directory: {e}");
+                return report;
+            }
+        };
+
+        let ReloadState { configs, entries } = &mut *state;
+        let mut serving = (**self.serving.load()).clone();
+        let mut changed = false;
+
+        for (name, path) in &files {
+            let config = configs.get(name).map_or(EMPTY_CONFIG, String::as_str);
+            let entry = entries.entry(name.clone()).or_insert_with(|| Entry {
+                status: PolicyStatus { name: name.clone(), file: path.clone(), version: None, loaded_at: None, last_error: None, failed_at: None },
+                stamp: None,
+                tried: None,
+            });
+            entry.status.file = path.clone();
+            let stamp = file_stamp(path);
+            let config_changed = entry.tried.as_ref().is_some_and(|(_, c)| c != config);
+            if stamp.is_some() && stamp == entry.stamp && !config_changed {
+                continue;
+            }
+            let bytes = match std::fs::read(path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    record_failure(entry, PolicyError::new(PolicyErrorKind::Io, name, format!("cannot read {}: {e}", path.display())));
+                    report.failed.push(name.clone());
+                    continue;
+                }
+            };
+            entry.stamp = stamp;
+            let hash = content_hash(&bytes);
+            if entry.tried.as_ref().is_some_and(|(h, c)| *h == hash && c == config) {
+                continue; // Touched but unchanged, or the same broken bytes again.
+            }
+            entry.tried = Some((hash.clone(), config.to_owned()));
+            match self.runtime.load(name, &bytes, config) {
+                Ok(policy) => {
+                    tracing::info!(policy = %name, version = %policy.version(), file = %path.display(), "policy loaded");
+                    entry.status.version = Some(policy.version().to_owned());
+                    entry.status.loaded_at = Some(policy.loaded_at());
+                    entry.status.last_error = None;
+                    entry.status.failed_at = None;
+                    serving.insert(name.clone(), policy);
+                    changed = true;
+                    report.loaded.push(name.clone());
+                }
+                Err(e) => {
+                    record_failure(entry, e);
+                    report.failed.push(name.clone());
+                }
+            }
+        }
+
+        let gone: Vec<String> = entries.keys().filter(|n| !files.contains_key(*n)).cloned().collect();
+        for name in gone {
+            entries.remove(&name);
+            if serving.remove(&name).is_some() {
+                tracing::info!(policy = %name, "policy file removed; policy unloaded");
+                changed = true;
+                report.unloaded.push(name);
+            }
+        }
+
+        if changed {
+            self.serving.store(Arc::new(serving));
+        }
+        report
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ReloadState> {
+        // A panic while reloading cannot leave `ReloadState` half-updated in a
+        // way that matters: the worst is a file tried again.
+        self.reload.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn record_failure(entry: &mut Entry, error: PolicyError) {
+    tracing::error!(policy = %entry.status.name, file = %entry.status.file.display(), "policy not loaded, previous version keeps serving: {error}");
+    entry.status.last_error = Some(error);
+    entry.status.failed_at = Some(SystemTime::now());
+}
+
+/// `NAME.wasm` files of the directory, by name. Hidden files (such as the
+/// `..data` folder of a Kubernetes ConfigMap) are skipped; symlinks are
+/// followed.
+fn policy_files(dir: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let (Some(stem), Some(ext)) = (path.file_stem().and_then(|s| s.to_str()), path.extension()) else { continue };
+        if ext != POLICY_EXTENSION || stem.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        files.insert(stem.to_owned(), path);
+    }
+    Ok(files)
+}
+
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp { len: meta.len(), modified: meta.modified().ok(), inode: meta.ino() })
+}

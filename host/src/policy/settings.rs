@@ -1,0 +1,87 @@
+//! Limits and knobs of the policy runtime.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How instances of a policy version are reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceMode {
+    /// Keep a small pool of warm instances per version and reuse them; an
+    /// instance is discarded after any trap and recycled after
+    /// [`RuntimeSettings::recycle_after`] calls. Fast: a warm call skips
+    /// instantiation.
+    Pooled,
+    /// A fresh instance for every decision: no state can leak from one request
+    /// to the next, at the price of instantiation and `init` per call.
+    Fresh,
+}
+
+/// Settings of the policy runtime. [`Default`] gives production values.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Wall-clock budget of one `route` call. The guest is interrupted when it
+    /// runs past it; granularity is one millisecond.
+    pub call_deadline: Duration,
+    /// Budget for instantiation plus `init`, which may be slow for Python or
+    /// JavaScript guests.
+    pub init_deadline: Duration,
+    /// Cap on one instance's linear memory, in bytes.
+    pub memory_limit: usize,
+    /// How instances are reused.
+    pub instance_mode: InstanceMode,
+    /// Warm instances kept per policy version in [`InstanceMode::Pooled`].
+    pub warm_instances: usize,
+    /// Calls after which a warm instance is dropped and replaced, bounding
+    /// whatever state or leaks a guest accumulates.
+    pub recycle_after: u64,
+    /// Consecutive deadline hits after which a version is quarantined.
+    pub quarantine_after: u32,
+    /// How long a quarantined version refuses calls before it is tried again.
+    pub quarantine_for: Duration,
+    /// Most targets a decision may name.
+    pub max_targets: usize,
+    /// Most labels a decision may carry.
+    pub max_labels: usize,
+    /// Longest label key or value, in bytes.
+    pub max_label_bytes: usize,
+    /// Longest rejection message, in bytes.
+    pub max_reject_message_bytes: usize,
+    /// Log lines a policy version may write per second (host `log` import and
+    /// guest stdout/stderr together); the rest are dropped and counted.
+    pub log_lines_per_second: u32,
+    /// Longest log line kept, in bytes; longer lines are cut.
+    pub log_line_max_bytes: usize,
+    /// Where compiled artifacts are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            call_deadline: Duration::from_millis(5),
+            init_deadline: Duration::from_secs(2),
+            memory_limit: 64 << 20,
+            instance_mode: InstanceMode::Pooled,
+            warm_instances: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
+            recycle_after: 100_000,
+            quarantine_after: 3,
+            quarantine_for: Duration::from_secs(10),
+            max_targets: 16,
+            max_labels: 16,
+            max_label_bytes: 256,
+            max_reject_message_bytes: 1024,
+            log_lines_per_second: 50,
+            log_line_max_bytes: 1024,
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/switchyard`, else `$HOME/.cache/switchyard`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("switchyard").join("policies"))
+}

@@ -1,0 +1,79 @@
+//! Watches the policy directory and rescans the registry when it changes.
+
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::{RecursiveMode, Watcher};
+
+use super::error::{PolicyError, PolicyErrorKind};
+use super::registry::PolicyRegistry;
+
+/// How long the directory must stay quiet before a rescan, so that a file
+/// being written is read once, when it is complete.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// A rescan also happens this often without any event, in case an event was
+/// missed (overflowed inotify queue, network file systems).
+pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
+
+/// Keeps the watcher alive; dropping it stops watching.
+pub struct PolicyWatcher {
+    _watcher: notify::RecommendedWatcher,
+}
+
+/// Starts watching `registry`'s directory on a thread of its own. Loads run on
+/// that thread, off the request path.
+pub fn watch(registry: &Arc<PolicyRegistry>, debounce: Duration, poll: Duration) -> Result<PolicyWatcher, PolicyError> {
+    let (tx, rx) = channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reads (ours included) must not trigger rescans; everything else
+        // may mean a new file: create, close-after-write, rename, remove,
+        // and the rename of a ConfigMap's `..data` symlink.
+        let relevant = match &event {
+            Ok(e) => !matches!(e.kind, EventKind::Access(AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read | AccessMode::Execute))),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| watch_error(registry, e))?;
+    watcher.watch(registry.dir(), RecursiveMode::NonRecursive).map_err(|e| watch_error(registry, e))?;
+
+    let registry: Weak<PolicyRegistry> = Arc::downgrade(registry);
+    std::thread::Builder::new()
+        .name("policy-watch".into())
+        .spawn(move || {
+            let mut pending_since: Option<Instant> = None;
+            loop {
+                let wait = if pending_since.is_some() { debounce } else { poll };
+                let fire = match rx.recv_timeout(wait) {
+                    Ok(()) => {
+                        pending_since.get_or_insert_with(Instant::now);
+                        false
+                    }
+                    // Quiet for `debounce` after events, or the periodic poll.
+                    Err(RecvTimeoutError::Timeout) => true,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                };
+                // A stream of events without a pause must not starve reloads.
+                let overdue = pending_since.is_some_and(|t| t.elapsed() > debounce * 10);
+                if fire || overdue {
+                    pending_since = None;
+                    let Some(registry) = registry.upgrade() else { return };
+                    let report = registry.rescan();
+                    if report != Default::default() {
+                        tracing::debug!(?report, "policy directory rescanned");
+                    }
+                }
+            }
+        })
+        .map_err(|e| PolicyError::new(PolicyErrorKind::Runtime, "-", format!("cannot start the policy watcher: {e}")))?;
+    Ok(PolicyWatcher { _watcher: watcher })
+}
+
+fn watch_error(registry: &PolicyRegistry, e: notify::Error) -> PolicyError {
+    PolicyError::new(PolicyErrorKind::Io, "-", format!("cannot watch {}: {e}", registry.dir().display()))
+}

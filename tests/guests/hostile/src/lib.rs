@@ -1,0 +1,65 @@
+//! A policy that misbehaves on demand. The requested model picks the
+//! behaviour; any other model routes to the first backend with the label
+//! `fixture=hostile`.
+//!
+//! Config: `"refuse"` anywhere in it makes `init` refuse; `"loop-in-init"`
+//! makes `init` loop forever.
+
+use switchyard_policy::prelude::*;
+use switchyard_policy::{Route, Target};
+
+struct Hostile;
+
+impl Policy for Hostile {
+    fn init(config: &str) -> Result<Self, String> {
+        if config.contains("loop-in-init") {
+            spin_forever();
+        }
+        if config.contains("refuse") {
+            return Err(format!("this policy refuses the config {config}"));
+        }
+        Ok(Hostile)
+    }
+
+    fn route(&self, request: &Request, backends: &[Backend]) -> Decision {
+        match request.model.as_str() {
+            "loop" => spin_forever(),
+            "bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "panic" => panic!("the hostile policy panics on purpose"),
+            "unknown" => targets(vec!["no-such-backend".into()]),
+            "huge" => targets((0..100_000).map(|i| format!("backend-{i}")).collect()),
+            "empty" => targets(vec![]),
+            "bad-status" => reject(200, "a rejection that says OK"),
+            "log-spam" => {
+                for i in 0..1000 {
+                    log(LogLevel::Info, &format!("log line {i}"));
+                    println!("stdout line {i}");
+                }
+                route(backends.first()).label("fixture", "hostile").into()
+            }
+            _ => route(backends.first()).label("fixture", "hostile").into(),
+        }
+    }
+}
+
+fn spin_forever() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+fn targets(names: Vec<String>) -> Decision {
+    Decision::Route(Route {
+        targets: names.into_iter().map(|backend| Target { backend, model: None }).collect(),
+        labels: vec![],
+    })
+}
+
+switchyard_policy::export_policy!(Hostile);

@@ -1,0 +1,75 @@
+//! Shared pieces of the end-to-end tests and benchmarks: paths of the
+//! compiled guest components, and request and backend fixtures.
+
+use std::path::Path;
+
+use switchyard::policy::contract::*;
+
+/// Paths of the guest components built by `build.rs`.
+pub mod artifacts {
+    include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
+}
+
+/// Reads a built component.
+pub fn read(path: &str) -> Vec<u8> {
+    std::fs::read(Path::new(path)).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+/// A chat request for `model` with one user message.
+pub fn chat_request(model: &str, text: &str) -> Request {
+    Request {
+        id: "test".into(),
+        model: model.into(),
+        surface: ApiSurface::Chat,
+        stream: false,
+        messages: vec![Message {
+            role: Role::User,
+            text: text.into(),
+            text_bytes: text.len() as u32,
+            has_image: false,
+            has_audio: false,
+            has_file: false,
+            has_tool_calls: false,
+        }],
+        total_text_bytes: text.len() as u64,
+        input_tokens: (text.len() / 4) as u32,
+        max_output_tokens: None,
+        tools: vec![],
+        json_mode: false,
+        caller: Caller { key_name: None, user: None },
+        tags: vec![],
+        seed: 42,
+    }
+}
+
+/// A healthy backend with all capabilities, priced `input_price` per million
+/// input tokens and four times that for output.
+pub fn backend(name: &str, input_price: f64) -> Backend {
+    Backend {
+        name: name.into(),
+        provider: "mock".into(),
+        model: format!("{name}-model"),
+        tags: vec![],
+        input_price,
+        output_price: input_price * 4.0,
+        context_window: 128_000,
+        capabilities: Capabilities { vision: true, tools: true, json_mode: true, stream: true },
+        stats: BackendStats {
+            circuit: CircuitState::Closed,
+            in_flight: 0,
+            latency_p50_ms: 100.0,
+            latency_p95_ms: 300.0,
+            ttft_ms: 50.0,
+            error_rate: 0.0,
+            samples: 100,
+        },
+    }
+}
+
+/// Eight backends with distinct prices, as in the benchmark.
+pub fn eight_backends() -> Vec<Backend> {
+    [("gpt-4o", 2.5), ("gpt-4o-mini", 0.15), ("claude-sonnet", 3.0), ("claude-haiku", 0.8), ("llama-70b", 0.6), ("llama-8b", 0.05), ("mistral-large", 2.0), ("qwen-72b", 0.4)]
+        .iter()
+        .map(|(n, p)| backend(n, *p))
+        .collect()
+}

@@ -1,0 +1,271 @@
+//! The policy runtime with real compiled guests: the example policy's
+//! decisions, and every way a hostile guest can misbehave.
+
+use std::time::{Duration, Instant};
+
+use switchyard::policy::contract::{Backend, CircuitState, Request};
+use switchyard::policy::{Decision, InstanceMode, PolicyErrorKind, PolicyRuntime, RuntimeSettings};
+use switchyard_tests::{artifacts, backend, chat_request, eight_backends, read};
+
+fn settings() -> RuntimeSettings {
+    RuntimeSettings {
+        // Generous for loaded CI machines; the looping guest still stops fast.
+        call_deadline: Duration::from_millis(50),
+        init_deadline: Duration::from_millis(500),
+        memory_limit: 16 << 20,
+        cache_dir: None,
+        ..RuntimeSettings::default()
+    }
+}
+
+fn runtime() -> PolicyRuntime {
+    PolicyRuntime::new(settings()).unwrap()
+}
+
+fn targets(decision: &Decision) -> Vec<&str> {
+    match decision {
+        Decision::Route(plan) => plan.targets.iter().map(|t| t.backend.as_str()).collect(),
+        Decision::Reject { status, message } => panic!("expected a route, got rejection {status}: {message}"),
+    }
+}
+
+// ---- cheapest-healthy: table-driven decisions ----
+
+struct Case {
+    name: &'static str,
+    config: &'static str,
+    request: fn() -> Request,
+    backends: fn() -> Vec<Backend>,
+    expect: Result<&'static [&'static str], u16>,
+}
+
+fn with_image() -> Request {
+    let mut r = chat_request("auto", "what is in this picture?");
+    r.messages[0].has_image = true;
+    r
+}
+
+fn long_prompt() -> Request {
+    let mut r = chat_request("auto", "long");
+    r.input_tokens = 100_000;
+    r.max_output_tokens = Some(20_000);
+    r
+}
+
+fn mixed_backends() -> Vec<Backend> {
+    let mut cheap_blind = backend("cheap-blind", 0.1);
+    cheap_blind.capabilities.vision = false;
+    let mut cheap_down = backend("cheap-down", 0.05);
+    cheap_down.stats.circuit = CircuitState::Open;
+    let mut small = backend("small-context", 0.2);
+    small.context_window = 8_000;
+    let mut eu = backend("eu-mid", 1.0);
+    eu.tags = vec!["eu".into()];
+    vec![backend("pricey", 5.0), cheap_blind, cheap_down, small, eu]
+}
+
+#[test]
+fn cheapest_healthy_decisions() {
+    let cases = [
+        Case { name: "eight backends: three cheapest in price order", config: "{}", request: || chat_request("auto", "hi"), backends: eight_backends, expect: Ok(&["llama-8b", "gpt-4o-mini", "qwen-72b"]) },
+        Case { name: "max_targets from config", config: r#"{"max_targets": 1}"#, request: || chat_request("auto", "hi"), backends: eight_backends, expect: Ok(&["llama-8b"]) },
+        Case { name: "open circuit goes last", config: r#"{"max_targets": 9}"#, request: || chat_request("auto", "hi"), backends: mixed_backends, expect: Ok(&["cheap-blind", "small-context", "eu-mid", "pricey", "cheap-down"]) },
+        Case { name: "images need vision", config: r#"{"max_targets": 9}"#, request: with_image, backends: mixed_backends, expect: Ok(&["small-context", "eu-mid", "pricey", "cheap-down"]) },
+        Case { name: "long prompts need a large context", config: r#"{"max_targets": 9}"#, request: long_prompt, backends: mixed_backends, expect: Ok(&["cheap-blind", "eu-mid", "pricey", "cheap-down"]) },
+        Case { name: "required tag", config: r#"{"require_tag": "eu"}"#, request: || chat_request("auto", "hi"), backends: mixed_backends, expect: Ok(&["eu-mid"]) },
+        Case { name: "nobody has the tag: 400", config: r#"{"require_tag": "moon"}"#, request: || chat_request("auto", "hi"), backends: mixed_backends, expect: Err(400) },
+        Case { name: "no backends at all: 400", config: "{}", request: || chat_request("auto", "hi"), backends: Vec::new, expect: Err(400) },
+    ];
+    let runtime = runtime();
+    let bytes = read(artifacts::CHEAPEST_HEALTHY);
+    for case in cases {
+        let policy = runtime.load("cheapest-healthy", &bytes, case.config).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let decision = policy.decide(&(case.request)(), &(case.backends)()).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        match (case.expect, &decision) {
+            (Ok(expected), Decision::Route(plan)) => {
+                assert_eq!(targets(&decision), expected, "{}", case.name);
+                assert_eq!(plan.labels, vec![("reason".to_owned(), "cheapest".to_owned())], "{}", case.name);
+            }
+            (Err(status), Decision::Reject { status: got, message }) => {
+                assert_eq!(*got, status, "{}", case.name);
+                assert!(message.starts_with("no backend can serve this request"), "{}: {message}", case.name);
+            }
+            (expect, got) => panic!("{}: expected {expect:?}, got {got:?}", case.name),
+        }
+    }
+}
+
+#[test]
+fn target_indices_point_at_the_named_backends() {
+    let backends = eight_backends();
+    let policy = runtime().load("cheapest-healthy", &read(artifacts::CHEAPEST_HEALTHY), "{}").unwrap();
+    let Decision::Route(plan) = policy.decide(&chat_request("auto", "hi"), &backends).unwrap() else { panic!("expected a route") };
+    for target in &plan.targets {
+        assert_eq!(backends[target.index].name, target.backend);
+    }
+}
+
+#[test]
+fn a_config_the_policy_refuses_is_reported_with_its_message() {
+    let runtime = runtime();
+    let bytes = read(artifacts::CHEAPEST_HEALTHY);
+    for config in [r#"{"max_targets": 0}"#, r#"{"max_tragets": 2}"#, "not json"] {
+        let err = runtime.load("cheapest-healthy", &bytes, config).err().unwrap_or_else(|| panic!("config {config} was accepted"));
+        assert_eq!(err.kind(), PolicyErrorKind::ConfigRefused, "{config}: {err}");
+        assert!(err.message().starts_with("invalid config"), "{config}: {err}");
+        assert!(!err.is_retryable());
+    }
+}
+
+// ---- hostile guests ----
+
+fn hostile(runtime: &PolicyRuntime) -> std::sync::Arc<switchyard::policy::LoadedPolicy> {
+    runtime.load("hostile", &read(artifacts::HOSTILE), "{}").unwrap()
+}
+
+/// Calls the hostile policy with `model` and expects `kind`, then checks that
+/// the next call on the same version is fine.
+fn misbehaves_then_recovers(model: &str, kind: PolicyErrorKind) {
+    let runtime = runtime();
+    let policy = hostile(&runtime);
+    let backends = eight_backends();
+    let err = policy.decide(&chat_request(model, "x"), &backends).expect_err(model);
+    assert_eq!(err.kind(), kind, "{model}: {err}");
+    assert_eq!(err.policy(), "hostile");
+    let decision = policy.decide(&chat_request("ok", "x"), &backends).unwrap_or_else(|e| panic!("call after {model}: {e}"));
+    assert_eq!(targets(&decision), ["gpt-4o"]);
+    let stats = policy.call_stats();
+    assert_eq!(stats.calls, 2);
+    assert_eq!(stats.failures, vec![(kind, 1)]);
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_at_the_deadline() {
+    let runtime = runtime();
+    let policy = hostile(&runtime);
+    let started = Instant::now();
+    let err = policy.decide(&chat_request("loop", "x"), &eight_backends()).unwrap_err();
+    // The deadline is 50 ms; a second means it did not work at all.
+    assert!(started.elapsed() < Duration::from_secs(1), "loop ran for {:?}", started.elapsed());
+    assert_eq!(err.kind(), PolicyErrorKind::Timeout);
+    assert!(err.is_retryable());
+    misbehaves_then_recovers("loop", PolicyErrorKind::Timeout);
+}
+
+#[test]
+fn a_memory_bomb_is_stopped_at_the_cap() {
+    misbehaves_then_recovers("bomb", PolicyErrorKind::MemoryLimit);
+}
+
+#[test]
+fn a_panic_is_a_trap() {
+    misbehaves_then_recovers("panic", PolicyErrorKind::Trap);
+}
+
+#[test]
+fn malformed_decisions_are_policy_errors() {
+    for model in ["unknown", "huge", "empty", "bad-status"] {
+        misbehaves_then_recovers(model, PolicyErrorKind::InvalidDecision);
+    }
+    let runtime = runtime();
+    let err = hostile(&runtime).decide(&chat_request("unknown", "x"), &eight_backends()).unwrap_err();
+    assert!(err.message().contains("unknown backend `no-such-backend`"), "{err}");
+}
+
+#[test]
+fn guest_logging_is_rate_limited() {
+    let runtime = runtime();
+    let policy = hostile(&runtime);
+    let decision = policy.decide(&chat_request("log-spam", "x"), &eight_backends()).unwrap();
+    assert_eq!(targets(&decision), ["gpt-4o"]);
+    // 2000 lines (log import and stdout) against a budget of 50 a second.
+    let dropped = policy.call_stats().log_lines_dropped;
+    assert!(dropped >= 1900, "only {dropped} lines dropped");
+}
+
+#[test]
+fn a_version_that_keeps_timing_out_is_quarantined() {
+    let runtime = PolicyRuntime::new(RuntimeSettings { quarantine_after: 2, quarantine_for: Duration::from_secs(60), ..settings() }).unwrap();
+    let policy = hostile(&runtime);
+    let backends = eight_backends();
+    for _ in 0..2 {
+        assert_eq!(policy.decide(&chat_request("loop", "x"), &backends).unwrap_err().kind(), PolicyErrorKind::Timeout);
+    }
+    // Benched now: even a well-behaved request is refused, without running the guest.
+    let err = policy.decide(&chat_request("ok", "x"), &backends).unwrap_err();
+    assert_eq!(err.kind(), PolicyErrorKind::Quarantined);
+    assert!(policy.call_stats().quarantined);
+}
+
+#[test]
+fn files_that_are_not_policies_are_refused_clearly() {
+    let runtime = runtime();
+    let cases: [(&str, Vec<u8>, PolicyErrorKind, &str); 4] = [
+        ("text", b"this is not wasm at all".to_vec(), PolicyErrorKind::Compile, "not a WebAssembly file"),
+        ("empty", Vec::new(), PolicyErrorKind::Compile, "not a WebAssembly file"),
+        ("core-module", b"\0asm\x01\0\0\0".to_vec(), PolicyErrorKind::Compile, "a core WebAssembly module, not a component"),
+        ("other-world", read(artifacts::OTHER_WORLD), PolicyErrorKind::WrongWorld, "does not fit the `switchyard:policy/policy@0.1.0` world"),
+    ];
+    for (name, bytes, kind, message) in cases {
+        let err = runtime.load(name, &bytes, "{}").err().unwrap_or_else(|| panic!("{name} was loaded"));
+        assert_eq!(err.kind(), kind, "{name}: {err}");
+        assert!(err.message().contains(message), "{name}: {err}");
+    }
+    let mut truncated = read(artifacts::CHEAPEST_HEALTHY);
+    truncated.truncate(truncated.len() / 2);
+    assert_eq!(runtime.load("truncated", &truncated, "{}").unwrap_err().kind(), PolicyErrorKind::Compile);
+}
+
+#[test]
+fn init_that_refuses_or_loops_fails_the_load() {
+    let runtime = runtime();
+    let bytes = read(artifacts::HOSTILE);
+    let err = runtime.load("hostile", &bytes, r#"{"refuse": true}"#).unwrap_err();
+    assert_eq!(err.kind(), PolicyErrorKind::ConfigRefused);
+    assert!(err.message().contains("refuses the config"), "{err}");
+    let err = runtime.load("hostile", &bytes, r#"{"loop-in-init": true}"#).unwrap_err();
+    assert_eq!(err.kind(), PolicyErrorKind::Timeout, "{err}");
+}
+
+// ---- instance reuse ----
+
+#[test]
+fn fresh_mode_instantiates_per_call_and_pooled_mode_reuses() {
+    let backends = eight_backends();
+    let request = chat_request("auto", "hi");
+    let fresh = PolicyRuntime::new(RuntimeSettings { instance_mode: InstanceMode::Fresh, ..settings() }).unwrap();
+    let policy = fresh.load("cheapest-healthy", &read(artifacts::CHEAPEST_HEALTHY), "{}").unwrap();
+    let created_at_load = policy.call_stats().instances_created;
+    for _ in 0..5 {
+        assert_eq!(targets(&policy.decide(&request, &backends).unwrap())[0], "llama-8b");
+    }
+    assert_eq!(policy.call_stats().instances_created, created_at_load + 5);
+
+    let pooled = PolicyRuntime::new(RuntimeSettings { recycle_after: 4, ..settings() }).unwrap();
+    let policy = pooled.load("cheapest-healthy", &read(artifacts::CHEAPEST_HEALTHY), "{}").unwrap();
+    for _ in 0..12 {
+        assert_eq!(targets(&policy.decide(&request, &backends).unwrap())[0], "llama-8b");
+    }
+    // One instance from the probe, recycled every 4 calls (the probe's call counts).
+    assert_eq!(policy.call_stats().instances_created, 4);
+}
+
+#[test]
+fn compiled_artifacts_are_cached_on_disk() {
+    let cache = tempfile::tempdir().unwrap();
+    let settings = RuntimeSettings { cache_dir: Some(cache.path().join("nested")), ..settings() };
+    let bytes = read(artifacts::CHEAPEST_HEALTHY);
+    let runtime = PolicyRuntime::new(settings.clone()).unwrap();
+    let first = runtime.load("cheapest-healthy", &bytes, "{}").unwrap();
+    let artifacts: Vec<_> = std::fs::read_dir(cache.path().join("nested")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert!(artifacts[0].file_name().unwrap().to_str().unwrap().starts_with(first.version()));
+
+    // A second runtime loads the artifact; a corrupt artifact is compiled again.
+    let second = PolicyRuntime::new(settings.clone()).unwrap().load("cheapest-healthy", &bytes, "{}").unwrap();
+    assert_eq!(second.version(), first.version());
+    std::fs::write(&artifacts[0], b"garbage").unwrap();
+    let third = PolicyRuntime::new(settings).unwrap().load("cheapest-healthy", &bytes, "{}").unwrap();
+    assert_eq!(targets(&third.decide(&chat_request("auto", "hi"), &eight_backends()).unwrap())[0], "llama-8b");
+    assert!(std::fs::metadata(&artifacts[0]).unwrap().len() > 1000, "the corrupt artifact was not replaced");
+}
