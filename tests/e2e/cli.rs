@@ -1,0 +1,112 @@
+//! The `switchyard policy` commands, run as a user runs them: the real
+//! binary, real compiled policies, files on disk.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use switchyard_tests::artifacts;
+
+fn switchyard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        // Keep the user's artifact cache out of the tests.
+        .env("XDG_CACHE_HOME", std::env::temp_dir().join("switchyard-cli-test-cache"))
+        .output()
+        .unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name).display().to_string()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = switchyard(&["--help"]);
+    assert!(out.status.success());
+    assert!(text(&out).0.contains("policy"));
+    let out = switchyard(&["policy", "--help"]);
+    let (stdout, _) = text(&out);
+    for cmd in ["check", "eval", "status"] {
+        assert!(stdout.contains(cmd), "{stdout}");
+    }
+}
+
+#[test]
+fn check_reports_world_imports_and_init() {
+    let out = switchyard(&["policy", "check", artifacts::CHEAPEST_HEALTHY]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("fits switchyard:policy/policy@0.1.0"), "{stdout}");
+    assert!(stdout.contains("switchyard:policy/types@0.1.0") && stdout.contains("wasi:cli/stdout"), "{stdout}");
+    assert!(stdout.contains("accepted its config"), "{stdout}");
+}
+
+#[test]
+fn eval_prints_the_decision_as_json() {
+    let out = switchyard(&["policy", "eval", artifacts::CHEAPEST_HEALTHY, "--request", &fixture("request.json"), "--backends", &fixture("backends.json")]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let decision: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // llama-local is free but its circuit is open and its context too small
+    // for nothing: it is last; gpt-4o-mini is the cheapest healthy.
+    assert_eq!(
+        decision,
+        serde_json::json!({
+            "kind": "route",
+            "targets": [{"backend": "gpt-4o-mini"}, {"backend": "gpt-4o"}, {"backend": "llama-local"}],
+            "labels": {"reason": "cheapest"}
+        })
+    );
+}
+
+#[test]
+fn every_wrong_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, content: &[u8]| -> String {
+        let path: PathBuf = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    };
+    let not_wasm = write("notwasm.wasm", b"hello");
+    let bad_json = write("bad.json", b"{ nope");
+    let typo_request = write("typo.json", br#"{"modle": "auto"}"#);
+    let dup_backends = write("dup.json", br#"[{"name": "a"}, {"name": "a"}]"#);
+    let refused = write("refused.json", br#"{"max_targets": 0}"#);
+    let (req, backends) = (fixture("request.json"), fixture("backends.json"));
+    let p = artifacts::CHEAPEST_HEALTHY;
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["policy", "check", "/no/such/file.wasm"], "cannot read policy file /no/such/file.wasm"),
+        (vec!["policy", "check", &not_wasm], "not a WebAssembly file"),
+        (vec!["policy", "check", artifacts::OTHER_WORLD], "does not fit the `switchyard:policy/policy@0.1.0` world"),
+        (vec!["policy", "check", p, "--config", &bad_json], "is not valid JSON"),
+        (vec!["policy", "check", p, "--config", &refused], "config refused: invalid config: `max_targets` must be at least 1"),
+        (vec!["policy", "eval", p, "--request", &typo_request, "--backends", &backends], "unknown field `modle`"),
+        (vec!["policy", "eval", p, "--request", &req, "--backends", &dup_backends], "backend name `a` appears twice"),
+        (vec!["policy", "eval", p, "--request", &bad_json, "--backends", &backends], "is not a valid request"),
+        (vec!["policy", "eval", p, "--request", &req], "--backends"),
+        (vec!["policy", "frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, expected) in cases {
+        let out = switchyard(&args);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    }
+}
+
+#[test]
+fn status_shows_serving_and_failed_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(artifacts::CHEAPEST_HEALTHY, dir.path().join("cheap.wasm")).unwrap();
+    std::fs::write(dir.path().join("broken.wasm"), b"junk").unwrap();
+    let out = switchyard(&["policy", "status", dir.path().to_str().unwrap()]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("cheap") && l.contains("serving")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("broken") && l.contains("FAILED") && l.contains("not a WebAssembly file")), "{stdout}");
+}
