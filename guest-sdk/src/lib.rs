@@ -9,7 +9,7 @@
 //! struct FirstHealthy;
 //!
 //! impl Policy for FirstHealthy {
-//!     fn init(_config: &str) -> Result<Self, String> {
+//!     fn init(_config: &str, _backends: &[Backend]) -> Result<Self, String> {
 //!         Ok(FirstHealthy)
 //!     }
 //!
@@ -25,6 +25,9 @@
 //! ```
 //!
 //! The types mirror `wit/policy.wit`, whose comments document every field.
+//! One difference: the contract passes a backend's configuration to `init`
+//! and its live stats to each `route` call; this crate joins the two, so a
+//! policy sees each [`Backend`] whole, `stats` included.
 
 extern crate self as switchyard_policy;
 
@@ -47,9 +50,56 @@ pub mod bindings {
 
 pub use bindings::switchyard::policy::host::LogLevel;
 pub use bindings::switchyard::policy::types::{
-    ApiSurface, Backend, BackendStats, Capabilities, Caller, CircuitState, Decision, Message, Rejection, Request, Role,
-    Route, Tag, Target,
+    ApiSurface, BackendStats, Capabilities, Caller, CircuitState, Decision, Message, Rejection, Request, Role, Route, Tag,
+    Target,
 };
+
+/// A configured backend with its live stats.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Unique name; targets refer to it.
+    pub name: String,
+    /// Provider kind: `openai`, `anthropic`, `mock`, ...
+    pub provider: String,
+    /// The upstream model it serves by default.
+    pub model: String,
+    /// Operator-given tags such as `private`, `eu`.
+    pub tags: Vec<String>,
+    /// US dollars per million input tokens.
+    pub input_price: f64,
+    /// US dollars per million output tokens.
+    pub output_price: f64,
+    /// Context window in tokens.
+    pub context_window: u32,
+    /// What it can do.
+    pub capabilities: Capabilities,
+    /// Live stats, fresh for every `route` call (idle during `init`).
+    pub stats: BackendStats,
+}
+
+impl Backend {
+    fn from_contract(b: bindings::switchyard::policy::types::Backend) -> Self {
+        Backend {
+            name: b.name,
+            provider: b.provider,
+            model: b.model,
+            tags: b.tags,
+            input_price: b.input_price,
+            output_price: b.output_price,
+            context_window: b.context_window,
+            capabilities: b.capabilities,
+            stats: BackendStats {
+                circuit: CircuitState::Closed,
+                in_flight: 0,
+                latency_p50_ms: 0.0,
+                latency_p95_ms: 0.0,
+                ttft_ms: 0.0,
+                error_rate: 0.0,
+                samples: 0,
+            },
+        }
+    }
+}
 pub use decision::{reject, route, RouteBuilder};
 pub use select::{cheapest, fastest, hash_bucket, weighted_choice, BackendExt, RequestExt, SeedRng};
 
@@ -69,9 +119,10 @@ pub mod prelude {
 /// `request.seed` (see [`SeedRng`]), so that decisions can be replayed.
 pub trait Policy: Sized + 'static {
     /// Builds the policy from its configuration (a JSON document, `{}` when
-    /// none is configured). An error refuses the configuration; the router
-    /// then keeps the previous version serving and reports the message.
-    fn init(config: &str) -> Result<Self, String>;
+    /// none is configured) and the configured backends (with idle stats). An
+    /// error refuses the configuration; the router then keeps the previous
+    /// version serving and reports the message.
+    fn init(config: &str, backends: &[Backend]) -> Result<Self, String>;
 
     /// Decides where `request` goes. `backends` lists every configured
     /// backend with its live stats.
@@ -91,11 +142,14 @@ macro_rules! export_policy {
         const _: () = {
             struct __SwitchyardExport;
             impl $crate::__private::Guest for __SwitchyardExport {
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    $crate::__private::init::<$policy>(&config)
+                fn init(
+                    config: ::std::string::String,
+                    backends: ::std::vec::Vec<$crate::__private::ContractBackend>,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::init::<$policy>(&config, backends)
                 }
-                fn route(request: $crate::Request, backends: ::std::vec::Vec<$crate::Backend>) -> $crate::Decision {
-                    $crate::__private::route::<$policy>(&request, &backends)
+                fn route(request: $crate::Request, stats: ::std::vec::Vec<$crate::BackendStats>) -> $crate::Decision {
+                    $crate::__private::route::<$policy>(&request, stats)
                 }
             }
             $crate::bindings::__export_policy_world!(__SwitchyardExport with_types_in $crate::bindings);
@@ -109,26 +163,43 @@ pub mod __private {
     use std::any::Any;
     use std::cell::RefCell;
 
+    pub use crate::bindings::switchyard::policy::types::Backend as ContractBackend;
     pub use crate::bindings::Guest;
     pub use wit_bindgen;
 
-    use crate::{reject, Backend, Decision, Policy, Request};
+    use crate::{reject, Backend, BackendStats, Decision, Policy, Request};
+
+    struct Instance {
+        policy: Box<dyn Any>,
+        backends: Vec<Backend>,
+    }
 
     thread_local! {
         // Wasm components are single-threaded: this is the instance's state.
-        static POLICY: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+        static INSTANCE: RefCell<Option<Instance>> = const { RefCell::new(None) };
     }
 
-    pub fn init<P: Policy>(config: &str) -> Result<(), String> {
-        let policy = P::init(config)?;
-        POLICY.with(|cell| *cell.borrow_mut() = Some(Box::new(policy)));
+    pub fn init<P: Policy>(config: &str, backends: Vec<ContractBackend>) -> Result<(), String> {
+        let backends: Vec<Backend> = backends.into_iter().map(Backend::from_contract).collect();
+        let policy = P::init(config, &backends)?;
+        INSTANCE.with(|cell| *cell.borrow_mut() = Some(Instance { policy: Box::new(policy), backends }));
         Ok(())
     }
 
-    pub fn route<P: Policy>(request: &Request, backends: &[Backend]) -> Decision {
-        POLICY.with(|cell| match cell.borrow().as_ref().and_then(|p| p.downcast_ref::<P>()) {
-            Some(policy) => policy.route(request, backends),
-            None => reject(500, "policy called before init"),
+    pub fn route<P: Policy>(request: &Request, stats: Vec<BackendStats>) -> Decision {
+        INSTANCE.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let Some(instance) = cell.as_mut() else { return reject(500, "policy called before init") };
+            if stats.len() != instance.backends.len() {
+                return reject(500, format!("router sent stats for {} backends, init had {}", stats.len(), instance.backends.len()));
+            }
+            for (backend, stats) in instance.backends.iter_mut().zip(stats) {
+                backend.stats = stats;
+            }
+            match instance.policy.downcast_ref::<P>() {
+                Some(policy) => policy.route(request, &instance.backends),
+                None => reject(500, "policy state of the wrong type"),
+            }
         })
     }
 }

@@ -42,10 +42,30 @@ pub fn chat_request(model: &str, text: &str) -> Request {
     }
 }
 
-/// A healthy backend with all capabilities, priced `input_price` per million
-/// input tokens and four times that for output.
-pub fn backend(name: &str, input_price: f64) -> Backend {
-    Backend {
+/// Backends and their live stats, index-aligned as the contract wants.
+#[derive(Debug, Clone, Default)]
+pub struct Fleet {
+    /// What `init` gets.
+    pub backends: Vec<Backend>,
+    /// What `route` gets.
+    pub stats: Vec<BackendStats>,
+}
+
+impl Fleet {
+    /// Adds a healthy backend with all capabilities, priced `input_price` per
+    /// million input tokens and four times that for output; `edit` adjusts it.
+    pub fn with(mut self, name: &str, input_price: f64, edit: impl FnOnce(&mut Backend, &mut BackendStats)) -> Self {
+        let (mut backend, mut stats) = backend(name, input_price);
+        edit(&mut backend, &mut stats);
+        self.backends.push(backend);
+        self.stats.push(stats);
+        self
+    }
+}
+
+/// A healthy backend with all capabilities and some latency history.
+pub fn backend(name: &str, input_price: f64) -> (Backend, BackendStats) {
+    let backend = Backend {
         name: name.into(),
         provider: "mock".into(),
         model: format!("{name}-model"),
@@ -54,22 +74,22 @@ pub fn backend(name: &str, input_price: f64) -> Backend {
         output_price: input_price * 4.0,
         context_window: 128_000,
         capabilities: Capabilities { vision: true, tools: true, json_mode: true, stream: true },
-        stats: BackendStats {
-            circuit: CircuitState::Closed,
-            in_flight: 0,
-            latency_p50_ms: 100.0,
-            latency_p95_ms: 300.0,
-            ttft_ms: 50.0,
-            error_rate: 0.0,
-            samples: 100,
-        },
-    }
+    };
+    let stats = BackendStats {
+        circuit: CircuitState::Closed,
+        in_flight: 0,
+        latency_p50_ms: 100.0,
+        latency_p95_ms: 300.0,
+        ttft_ms: 50.0,
+        error_rate: 0.0,
+        samples: 100,
+    };
+    (backend, stats)
 }
 
 /// Eight backends with distinct prices, as in the benchmark.
-pub fn eight_backends() -> Vec<Backend> {
+pub fn eight_backends() -> Fleet {
     [("gpt-4o", 2.5), ("gpt-4o-mini", 0.15), ("claude-sonnet", 3.0), ("claude-haiku", 0.8), ("llama-70b", 0.6), ("llama-8b", 0.05), ("mistral-large", 2.0), ("qwen-72b", 0.4)]
         .iter()
-        .map(|(n, p)| backend(n, *p))
-        .collect()
+        .fold(Fleet::default(), |fleet, (n, p)| fleet.with(n, *p, |_, _| {}))
 }

@@ -25,7 +25,8 @@ fn fixture(layout: impl FnOnce(&Path)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     layout(dir.path());
     let settings = RuntimeSettings { call_deadline: Duration::from_millis(50), cache_dir: None, ..RuntimeSettings::default() };
-    let registry = Arc::new(PolicyRegistry::open(PolicyRuntime::new(settings).unwrap(), dir.path(), HashMap::new()).unwrap());
+    let backends = eight_backends().backends;
+    let registry = Arc::new(PolicyRegistry::open(PolicyRuntime::new(settings).unwrap(), dir.path(), backends, HashMap::new()).unwrap());
     let watcher = watch(&registry, DEFAULT_DEBOUNCE, Duration::from_secs(60)).unwrap();
     Fixture { dir, registry, _watcher: watcher }
 }
@@ -58,7 +59,7 @@ fn start_deciders(registry: &Arc<PolicyRegistry>, name: &'static str) -> Decider
         .map(|_| {
             let (registry, stop) = (registry.clone(), stop.clone());
             std::thread::spawn(move || {
-                let (request, backends) = (chat_request("auto", "hello"), eight_backends());
+                let (request, stats) = (chat_request("auto", "hello"), eight_backends().stats);
                 let mut tally = Tally::default();
                 while !stop.load(Ordering::Relaxed) {
                     tally.calls += 1;
@@ -66,7 +67,7 @@ fn start_deciders(registry: &Arc<PolicyRegistry>, name: &'static str) -> Decider
                         tally.failures.push(format!("policy `{name}` not serving"));
                         continue;
                     };
-                    match policy.decide(&request, &backends) {
+                    match policy.decide(&request, &stats) {
                         Ok(decision) => {
                             tally.first_seen.entry(author(&decision)).or_insert_with(Instant::now);
                         }
@@ -222,18 +223,24 @@ fn a_broken_replacement_never_serves() {
 fn a_refused_config_keeps_the_previous_version() {
     let fx = fixture(with_cheapest);
     let before = fx.registry.get("p").unwrap();
-    let report = fx.registry.set_configs(HashMap::from([("p".to_owned(), r#"{"max_targets": 0}"#.to_owned())]));
+    let report = fx.registry.reconfigure(None, HashMap::from([("p".to_owned(), r#"{"max_targets": 0}"#.to_owned())]));
     assert_eq!(report.failed, ["p"]);
     assert!(Arc::ptr_eq(&before, &fx.registry.get("p").unwrap()));
     let status = fx.registry.statuses().into_iter().find(|s| s.name == "p").unwrap();
     assert_eq!(status.last_error.unwrap().kind(), PolicyErrorKind::ConfigRefused);
 
-    let report = fx.registry.set_configs(HashMap::from([("p".to_owned(), r#"{"max_targets": 1}"#.to_owned())]));
+    let report = fx.registry.reconfigure(None, HashMap::from([("p".to_owned(), r#"{"max_targets": 1}"#.to_owned())]));
     assert_eq!(report.loaded, ["p"]);
     let after = fx.registry.get("p").unwrap();
     assert_eq!(after.config(), r#"{"max_targets": 1}"#);
-    let Decision::Route(plan) = after.decide(&chat_request("auto", "hi"), &eight_backends()).unwrap() else { panic!() };
+    let Decision::Route(plan) = after.decide(&chat_request("auto", "hi"), &eight_backends().stats).unwrap() else { panic!() };
     assert_eq!(plan.targets.len(), 1);
+
+    // New backends reload every policy, even with the same file and config.
+    let fewer = eight_backends().backends[..2].to_vec();
+    let report = fx.registry.reconfigure(Some(fewer), HashMap::from([("p".to_owned(), r#"{"max_targets": 1}"#.to_owned())]));
+    assert_eq!(report.loaded, ["p"]);
+    assert_eq!(fx.registry.get("p").unwrap().backends().len(), 2);
 }
 
 #[test]
@@ -249,7 +256,7 @@ fn new_files_load_and_removed_files_unload() {
     wait_until("removed policy unloaded", || fx.registry.get("new").is_none());
     assert!(fx.registry.statuses().is_empty());
     // A request that held the version finishes on it.
-    assert!(held.decide(&chat_request("auto", "hi"), &eight_backends()).is_ok());
+    assert!(held.decide(&chat_request("auto", "hi"), &eight_backends().stats).is_ok());
 }
 
 #[test]
@@ -258,12 +265,12 @@ fn open_reports_broken_files_and_serves_the_rest() {
     std::fs::write(dir.path().join("good.wasm"), read(artifacts::CHEAPEST_HEALTHY)).unwrap();
     std::fs::write(dir.path().join("bad.wasm"), b"nope").unwrap();
     let runtime = PolicyRuntime::new(RuntimeSettings { cache_dir: None, ..Default::default() }).unwrap();
-    let registry = PolicyRegistry::open(runtime.clone(), dir.path(), HashMap::new()).unwrap();
+    let registry = PolicyRegistry::open(runtime.clone(), dir.path(), Vec::new(), HashMap::new()).unwrap();
     assert_eq!(registry.names(), ["good"]);
     let statuses = registry.statuses();
     let bad = statuses.iter().find(|s| s.name == "bad").unwrap();
     assert_eq!(bad.last_error.as_ref().unwrap().kind(), PolicyErrorKind::Compile);
     assert_eq!(bad.file, PathBuf::from(dir.path().join("bad.wasm")));
-    let missing = PolicyRegistry::open(runtime, dir.path().join("missing"), HashMap::new()).err().unwrap();
+    let missing = PolicyRegistry::open(runtime, dir.path().join("missing"), Vec::new(), HashMap::new()).err().unwrap();
     assert!(missing.message().contains("does not exist"), "{missing}");
 }

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard::policy::contract::{Backend, CircuitState, Request};
+use switchyard::policy::contract::{CircuitState, Request};
 use switchyard::policy::{Decision, InstanceMode, PolicyErrorKind, PolicyRuntime, RuntimeSettings};
-use switchyard_tests::{artifacts, backend, chat_request, eight_backends, read};
+use switchyard_tests::{artifacts, chat_request, eight_backends, read, Fleet};
 
 fn settings() -> RuntimeSettings {
     RuntimeSettings {
@@ -35,7 +35,7 @@ struct Case {
     name: &'static str,
     config: &'static str,
     request: fn() -> Request,
-    backends: fn() -> Vec<Backend>,
+    backends: fn() -> Fleet,
     expect: Result<&'static [&'static str], u16>,
 }
 
@@ -52,16 +52,13 @@ fn long_prompt() -> Request {
     r
 }
 
-fn mixed_backends() -> Vec<Backend> {
-    let mut cheap_blind = backend("cheap-blind", 0.1);
-    cheap_blind.capabilities.vision = false;
-    let mut cheap_down = backend("cheap-down", 0.05);
-    cheap_down.stats.circuit = CircuitState::Open;
-    let mut small = backend("small-context", 0.2);
-    small.context_window = 8_000;
-    let mut eu = backend("eu-mid", 1.0);
-    eu.tags = vec!["eu".into()];
-    vec![backend("pricey", 5.0), cheap_blind, cheap_down, small, eu]
+fn mixed_backends() -> Fleet {
+    Fleet::default()
+        .with("pricey", 5.0, |_, _| {})
+        .with("cheap-blind", 0.1, |b, _| b.capabilities.vision = false)
+        .with("cheap-down", 0.05, |_, s| s.circuit = CircuitState::Open)
+        .with("small-context", 0.2, |b, _| b.context_window = 8_000)
+        .with("eu-mid", 1.0, |b, _| b.tags = vec!["eu".into()])
 }
 
 #[test]
@@ -74,13 +71,14 @@ fn cheapest_healthy_decisions() {
         Case { name: "long prompts need a large context", config: r#"{"max_targets": 9}"#, request: long_prompt, backends: mixed_backends, expect: Ok(&["cheap-blind", "eu-mid", "pricey", "cheap-down"]) },
         Case { name: "required tag", config: r#"{"require_tag": "eu"}"#, request: || chat_request("auto", "hi"), backends: mixed_backends, expect: Ok(&["eu-mid"]) },
         Case { name: "nobody has the tag: 400", config: r#"{"require_tag": "moon"}"#, request: || chat_request("auto", "hi"), backends: mixed_backends, expect: Err(400) },
-        Case { name: "no backends at all: 400", config: "{}", request: || chat_request("auto", "hi"), backends: Vec::new, expect: Err(400) },
+        Case { name: "no backends at all: 400", config: "{}", request: || chat_request("auto", "hi"), backends: Fleet::default, expect: Err(400) },
     ];
     let runtime = runtime();
     let bytes = read(artifacts::CHEAPEST_HEALTHY);
     for case in cases {
-        let policy = runtime.load("cheapest-healthy", &bytes, case.config).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-        let decision = policy.decide(&(case.request)(), &(case.backends)()).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let fleet = (case.backends)();
+        let policy = runtime.load("cheapest-healthy", &bytes, case.config, &fleet.backends).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let decision = policy.decide(&(case.request)(), &fleet.stats).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         match (case.expect, &decision) {
             (Ok(expected), Decision::Route(plan)) => {
                 assert_eq!(targets(&decision), expected, "{}", case.name);
@@ -97,11 +95,11 @@ fn cheapest_healthy_decisions() {
 
 #[test]
 fn target_indices_point_at_the_named_backends() {
-    let backends = eight_backends();
-    let policy = runtime().load("cheapest-healthy", &read(artifacts::CHEAPEST_HEALTHY), "{}").unwrap();
-    let Decision::Route(plan) = policy.decide(&chat_request("auto", "hi"), &backends).unwrap() else { panic!("expected a route") };
+    let fleet = eight_backends();
+    let policy = runtime().load("cheapest-healthy", &read(artifacts::CHEAPEST_HEALTHY), "{}", &fleet.backends).unwrap();
+    let Decision::Route(plan) = policy.decide(&chat_request("auto", "hi"), &fleet.stats).unwrap() else { panic!("expected a route") };
     for target in &plan.targets {
-        assert_eq!(backends[target.index].name, target.backend);
+        assert_eq!(fleet.backends[target.index].name, target.backend);
     }
 }
 
@@ -110,7 +108,7 @@ fn a_config_the_policy_refuses_is_reported_with_its_message() {
     let runtime = runtime();
     let bytes = read(artifacts::CHEAPEST_HEALTHY);
     for config in [r#"{"max_targets": 0}"#, r#"{"max_tragets": 2}"#, "not json"] {
-        let err = runtime.load("cheapest-healthy", &bytes, config).err().unwrap_or_else(|| panic!("config {config} was accepted"));
+        let err = runtime.load("cheapest-healthy", &bytes, config, &[]).err().unwrap_or_else(|| panic!("config {config} was accepted"));
         assert_eq!(err.kind(), PolicyErrorKind::ConfigRefused, "{config}: {err}");
         assert!(err.message().starts_with("invalid config"), "{config}: {err}");
         assert!(!err.is_retryable());
@@ -120,7 +118,7 @@ fn a_config_the_policy_refuses_is_reported_with_its_message() {
 // ---- hostile guests ----
 
 fn hostile(runtime: &PolicyRuntime) -> std::sync::Arc<switchyard::policy::LoadedPolicy> {
-    runtime.load("hostile", &read(artifacts::HOSTILE), "{}").unwrap()
+    runtime.load("hostile", &read(artifacts::HOSTILE), "{}", &eight_backends().backends).unwrap()
 }
 
 /// Calls the hostile policy with `model` and expects `kind`, then checks that
@@ -128,11 +126,11 @@ fn hostile(runtime: &PolicyRuntime) -> std::sync::Arc<switchyard::policy::Loaded
 fn misbehaves_then_recovers(model: &str, kind: PolicyErrorKind) {
     let runtime = runtime();
     let policy = hostile(&runtime);
-    let backends = eight_backends();
-    let err = policy.decide(&chat_request(model, "x"), &backends).expect_err(model);
+    let stats = eight_backends().stats;
+    let err = policy.decide(&chat_request(model, "x"), &stats).expect_err(model);
     assert_eq!(err.kind(), kind, "{model}: {err}");
     assert_eq!(err.policy(), "hostile");
-    let decision = policy.decide(&chat_request("ok", "x"), &backends).unwrap_or_else(|e| panic!("call after {model}: {e}"));
+    let decision = policy.decide(&chat_request("ok", "x"), &stats).unwrap_or_else(|e| panic!("call after {model}: {e}"));
     assert_eq!(targets(&decision), ["gpt-4o"]);
     let stats = policy.call_stats();
     assert_eq!(stats.calls, 2);
@@ -144,7 +142,7 @@ fn an_infinite_loop_is_stopped_at_the_deadline() {
     let runtime = runtime();
     let policy = hostile(&runtime);
     let started = Instant::now();
-    let err = policy.decide(&chat_request("loop", "x"), &eight_backends()).unwrap_err();
+    let err = policy.decide(&chat_request("loop", "x"), &eight_backends().stats).unwrap_err();
     // The deadline is 50 ms; a second means it did not work at all.
     assert!(started.elapsed() < Duration::from_secs(1), "loop ran for {:?}", started.elapsed());
     assert_eq!(err.kind(), PolicyErrorKind::Timeout);
@@ -168,7 +166,7 @@ fn malformed_decisions_are_policy_errors() {
         misbehaves_then_recovers(model, PolicyErrorKind::InvalidDecision);
     }
     let runtime = runtime();
-    let err = hostile(&runtime).decide(&chat_request("unknown", "x"), &eight_backends()).unwrap_err();
+    let err = hostile(&runtime).decide(&chat_request("unknown", "x"), &eight_backends().stats).unwrap_err();
     assert!(err.message().contains("unknown backend `no-such-backend`"), "{err}");
 }
 
@@ -176,7 +174,7 @@ fn malformed_decisions_are_policy_errors() {
 fn guest_logging_is_rate_limited() {
     let runtime = runtime();
     let policy = hostile(&runtime);
-    let decision = policy.decide(&chat_request("log-spam", "x"), &eight_backends()).unwrap();
+    let decision = policy.decide(&chat_request("log-spam", "x"), &eight_backends().stats).unwrap();
     assert_eq!(targets(&decision), ["gpt-4o"]);
     // 2000 lines (log import and stdout) against a budget of 50 a second.
     let dropped = policy.call_stats().log_lines_dropped;
@@ -187,12 +185,12 @@ fn guest_logging_is_rate_limited() {
 fn a_version_that_keeps_timing_out_is_quarantined() {
     let runtime = PolicyRuntime::new(RuntimeSettings { quarantine_after: 2, quarantine_for: Duration::from_secs(60), ..settings() }).unwrap();
     let policy = hostile(&runtime);
-    let backends = eight_backends();
+    let stats = eight_backends().stats;
     for _ in 0..2 {
-        assert_eq!(policy.decide(&chat_request("loop", "x"), &backends).unwrap_err().kind(), PolicyErrorKind::Timeout);
+        assert_eq!(policy.decide(&chat_request("loop", "x"), &stats).unwrap_err().kind(), PolicyErrorKind::Timeout);
     }
     // Benched now: even a well-behaved request is refused, without running the guest.
-    let err = policy.decide(&chat_request("ok", "x"), &backends).unwrap_err();
+    let err = policy.decide(&chat_request("ok", "x"), &stats).unwrap_err();
     assert_eq!(err.kind(), PolicyErrorKind::Quarantined);
     assert!(policy.call_stats().quarantined);
 }
@@ -207,23 +205,23 @@ fn files_that_are_not_policies_are_refused_clearly() {
         ("other-world", read(artifacts::OTHER_WORLD), PolicyErrorKind::WrongWorld, "does not fit the `switchyard:policy/policy@0.1.0` world"),
     ];
     for (name, bytes, kind, message) in cases {
-        let err = runtime.load(name, &bytes, "{}").err().unwrap_or_else(|| panic!("{name} was loaded"));
+        let err = runtime.load(name, &bytes, "{}", &[]).err().unwrap_or_else(|| panic!("{name} was loaded"));
         assert_eq!(err.kind(), kind, "{name}: {err}");
         assert!(err.message().contains(message), "{name}: {err}");
     }
     let mut truncated = read(artifacts::CHEAPEST_HEALTHY);
     truncated.truncate(truncated.len() / 2);
-    assert_eq!(runtime.load("truncated", &truncated, "{}").unwrap_err().kind(), PolicyErrorKind::Compile);
+    assert_eq!(runtime.load("truncated", &truncated, "{}", &[]).unwrap_err().kind(), PolicyErrorKind::Compile);
 }
 
 #[test]
 fn init_that_refuses_or_loops_fails_the_load() {
     let runtime = runtime();
     let bytes = read(artifacts::HOSTILE);
-    let err = runtime.load("hostile", &bytes, r#"{"refuse": true}"#).unwrap_err();
+    let err = runtime.load("hostile", &bytes, r#"{"refuse": true}"#, &[]).unwrap_err();
     assert_eq!(err.kind(), PolicyErrorKind::ConfigRefused);
     assert!(err.message().contains("refuses the config"), "{err}");
-    let err = runtime.load("hostile", &bytes, r#"{"loop-in-init": true}"#).unwrap_err();
+    let err = runtime.load("hostile", &bytes, r#"{"loop-in-init": true}"#, &[]).unwrap_err();
     assert_eq!(err.kind(), PolicyErrorKind::Timeout, "{err}");
 }
 
@@ -231,20 +229,20 @@ fn init_that_refuses_or_loops_fails_the_load() {
 
 #[test]
 fn fresh_mode_instantiates_per_call_and_pooled_mode_reuses() {
-    let backends = eight_backends();
+    let fleet = eight_backends();
     let request = chat_request("auto", "hi");
     let fresh = PolicyRuntime::new(RuntimeSettings { instance_mode: InstanceMode::Fresh, ..settings() }).unwrap();
-    let policy = fresh.load("cheapest-healthy", &read(artifacts::CHEAPEST_HEALTHY), "{}").unwrap();
+    let policy = fresh.load("cheapest-healthy", &read(artifacts::CHEAPEST_HEALTHY), "{}", &fleet.backends).unwrap();
     let created_at_load = policy.call_stats().instances_created;
     for _ in 0..5 {
-        assert_eq!(targets(&policy.decide(&request, &backends).unwrap())[0], "llama-8b");
+        assert_eq!(targets(&policy.decide(&request, &fleet.stats).unwrap())[0], "llama-8b");
     }
     assert_eq!(policy.call_stats().instances_created, created_at_load + 5);
 
     let pooled = PolicyRuntime::new(RuntimeSettings { recycle_after: 4, ..settings() }).unwrap();
-    let policy = pooled.load("cheapest-healthy", &read(artifacts::CHEAPEST_HEALTHY), "{}").unwrap();
+    let policy = pooled.load("cheapest-healthy", &read(artifacts::CHEAPEST_HEALTHY), "{}", &fleet.backends).unwrap();
     for _ in 0..12 {
-        assert_eq!(targets(&policy.decide(&request, &backends).unwrap())[0], "llama-8b");
+        assert_eq!(targets(&policy.decide(&request, &fleet.stats).unwrap())[0], "llama-8b");
     }
     // One instance from the probe, recycled every 4 calls (the probe's call counts).
     assert_eq!(policy.call_stats().instances_created, 4);
@@ -256,16 +254,39 @@ fn compiled_artifacts_are_cached_on_disk() {
     let settings = RuntimeSettings { cache_dir: Some(cache.path().join("nested")), ..settings() };
     let bytes = read(artifacts::CHEAPEST_HEALTHY);
     let runtime = PolicyRuntime::new(settings.clone()).unwrap();
-    let first = runtime.load("cheapest-healthy", &bytes, "{}").unwrap();
+    let fleet = eight_backends();
+    let first = runtime.load("cheapest-healthy", &bytes, "{}", &fleet.backends).unwrap();
     let artifacts: Vec<_> = std::fs::read_dir(cache.path().join("nested")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(artifacts.len(), 1, "{artifacts:?}");
     assert!(artifacts[0].file_name().unwrap().to_str().unwrap().starts_with(first.version()));
 
     // A second runtime loads the artifact; a corrupt artifact is compiled again.
-    let second = PolicyRuntime::new(settings.clone()).unwrap().load("cheapest-healthy", &bytes, "{}").unwrap();
+    let second = PolicyRuntime::new(settings.clone()).unwrap().load("cheapest-healthy", &bytes, "{}", &fleet.backends).unwrap();
     assert_eq!(second.version(), first.version());
     std::fs::write(&artifacts[0], b"garbage").unwrap();
-    let third = PolicyRuntime::new(settings).unwrap().load("cheapest-healthy", &bytes, "{}").unwrap();
-    assert_eq!(targets(&third.decide(&chat_request("auto", "hi"), &eight_backends()).unwrap())[0], "llama-8b");
+    let third = PolicyRuntime::new(settings).unwrap().load("cheapest-healthy", &bytes, "{}", &fleet.backends).unwrap();
+    assert_eq!(targets(&third.decide(&chat_request("auto", "hi"), &fleet.stats).unwrap())[0], "llama-8b");
     assert!(std::fs::metadata(&artifacts[0]).unwrap().len() > 1000, "the corrupt artifact was not replaced");
+}
+
+#[test]
+fn stats_must_match_the_backends_of_the_version() {
+    let fleet = eight_backends();
+    let policy = runtime().load("cheapest-healthy", &read(artifacts::CHEAPEST_HEALTHY), "{}", &fleet.backends).unwrap();
+    let err = policy.decide(&chat_request("auto", "hi"), &fleet.stats[..3]).unwrap_err();
+    assert_eq!(err.kind(), PolicyErrorKind::Runtime);
+    assert!(err.message().contains("stats for 3 backends given, the version was loaded with 8"), "{err}");
+}
+
+#[test]
+fn live_stats_reach_the_policy() {
+    // The same version, first with everything healthy, then with the cheapest
+    // backend's circuit open: the decision must follow the stats.
+    let mut fleet = eight_backends();
+    let policy = runtime().load("cheapest-healthy", &read(artifacts::CHEAPEST_HEALTHY), "{}", &fleet.backends).unwrap();
+    let request = chat_request("auto", "hi");
+    assert_eq!(targets(&policy.decide(&request, &fleet.stats).unwrap())[0], "llama-8b");
+    let cheapest = fleet.backends.iter().position(|b| b.name == "llama-8b").unwrap();
+    fleet.stats[cheapest].circuit = CircuitState::Open;
+    assert_eq!(targets(&policy.decide(&request, &fleet.stats).unwrap()), ["gpt-4o-mini", "qwen-72b", "llama-70b"]);
 }

@@ -105,7 +105,7 @@ fn check(file: &Path, common: &CommonArgs) -> anyhow::Result<ExitCode> {
     println!("  imports  {}", report.imports.join("\n           "));
     println!("  exports  {}", report.exports.join("\n           "));
     let started = Instant::now();
-    runtime.load(&name, &bytes, &config)?;
+    runtime.load(&name, &bytes, &config, &[])?;
     println!("  init     accepted its config; probe decision made ({:.1?} for init and probe)", started.elapsed());
     Ok(ExitCode::SUCCESS)
 }
@@ -113,17 +113,17 @@ fn check(file: &Path, common: &CommonArgs) -> anyhow::Result<ExitCode> {
 fn eval(file: &Path, request: &Path, backends: &Path, common: &CommonArgs) -> anyhow::Result<ExitCode> {
     let config = read_config(common)?;
     let request = json::parse_request(&read_text(request, "request")?).with_context(|| format!("request file {} is not a valid request", request.display()))?;
-    let backends =
+    let (backends, stats) =
         json::parse_backends(&read_text(backends, "backends")?).map_err(anyhow::Error::msg).with_context(|| format!("backends file {} is not a valid list of backends", backends.display()))?;
     let bytes = read_policy(file)?;
-    let policy = runtime(common.no_cache)?.load(&policy_name(file), &bytes, &config)?;
-    let decision: Decision = policy.decide(&request, &backends)?;
+    let policy = runtime(common.no_cache)?.load(&policy_name(file), &bytes, &config, &backends)?;
+    let decision: Decision = policy.decide(&request, &stats)?;
     println!("{}", serde_json::to_string_pretty(&decision)?);
     Ok(ExitCode::SUCCESS)
 }
 
 fn status(dir: &Path, no_cache: bool) -> anyhow::Result<ExitCode> {
-    let registry = PolicyRegistry::open(runtime(no_cache)?, dir, HashMap::new())?;
+    let registry = PolicyRegistry::open(runtime(no_cache)?, dir, Vec::new(), HashMap::new())?;
     let statuses = registry.statuses();
     if statuses.is_empty() {
         println!("no `*.wasm` policy in {}", dir.display());

@@ -189,9 +189,9 @@ impl From<RequestJson> for contract::Request {
     }
 }
 
-impl From<BackendJson> for contract::Backend {
+impl From<BackendJson> for (contract::Backend, contract::BackendStats) {
     fn from(b: BackendJson) -> Self {
-        contract::Backend {
+        let backend = contract::Backend {
             model: b.model.unwrap_or_else(|| b.name.clone()),
             name: b.name,
             provider: b.provider,
@@ -205,20 +205,21 @@ impl From<BackendJson> for contract::Backend {
                 json_mode: b.capabilities.json_mode,
                 stream: b.capabilities.stream,
             },
-            stats: contract::BackendStats {
-                circuit: match b.stats.circuit {
-                    CircuitJson::Closed => contract::CircuitState::Closed,
-                    CircuitJson::HalfOpen => contract::CircuitState::HalfOpen,
-                    CircuitJson::Open => contract::CircuitState::Open,
-                },
-                in_flight: b.stats.in_flight,
-                latency_p50_ms: b.stats.latency_p50_ms,
-                latency_p95_ms: b.stats.latency_p95_ms,
-                ttft_ms: b.stats.ttft_ms,
-                error_rate: b.stats.error_rate,
-                samples: b.stats.samples,
+        };
+        let stats = contract::BackendStats {
+            circuit: match b.stats.circuit {
+                CircuitJson::Closed => contract::CircuitState::Closed,
+                CircuitJson::HalfOpen => contract::CircuitState::HalfOpen,
+                CircuitJson::Open => contract::CircuitState::Open,
             },
-        }
+            in_flight: b.stats.in_flight,
+            latency_p50_ms: b.stats.latency_p50_ms,
+            latency_p95_ms: b.stats.latency_p95_ms,
+            ttft_ms: b.stats.ttft_ms,
+            error_rate: b.stats.error_rate,
+            samples: b.stats.samples,
+        };
+        (backend, stats)
     }
 }
 
@@ -227,14 +228,15 @@ pub fn parse_request(text: &str) -> Result<contract::Request, serde_json::Error>
     serde_json::from_str::<RequestJson>(text).map(Into::into)
 }
 
-/// Parses a JSON array of backends. Names must be unique.
-pub fn parse_backends(text: &str) -> Result<Vec<contract::Backend>, String> {
-    let backends: Vec<contract::Backend> =
-        serde_json::from_str::<Vec<BackendJson>>(text).map_err(|e| e.to_string())?.into_iter().map(Into::into).collect();
+/// Parses a JSON array of backends, each with its optional `stats`, into the
+/// backends and their stats in the same order. Names must be unique.
+pub fn parse_backends(text: &str) -> Result<(Vec<contract::Backend>, Vec<contract::BackendStats>), String> {
+    let (backends, stats): (Vec<contract::Backend>, Vec<contract::BackendStats>) =
+        serde_json::from_str::<Vec<BackendJson>>(text).map_err(|e| e.to_string())?.into_iter().map(Into::into).unzip();
     for (i, b) in backends.iter().enumerate() {
         if backends[..i].iter().any(|other| other.name == b.name) {
             return Err(format!("backend name `{}` appears twice", b.name));
         }
     }
-    Ok(backends)
+    Ok((backends, stats))
 }

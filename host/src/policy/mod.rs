@@ -26,5 +26,5 @@ pub use error::{PolicyError, PolicyErrorKind};
 pub use registry::{PolicyRegistry, PolicyStatus, RescanReport, EMPTY_CONFIG, POLICY_EXTENSION};
 pub use runtime::{ComponentReport, PolicyRuntime};
 pub use settings::{default_cache_dir, InstanceMode, RuntimeSettings};
-pub use version::{LoadedPolicy, PolicyCallStats};
+pub use version::{idle_stats, LoadedPolicy, PolicyCallStats};
 pub use watch::{watch, PolicyWatcher, DEFAULT_DEBOUNCE, DEFAULT_POLL};

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use super::contract::Backend;
 use super::error::{PolicyError, PolicyErrorKind};
 use super::runtime::{content_hash, PolicyRuntime};
 use super::version::LoadedPolicy;
@@ -61,8 +62,9 @@ struct FileStamp {
 struct Entry {
     status: PolicyStatus,
     stamp: Option<FileStamp>,
-    /// Hash of the bytes last tried (loaded or failed), and the config used.
-    tried: Option<(String, String)>,
+    /// What was last tried (loaded or failed): the bytes' hash, the config,
+    /// and the generation of the backend list.
+    tried: Option<(String, String, u64)>,
 }
 
 /// Policies loaded from one directory, each file `NAME.wasm` serving the
@@ -78,14 +80,17 @@ pub struct PolicyRegistry {
 
 struct ReloadState {
     configs: HashMap<String, String>,
+    backends: Vec<Backend>,
+    /// Bumped whenever `backends` is replaced.
+    generation: u64,
     entries: BTreeMap<String, Entry>,
 }
 
 impl PolicyRegistry {
-    /// Loads every policy in `dir`. A policy that fails is reported in its
-    /// status and does not serve; the others do. `configs` maps policy names
-    /// to their JSON configuration.
-    pub fn open(runtime: PolicyRuntime, dir: impl Into<PathBuf>, configs: HashMap<String, String>) -> Result<Self, PolicyError> {
+    /// Loads every policy in `dir`, initialised with `backends` and, per
+    /// policy name, the JSON configuration in `configs`. A policy that fails
+    /// is reported in its status and does not serve; the others do.
+    pub fn open(runtime: PolicyRuntime, dir: impl Into<PathBuf>, backends: Vec<Backend>, configs: HashMap<String, String>) -> Result<Self, PolicyError> {
         let dir = dir.into();
         if !dir.is_dir() {
             return Err(PolicyError::new(PolicyErrorKind::Io, "-", format!("policy directory {} does not exist or is not a directory", dir.display())));
@@ -94,7 +99,7 @@ impl PolicyRegistry {
             runtime,
             dir,
             serving: ArcSwap::from_pointee(HashMap::new()),
-            reload: Mutex::new(ReloadState { configs, entries: BTreeMap::new() }),
+            reload: Mutex::new(ReloadState { configs, backends, generation: 0, entries: BTreeMap::new() }),
         };
         registry.rescan();
         Ok(registry)
@@ -127,11 +132,17 @@ impl PolicyRegistry {
         self.lock().entries.values().map(|e| e.status.clone()).collect()
     }
 
-    /// Replaces the policies' configurations and reloads those whose
-    /// configuration changed. A refused configuration leaves the previous
-    /// version serving.
-    pub fn set_configs(&self, configs: HashMap<String, String>) -> RescanReport {
-        self.lock().configs = configs;
+    /// Replaces the backends and the policies' configurations, and reloads
+    /// every policy whose inputs changed (all of them when `backends` is
+    /// given). A refused configuration leaves the previous version serving.
+    pub fn reconfigure(&self, backends: Option<Vec<Backend>>, configs: HashMap<String, String>) -> RescanReport {
+        let mut state = self.lock();
+        state.configs = configs;
+        if let Some(backends) = backends {
+            state.backends = backends;
+            state.generation += 1;
+        }
+        drop(state);
         self.rescan()
     }
 
@@ -151,7 +162,8 @@ impl PolicyRegistry {
             }
         };
 
-        let ReloadState { configs, entries } = &mut *state;
+        let ReloadState { configs, backends, generation, entries } = &mut *state;
+        let generation = *generation;
         let mut serving = (**self.serving.load()).clone();
         let mut changed = false;
 
@@ -164,8 +176,8 @@ impl PolicyRegistry {
             });
             entry.status.file = path.clone();
             let stamp = file_stamp(path);
-            let config_changed = entry.tried.as_ref().is_some_and(|(_, c)| c != config);
-            if stamp.is_some() && stamp == entry.stamp && !config_changed {
+            let inputs_changed = entry.tried.as_ref().is_some_and(|(_, c, g)| c != config || *g != generation);
+            if stamp.is_some() && stamp == entry.stamp && !inputs_changed {
                 continue;
             }
             let bytes = match std::fs::read(path) {
@@ -178,11 +190,11 @@ impl PolicyRegistry {
             };
             entry.stamp = stamp;
             let hash = content_hash(&bytes);
-            if entry.tried.as_ref().is_some_and(|(h, c)| *h == hash && c == config) {
+            if entry.tried.as_ref().is_some_and(|(h, c, g)| *h == hash && c == config && *g == generation) {
                 continue; // Touched but unchanged, or the same broken bytes again.
             }
-            entry.tried = Some((hash.clone(), config.to_owned()));
-            match self.runtime.load(name, &bytes, config) {
+            entry.tried = Some((hash.clone(), config.to_owned(), generation));
+            match self.runtime.load(name, &bytes, config, backends) {
                 Ok(policy) => {
                     tracing::info!(policy = %name, version = %policy.version(), file = %path.display(), "policy loaded");
                     entry.status.version = Some(policy.version().to_owned());

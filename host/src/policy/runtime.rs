@@ -10,7 +10,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::contract::{PolicyBindings, PolicyBindingsPre, WORLD};
+use super::contract::{Backend, PolicyBindings, PolicyBindingsPre, WORLD};
 use super::error::{PolicyError, PolicyErrorKind};
 use super::instance_state::InstanceState;
 use super::settings::RuntimeSettings;
@@ -82,14 +82,14 @@ impl PolicyRuntime {
     }
 
     /// Compiles `bytes` (or loads them from the artifact cache), checks that
-    /// they target our world, runs `init` with `config` and makes one probe
-    /// decision under the limits. Only a policy that passes every step is
-    /// returned.
-    pub fn load(&self, name: &str, bytes: &[u8], config: &str) -> Result<Arc<LoadedPolicy>, PolicyError> {
+    /// they target our world, runs `init` with `config` and `backends`, and
+    /// makes one probe decision under the limits. Only a policy that passes
+    /// every step is returned.
+    pub fn load(&self, name: &str, bytes: &[u8], config: &str, backends: &[Backend]) -> Result<Arc<LoadedPolicy>, PolicyError> {
         let hash = content_hash(bytes);
         let component = self.compile(name, bytes, &hash)?;
         let pre = self.link(name, &component)?;
-        let policy = Arc::new(LoadedPolicy::new(self.clone(), name, hash, config, pre));
+        let policy = Arc::new(LoadedPolicy::new(self.clone(), name, hash, config, backends, pre));
         policy.probe()?;
         Ok(policy)
     }

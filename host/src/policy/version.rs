@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use crossbeam_queue::ArrayQueue;
 use wasmtime::{Store, Trap};
 
-use super::contract::{self, Backend, PolicyBindings, PolicyBindingsPre, Request};
+use super::contract::{self, Backend, BackendStats, PolicyBindings, PolicyBindingsPre, Request};
 use super::decision::{validate, Decision};
 use super::error::{PolicyError, PolicyErrorKind};
 use super::guest_log::GuestLog;
@@ -25,6 +25,7 @@ pub struct LoadedPolicy {
     name: String,
     version: String,
     config: String,
+    backends: Vec<Backend>,
     loaded_at: SystemTime,
     pre: PolicyBindingsPre<InstanceState>,
     log: Arc<GuestLog>,
@@ -69,7 +70,14 @@ struct Counters {
 }
 
 impl LoadedPolicy {
-    pub(crate) fn new(runtime: PolicyRuntime, name: &str, version: String, config: &str, pre: PolicyBindingsPre<InstanceState>) -> Self {
+    pub(crate) fn new(
+        runtime: PolicyRuntime,
+        name: &str,
+        version: String,
+        config: &str,
+        backends: &[Backend],
+        pre: PolicyBindingsPre<InstanceState>,
+    ) -> Self {
         let settings = runtime.settings();
         let log = Arc::new(GuestLog::new(name, &version, settings.log_lines_per_second, settings.log_line_max_bytes));
         Self {
@@ -80,6 +88,7 @@ impl LoadedPolicy {
             name: name.to_owned(),
             version,
             config: config.to_owned(),
+            backends: backends.to_vec(),
             loaded_at: SystemTime::now(),
             pre,
             log,
@@ -102,31 +111,45 @@ impl LoadedPolicy {
         &self.config
     }
 
+    /// The backends this version was initialised with; `decide` takes their
+    /// stats in this order.
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
     /// When this version was loaded.
     pub fn loaded_at(&self) -> SystemTime {
         self.loaded_at
     }
 
-    /// Asks the policy where `request` should go. Never panics and never
-    /// blocks past the call deadline (plus instantiation when no warm instance
-    /// is free); every failure is a [`PolicyError`].
-    pub fn decide(&self, request: &Request, backends: &[Backend]) -> Result<Decision, PolicyError> {
+    /// Asks the policy where `request` should go, given the live `stats` of
+    /// [`Self::backends`] (`stats[i]` belongs to `backends()[i]`). Never
+    /// panics and never blocks past the call deadline (plus instantiation when
+    /// no warm instance is free); every failure is a [`PolicyError`].
+    pub fn decide(&self, request: &Request, stats: &[BackendStats]) -> Result<Decision, PolicyError> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
-        let result = self.decide_raw(request, backends).and_then(|raw| validate(&self.name, raw, backends, self.runtime.settings()));
+        if stats.len() != self.backends.len() {
+            return Err(PolicyError::new(
+                PolicyErrorKind::Runtime,
+                &self.name,
+                format!("stats for {} backends given, the version was loaded with {}", stats.len(), self.backends.len()),
+            ));
+        }
+        let result = self.decide_raw(request, stats).and_then(|raw| validate(&self.name, raw, &self.backends, self.runtime.settings()));
         if let Err(e) = &result {
             self.count_failure(e.kind());
         }
         result
     }
 
-    fn decide_raw(&self, request: &Request, backends: &[Backend]) -> Result<contract::Decision, PolicyError> {
+    fn decide_raw(&self, request: &Request, stats: &[BackendStats]) -> Result<contract::Decision, PolicyError> {
         self.check_quarantine()?;
         let settings = self.runtime.settings();
         let mut instance = match (settings.instance_mode, self.warm.pop()) {
             (InstanceMode::Pooled, Some(instance)) => instance,
             _ => self.instantiate()?,
         };
-        match instance.route(&self.name, request, backends, self.call_ticks) {
+        match instance.route(&self.name, request, stats, self.call_ticks) {
             Ok(decision) => {
                 self.counters.consecutive_timeouts.store(0, Ordering::Relaxed);
                 if settings.instance_mode == InstanceMode::Pooled && instance.calls < settings.recycle_after {
@@ -147,11 +170,12 @@ impl LoadedPolicy {
 
     /// Instantiates and initialises, then makes one decision for a synthetic
     /// request. A policy that traps, times out or runs out of memory here is
-    /// not loaded; an answer the synthetic backends cannot satisfy is fine.
+    /// not loaded; an answer the backends cannot satisfy is fine.
     pub(crate) fn probe(&self) -> Result<(), PolicyError> {
-        let (request, backends) = probe_input();
+        let request = probe_request();
+        let stats = vec![idle_stats(); self.backends.len()];
         let mut instance = self.instantiate()?;
-        instance.route(&self.name, &request, &backends, self.call_ticks)?;
+        instance.route(&self.name, &request, &stats, self.call_ticks)?;
         let _ = self.warm.push(instance);
         Ok(())
     }
@@ -180,7 +204,7 @@ impl LoadedPolicy {
         store.limiter(|state| state);
         store.set_epoch_deadline(self.init_ticks);
         let bindings = self.pre.instantiate(&mut store).map_err(|e| classify(&self.name, &store, e, PolicyErrorKind::Instantiate))?;
-        match bindings.call_init(&mut store, &self.config) {
+        match bindings.call_init(&mut store, &self.config, &self.backends) {
             Ok(Ok(())) => Ok(WarmInstance { store, bindings, calls: 0 }),
             Ok(Err(refusal)) => Err(PolicyError::new(PolicyErrorKind::ConfigRefused, &self.name, refusal)),
             Err(e) => Err(classify(&self.name, &store, e, PolicyErrorKind::Trap)),
@@ -231,12 +255,12 @@ struct WarmInstance {
 }
 
 impl WarmInstance {
-    fn route(&mut self, name: &str, request: &Request, backends: &[Backend], ticks: u64) -> Result<contract::Decision, PolicyError> {
+    fn route(&mut self, name: &str, request: &Request, stats: &[BackendStats], ticks: u64) -> Result<contract::Decision, PolicyError> {
         self.calls += 1;
         self.store.data_mut().memory_limit_hit = false;
         // A reused store keeps its old deadline: set it before every call.
         self.store.set_epoch_deadline(ticks);
-        self.bindings.call_route(&mut self.store, request, backends).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))
+        self.bindings.call_route(&mut self.store, request, stats).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))
     }
 }
 
@@ -252,10 +276,10 @@ fn classify(name: &str, store: &Store<InstanceState>, error: wasmtime::Error, ot
     }
 }
 
-/// The synthetic request and backends of the probe call.
-fn probe_input() -> (Request, Vec<Backend>) {
+/// The synthetic request of the probe call.
+fn probe_request() -> Request {
     use contract::*;
-    let request = Request {
+    Request {
         id: "probe".into(),
         model: "auto".into(),
         surface: ApiSurface::Chat,
@@ -277,27 +301,20 @@ fn probe_input() -> (Request, Vec<Backend>) {
         caller: Caller { key_name: None, user: None },
         tags: vec![],
         seed: 0x5eed,
-    };
-    let backend = |name: &str, price: f64| Backend {
-        name: name.into(),
-        provider: "mock".into(),
-        model: name.into(),
-        tags: vec![],
-        input_price: price,
-        output_price: price * 4.0,
-        context_window: 128_000,
-        capabilities: Capabilities { vision: true, tools: true, json_mode: true, stream: true },
-        stats: BackendStats {
-            circuit: CircuitState::Closed,
-            in_flight: 0,
-            latency_p50_ms: 0.0,
-            latency_p95_ms: 0.0,
-            ttft_ms: 0.0,
-            error_rate: 0.0,
-            samples: 0,
-        },
-    };
-    (request, vec![backend("probe-a", 1.0), backend("probe-b", 2.0)])
+    }
+}
+
+/// Stats of a backend that has not served anything yet.
+pub fn idle_stats() -> BackendStats {
+    BackendStats {
+        circuit: contract::CircuitState::Closed,
+        in_flight: 0,
+        latency_p50_ms: 0.0,
+        latency_p95_ms: 0.0,
+        ttft_ms: 0.0,
+        error_rate: 0.0,
+        samples: 0,
+    }
 }
 
 impl std::fmt::Debug for LoadedPolicy {

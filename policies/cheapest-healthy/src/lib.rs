@@ -32,7 +32,7 @@ struct CheapestHealthy {
 }
 
 impl Policy for CheapestHealthy {
-    fn init(config: &str) -> Result<Self, String> {
+    fn init(config: &str, _backends: &[Backend]) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config).map_err(|e| format!("invalid config: {e}"))?;
         if config.max_targets == 0 {
             return Err("invalid config: `max_targets` must be at least 1".into());

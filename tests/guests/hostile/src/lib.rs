@@ -11,7 +11,7 @@ use switchyard_policy::{Route, Target};
 struct Hostile;
 
 impl Policy for Hostile {
-    fn init(config: &str) -> Result<Self, String> {
+    fn init(config: &str, _backends: &[Backend]) -> Result<Self, String> {
         if config.contains("loop-in-init") {
             spin_forever();
         }

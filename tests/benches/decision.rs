@@ -1,0 +1,31 @@
+//! Cost of one policy decision through the real runtime, 8 backends.
+//!
+//! - `warm/*`: a pooled instance, the production path.
+//! - `fresh/*`: a new instance (and `init`) per decision, the isolation mode.
+//! - `hostile-trivial`: a guest that returns its first backend without
+//!   looking at anything: the cost of the call boundary alone (lowering the
+//!   request and 8 backends' stats into the guest, lifting the decision, checks).
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use switchyard::policy::{InstanceMode, PolicyRuntime, RuntimeSettings};
+use switchyard_tests::{artifacts, chat_request, eight_backends, read};
+
+fn bench(c: &mut Criterion) {
+    let fleet = eight_backends();
+    let request = chat_request("auto", "Summarise the plot of Hamlet in one line, please.");
+    let mut group = c.benchmark_group("decision");
+    group.measurement_time(Duration::from_secs(5));
+    for (mode, label) in [(InstanceMode::Pooled, "warm"), (InstanceMode::Fresh, "fresh")] {
+        let runtime = PolicyRuntime::new(RuntimeSettings { instance_mode: mode, cache_dir: None, ..Default::default() }).unwrap();
+        for (name, path) in [("cheapest-healthy", artifacts::CHEAPEST_HEALTHY), ("hostile-trivial", artifacts::HOSTILE)] {
+            let policy = runtime.load(name, &read(path), "{}", &fleet.backends).unwrap();
+            group.bench_function(format!("{label}/{name}"), |b| b.iter(|| policy.decide(&request, &fleet.stats).unwrap()));
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
