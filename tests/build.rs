@@ -8,10 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Guest workspaces and the components each produces.
-const WORKSPACES: &[(&str, &[&str])] = &[
-    ("policies", &["cheapest-healthy"]),
-    ("tests/guests", &["hostile", "other-world"]),
-];
+const WORKSPACES: &[(&str, &[&str])] = &[("policies", &["cheapest-healthy"]), ("tests/guests", &["hostile", "other-world"])];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -35,7 +32,12 @@ fn main() {
             let file = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", krate.replace('-', "_")));
             assert!(file.exists(), "{} was not built", file.display());
             let konst = krate.replace('-', "_").to_uppercase();
-            writeln!(out, "/// `{workspace}/{krate}` built for wasm32-wasip2.\npub const {konst}: &str = {:?};", file.display().to_string()).unwrap();
+            writeln!(
+                out,
+                "/// `{workspace}/{krate}` built for wasm32-wasip2.\npub const {konst}: &str = {:?};",
+                file.display().to_string()
+            )
+            .unwrap();
         }
     }
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());

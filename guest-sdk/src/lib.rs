@@ -50,8 +50,7 @@ pub mod bindings {
 
 pub use bindings::switchyard::policy::host::LogLevel;
 pub use bindings::switchyard::policy::types::{
-    ApiSurface, BackendStats, Capabilities, Caller, CircuitState, Decision, Message, Rejection, Request, Role, Route, Tag,
-    Target,
+    ApiSurface, BackendStats, Caller, Capabilities, CircuitState, Decision, Message, Rejection, Request, Role, Route, Tag, Target,
 };
 
 /// A configured backend with its live stats.
@@ -106,8 +105,8 @@ pub use select::{cheapest, fastest, hash_bucket, weighted_choice, BackendExt, Re
 /// Everything a policy usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        cheapest, fastest, hash_bucket, log, reject, route, weighted_choice, ApiSurface, Backend, BackendExt, CircuitState,
-        Decision, LogLevel, Message, Policy, Request, RequestExt, Role, SeedRng,
+        cheapest, fastest, hash_bucket, log, reject, route, weighted_choice, ApiSurface, Backend, BackendExt, CircuitState, Decision,
+        LogLevel, Message, Policy, Request, RequestExt, Role, SeedRng,
     };
 }
 
@@ -152,7 +151,7 @@ macro_rules! export_policy {
                     $crate::__private::route::<$policy>(&request, stats)
                 }
             }
-            $crate::bindings::__export_policy_world!(__SwitchyardExport with_types_in $crate::bindings);
+    $crate::bindings::__export_policy_world!(__SwitchyardExport with_types_in $crate::bindings);
         };
     };
 }

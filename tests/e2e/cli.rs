@@ -37,7 +37,7 @@ fn help_lists_the_commands() {
 
 #[test]
 fn check_reports_world_imports_and_init() {
-    let out = switchyard(&["policy", "check", artifacts::CHEAPEST_HEALTHY]);
+    let out = switchyard(&["policy", "check", artifacts::CHEAPEST_HEALTHY, "--backends", &fixture("backends.json")]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("fits switchyard:policy/policy@0.1.0"), "{stdout}");
@@ -47,7 +47,15 @@ fn check_reports_world_imports_and_init() {
 
 #[test]
 fn eval_prints_the_decision_as_json() {
-    let out = switchyard(&["policy", "eval", artifacts::CHEAPEST_HEALTHY, "--request", &fixture("request.json"), "--backends", &fixture("backends.json")]);
+    let out = switchyard(&[
+        "policy",
+        "eval",
+        artifacts::CHEAPEST_HEALTHY,
+        "--request",
+        &fixture("request.json"),
+        "--backends",
+        &fixture("backends.json"),
+    ]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let decision: serde_json::Value = serde_json::from_str(&stdout).unwrap();

@@ -89,7 +89,16 @@ pub fn backend(name: &str, input_price: f64) -> (Backend, BackendStats) {
 
 /// Eight backends with distinct prices, as in the benchmark.
 pub fn eight_backends() -> Fleet {
-    [("gpt-4o", 2.5), ("gpt-4o-mini", 0.15), ("claude-sonnet", 3.0), ("claude-haiku", 0.8), ("llama-70b", 0.6), ("llama-8b", 0.05), ("mistral-large", 2.0), ("qwen-72b", 0.4)]
-        .iter()
-        .fold(Fleet::default(), |fleet, (n, p)| fleet.with(n, *p, |_, _| {}))
+    [
+        ("gpt-4o", 2.5),
+        ("gpt-4o-mini", 0.15),
+        ("claude-sonnet", 3.0),
+        ("claude-haiku", 0.8),
+        ("llama-70b", 0.6),
+        ("llama-8b", 0.05),
+        ("mistral-large", 2.0),
+        ("qwen-72b", 0.4),
+    ]
+    .iter()
+    .fold(Fleet::default(), |fleet, (n, p)| fleet.with(n, *p, |_, _| {}))
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use switchyard::policy::{watch, Decision, PolicyErrorKind, PolicyRegistry, PolicyRuntime, PolicyWatcher, RuntimeSettings, DEFAULT_DEBOUNCE};
+use switchyard::policy::{
+    watch, Decision, PolicyErrorKind, PolicyRegistry, PolicyRuntime, PolicyWatcher, RuntimeSettings, DEFAULT_DEBOUNCE,
+};
 use switchyard_tests::{artifacts, chat_request, eight_backends, read};
 
 /// How long a change may take to show; the measured figure is printed.
@@ -119,7 +121,13 @@ fn swap_under_load(fx: &Fixture, swap: impl FnOnce(&Path)) -> Duration {
     wait_until("new version serving", || fx.registry.get("p").is_some_and(|p| p.version() != cheapest_version()));
     std::thread::sleep(Duration::from_millis(100));
     let tally = deciders.finish();
-    assert!(tally.failures.is_empty(), "{} of {} decisions failed: {:?}", tally.failures.len(), tally.calls, &tally.failures[..tally.failures.len().min(5)]);
+    assert!(
+        tally.failures.is_empty(),
+        "{} of {} decisions failed: {:?}",
+        tally.failures.len(),
+        tally.calls,
+        &tally.failures[..tally.failures.len().min(5)]
+    );
     assert!(tally.first_seen.contains_key("cheapest"), "the old version never served");
     let first_new = *tally.first_seen.get("hostile").expect("the new version never served");
     let visible_after = first_new.duration_since(swapped_at);

@@ -64,20 +64,69 @@ fn mixed_backends() -> Fleet {
 #[test]
 fn cheapest_healthy_decisions() {
     let cases = [
-        Case { name: "eight backends: three cheapest in price order", config: "{}", request: || chat_request("auto", "hi"), backends: eight_backends, expect: Ok(&["llama-8b", "gpt-4o-mini", "qwen-72b"]) },
-        Case { name: "max_targets from config", config: r#"{"max_targets": 1}"#, request: || chat_request("auto", "hi"), backends: eight_backends, expect: Ok(&["llama-8b"]) },
-        Case { name: "open circuit goes last", config: r#"{"max_targets": 9}"#, request: || chat_request("auto", "hi"), backends: mixed_backends, expect: Ok(&["cheap-blind", "small-context", "eu-mid", "pricey", "cheap-down"]) },
-        Case { name: "images need vision", config: r#"{"max_targets": 9}"#, request: with_image, backends: mixed_backends, expect: Ok(&["small-context", "eu-mid", "pricey", "cheap-down"]) },
-        Case { name: "long prompts need a large context", config: r#"{"max_targets": 9}"#, request: long_prompt, backends: mixed_backends, expect: Ok(&["cheap-blind", "eu-mid", "pricey", "cheap-down"]) },
-        Case { name: "required tag", config: r#"{"require_tag": "eu"}"#, request: || chat_request("auto", "hi"), backends: mixed_backends, expect: Ok(&["eu-mid"]) },
-        Case { name: "nobody has the tag: 400", config: r#"{"require_tag": "moon"}"#, request: || chat_request("auto", "hi"), backends: mixed_backends, expect: Err(400) },
-        Case { name: "no backends at all: 400", config: "{}", request: || chat_request("auto", "hi"), backends: Fleet::default, expect: Err(400) },
+        Case {
+            name: "eight backends: three cheapest in price order",
+            config: "{}",
+            request: || chat_request("auto", "hi"),
+            backends: eight_backends,
+            expect: Ok(&["llama-8b", "gpt-4o-mini", "qwen-72b"]),
+        },
+        Case {
+            name: "max_targets from config",
+            config: r#"{"max_targets": 1}"#,
+            request: || chat_request("auto", "hi"),
+            backends: eight_backends,
+            expect: Ok(&["llama-8b"]),
+        },
+        Case {
+            name: "open circuit goes last",
+            config: r#"{"max_targets": 9}"#,
+            request: || chat_request("auto", "hi"),
+            backends: mixed_backends,
+            expect: Ok(&["cheap-blind", "small-context", "eu-mid", "pricey", "cheap-down"]),
+        },
+        Case {
+            name: "images need vision",
+            config: r#"{"max_targets": 9}"#,
+            request: with_image,
+            backends: mixed_backends,
+            expect: Ok(&["small-context", "eu-mid", "pricey", "cheap-down"]),
+        },
+        Case {
+            name: "long prompts need a large context",
+            config: r#"{"max_targets": 9}"#,
+            request: long_prompt,
+            backends: mixed_backends,
+            expect: Ok(&["cheap-blind", "eu-mid", "pricey", "cheap-down"]),
+        },
+        Case {
+            name: "required tag",
+            config: r#"{"require_tag": "eu"}"#,
+            request: || chat_request("auto", "hi"),
+            backends: mixed_backends,
+            expect: Ok(&["eu-mid"]),
+        },
+        Case {
+            name: "nobody has the tag: 400",
+            config: r#"{"require_tag": "moon"}"#,
+            request: || chat_request("auto", "hi"),
+            backends: mixed_backends,
+            expect: Err(400),
+        },
+        Case {
+            name: "no backends at all: 400",
+            config: "{}",
+            request: || chat_request("auto", "hi"),
+            backends: Fleet::default,
+            expect: Err(400),
+        },
     ];
     let runtime = runtime();
     let bytes = read(artifacts::CHEAPEST_HEALTHY);
     for case in cases {
         let fleet = (case.backends)();
-        let policy = runtime.load("cheapest-healthy", &bytes, case.config, &fleet.backends).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let policy =
+            runtime.load("cheapest-healthy", &bytes, case.config, &fleet.backends).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let decision = policy.decide(&(case.request)(), &fleet.stats).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         match (case.expect, &decision) {
             (Ok(expected), Decision::Route(plan)) => {
@@ -183,7 +232,8 @@ fn guest_logging_is_rate_limited() {
 
 #[test]
 fn a_version_that_keeps_timing_out_is_quarantined() {
-    let runtime = PolicyRuntime::new(RuntimeSettings { quarantine_after: 2, quarantine_for: Duration::from_secs(60), ..settings() }).unwrap();
+    let runtime =
+        PolicyRuntime::new(RuntimeSettings { quarantine_after: 2, quarantine_for: Duration::from_secs(60), ..settings() }).unwrap();
     let policy = hostile(&runtime);
     let stats = eight_backends().stats;
     for _ in 0..2 {
@@ -202,7 +252,12 @@ fn files_that_are_not_policies_are_refused_clearly() {
         ("text", b"this is not wasm at all".to_vec(), PolicyErrorKind::Compile, "not a WebAssembly file"),
         ("empty", Vec::new(), PolicyErrorKind::Compile, "not a WebAssembly file"),
         ("core-module", b"\0asm\x01\0\0\0".to_vec(), PolicyErrorKind::Compile, "a core WebAssembly module, not a component"),
-        ("other-world", read(artifacts::OTHER_WORLD), PolicyErrorKind::WrongWorld, "does not fit the `switchyard:policy/policy@0.1.0` world"),
+        (
+            "other-world",
+            read(artifacts::OTHER_WORLD),
+            PolicyErrorKind::WrongWorld,
+            "does not fit the `switchyard:policy/policy@0.1.0` world",
+        ),
     ];
     for (name, bytes, kind, message) in cases {
         let err = runtime.load(name, &bytes, "{}", &[]).err().unwrap_or_else(|| panic!("{name} was loaded"));
@@ -289,4 +344,19 @@ fn live_stats_reach_the_policy() {
     let cheapest = fleet.backends.iter().position(|b| b.name == "llama-8b").unwrap();
     fleet.stats[cheapest].circuit = CircuitState::Open;
     assert_eq!(targets(&policy.decide(&request, &fleet.stats).unwrap()), ["gpt-4o-mini", "qwen-72b", "llama-70b"]);
+}
+
+#[test]
+fn guests_get_no_environment_arguments_or_files() {
+    // The test process has environment variables and a filesystem; the guest
+    // must see none of them.
+    assert!(std::env::vars().count() > 0);
+    let runtime = runtime();
+    let decision = hostile(&runtime).decide(&chat_request("sandbox", "x"), &eight_backends().stats).unwrap();
+    let Decision::Route(plan) = decision else { panic!("expected a route") };
+    let label = |k: &str| plan.labels.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    assert_eq!(label("env"), Some("0"));
+    assert_eq!(label("args"), Some("0"));
+    assert_eq!(label("root"), Some("denied"));
+    assert_eq!(label("cwd"), Some("denied"));
 }

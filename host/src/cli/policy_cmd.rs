@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use switchyard::policy::contract::{Backend, BackendStats};
 use switchyard::policy::{json, Decision, PolicyRegistry, PolicyRuntime, RuntimeSettings, EMPTY_CONFIG};
 
 #[derive(Debug, Subcommand)]
@@ -17,6 +18,9 @@ pub enum PolicyCommand {
     Check {
         /// The policy component (`.wasm`).
         file: PathBuf,
+        /// Backends to pass to `init`, as a JSON array (default: none).
+        #[arg(long, short)]
+        backends: Option<PathBuf>,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -56,7 +60,7 @@ pub struct CommonArgs {
 
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCommand::Check { file, common } => check(&file, &common),
+        PolicyCommand::Check { file, backends, common } => check(&file, backends.as_deref(), &common),
         PolicyCommand::Eval { file, request, backends, common } => eval(&file, &request, &backends, &common),
         PolicyCommand::Status { dir, no_cache } => status(&dir, no_cache),
     }
@@ -91,8 +95,12 @@ fn read_policy(file: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(file).with_context(|| format!("cannot read policy file {}", file.display()))
 }
 
-fn check(file: &Path, common: &CommonArgs) -> anyhow::Result<ExitCode> {
+fn check(file: &Path, backends: Option<&Path>, common: &CommonArgs) -> anyhow::Result<ExitCode> {
     let config = read_config(common)?;
+    let backends = match backends {
+        Some(path) => read_backends(path)?.0,
+        None => Vec::new(),
+    };
     let bytes = read_policy(file)?;
     let runtime = runtime(common.no_cache)?;
     let name = policy_name(file);
@@ -105,21 +113,27 @@ fn check(file: &Path, common: &CommonArgs) -> anyhow::Result<ExitCode> {
     println!("  imports  {}", report.imports.join("\n           "));
     println!("  exports  {}", report.exports.join("\n           "));
     let started = Instant::now();
-    runtime.load(&name, &bytes, &config, &[])?;
+    runtime.load(&name, &bytes, &config, &backends)?;
     println!("  init     accepted its config; probe decision made ({:.1?} for init and probe)", started.elapsed());
     Ok(ExitCode::SUCCESS)
 }
 
 fn eval(file: &Path, request: &Path, backends: &Path, common: &CommonArgs) -> anyhow::Result<ExitCode> {
     let config = read_config(common)?;
-    let request = json::parse_request(&read_text(request, "request")?).with_context(|| format!("request file {} is not a valid request", request.display()))?;
-    let (backends, stats) =
-        json::parse_backends(&read_text(backends, "backends")?).map_err(anyhow::Error::msg).with_context(|| format!("backends file {} is not a valid list of backends", backends.display()))?;
+    let request = json::parse_request(&read_text(request, "request")?)
+        .with_context(|| format!("request file {} is not a valid request", request.display()))?;
+    let (backends, stats) = read_backends(backends)?;
     let bytes = read_policy(file)?;
     let policy = runtime(common.no_cache)?.load(&policy_name(file), &bytes, &config, &backends)?;
     let decision: Decision = policy.decide(&request, &stats)?;
     println!("{}", serde_json::to_string_pretty(&decision)?);
     Ok(ExitCode::SUCCESS)
+}
+
+fn read_backends(path: &Path) -> anyhow::Result<(Vec<Backend>, Vec<BackendStats>)> {
+    json::parse_backends(&read_text(path, "backends")?)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("backends file {} is not a valid list of backends", path.display()))
 }
 
 fn status(dir: &Path, no_cache: bool) -> anyhow::Result<ExitCode> {

@@ -18,8 +18,7 @@ pub(crate) use bindings::switchyard::policy::types::Host as TypesImports;
 pub(crate) use bindings::{Policy as PolicyBindings, PolicyPre as PolicyBindingsPre};
 
 pub use bindings::switchyard::policy::types::{
-    ApiSurface, Backend, BackendStats, Capabilities, Caller, CircuitState, Decision, Message,
-    Rejection, Request, Role, Route, Tag, Target,
+    ApiSurface, Backend, BackendStats, Caller, Capabilities, CircuitState, Decision, Message, Rejection, Request, Role, Route, Tag, Target,
 };
 
 /// The package and world a policy component must target.

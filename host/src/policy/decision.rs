@@ -68,12 +68,24 @@ pub(crate) fn validate(
                 return Err(invalid("the decision names no target".into()));
             }
             if route.targets.len() > settings.max_targets {
-                return Err(invalid(format!("the decision names {} targets, more than the limit of {}", route.targets.len(), settings.max_targets)));
+                return Err(invalid(format!(
+                    "the decision names {} targets, more than the limit of {}",
+                    route.targets.len(),
+                    settings.max_targets
+                )));
             }
             if route.labels.len() > settings.max_labels {
-                return Err(invalid(format!("the decision carries {} labels, more than the limit of {}", route.labels.len(), settings.max_labels)));
+                return Err(invalid(format!(
+                    "the decision carries {} labels, more than the limit of {}",
+                    route.labels.len(),
+                    settings.max_labels
+                )));
             }
-            if let Some(tag) = route.labels.iter().find(|t| t.key.len() > settings.max_label_bytes || t.value.len() > settings.max_label_bytes || t.key.is_empty()) {
+            if let Some(tag) = route
+                .labels
+                .iter()
+                .find(|t| t.key.len() > settings.max_label_bytes || t.value.len() > settings.max_label_bytes || t.key.is_empty())
+            {
                 return Err(invalid(format!(
                     "label `{}` is empty or longer than {} bytes",
                     cut_at_char_boundary(&tag.key, 64),

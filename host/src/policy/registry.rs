@@ -90,10 +90,19 @@ impl PolicyRegistry {
     /// Loads every policy in `dir`, initialised with `backends` and, per
     /// policy name, the JSON configuration in `configs`. A policy that fails
     /// is reported in its status and does not serve; the others do.
-    pub fn open(runtime: PolicyRuntime, dir: impl Into<PathBuf>, backends: Vec<Backend>, configs: HashMap<String, String>) -> Result<Self, PolicyError> {
+    pub fn open(
+        runtime: PolicyRuntime,
+        dir: impl Into<PathBuf>,
+        backends: Vec<Backend>,
+        configs: HashMap<String, String>,
+    ) -> Result<Self, PolicyError> {
         let dir = dir.into();
         if !dir.is_dir() {
-            return Err(PolicyError::new(PolicyErrorKind::Io, "-", format!("policy directory {} does not exist or is not a directory", dir.display())));
+            return Err(PolicyError::new(
+                PolicyErrorKind::Io,
+                "-",
+                format!("policy directory {} does not exist or is not a directory", dir.display()),
+            ));
         }
         let registry = Self {
             runtime,
@@ -170,7 +179,14 @@ impl PolicyRegistry {
         for (name, path) in &files {
             let config = configs.get(name).map_or(EMPTY_CONFIG, String::as_str);
             let entry = entries.entry(name.clone()).or_insert_with(|| Entry {
-                status: PolicyStatus { name: name.clone(), file: path.clone(), version: None, loaded_at: None, last_error: None, failed_at: None },
+                status: PolicyStatus {
+                    name: name.clone(),
+                    file: path.clone(),
+                    version: None,
+                    loaded_at: None,
+                    last_error: None,
+                    failed_at: None,
+                },
                 stamp: None,
                 tried: None,
             });

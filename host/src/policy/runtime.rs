@@ -71,7 +71,8 @@ impl PolicyRuntime {
         let engine_key = hasher.finish();
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), ticker_stop.clone()).map_err(|e| PolicyError::new(PolicyErrorKind::Runtime, "-", e.to_string()))?;
+        spawn_epoch_ticker(engine.clone(), ticker_stop.clone())
+            .map_err(|e| PolicyError::new(PolicyErrorKind::Runtime, "-", e.to_string()))?;
 
         Ok(Self { inner: Arc::new(RuntimeInner { engine, linker, settings, engine_key, ticker_stop }) })
     }

@@ -185,12 +185,7 @@ impl LoadedPolicy {
         let c = &self.counters;
         PolicyCallStats {
             calls: c.calls.load(Ordering::Relaxed),
-            failures: COUNTED_KINDS
-                .iter()
-                .zip(&c.failures)
-                .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
-                .filter(|(_, n)| *n > 0)
-                .collect(),
+            failures: COUNTED_KINDS.iter().zip(&c.failures).map(|(k, n)| (*k, n.load(Ordering::Relaxed))).filter(|(_, n)| *n > 0).collect(),
             instances_created: c.instances_created.load(Ordering::Relaxed),
             log_lines_dropped: self.log.dropped(),
             quarantined: now_ms() < c.quarantined_until_ms.load(Ordering::Relaxed),

@@ -32,7 +32,10 @@ pub fn watch(registry: &Arc<PolicyRegistry>, debounce: Duration, poll: Duration)
         // may mean a new file: create, close-after-write, rename, remove,
         // and the rename of a ConfigMap's `..data` symlink.
         let relevant = match &event {
-            Ok(e) => !matches!(e.kind, EventKind::Access(AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read | AccessMode::Execute))),
+            Ok(e) => !matches!(
+                e.kind,
+                EventKind::Access(AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read | AccessMode::Execute))
+            ),
             Err(_) => true,
         };
         if relevant {

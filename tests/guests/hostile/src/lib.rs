@@ -43,6 +43,20 @@ impl Policy for Hostile {
                 }
                 route(backends.first()).label("fixture", "hostile").into()
             }
+            "sandbox" => {
+                // What a guest can reach of the host: the test expects nothing.
+                let env = std::env::vars().count().to_string();
+                let args = std::env::args().count().to_string();
+                let root = if std::fs::read_dir("/").is_ok() { "readable" } else { "denied" };
+                let cwd = if std::fs::read_dir(".").is_ok() { "readable" } else { "denied" };
+                route(backends.first())
+                    .label("fixture", "hostile")
+                    .label("env", &env)
+                    .label("args", &args)
+                    .label("root", root)
+                    .label("cwd", cwd)
+                    .into()
+            }
             _ => route(backends.first()).label("fixture", "hostile").into(),
         }
     }
@@ -56,10 +70,7 @@ fn spin_forever() -> ! {
 }
 
 fn targets(names: Vec<String>) -> Decision {
-    Decision::Route(Route {
-        targets: names.into_iter().map(|backend| Target { backend, model: None }).collect(),
-        labels: vec![],
-    })
+    Decision::Route(Route { targets: names.into_iter().map(|backend| Target { backend, model: None }).collect(), labels: vec![] })
 }
 
 switchyard_policy::export_policy!(Hostile);
