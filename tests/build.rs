@@ -14,7 +14,12 @@ fn main() {
     for (workspace, crates) in WORKSPACES {
         for (krate, file) in crates.iter().zip(switchyard_build_support::build_guests(&root, workspace, crates)) {
             let konst = krate.replace('-', "_").to_uppercase();
-            writeln!(out, "/// `{workspace}/{krate}` built for wasm32-wasip2.\npub const {konst}: &str = {:?};", file.display().to_string()).unwrap();
+            writeln!(
+                out,
+                "/// `{workspace}/{krate}` built for wasm32-wasip2.\npub const {konst}: &str = {:?};",
+                file.display().to_string()
+            )
+            .unwrap();
         }
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());

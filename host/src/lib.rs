@@ -11,4 +11,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod error;
+pub mod openai;
 pub mod policy;
+pub mod stats;

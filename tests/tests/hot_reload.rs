@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use switchyard::policy::{
-    watch, Decision, PolicyErrorKind, PolicyRegistry, PolicyRuntime, PolicyWatcher, RuntimeSettings, DEFAULT_DEBOUNCE,
+    watch, Decision, PolicyErrorKind, PolicyRegistry, PolicyRuntime, PolicySources, PolicyWatcher, RuntimeSettings, DEFAULT_DEBOUNCE,
 };
 use switchyard_tests::{artifacts, chat_request, eight_backends, read};
 
@@ -28,7 +28,8 @@ fn fixture(layout: impl FnOnce(&Path)) -> Fixture {
     layout(dir.path());
     let settings = RuntimeSettings { call_deadline: Duration::from_millis(50), cache_dir: None, ..RuntimeSettings::default() };
     let backends = eight_backends().backends;
-    let registry = Arc::new(PolicyRegistry::open(PolicyRuntime::new(settings).unwrap(), dir.path(), backends, HashMap::new()).unwrap());
+    let sources = PolicySources { dir: Some(dir.path().to_path_buf()), builtin: vec![] };
+    let registry = Arc::new(PolicyRegistry::open(PolicyRuntime::new(settings).unwrap(), sources, backends, HashMap::new()).unwrap());
     let watcher = watch(&registry, DEFAULT_DEBOUNCE, Duration::from_secs(60)).unwrap();
     Fixture { dir, registry, _watcher: watcher }
 }
@@ -273,12 +274,13 @@ fn open_reports_broken_files_and_serves_the_rest() {
     std::fs::write(dir.path().join("good.wasm"), read(artifacts::CHEAPEST_HEALTHY)).unwrap();
     std::fs::write(dir.path().join("bad.wasm"), b"nope").unwrap();
     let runtime = PolicyRuntime::new(RuntimeSettings { cache_dir: None, ..Default::default() }).unwrap();
-    let registry = PolicyRegistry::open(runtime.clone(), dir.path(), Vec::new(), HashMap::new()).unwrap();
+    let sources = |dir: PathBuf| PolicySources { dir: Some(dir), builtin: vec![] };
+    let registry = PolicyRegistry::open(runtime.clone(), sources(dir.path().to_path_buf()), Vec::new(), HashMap::new()).unwrap();
     assert_eq!(registry.names(), ["good"]);
     let statuses = registry.statuses();
     let bad = statuses.iter().find(|s| s.name == "bad").unwrap();
     assert_eq!(bad.last_error.as_ref().unwrap().kind(), PolicyErrorKind::Compile);
     assert_eq!(bad.file, PathBuf::from(dir.path().join("bad.wasm")));
-    let missing = PolicyRegistry::open(runtime, dir.path().join("missing"), Vec::new(), HashMap::new()).err().unwrap();
+    let missing = PolicyRegistry::open(runtime, sources(dir.path().join("missing")), Vec::new(), HashMap::new()).err().unwrap();
     assert!(missing.message().contains("does not exist"), "{missing}");
 }

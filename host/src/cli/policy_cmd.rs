@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use switchyard::policy::contract::{Backend, BackendStats};
-use switchyard::policy::{json, Decision, PolicyRegistry, PolicyRuntime, RuntimeSettings, EMPTY_CONFIG};
+use switchyard::policy::{json, Decision, PolicyRegistry, PolicyRuntime, PolicySources, RuntimeSettings, EMPTY_CONFIG};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -137,7 +137,8 @@ fn read_backends(path: &Path) -> anyhow::Result<(Vec<Backend>, Vec<BackendStats>
 }
 
 fn status(dir: &Path, no_cache: bool) -> anyhow::Result<ExitCode> {
-    let registry = PolicyRegistry::open(runtime(no_cache)?, dir, Vec::new(), HashMap::new())?;
+    let sources = PolicySources { dir: Some(dir.to_path_buf()), builtin: Vec::new() };
+    let registry = PolicyRegistry::open(runtime(no_cache)?, sources, Vec::new(), HashMap::new())?;
     let statuses = registry.statuses();
     if statuses.is_empty() {
         println!("no `*.wasm` policy in {}", dir.display());

@@ -78,7 +78,7 @@ impl GuestLog {
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character
 /// boundary.
-pub(crate) fn cut_at_char_boundary(s: &str, max: usize) -> &str {
+pub fn cut_at_char_boundary(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -23,7 +23,8 @@ mod watch;
 
 pub use decision::{ChosenTarget, Decision, RoutePlan};
 pub use error::{PolicyError, PolicyErrorKind};
-pub use registry::{PolicyRegistry, PolicyStatus, RescanReport, EMPTY_CONFIG, POLICY_EXTENSION};
+pub use guest_log::cut_at_char_boundary;
+pub use registry::{PolicyRegistry, PolicySources, PolicyStatus, RescanReport, EMPTY_CONFIG, POLICY_EXTENSION};
 pub use runtime::{ComponentReport, PolicyRuntime};
 pub use settings::{default_cache_dir, InstanceMode, RuntimeSettings};
 pub use version::{idle_stats, LoadedPolicy, PolicyCallStats};

@@ -67,11 +67,28 @@ struct Entry {
     tried: Option<(String, String, u64)>,
 }
 
-/// Policies loaded from one directory, each file `NAME.wasm` serving the
-/// policy `NAME`.
+/// Where policies come from.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySources {
+    /// A directory of `NAME.wasm` files, each serving the policy `NAME`.
+    pub dir: Option<PathBuf>,
+    /// Policies built into the binary; a file of the same name overrides one.
+    pub builtin: Vec<(String, &'static [u8])>,
+}
+
+/// Where one policy's bytes are.
+enum PolicyFile {
+    Path(PathBuf),
+    Builtin(&'static [u8]),
+}
+
+/// Shown as the file of built-in policies.
+const BUILTIN_FILE: &str = "<built-in>";
+
+/// Policies by name, from a directory and built-in components.
 pub struct PolicyRegistry {
     runtime: PolicyRuntime,
-    dir: PathBuf,
+    sources: PolicySources,
     /// What requests read: swapped whole on every change.
     serving: ArcSwap<HashMap<String, Arc<LoadedPolicy>>>,
     /// The reload path's state; its lock also serialises reloads.
@@ -92,12 +109,11 @@ impl PolicyRegistry {
     /// is reported in its status and does not serve; the others do.
     pub fn open(
         runtime: PolicyRuntime,
-        dir: impl Into<PathBuf>,
+        sources: PolicySources,
         backends: Vec<Backend>,
         configs: HashMap<String, String>,
     ) -> Result<Self, PolicyError> {
-        let dir = dir.into();
-        if !dir.is_dir() {
+        if let Some(dir) = sources.dir.as_ref().filter(|d| !d.is_dir()) {
             return Err(PolicyError::new(
                 PolicyErrorKind::Io,
                 "-",
@@ -106,7 +122,7 @@ impl PolicyRegistry {
         }
         let registry = Self {
             runtime,
-            dir,
+            sources,
             serving: ArcSwap::from_pointee(HashMap::new()),
             reload: Mutex::new(ReloadState { configs, backends, generation: 0, entries: BTreeMap::new() }),
         };
@@ -114,9 +130,9 @@ impl PolicyRegistry {
         Ok(registry)
     }
 
-    /// The directory this registry watches.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The directory this registry watches, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.sources.dir.as_deref()
     }
 
     /// The runtime policies are loaded into.
@@ -161,23 +177,33 @@ impl PolicyRegistry {
     pub fn rescan(&self) -> RescanReport {
         let mut state = self.lock();
         let mut report = RescanReport::default();
-        let files = match policy_files(&self.dir) {
-            Ok(files) => files,
-            Err(e) => {
-                // The directory itself is unreadable (being swapped, or gone):
-                // keep serving what we have.
-                tracing::warn!(dir = %self.dir.display(), "cannot list the policy directory: {e}");
-                return report;
-            }
+        let mut files = match &self.sources.dir {
+            None => BTreeMap::new(),
+            Some(dir) => match policy_files(dir) {
+                Ok(files) => files,
+                Err(e) => {
+                    // The directory itself is unreadable (being swapped, or
+                    // gone): keep serving what we have.
+                    tracing::warn!(dir = %dir.display(), "cannot list the policy directory: {e}");
+                    return report;
+                }
+            },
         };
+        for (name, bytes) in &self.sources.builtin {
+            files.entry(name.clone()).or_insert(PolicyFile::Builtin(bytes));
+        }
 
         let ReloadState { configs, backends, generation, entries } = &mut *state;
         let generation = *generation;
         let mut serving = (**self.serving.load()).clone();
         let mut changed = false;
 
-        for (name, path) in &files {
+        for (name, file) in &files {
             let config = configs.get(name).map_or(EMPTY_CONFIG, String::as_str);
+            let path = match file {
+                PolicyFile::Path(path) => path.clone(),
+                PolicyFile::Builtin(_) => PathBuf::from(BUILTIN_FILE),
+            };
             let entry = entries.entry(name.clone()).or_insert_with(|| Entry {
                 status: PolicyStatus {
                     name: name.clone(),
@@ -191,12 +217,19 @@ impl PolicyRegistry {
                 tried: None,
             });
             entry.status.file = path.clone();
-            let stamp = file_stamp(path);
+            let stamp = match file {
+                PolicyFile::Path(path) => file_stamp(path),
+                PolicyFile::Builtin(bytes) => Some(FileStamp { len: bytes.len() as u64, modified: None, inode: 0 }),
+            };
             let inputs_changed = entry.tried.as_ref().is_some_and(|(_, c, g)| c != config || *g != generation);
             if stamp.is_some() && stamp == entry.stamp && !inputs_changed {
                 continue;
             }
-            let bytes = match std::fs::read(path) {
+            let read = match file {
+                PolicyFile::Path(path) => std::fs::read(path).map(std::borrow::Cow::Owned),
+                PolicyFile::Builtin(bytes) => Ok(std::borrow::Cow::Borrowed(*bytes)),
+            };
+            let bytes = match read {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     record_failure(entry, PolicyError::new(PolicyErrorKind::Io, name, format!("cannot read {}: {e}", path.display())));
@@ -260,7 +293,7 @@ fn record_failure(entry: &mut Entry, error: PolicyError) {
 /// `NAME.wasm` files of the directory, by name. Hidden files (such as the
 /// `..data` folder of a Kubernetes ConfigMap) are skipped; symlinks are
 /// followed.
-fn policy_files(dir: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
+fn policy_files(dir: &Path) -> std::io::Result<BTreeMap<String, PolicyFile>> {
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -268,7 +301,7 @@ fn policy_files(dir: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
         if ext != POLICY_EXTENSION || stem.starts_with('.') || !path.is_file() {
             continue;
         }
-        files.insert(stem.to_owned(), path);
+        files.insert(stem.to_owned(), PolicyFile::Path(path));
     }
     Ok(files)
 }

@@ -26,6 +26,9 @@ pub struct PolicyWatcher {
 /// Starts watching `registry`'s directory on a thread of its own. Loads run on
 /// that thread, off the request path.
 pub fn watch(registry: &Arc<PolicyRegistry>, debounce: Duration, poll: Duration) -> Result<PolicyWatcher, PolicyError> {
+    let Some(dir) = registry.dir().map(|d| d.to_path_buf()) else {
+        return Err(PolicyError::new(PolicyErrorKind::Io, "-", "the registry has no policy directory to watch"));
+    };
     let (tx, rx) = channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reads (ours included) must not trigger rescans; everything else
@@ -42,8 +45,8 @@ pub fn watch(registry: &Arc<PolicyRegistry>, debounce: Duration, poll: Duration)
             let _ = tx.send(());
         }
     })
-    .map_err(|e| watch_error(registry, e))?;
-    watcher.watch(registry.dir(), RecursiveMode::NonRecursive).map_err(|e| watch_error(registry, e))?;
+    .map_err(|e| watch_error(&dir, e))?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| watch_error(&dir, e))?;
 
     let registry: Weak<PolicyRegistry> = Arc::downgrade(registry);
     std::thread::Builder::new()
@@ -77,6 +80,6 @@ pub fn watch(registry: &Arc<PolicyRegistry>, debounce: Duration, poll: Duration)
     Ok(PolicyWatcher { _watcher: watcher })
 }
 
-fn watch_error(registry: &PolicyRegistry, e: notify::Error) -> PolicyError {
-    PolicyError::new(PolicyErrorKind::Io, "-", format!("cannot watch {}: {e}", registry.dir().display()))
+fn watch_error(dir: &std::path::Path, e: notify::Error) -> PolicyError {
+    PolicyError::new(PolicyErrorKind::Io, "-", format!("cannot watch {}: {e}", dir.display()))
 }

@@ -1,0 +1,595 @@
+//! The router's configuration: a TOML file, checked whole before use.
+//!
+//! Errors name the file, the key and the problem. Secrets come from
+//! `${ENV_VAR}` references in `api_key`, `base_url` and client `key` values.
+
+mod embedded;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use embedded::{embedded, EMBEDDED_POLICY_NAME};
+
+/// A configuration error: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    /// The file (or `<embedded>`).
+    pub file: String,
+    /// The key, as a path such as `backends[1].base_url`; `-` for the whole file.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where it was read from (`<embedded>` for the built-in default).
+    pub source: String,
+    /// The HTTP listener.
+    pub server: ServerConfig,
+    /// Policy runtime and routing settings.
+    pub policies: PoliciesConfig,
+    /// Which policy serves which virtual model.
+    pub routes: Vec<RouteConfig>,
+    /// Failover limits.
+    pub retry: RetryConfig,
+    /// Circuit breaker settings.
+    pub circuit: CircuitConfig,
+    /// Upstream backends, in order.
+    pub backends: Vec<BackendConfig>,
+    /// Client API keys; empty means no authentication.
+    pub clients: Vec<ClientConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most request headers accepted.
+    pub max_headers: usize,
+    /// How long shutdown waits for requests and streams in flight, in ms.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), max_body_bytes: 4 << 20, max_headers: 100, shutdown_grace_ms: 30_000 }
+    }
+}
+
+/// Instance reuse mode of the policy runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceModeConfig {
+    /// Warm instances, reused.
+    #[default]
+    Pooled,
+    /// A fresh instance per decision.
+    Fresh,
+}
+
+/// `[policies]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// Directory of `NAME.wasm` policies, relative to the config file; `None`
+    /// serves only the embedded default policy.
+    pub dir: Option<PathBuf>,
+    /// Deadline of one decision, in ms.
+    pub call_deadline_ms: u64,
+    /// Memory cap of one policy instance, in MiB.
+    pub memory_limit_mib: usize,
+    /// Instance reuse.
+    pub instance_mode: InstanceModeConfig,
+    /// Bytes of message text passed to a policy per request.
+    pub text_budget_bytes: usize,
+    /// A request naming a backend (by name or model) goes straight to it,
+    /// without a policy.
+    pub direct_backend_models: bool,
+    /// Per-policy configuration, handed to `init` as JSON.
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            call_deadline_ms: 5,
+            memory_limit_mib: 64,
+            instance_mode: InstanceModeConfig::Pooled,
+            text_budget_bytes: 16 << 10,
+            direct_backend_models: true,
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[[routes]]`: a virtual model served by a policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The model name clients ask for (`*` matches any model no other route
+    /// or backend matches).
+    pub model: String,
+    /// The policy that decides.
+    pub policy: String,
+}
+
+/// `[retry]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Most upstream attempts per request.
+    pub max_attempts: u32,
+    /// Total time budget of a request, in ms (streams: until the first token).
+    pub total_timeout_ms: u64,
+    /// The longest `Retry-After` the router waits for on the last target,
+    /// in ms; longer ones fail the attempt.
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self { max_attempts: 3, total_timeout_ms: 120_000, max_retry_after_ms: 2_000 }
+    }
+}
+
+/// `[circuit]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitConfig {
+    /// Consecutive failures that open a backend's circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit waits before a probe request, in ms.
+    pub open_ms: u64,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self { failure_threshold: 5, open_ms: 10_000 }
+    }
+}
+
+/// Upstream provider kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible API: OpenAI, vLLM, Ollama, llama.cpp, OpenRouter, Groq...
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// Answers locally, for demos and tests.
+    Mock,
+}
+
+impl ProviderKind {
+    /// The name policies see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Mock => "mock",
+        }
+    }
+}
+
+/// What a backend can do.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapabilitiesConfig {
+    /// Image inputs.
+    pub vision: bool,
+    /// Tool calls.
+    pub tools: bool,
+    /// JSON mode.
+    pub json_mode: bool,
+    /// Streaming.
+    pub stream: bool,
+}
+
+impl Default for CapabilitiesConfig {
+    fn default() -> Self {
+        Self { vision: false, tools: false, json_mode: false, stream: true }
+    }
+}
+
+/// Behaviour of a `mock` backend.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockConfig {
+    /// Time before a non-streamed answer, in ms.
+    pub latency_ms: u64,
+    /// Time before the first streamed token, in ms.
+    pub ttft_ms: u64,
+    /// Streaming speed; 0 streams as fast as possible.
+    pub tokens_per_second: u32,
+    /// Tokens in each answer.
+    pub answer_tokens: u32,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self { latency_ms: 0, ttft_ms: 0, tokens_per_second: 0, answer_tokens: 16 }
+    }
+}
+
+/// `[[backends]]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Unique name; policies and logs refer to it.
+    pub name: String,
+    /// Provider kind.
+    pub provider: ProviderKind,
+    /// Base URL of the API, such as `https://api.openai.com/v1`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// API key (use `${ENV_VAR}`).
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// The upstream model; defaults to the name.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Tags policies can filter on, such as `private`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// US dollars per million input tokens.
+    #[serde(default)]
+    pub input_price: f64,
+    /// US dollars per million output tokens.
+    #[serde(default)]
+    pub output_price: f64,
+    /// Context window in tokens.
+    #[serde(default = "default_context_window")]
+    pub context_window: u32,
+    /// Capabilities.
+    #[serde(default)]
+    pub capabilities: CapabilitiesConfig,
+    /// Time limit of one non-streamed attempt, in ms.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// TCP connect time limit, in ms.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time limit to the first streamed token, in ms.
+    #[serde(default = "default_first_token_timeout_ms")]
+    pub first_token_timeout_ms: u64,
+    /// Longest silence inside a stream, in ms.
+    #[serde(default = "default_stream_idle_timeout_ms")]
+    pub stream_idle_timeout_ms: u64,
+    /// Mock behaviour (provider `mock` only).
+    #[serde(default)]
+    pub mock: Option<MockConfig>,
+}
+
+impl BackendConfig {
+    /// The upstream model.
+    pub fn model(&self) -> &str {
+        self.model.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The attempt time limit.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+fn default_context_window() -> u32 {
+    128_000
+}
+fn default_timeout_ms() -> u64 {
+    60_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+fn default_first_token_timeout_ms() -> u64 {
+    30_000
+}
+fn default_stream_idle_timeout_ms() -> u64 {
+    30_000
+}
+
+/// `[[clients]]`: a client API key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// A name for logs and policies (never the key).
+    pub name: String,
+    /// The key clients send (use `${ENV_VAR}`).
+    pub key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    policies: PoliciesConfig,
+    #[serde(default)]
+    routes: Vec<RouteConfig>,
+    #[serde(default)]
+    retry: RetryConfig,
+    #[serde(default)]
+    circuit: CircuitConfig,
+    #[serde(default)]
+    backends: Vec<BackendConfig>,
+    #[serde(default)]
+    clients: Vec<ClientConfig>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "-".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &file, &base, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates `text`; relative paths resolve against `base`,
+    /// `${VAR}` through `env`.
+    pub fn parse(text: &str, file: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let err = |key: &str, problem: String| ConfigError { file: file.to_owned(), key: key.to_owned(), problem };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's message starts with the position and quotes the line.
+            let span = e.span().map(|s| line_col(text, s.start));
+            let problem = e.message().to_owned();
+            match span {
+                Some((line, col)) => err(&format!("line {line}, column {col}"), problem),
+                None => err("-", problem),
+            }
+        })?;
+        let mut config = Config {
+            source: file.to_owned(),
+            server: raw.server,
+            policies: raw.policies,
+            routes: raw.routes,
+            retry: raw.retry,
+            circuit: raw.circuit,
+            backends: raw.backends,
+            clients: raw.clients,
+        };
+        if let Some(dir) = &config.policies.dir {
+            config.policies.dir = Some(base.join(dir));
+        }
+        for (i, b) in config.backends.iter_mut().enumerate() {
+            if let Some(v) = &b.api_key {
+                b.api_key = Some(interpolate(v, env).map_err(|p| err(&format!("backends[{i}].api_key"), p))?);
+            }
+            if let Some(v) = &b.base_url {
+                b.base_url = Some(interpolate(v, env).map_err(|p| err(&format!("backends[{i}].base_url"), p))?);
+            }
+        }
+        for (i, c) in config.clients.iter_mut().enumerate() {
+            c.key = interpolate(&c.key, env).map_err(|p| err(&format!("clients[{i}].key"), p))?;
+        }
+        config.validate().map_err(|(key, problem)| err(&key, problem))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let p = &self.policies;
+        if p.call_deadline_ms == 0 || p.call_deadline_ms > 10_000 {
+            return Err(("policies.call_deadline_ms".into(), "must be between 1 and 10000".into()));
+        }
+        if p.memory_limit_mib == 0 || p.memory_limit_mib > 4096 {
+            return Err(("policies.memory_limit_mib".into(), "must be between 1 and 4096".into()));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(("retry.max_attempts".into(), "must be at least 1".into()));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(("server.max_body_bytes".into(), "must be at least 1024".into()));
+        }
+        if self.backends.is_empty() {
+            return Err(("backends".into(), "at least one backend is needed".into()));
+        }
+        let mut names = HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let key = |field: &str| format!("backends[{i}].{field}");
+            if b.name.is_empty() || b.name.len() > 128 || !b.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c)) {
+                return Err((key("name"), format!("`{}` is not a valid name (1 to 128 of A-Z a-z 0-9 - _ . : /)", b.name)));
+            }
+            if !names.insert(b.name.as_str()) {
+                return Err((key("name"), format!("`{}` is used by an earlier backend", b.name)));
+            }
+            match (b.provider, &b.base_url) {
+                (ProviderKind::Mock, _) => {}
+                (_, None) => return Err((key("base_url"), format!("required for provider `{}`", b.provider.as_str()))),
+                (_, Some(url)) => {
+                    let parsed = reqwest::Url::parse(url).map_err(|e| (key("base_url"), format!("`{url}` is not a URL: {e}")))?;
+                    if !matches!(parsed.scheme(), "http" | "https") {
+                        return Err((key("base_url"), format!("`{url}` must be http or https")));
+                    }
+                }
+            }
+            if b.mock.is_some() && b.provider != ProviderKind::Mock {
+                return Err((key("mock"), "only for provider `mock`".into()));
+            }
+            for (field, price) in [("input_price", b.input_price), ("output_price", b.output_price)] {
+                if !price.is_finite() || price < 0.0 {
+                    return Err((key(field), format!("{price} is not a price (a number, 0 or more)")));
+                }
+            }
+            for (field, ms) in [
+                ("timeout_ms", b.timeout_ms),
+                ("connect_timeout_ms", b.connect_timeout_ms),
+                ("first_token_timeout_ms", b.first_token_timeout_ms),
+                ("stream_idle_timeout_ms", b.stream_idle_timeout_ms),
+            ] {
+                if ms == 0 {
+                    return Err((key(field), "must be more than 0".into()));
+                }
+            }
+        }
+        let mut models = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if !models.insert(r.model.as_str()) {
+                return Err((format!("routes[{i}].model"), format!("`{}` is routed twice", r.model)));
+            }
+            if r.policy.is_empty() {
+                return Err((format!("routes[{i}].policy"), "must name a policy".into()));
+            }
+        }
+        let mut keys = HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            if c.key.len() < 8 {
+                return Err((format!("clients[{i}].key"), "must be at least 8 characters".into()));
+            }
+            if !keys.insert(c.key.as_str()) {
+                return Err((format!("clients[{i}].key"), "is the same key as an earlier client's".into()));
+            }
+        }
+        for name in p.config.keys() {
+            if !self.routes.iter().any(|r| &r.policy == name) {
+                tracing::warn!(file = %self.source, "policies.config.{name}: no route uses this policy");
+            }
+        }
+        Ok(())
+    }
+
+    /// Each policy's configuration as JSON, for `init`.
+    pub fn policy_configs(&self) -> HashMap<String, String> {
+        self.policies
+            .config
+            .iter()
+            .map(|(name, value)| (name.clone(), serde_json::to_string(value).unwrap_or_else(|_| "{}".into())))
+            .collect()
+    }
+
+    /// The per-call deadline of policies.
+    pub fn call_deadline(&self) -> Duration {
+        Duration::from_millis(self.policies.call_deadline_ms)
+    }
+}
+
+/// Replaces `${NAME}` with the environment variable `NAME`; `$${` is a
+/// literal `${`.
+fn interpolate(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        if rest[..start].ends_with('$') {
+            out.push_str(&rest[..start - 1]);
+            out.push_str("${");
+            rest = &rest[start + 2..];
+            continue;
+        }
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("unclosed `${{` in `{value}`"))?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`${{{name}}}` is not an environment variable reference"));
+        }
+        let found = env(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+        out.push_str(&found);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let env = |name: &str| (name == "SECRET").then(|| "s3cret-value".to_owned());
+        Config::parse(text, "test.toml", Path::new("/etc/switchyard"), &env)
+    }
+
+    const MINIMAL: &str = "[[backends]]\nname = \"m\"\nprovider = \"mock\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.server.listen.port(), 8080);
+        assert_eq!(c.backends[0].model(), "m");
+        assert_eq!(c.retry.max_attempts, 3);
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_problem() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("[server]\nlisen = 1\n", "line 2, column 1", "unknown field `lisen`"),
+            ("[server]\nlisten = \"nowhere\"\n", "line 2", "invalid socket address"),
+            ("[[backends]]\nname = \"a\"\nprovider = \"openai\"\n", "backends[0].base_url", "required for provider `openai`"),
+            (
+                "[[backends]]\nname = \"a\"\nprovider = \"openai\"\nbase_url = \"ftp://x\"\n",
+                "backends[0].base_url",
+                "must be http or https",
+            ),
+            (
+                "[[backends]]\nname = \"a\"\nprovider = \"openai\"\nbase_url = \"http://x\"\napi_key = \"${NOPE}\"\n",
+                "backends[0].api_key",
+                "environment variable `NOPE` is not set",
+            ),
+            (
+                "[[backends]]\nname = \"a\"\nprovider = \"mock\"\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n",
+                "backends[1].name",
+                "used by an earlier backend",
+            ),
+            ("[[backends]]\nname = \"a\"\nprovider = \"mock\"\ninput_price = -1\n", "backends[0].input_price", "is not a price"),
+            ("[[backends]]\nname = \"a\"\nprovider = \"lama\"\n", "line 3", "unknown variant `lama`"),
+            ("", "backends", "at least one backend"),
+            (
+                "[[backends]]\nname = \"a\"\nprovider = \"mock\"\n[[clients]]\nname = \"c\"\nkey = \"short\"\n",
+                "clients[0].key",
+                "at least 8 characters",
+            ),
+            (
+                "[policies]\ncall_deadline_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n",
+                "policies.call_deadline_ms",
+                "between 1 and 10000",
+            ),
+            ("not toml at all", "line 1", ""),
+        ];
+        for (text, key, problem) in cases {
+            let e = parse(text).expect_err(text);
+            assert_eq!(e.file, "test.toml");
+            assert!(e.key.starts_with(key), "{text:?}: key {:?}, expected {key:?} ({e})", e.key);
+            assert!(e.problem.contains(problem), "{text:?}: problem {:?}, expected {problem:?}", e.problem);
+        }
+    }
+
+    #[test]
+    fn secrets_and_paths_are_resolved() {
+        let text = "[policies]\ndir = \"policies\"\n[[backends]]\nname = \"a\"\nprovider = \"openai\"\nbase_url = \"http://x/v1\"\napi_key = \"Bearer-${SECRET}-$${LITERAL}\"\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.backends[0].api_key.as_deref(), Some("Bearer-s3cret-value-${LITERAL}"));
+        assert_eq!(c.policies.dir.as_deref(), Some(Path::new("/etc/switchyard/policies")));
+    }
+
+    #[test]
+    fn policy_config_becomes_json() {
+        let text =
+            format!("{MINIMAL}[[routes]]\nmodel = \"auto\"\npolicy = \"p\"\n[policies.config.p]\nmax_targets = 2\nrequire_tag = \"eu\"\n");
+        let c = parse(&text).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&c.policy_configs()["p"]).unwrap();
+        assert_eq!(json, serde_json::json!({"max_targets": 2, "require_tag": "eu"}));
+    }
+}

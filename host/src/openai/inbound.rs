@@ -1,0 +1,364 @@
+//! Where a client request is parsed: the JSON body is kept whole (fields the
+//! router does not know pass through untouched) and the policy's view of it
+//! is extracted.
+
+use hyper::HeaderMap;
+use serde_json::{Map, Value};
+
+use crate::error::GatewayError;
+use crate::policy::contract::{ApiSurface, Caller, Message, Request, Role, Tag};
+
+/// Prefix of headers that become policy tags.
+pub const TAG_HEADER_PREFIX: &str = "x-switchyard-";
+
+/// Most tags taken from a request.
+const MAX_TAGS: usize = 32;
+/// Longest tag key or value kept, in bytes.
+const MAX_TAG_BYTES: usize = 256;
+
+/// A parsed client request.
+#[derive(Debug, Clone)]
+pub struct InboundRequest {
+    /// Which API was called.
+    pub surface: ApiSurface,
+    /// The body as sent, to forward with only `model` changed.
+    pub body: Map<String, Value>,
+    /// The model asked for.
+    pub model: String,
+    /// The client asked for SSE.
+    pub stream: bool,
+    /// `stream_options.include_usage`.
+    pub include_usage: bool,
+    /// What the policy sees.
+    pub view: Request,
+}
+
+/// Who sent the request, from authentication.
+#[derive(Debug, Clone, Default)]
+pub struct CallerIdentity {
+    /// The configured name of the client key used.
+    pub key_name: Option<String>,
+}
+
+/// Parses a body for `surface`. `text_budget` caps the message text passed
+/// to the policy.
+pub fn parse(
+    surface: ApiSurface,
+    body: &[u8],
+    headers: &HeaderMap,
+    caller: &CallerIdentity,
+    request_id: &str,
+    text_budget: usize,
+    seed: u64,
+) -> Result<InboundRequest, GatewayError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| GatewayError::bad_request(format!("the request body is not valid JSON: {e}"), None))?;
+    let Value::Object(body) = value else {
+        return Err(GatewayError::bad_request("the request body must be a JSON object", None));
+    };
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(_) => return Err(GatewayError::bad_request("`model` must be a non-empty string", Some("model"))),
+        None => return Err(GatewayError::bad_request("you must provide a model parameter", Some("model"))),
+    };
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(GatewayError::bad_request("`stream` must be a boolean", Some("stream"))),
+    };
+    if stream && surface == ApiSurface::Embeddings {
+        return Err(GatewayError::bad_request("embeddings cannot be streamed", Some("stream")));
+    }
+    let include_usage = body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+
+    let mut messages = match surface {
+        ApiSurface::Chat => chat_messages(&body)?,
+        ApiSurface::Completion => input_texts(&body, "prompt")?,
+        ApiSurface::Embeddings => input_texts(&body, "input")?,
+    };
+    let total_text_bytes: u64 = messages.iter().map(|m| u64::from(m.text_bytes)).sum();
+    apply_text_budget(&mut messages, text_budget);
+    let image_tokens: u64 = messages.iter().filter(|m| m.has_image).count() as u64 * 765;
+
+    let max_output_tokens = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_u64))
+        .map(|v| v.min(u64::from(u32::MAX)) as u32);
+    let tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(|tools| {
+            tools.iter().filter_map(|t| t.get("function").and_then(|f| f.get("name")).and_then(Value::as_str)).map(str::to_owned).collect()
+        })
+        .unwrap_or_default();
+    let json_mode = body
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t == "json_object" || t == "json_schema");
+    let user = body.get("user").and_then(Value::as_str).map(str::to_owned);
+
+    let view = Request {
+        id: request_id.to_owned(),
+        model: model.clone(),
+        surface,
+        stream,
+        input_tokens: (total_text_bytes / 4 + messages.len() as u64 * 4 + image_tokens).min(u64::from(u32::MAX)) as u32,
+        messages,
+        total_text_bytes,
+        max_output_tokens,
+        tools,
+        json_mode,
+        caller: Caller { key_name: caller.key_name.clone(), user },
+        tags: tags(&body, headers),
+        seed,
+    };
+    Ok(InboundRequest { surface, body, model, stream, include_usage, view })
+}
+
+fn role(value: &str) -> Option<Role> {
+    Some(match value {
+        "system" => Role::System,
+        "developer" => Role::Developer,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" | "function" => Role::Tool,
+        _ => return None,
+    })
+}
+
+fn chat_messages(body: &Map<String, Value>) -> Result<Vec<Message>, GatewayError> {
+    let Some(Value::Array(items)) = body.get("messages") else {
+        return Err(GatewayError::bad_request("`messages` must be an array of messages", Some("messages")));
+    };
+    if items.is_empty() {
+        return Err(GatewayError::bad_request("`messages` must not be empty", Some("messages")));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let param = format!("messages[{i}]");
+            let bad = |what: &str| GatewayError::bad_request(format!("{param}: {what}"), Some(&param));
+            let Value::Object(m) = item else { return Err(bad("must be an object")) };
+            let role = m
+                .get("role")
+                .and_then(Value::as_str)
+                .and_then(role)
+                .ok_or_else(|| bad("`role` must be one of system, developer, user, assistant, tool"))?;
+            let mut message = Message {
+                role,
+                text: String::new(),
+                text_bytes: 0,
+                has_image: false,
+                has_audio: false,
+                has_file: false,
+                has_tool_calls: false,
+            };
+            match m.get("content") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => message.text = s.clone(),
+                Some(Value::Array(parts)) => {
+                    let mut texts = Vec::new();
+                    for part in parts {
+                        match part.get("type").and_then(Value::as_str) {
+                            Some("text") | Some("input_text") => texts.extend(part.get("text").and_then(Value::as_str)),
+                            Some("image_url") | Some("input_image") | Some("image") => message.has_image = true,
+                            Some("input_audio") | Some("audio") => message.has_audio = true,
+                            Some("file") | Some("input_file") => message.has_file = true,
+                            Some("refusal") => texts.extend(part.get("refusal").and_then(Value::as_str)),
+                            _ => return Err(bad("every content part needs a known `type` (text, image_url, input_audio, file)")),
+                        }
+                    }
+                    message.text = texts.join("\n");
+                }
+                Some(_) => return Err(bad("`content` must be a string or an array of parts")),
+            }
+            message.has_tool_calls = role == Role::Tool || m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
+            message.text_bytes = message.text.len().min(u32::MAX as usize) as u32;
+            Ok(message)
+        })
+        .collect()
+}
+
+/// `prompt` or `input`: a string or an array of strings (token arrays count
+/// as input without text).
+fn input_texts(body: &Map<String, Value>, field: &str) -> Result<Vec<Message>, GatewayError> {
+    let texts: Vec<String> = match body.get(field) {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).or_else(|| v.is_array().then(String::new)).or_else(|| v.is_number().then(String::new)))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                GatewayError::bad_request(format!("`{field}` must be a string or an array of strings or token arrays"), Some(field))
+            })?,
+        _ => return Err(GatewayError::bad_request(format!("`{field}` must be a string or a non-empty array"), Some(field))),
+    };
+    Ok(texts
+        .into_iter()
+        .map(|text| Message {
+            role: Role::User,
+            text_bytes: text.len().min(u32::MAX as usize) as u32,
+            text,
+            has_image: false,
+            has_audio: false,
+            has_file: false,
+            has_tool_calls: false,
+        })
+        .collect())
+}
+
+/// Cuts message texts so that together they fit `budget` bytes, spending it
+/// from the newest message backwards.
+fn apply_text_budget(messages: &mut [Message], budget: usize) {
+    let mut left = budget;
+    for m in messages.iter_mut().rev() {
+        if m.text.len() > left {
+            let keep = crate::policy::cut_at_char_boundary(&m.text, left).len();
+            m.text.truncate(keep);
+        }
+        left -= m.text.len();
+    }
+}
+
+/// Tags from `metadata` (string values) and `x-switchyard-*` headers, which
+/// win on a clash. Keys are lower-cased; sizes are capped.
+fn tags(body: &Map<String, Value>, headers: &HeaderMap) -> Vec<Tag> {
+    let mut tags: Vec<Tag> = Vec::new();
+    let mut put = |key: &str, value: &str| {
+        if key.is_empty() || key.len() > MAX_TAG_BYTES || value.len() > MAX_TAG_BYTES {
+            return;
+        }
+        let key = key.to_ascii_lowercase();
+        match tags.iter().position(|t| t.key == key) {
+            Some(i) => tags[i].value = value.to_owned(),
+            None if tags.len() < MAX_TAGS => tags.push(Tag { key, value: value.to_owned() }),
+            None => {}
+        }
+    };
+    if let Some(Value::Object(meta)) = body.get("metadata") {
+        for (k, v) in meta {
+            if let Some(v) = v.as_str() {
+                put(k, v);
+            }
+        }
+    }
+    for (name, value) in headers {
+        if let (Some(key), Ok(value)) = (name.as_str().strip_prefix(TAG_HEADER_PREFIX), value.to_str()) {
+            put(key, value);
+        }
+    }
+    tags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_chat(body: &str, headers: &HeaderMap, budget: usize) -> Result<InboundRequest, GatewayError> {
+        parse(ApiSurface::Chat, body.as_bytes(), headers, &CallerIdentity::default(), "r1", budget, 7)
+    }
+
+    #[test]
+    fn extracts_the_policy_view() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-switchyard-tier", "gold".parse().unwrap());
+        headers.insert("x-switchyard-team", "from-header".parse().unwrap());
+        let body = r#"{
+            "model": "auto", "stream": true, "stream_options": {"include_usage": true},
+            "user": "u-42", "max_tokens": 50, "max_completion_tokens": 100,
+            "metadata": {"Team": "from-body", "env": "prod", "n": 3},
+            "response_format": {"type": "json_object"},
+            "tools": [{"type": "function", "function": {"name": "lookup"}}],
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:..."}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1"}]},
+                {"role": "tool", "content": "42", "tool_call_id": "c1"}
+            ],
+            "some_future_field": {"kept": true}
+        }"#;
+        let r = parse_chat(body, &headers, 1000).unwrap();
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.body["some_future_field"], serde_json::json!({"kept": true}));
+        let v = &r.view;
+        assert_eq!((v.model.as_str(), v.max_output_tokens, v.json_mode, v.seed), ("auto", Some(100), true, 7));
+        assert_eq!(v.tools, ["lookup"]);
+        assert_eq!(v.caller.user.as_deref(), Some("u-42"));
+        assert_eq!(v.messages.len(), 4);
+        assert!(v.messages[1].has_image && !v.messages[0].has_image);
+        assert!(v.messages[2].has_tool_calls && v.messages[3].has_tool_calls);
+        assert_eq!(v.messages[1].text, "What is this?");
+        let tag = |k: &str| v.tags.iter().find(|t| t.key == k).map(|t| t.value.as_str());
+        assert_eq!((tag("team"), tag("tier"), tag("env"), tag("n")), (Some("from-header"), Some("gold"), Some("prod"), None));
+    }
+
+    #[test]
+    fn text_budget_keeps_the_newest_text_and_full_lengths() {
+        let body = r#"{"model": "m", "messages": [{"role": "user", "content": "aaaaaaaaaa"}, {"role": "assistant", "content": "bbbb"}, {"role": "user", "content": "ccéc"}]}"#;
+        let r = parse_chat(body, &HeaderMap::new(), 8).unwrap();
+        let texts: Vec<&str> = r.view.messages.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["", "bbb", "ccéc"]);
+        assert_eq!(r.view.messages.iter().map(|m| m.text_bytes).collect::<Vec<_>>(), [10, 4, 5]);
+        assert_eq!(r.view.total_text_bytes, 19);
+    }
+
+    #[test]
+    fn garbage_gets_a_clear_error_naming_the_field() {
+        let cases = [
+            ("nope", None, "not valid JSON"),
+            ("[1,2]", None, "must be a JSON object"),
+            (r#"{"messages": []}"#, Some("model"), "provide a model"),
+            (r#"{"model": 3, "messages": []}"#, Some("model"), "non-empty string"),
+            (r#"{"model": "m"}"#, Some("messages"), "array of messages"),
+            (r#"{"model": "m", "messages": []}"#, Some("messages"), "must not be empty"),
+            (r#"{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}"#, Some("messages[0]"), "`role`"),
+            (r#"{"model": "m", "messages": [{"role": "user", "content": 5}]}"#, Some("messages[0]"), "`content`"),
+            (r#"{"model": "m", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}"#, Some("stream"), "boolean"),
+        ];
+        for (body, param, message) in cases {
+            let e = parse_chat(body, &HeaderMap::new(), 100).expect_err(body);
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.param.as_deref(), param, "{body}");
+            assert!(e.message.contains(message), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn completions_and_embeddings_inputs() {
+        let r = parse(
+            ApiSurface::Embeddings,
+            br#"{"model": "e", "input": ["a", "bb"]}"#,
+            &HeaderMap::new(),
+            &CallerIdentity::default(),
+            "r",
+            100,
+            1,
+        )
+        .unwrap();
+        assert_eq!(r.view.messages.len(), 2);
+        let e = parse(
+            ApiSurface::Embeddings,
+            br#"{"model": "e", "input": "x", "stream": true}"#,
+            &HeaderMap::new(),
+            &CallerIdentity::default(),
+            "r",
+            100,
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stream"));
+        let r = parse(
+            ApiSurface::Completion,
+            br#"{"model": "c", "prompt": "Say hi"}"#,
+            &HeaderMap::new(),
+            &CallerIdentity::default(),
+            "r",
+            100,
+            1,
+        )
+        .unwrap();
+        assert_eq!(r.view.messages[0].text, "Say hi");
+    }
+}
