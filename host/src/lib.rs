@@ -13,6 +13,12 @@
 
 pub mod config;
 pub mod error;
+pub mod gateway;
+pub mod mock_answers;
+pub mod mock_upstream;
 pub mod openai;
 pub mod policy;
+pub mod reload;
+pub mod server;
 pub mod stats;
+pub mod upstream;

@@ -127,6 +127,12 @@ impl LiveStats {
         self.circuit.on_failure(now_ms());
     }
 
+    /// Gives back a half-open probe permit that ended with no verdict (the
+    /// client went away), so the next request can probe.
+    pub fn release_probe(&self) {
+        self.circuit.probe_in_flight.store(false, Ordering::Release);
+    }
+
     /// The circuit's state as a policy sees it.
     pub fn circuit_state(&self) -> CircuitState {
         self.circuit.state(now_ms())

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod policy_cmd;
+mod serve_cmd;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,11 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the router.
+    Serve(serve_cmd::ServeArgs),
+    /// Run a mock OpenAI-compatible upstream with fault injection, for tests
+    /// and demos.
+    MockUpstream(serve_cmd::MockArgs),
     /// Check, evaluate and inspect routing policies.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
@@ -33,6 +39,8 @@ enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(args) => serve_cmd::serve(args),
+        Command::MockUpstream(args) => serve_cmd::mock_upstream(args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use embedded::{embedded, EMBEDDED_POLICY_NAME};
+pub use embedded::{embedded, EMBEDDED_POLICY, EMBEDDED_POLICY_NAME};
 
 /// A configuration error: which file, which key, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

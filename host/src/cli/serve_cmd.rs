@@ -1,0 +1,110 @@
+//! `switchyard serve` and `switchyard mock-upstream`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use switchyard::config::{self, Config, InstanceModeConfig};
+use switchyard::gateway::Gateway;
+use switchyard::policy::{watch, InstanceMode, PolicyRuntime, RuntimeSettings, DEFAULT_DEBOUNCE, DEFAULT_POLL};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file (TOML). Without it, the router runs on an
+    /// embedded default: three mock backends and the `cheapest-healthy`
+    /// policy, offline.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Listen on this address instead of the configured one (port 0 picks a
+    /// free port; the address is printed on stdout).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct MockArgs {
+    /// Address to listen on (port 0 picks a free port; printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    /// Tokens in each answer.
+    #[arg(long, default_value_t = 16)]
+    tokens: u32,
+    /// Delay before every answer, in ms.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => config::embedded(None)?,
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    let settings = RuntimeSettings {
+        call_deadline: config.call_deadline(),
+        memory_limit: config.policies.memory_limit_mib << 20,
+        instance_mode: match config.policies.instance_mode {
+            InstanceModeConfig::Pooled => InstanceMode::Pooled,
+            InstanceModeConfig::Fresh => InstanceMode::Fresh,
+        },
+        ..RuntimeSettings::default()
+    };
+    let runtime = PolicyRuntime::new(settings)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    tokio.block_on(async move {
+        let listen = config.server.listen;
+        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let gateway = Gateway::new(config, runtime)?;
+        let _policy_watcher = match gateway.registry().dir() {
+            Some(_) => Some(watch(gateway.registry(), DEFAULT_DEBOUNCE, DEFAULT_POLL)?),
+            None => None,
+        };
+        let _config_watcher = match &args.config {
+            Some(path) => {
+                Some(switchyard::reload::watch_config(path, &gateway).with_context(|| format!("cannot watch {}", path.display()))?)
+            }
+            None => None,
+        };
+        let addr = listener.local_addr()?;
+        println!("switchyard listening on http://{addr}");
+        tracing::info!(%addr, config = %gateway.state().config.source, policies = ?gateway.registry().names(), "serving");
+        switchyard::server::serve(gateway, listener, shutdown_signal(), grace).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn mock_upstream(args: MockArgs) -> anyhow::Result<ExitCode> {
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    tokio.block_on(async move {
+        let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        println!("mock upstream listening on http://{}", listener.local_addr()?);
+        let settings = switchyard::mock_upstream::MockSettings { answer_tokens: args.tokens, latency_ms: args.latency_ms };
+        switchyard::mock_upstream::run(listener, settings, shutdown_signal()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = term => {}
+    }
+}

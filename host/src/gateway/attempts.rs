@@ -1,0 +1,247 @@
+//! Where an upstream is tried and a failure is retried: the decision's
+//! targets in order, within the attempt and time budgets, until one answers.
+//! Nothing has reached the client while this runs, so every failure here can
+//! still be rescued.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hyper::StatusCode;
+
+use super::plan::{Plan, Target};
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::openai::inbound::InboundRequest;
+use crate::openai::sse::SseEvent;
+use crate::stats::{InFlight, LiveStats};
+use crate::upstream::{AttemptFailure, Call, EventStream, Reply, Upstream};
+
+/// One attempt's claim on a backend's stats: in flight until dropped, and
+/// settled as a success or a failure exactly once.
+pub(super) struct Attempt {
+    stats: Arc<LiveStats>,
+    _in_flight: InFlight,
+    started: Instant,
+    settled: bool,
+}
+
+impl Attempt {
+    fn new(stats: &Arc<LiveStats>) -> Self {
+        Self { _in_flight: stats.start(), stats: stats.clone(), started: Instant::now(), settled: false }
+    }
+
+    /// The answer completed.
+    pub(super) fn succeed(mut self) {
+        self.stats.record_success(self.started.elapsed());
+        self.settled = true;
+    }
+
+    /// The backend failed.
+    pub(super) fn fail(mut self) {
+        self.stats.record_failure();
+        self.settled = true;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.stats.release_probe();
+        }
+    }
+}
+
+/// How a request ended up.
+pub(super) enum Outcome {
+    /// A complete answer.
+    Complete { upstream: Arc<Upstream>, model: String, body: Bytes },
+    /// A stream whose first event has arrived.
+    Stream { upstream: Arc<Upstream>, model: String, first: SseEvent, rest: EventStream, attempt: Attempt },
+    /// An upstream refused the request in a way no other target would fix
+    /// (a 4xx such as a content-policy refusal): its error goes to the client.
+    Refused { upstream: Arc<Upstream>, status: StatusCode, body: Bytes },
+    /// No target could answer.
+    Failed(GatewayError),
+}
+
+/// The outcome and what it took.
+pub(super) struct Finished {
+    pub outcome: Outcome,
+    /// Upstream calls made.
+    pub attempts: u32,
+    /// `backend: what went wrong`, for each failed or skipped target.
+    pub failures: Vec<String>,
+}
+
+enum Success {
+    Complete(Bytes),
+    Stream(SseEvent, EventStream),
+}
+
+/// Tries the plan's targets in order.
+pub(super) async fn run(config: &Config, plan: &Plan, inbound: &InboundRequest, request_id: &str, started: Instant) -> Finished {
+    let deadline = started + Duration::from_millis(config.retry.total_timeout_ms);
+    let max_attempts = config.retry.max_attempts;
+    let max_retry_after = Duration::from_millis(config.retry.max_retry_after_ms);
+    let mut attempts = 0u32;
+    let mut failures = Vec::new();
+    let mut last: Option<AttemptFailure> = None;
+    // Models that refused the request in a way that would repeat (context length).
+    let mut refused_models: Vec<&str> = Vec::new();
+    let finish = |outcome, attempts, failures| Finished { outcome, attempts, failures };
+
+    'targets: for (i, target) in plan.targets.iter().enumerate() {
+        let upstream = &target.upstream;
+        if attempts >= max_attempts {
+            break;
+        }
+        if !upstream.supports(inbound.surface) {
+            failures.push(format!("{}: cannot serve this API", upstream.name()));
+            continue;
+        }
+        if refused_models.contains(&target.model.as_str()) {
+            continue;
+        }
+        if !upstream.stats.admit() {
+            failures.push(format!("{}: circuit open", upstream.name()));
+            continue;
+        }
+        let is_last = i + 1 == plan.targets.len();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                failures.push("the request's time budget ran out".into());
+                last = Some(AttemptFailure::Timeout("request budget"));
+                break 'targets;
+            }
+            attempts += 1;
+            let attempt = Attempt::new(&upstream.stats);
+            let failure = match try_target(target, inbound, request_id, remaining).await {
+                Ok(Success::Complete(body)) => {
+                    attempt.succeed();
+                    return finish(Outcome::Complete { upstream: upstream.clone(), model: target.model.clone(), body }, attempts, failures);
+                }
+                Ok(Success::Stream(first, rest)) => {
+                    upstream.stats.record_first_token(attempt.started.elapsed());
+                    let outcome = Outcome::Stream { upstream: upstream.clone(), model: target.model.clone(), first, rest, attempt };
+                    return finish(outcome, attempts, failures);
+                }
+                Err(failure) => failure,
+            };
+            if failure.counts_against_backend() {
+                attempt.fail();
+            }
+            tracing::info!(request_id, backend = upstream.name(), model = %target.model, "attempt failed: {}", failure.describe());
+            failures.push(format!("{}: {}", upstream.name(), failure.describe()));
+            if !failure.retryable() {
+                if is_context_length(&failure) {
+                    // Another model may have a larger context; this one never will.
+                    refused_models.push(&target.model);
+                    last = Some(failure);
+                    break;
+                }
+                return finish(refused(upstream, failure), attempts, failures);
+            }
+            // A short Retry-After on the last target is worth waiting for.
+            let retry_after = match &failure {
+                AttemptFailure::Status { retry_after: Some(wait), .. } => Some(*wait),
+                _ => None,
+            };
+            last = Some(failure);
+            match retry_after {
+                Some(wait)
+                    if is_last
+                        && attempts < max_attempts
+                        && wait <= max_retry_after
+                        && wait < deadline.saturating_duration_since(Instant::now())
+                        && upstream.stats.circuit_state() != crate::policy::contract::CircuitState::Open =>
+                {
+                    tokio::time::sleep(wait).await;
+                }
+                _ => break,
+            }
+        }
+    }
+    finish(Outcome::Failed(no_answer(last.as_ref(), attempts, &failures)), attempts, failures)
+}
+
+/// One call to one target, with its time limits: the whole answer within
+/// the backend's `timeout_ms`, or a stream's first event within its
+/// `first_token_timeout_ms`; both within what is left of the request budget.
+async fn try_target(target: &Target, inbound: &InboundRequest, request_id: &str, remaining: Duration) -> Result<Success, AttemptFailure> {
+    let call = Call { inbound, model: &target.model, request_id };
+    let config = &target.upstream.config;
+    if inbound.stream {
+        let limit = Duration::from_millis(config.first_token_timeout_ms).min(remaining);
+        let first = async {
+            match target.upstream.call(&call).await? {
+                Reply::Stream(mut rest) => match rest.next().await {
+                    Some(Ok(first)) => Ok(Success::Stream(first, rest)),
+                    Some(Err(failure)) => Err(failure),
+                    None => Err(AttemptFailure::Protocol("the stream ended before its first event".into())),
+                },
+                Reply::Complete(_) => Err(AttemptFailure::Protocol("a complete answer to a streaming request".into())),
+            }
+        };
+        tokio::time::timeout(limit, first).await.unwrap_or(Err(AttemptFailure::Timeout("first token")))
+    } else {
+        let limit = config.timeout().min(remaining);
+        let answer = async {
+            match target.upstream.call(&call).await? {
+                Reply::Complete(body) => Ok(Success::Complete(body)),
+                Reply::Stream(_) => Err(AttemptFailure::Protocol("a stream for a non-streaming request".into())),
+            }
+        };
+        tokio::time::timeout(limit, answer).await.unwrap_or(Err(AttemptFailure::Timeout("response")))
+    }
+}
+
+fn is_context_length(failure: &AttemptFailure) -> bool {
+    match failure {
+        AttemptFailure::Status { status: 400 | 413, body, .. } => {
+            failure.error_code().as_deref() == Some("context_length_exceeded") || String::from_utf8_lossy(body).contains("context length")
+        }
+        _ => false,
+    }
+}
+
+/// The upstream's own error, passed on when it is OpenAI-shaped.
+fn refused(upstream: &Arc<Upstream>, failure: AttemptFailure) -> Outcome {
+    match failure {
+        AttemptFailure::Status { status, body, .. }
+            if serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.get("error").is_some()) =>
+        {
+            Outcome::Refused { upstream: upstream.clone(), status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body }
+        }
+        other => Outcome::Failed(GatewayError::upstream(
+            StatusCode::BAD_GATEWAY,
+            "upstream_failed",
+            format!("backend `{}` {}", upstream.name(), other.describe()),
+        )),
+    }
+}
+
+/// The error when no target answered.
+fn no_answer(last: Option<&AttemptFailure>, attempts: u32, failures: &[String]) -> GatewayError {
+    let detail = if failures.is_empty() { String::new() } else { format!(" ({})", failures.join("; ")) };
+    match last {
+        None => GatewayError::upstream(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_backend_available",
+            format!("no backend could take this request{detail}"),
+        ),
+        Some(AttemptFailure::Status { status: 429, .. }) => GatewayError::upstream(
+            StatusCode::TOO_MANY_REQUESTS,
+            "upstream_rate_limited",
+            format!("every backend tried is rate-limited{detail}"),
+        ),
+        Some(AttemptFailure::Timeout(_)) => GatewayError::upstream(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            format!("no backend answered in time after {attempts} attempts{detail}"),
+        ),
+        Some(_) => GatewayError::upstream(StatusCode::BAD_GATEWAY, "upstream_failed", format!("all {attempts} attempts failed{detail}")),
+    }
+}

@@ -1,0 +1,196 @@
+//! Where a request is read, authenticated and answered: request ids, client
+//! keys, body limits, dispatch by path, and the response headers that say
+//! what happened.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+
+use super::attempts::{self, Outcome};
+use super::{plan, relay, Gateway, GatewayState};
+use crate::error::GatewayError;
+use crate::openai::inbound::{self, CallerIdentity};
+use crate::policy::contract::ApiSurface;
+
+/// Response body: complete, or streamed.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const BACKEND: HeaderName = HeaderName::from_static("x-switchyard-backend");
+const MODEL: HeaderName = HeaderName::from_static("x-switchyard-model");
+const POLICY: HeaderName = HeaderName::from_static("x-switchyard-policy");
+const ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
+const LABELS: HeaderName = HeaderName::from_static("x-switchyard-labels");
+const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+
+/// Answers one request. Never fails: errors become OpenAI-style JSON.
+pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = request_id(request.headers());
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let mut response = match dispatch(&gateway, request, &request_id, started).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::info!(%request_id, %method, %path, status = error.status.as_u16(), source = error.source.as_str(), "{}", error.message);
+            error_response(&error)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+async fn dispatch(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    request_id: &str,
+    started: Instant,
+) -> Result<Response<Body>, GatewayError> {
+    let surface = match request.uri().path() {
+        "/v1/chat/completions" => Some(ApiSurface::Chat),
+        "/v1/completions" => Some(ApiSurface::Completion),
+        "/v1/embeddings" => Some(ApiSurface::Embeddings),
+        _ => None,
+    };
+    let method = request.method();
+    match (surface, request.uri().path()) {
+        (Some(surface), _) if method == Method::POST => proxy(gateway, request, surface, request_id, started).await,
+        (None, "/v1/models") if method == Method::GET => {
+            let state = gateway.state();
+            authenticate(&state, request.headers())?;
+            Ok(json_response(StatusCode::OK, state.models.clone()))
+        }
+        (None, "/healthz") if method == Method::GET => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))),
+        (Some(_), path) | (None, path @ ("/v1/models" | "/healthz")) => Err(GatewayError::method_not_allowed(method.as_str(), path)),
+        (None, path) => Err(GatewayError::unknown_url(method.as_str(), path)),
+    }
+}
+
+async fn proxy(
+    gateway: &Arc<Gateway>,
+    request: Request<Incoming>,
+    surface: ApiSurface,
+    request_id: &str,
+    started: Instant,
+) -> Result<Response<Body>, GatewayError> {
+    let state = gateway.state();
+    let caller = authenticate(&state, request.headers())?;
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, &parts.headers, state.config.server.max_body_bytes).await?;
+    let seed: u64 = rand::random();
+    let inbound = inbound::parse(surface, &body, &parts.headers, &caller, request_id, state.config.policies.text_budget_bytes, seed)?;
+    let plan = plan::plan(&state, gateway.registry(), &inbound)?;
+    let finished = attempts::run(&state.config, &plan, &inbound, request_id, started).await;
+
+    let (mut response, backend, model) = match finished.outcome {
+        Outcome::Complete { upstream, model, body } => (json_response(StatusCode::OK, body), Some(upstream.name().to_owned()), Some(model)),
+        Outcome::Stream { upstream, model, first, rest, attempt } => {
+            let idle = std::time::Duration::from_millis(upstream.config.stream_idle_timeout_ms);
+            let rx = relay::start(first, rest, attempt, idle, request_id.to_owned(), upstream.name().to_owned());
+            (sse_response(rx), Some(upstream.name().to_owned()), Some(model))
+        }
+        Outcome::Refused { upstream, status, body } => (json_response(status, body), Some(upstream.name().to_owned()), None),
+        Outcome::Failed(error) => (error_response(&error), None, None),
+    };
+
+    let status = response.status();
+    let headers = response.headers_mut();
+    for (name, value) in [(BACKEND, backend.as_deref()), (MODEL, model.as_deref()), (POLICY, Some(plan.policy.as_str()))] {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            headers.insert(name, v);
+        }
+    }
+    headers.insert(ATTEMPTS, HeaderValue::from(finished.attempts));
+    if !plan.labels.is_empty() {
+        let labels: Vec<String> = plan.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if let Ok(v) = HeaderValue::from_str(&labels.join(",")) {
+            headers.insert(LABELS, v);
+        }
+    }
+    if !status.is_success() && !finished.failures.is_empty() {
+        // The router already failed over; client retries would multiply attempts.
+        headers.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+    }
+    tracing::info!(
+        %request_id, model = %inbound.model, policy = %plan.policy, backend = backend.as_deref().unwrap_or("-"),
+        attempts = finished.attempts, status = status.as_u16(), stream = inbound.stream,
+        ms = started.elapsed().as_secs_f64() * 1000.0, "request"
+    );
+    Ok(response)
+}
+
+/// The client key's name, or 401; with no keys configured, anyone may call.
+fn authenticate(state: &GatewayState, headers: &HeaderMap) -> Result<CallerIdentity, GatewayError> {
+    if state.clients.is_empty() {
+        return Ok(CallerIdentity::default());
+    }
+    let bearer =
+        headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    let key =
+        bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)).ok_or_else(GatewayError::unauthorized)?;
+    state
+        .clients
+        .iter()
+        .find(|c| constant_time_eq(c.key.as_bytes(), key.as_bytes()))
+        .map(|c| CallerIdentity { key_name: Some(c.name.clone()) })
+        .ok_or_else(GatewayError::unauthorized)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(GatewayError::too_large(limit)),
+        Err(e) => Err(GatewayError::bad_request(format!("could not read the request body: {e}"), None)),
+    }
+}
+
+/// The client's `x-request-id` when it is short and printable, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned)
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The OpenAI-style error response for `error`.
+pub fn error_response(error: &GatewayError) -> Response<Body> {
+    let mut response = json_response(error.status, error.body());
+    if !error.retryable {
+        response.headers_mut().insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+    }
+    response
+}
+
+fn sse_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
+    let frames =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx)) });
+    let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}

@@ -1,0 +1,147 @@
+//! The gateway: the configured backends and routes, swapped whole on a
+//! configuration reload, and the path of one request through them.
+//!
+//! - `http.rs`: where a request is read, authenticated and answered.
+//! - `plan.rs`: where the policy is called and targets are chosen.
+//! - `attempts.rs`: where an upstream is tried and a failure is retried.
+//! - `relay.rs`: where a stream is passed to the client.
+
+mod attempts;
+pub mod http;
+mod plan;
+mod relay;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use crate::config::{ClientConfig, Config, ConfigError, EMBEDDED_POLICY_NAME};
+use crate::policy::{PolicyRegistry, PolicyRuntime, PolicySources, RescanReport};
+use crate::stats::LiveStats;
+use crate::upstream::Upstream;
+
+/// The router: its current configuration and the policy registry.
+pub struct Gateway {
+    state: ArcSwap<GatewayState>,
+    registry: Arc<PolicyRegistry>,
+    /// Stats by backend name, kept when a reload keeps the backend.
+    stats: Mutex<HashMap<String, Arc<LiveStats>>>,
+}
+
+/// One configuration, ready to serve. Requests hold it for their whole life.
+pub struct GatewayState {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The backends, in configuration order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    by_name: HashMap<String, usize>,
+    routes: HashMap<String, String>,
+    catch_all: Option<String>,
+    /// Backend names and models that bypass policies.
+    direct: HashMap<String, Vec<usize>>,
+    clients: Vec<ClientConfig>,
+    /// The body of `GET /v1/models`.
+    models: Bytes,
+}
+
+impl Gateway {
+    /// Builds the gateway and loads the policies. Policies that fail to load
+    /// are reported and leave their routes on the default order.
+    pub fn new(config: Config, runtime: PolicyRuntime) -> Result<Arc<Self>, ConfigError> {
+        let stats = Mutex::new(HashMap::new());
+        let state = build_state(config, &stats)?;
+        let sources = PolicySources {
+            dir: state.config.policies.dir.clone(),
+            builtin: vec![(EMBEDDED_POLICY_NAME.to_owned(), crate::config::EMBEDDED_POLICY)],
+        };
+        let backends = state.upstreams.iter().map(|u| u.contract()).collect();
+        let registry = PolicyRegistry::open(runtime, sources, backends, state.config.policy_configs()).map_err(|e| ConfigError {
+            file: state.config.source.clone(),
+            key: "policies.dir".into(),
+            problem: e.message().to_owned(),
+        })?;
+        for status in registry.statuses() {
+            if let Some(e) = status.last_error {
+                tracing::error!(policy = %status.name, "policy failed to load; its routes use the default order: {e}");
+            }
+        }
+        Ok(Arc::new(Self { state: ArcSwap::from_pointee(state), registry: Arc::new(registry), stats }))
+    }
+
+    /// The state serving now.
+    pub fn state(&self) -> Arc<GatewayState> {
+        self.state.load_full()
+    }
+
+    /// The policy registry.
+    pub fn registry(&self) -> &Arc<PolicyRegistry> {
+        &self.registry
+    }
+
+    /// Applies a new configuration: backends, routes, clients and policy
+    /// configs. Settings that need a restart (listener, policy directory and
+    /// runtime limits) are reported and left as they are.
+    pub fn reconfigure(&self, config: Config) -> Result<RescanReport, ConfigError> {
+        let old = self.state();
+        if config.server.listen != old.config.server.listen || config.policies.dir != old.config.policies.dir {
+            tracing::warn!(file = %config.source, "server.listen and policies.dir changes take effect after a restart");
+        }
+        let state = build_state(config, &self.stats)?;
+        let backends = state.upstreams.iter().map(|u| u.contract()).collect();
+        let report = self.registry.reconfigure(Some(backends), state.config.policy_configs());
+        self.state.store(Arc::new(state));
+        Ok(report)
+    }
+}
+
+fn build_state(config: Config, stats: &Mutex<HashMap<String, Arc<LiveStats>>>) -> Result<GatewayState, ConfigError> {
+    let mut stats = stats.lock().unwrap_or_else(|p| p.into_inner());
+    let mut upstreams = Vec::with_capacity(config.backends.len());
+    for (i, backend) in config.backends.iter().enumerate() {
+        let live = stats.entry(backend.name.clone()).or_insert_with(|| Arc::new(LiveStats::new(&config.circuit))).clone();
+        live.set_circuit_config(&config.circuit);
+        let upstream = Upstream::new(backend.clone(), live).map_err(|problem| ConfigError {
+            file: config.source.clone(),
+            key: format!("backends[{i}]"),
+            problem,
+        })?;
+        upstreams.push(Arc::new(upstream));
+    }
+    stats.retain(|name, _| config.backends.iter().any(|b| &b.name == name));
+
+    let by_name = upstreams.iter().enumerate().map(|(i, u)| (u.name().to_owned(), i)).collect();
+    let mut direct: HashMap<String, Vec<usize>> = HashMap::new();
+    if config.policies.direct_backend_models {
+        for (i, u) in upstreams.iter().enumerate() {
+            direct.entry(u.name().to_owned()).or_default().push(i);
+            if u.config.model() != u.name() {
+                direct.entry(u.config.model().to_owned()).or_default().push(i);
+            }
+        }
+    }
+    let routes = config.routes.iter().filter(|r| r.model != "*").map(|r| (r.model.clone(), r.policy.clone())).collect();
+    let catch_all = config.routes.iter().find(|r| r.model == "*").map(|r| r.policy.clone());
+    let models = models_body(&config);
+    Ok(GatewayState { clients: config.clients.clone(), config: Arc::new(config), upstreams, by_name, routes, catch_all, direct, models })
+}
+
+/// `GET /v1/models`: the virtual models, then the backends' models.
+fn models_body(config: &Config) -> Bytes {
+    let mut seen = std::collections::HashSet::new();
+    let mut data = Vec::new();
+    for r in config.routes.iter().filter(|r| r.model != "*") {
+        if seen.insert(r.model.clone()) {
+            data.push(serde_json::json!({"id": r.model, "object": "model", "created": 0, "owned_by": "switchyard"}));
+        }
+    }
+    if config.policies.direct_backend_models {
+        for b in &config.backends {
+            if seen.insert(b.model().to_owned()) {
+                data.push(serde_json::json!({"id": b.model(), "object": "model", "created": 0, "owned_by": b.provider.as_str()}));
+            }
+        }
+    }
+    Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
+}

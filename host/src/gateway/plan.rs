@@ -1,0 +1,94 @@
+//! Where the policy is called and the targets of a request are chosen.
+
+use std::sync::Arc;
+
+use crate::error::GatewayError;
+use crate::openai::inbound::InboundRequest;
+use crate::policy::contract::{BackendStats, CircuitState};
+use crate::policy::{idle_stats, Decision, PolicyError, PolicyRegistry};
+use crate::upstream::Upstream;
+
+use super::GatewayState;
+
+/// The targets of one request, in order.
+pub(super) struct Plan {
+    /// `name@version` of the policy that decided, `direct` when the request
+    /// named a backend, or the policy's name when it failed.
+    pub policy: String,
+    pub targets: Vec<Target>,
+    pub labels: Vec<(String, String)>,
+}
+
+pub(super) struct Target {
+    pub upstream: Arc<Upstream>,
+    pub model: String,
+}
+
+/// Chooses the targets for `inbound`: a route's policy, a backend named
+/// directly, or the catch-all route's policy.
+pub(super) fn plan(state: &GatewayState, registry: &PolicyRegistry, inbound: &InboundRequest) -> Result<Plan, GatewayError> {
+    let policy_name = match state.routes.get(&inbound.model) {
+        Some(policy) => policy,
+        None => {
+            if let Some(indices) = state.direct.get(&inbound.model) {
+                let targets = indices.iter().map(|&i| target(&state.upstreams[i], None)).collect();
+                return Ok(Plan { policy: "direct".into(), targets, labels: vec![] });
+            }
+            state.catch_all.as_ref().ok_or_else(|| GatewayError::model_not_found(&inbound.model))?
+        }
+    };
+
+    let Some(version) = registry.get(policy_name) else {
+        let error = PolicyError::new(crate::policy::PolicyErrorKind::NotFound, policy_name, "no version of this policy is loaded");
+        return Ok(default_order(state, policy_name, error));
+    };
+    let stats = stats_for(state, version.backends());
+    match version.decide(&inbound.view, &stats) {
+        Ok(Decision::Route(route)) => {
+            let targets = route
+                .targets
+                .into_iter()
+                .filter_map(|t| {
+                    // A backend the current configuration no longer has is
+                    // skipped: the version was loaded before a reload.
+                    let upstream = state.by_name.get(&t.backend).map(|&i| &state.upstreams[i])?;
+                    Some(target(upstream, t.model))
+                })
+                .collect();
+            Ok(Plan { policy: format!("{}@{}", version.name(), version.version()), targets, labels: route.labels })
+        }
+        Ok(Decision::Reject { status, message }) => Err(GatewayError::policy_rejected(status, &message)),
+        Err(e) => {
+            tracing::warn!(request_id = %inbound.view.id, "policy failed, using the default order: {e}");
+            Ok(default_order(state, policy_name, e))
+        }
+    }
+}
+
+fn target(upstream: &Arc<Upstream>, model: Option<String>) -> Target {
+    Target { model: model.unwrap_or_else(|| upstream.config.model().to_owned()), upstream: upstream.clone() }
+}
+
+/// Every backend in configuration order, used when the policy cannot decide;
+/// the label says why.
+fn default_order(state: &GatewayState, policy: &str, error: PolicyError) -> Plan {
+    let targets = state.upstreams.iter().map(|u| target(u, None)).collect();
+    let labels = vec![("policy_error".to_owned(), error.kind().as_str().to_owned())];
+    Plan { policy: policy.to_owned(), targets, labels }
+}
+
+/// Live stats in the order of the version's backends. Fast path: the same
+/// backends as the current configuration, in the same order.
+fn stats_for(state: &GatewayState, backends: &[crate::policy::contract::Backend]) -> Vec<BackendStats> {
+    let aligned = backends.len() == state.upstreams.len() && backends.iter().zip(&state.upstreams).all(|(b, u)| b.name == u.name());
+    if aligned {
+        return state.upstreams.iter().map(|u| u.stats.view()).collect();
+    }
+    backends
+        .iter()
+        .map(|b| match state.by_name.get(&b.name) {
+            Some(&i) => state.upstreams[i].stats.view(),
+            None => BackendStats { circuit: CircuitState::Open, ..idle_stats() },
+        })
+        .collect()
+}

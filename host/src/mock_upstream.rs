@@ -1,0 +1,358 @@
+//! `switchyard mock-upstream`: a real OpenAI-compatible (and Anthropic
+//! Messages) HTTP server for tests, demos and benchmarks, with faults on
+//! demand. It records what it receives, so tests can check what reached
+//! which upstream.
+//!
+//! A fault is chosen by the requested model, `name?fault=<fault>&delay_ms=N
+//! &chunks=N&retry_after=S`, or by an `x-mock-fault` header:
+//! `429`, `429-bare` (no Retry-After), `500-once` (per model string), `503`,
+//! `reset` (connection closed before headers), `hang` (no response),
+//! `slow-first-token` (waits `delay_ms`), `cut` (stream broken after
+//! `chunks`), `stall` (stream silent after `chunks`), `malformed` (a broken
+//! chunk), `no-done` (stream ends without `[DONE]`), `context-length` and
+//! `content-policy` (400s).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+
+use crate::mock_answers as answers;
+use crate::policy::contract::ApiSurface;
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Settings of the mock server.
+#[derive(Debug, Clone)]
+pub struct MockSettings {
+    /// Tokens per answer.
+    pub answer_tokens: u32,
+    /// Delay before every answer, in ms.
+    pub latency_ms: u64,
+}
+
+impl Default for MockSettings {
+    fn default() -> Self {
+        Self { answer_tokens: 16, latency_ms: 0 }
+    }
+}
+
+#[derive(Default)]
+struct MockState {
+    settings: MockSettings,
+    received: Mutex<Vec<Value>>,
+    counts: Mutex<HashMap<String, u32>>,
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn run(listener: TcpListener, settings: MockSettings, shutdown: impl Future<Output = ()>) {
+    let state = Arc::new(MockState { settings, ..Default::default() });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(state.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+/// A fault and its parameters.
+#[derive(Debug, Default, Clone)]
+struct Fault {
+    name: String,
+    delay_ms: u64,
+    chunks: usize,
+    retry_after: Option<String>,
+}
+
+fn fault_of(model: &str, header: Option<&str>) -> Fault {
+    let mut fault = Fault { chunks: 3, ..Default::default() };
+    if let Some((_, query)) = model.split_once('?') {
+        for pair in query.split('&') {
+            match pair.split_once('=') {
+                Some(("fault", v)) => fault.name = v.to_owned(),
+                Some(("delay_ms", v)) => fault.delay_ms = v.parse().unwrap_or(0),
+                Some(("chunks", v)) => fault.chunks = v.parse().unwrap_or(3),
+                Some(("retry_after", v)) => fault.retry_after = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+    }
+    if let Some(h) = header {
+        fault.name = h.to_owned();
+    }
+    fault
+}
+
+async fn handle(state: Arc<MockState>, request: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    if parts.method == Method::GET && path == "/mock/requests" {
+        let received = state.received.lock().unwrap().clone();
+        return Ok(json_response(StatusCode::OK, json!(received)));
+    }
+    if parts.method == Method::DELETE && path == "/mock/requests" {
+        state.received.lock().unwrap().clear();
+        state.counts.lock().unwrap().clear();
+        return Ok(json_response(StatusCode::OK, json!({"cleared": true})));
+    }
+    if parts.method == Method::GET && path == "/v1/models" {
+        return Ok(json_response(
+            StatusCode::OK,
+            json!({"object": "list", "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "mock"}]}),
+        ));
+    }
+    let surface = match path.as_str() {
+        "/v1/chat/completions" | "/v1/messages" => ApiSurface::Chat,
+        "/v1/completions" => ApiSurface::Completion,
+        "/v1/embeddings" => ApiSurface::Embeddings,
+        _ => {
+            return Ok(json_response(
+                StatusCode::NOT_FOUND,
+                json!({"error": {"message": format!("no route {path}"), "type": "invalid_request_error", "param": null, "code": null}}),
+            ))
+        }
+    };
+    let anthropic = path == "/v1/messages";
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Ok(json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"message": "body is not a JSON object", "type": "invalid_request_error", "param": null, "code": null}}),
+        ));
+    };
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("mock").to_owned();
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    state.received.lock().unwrap().push(json!({
+        "path": path, "model": model, "body": body,
+        "authorization": header("authorization"), "x_api_key": header("x-api-key"), "x_request_id": header("x-request-id"),
+    }));
+    let fault = fault_of(&model, header("x-mock-fault").as_deref());
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let delay = Duration::from_millis(state.settings.latency_ms + if fault.name == "slow-first-token" { fault.delay_ms } else { 0 });
+
+    let error = |status: StatusCode, code: &str, message: &str| {
+        json_response(status, json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}))
+    };
+    match fault.name.as_str() {
+        "429" => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", "mock: rate limited");
+            r.headers_mut().insert("retry-after", fault.retry_after.as_deref().unwrap_or("1").parse().unwrap());
+            return Ok(r);
+        }
+        "429-bare" => return Ok(error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", "mock: rate limited")),
+        "500-once" => {
+            let n = {
+                let mut counts = state.counts.lock().unwrap();
+                let n = counts.entry(model.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            if n == 1 {
+                return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "mock: failing once"));
+            }
+        }
+        "503" => return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "mock: unavailable")),
+        "reset" => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock: reset")),
+        "hang" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        "context-length" => {
+            return Ok(error(StatusCode::BAD_REQUEST, "context_length_exceeded", "mock: this model's maximum context length is 10 tokens"))
+        }
+        "content-policy" => {
+            return Ok(error(StatusCode::BAD_REQUEST, "content_policy_violation", "mock: the request was refused by the content policy"))
+        }
+        _ => {}
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+
+    let clean_model = model.split('?').next().unwrap_or(&model).to_owned();
+    let id = format!("{:08x}", rand::random::<u32>());
+    let created = answers::unix_now();
+    let prompt = if anthropic { anthropic_prompt(&body) } else { answers::prompt_text(surface, &body) };
+    let tokens = answers::answer_tokens(&clean_model, &prompt, state.settings.answer_tokens);
+
+    if !stream {
+        let answer = if anthropic {
+            anthropic_message(&id, &clean_model, &prompt, &tokens)
+        } else {
+            answers::complete(surface, &id, &clean_model, created, &body, &tokens)
+        };
+        return Ok(match fault.name.as_str() {
+            "malformed" => raw_response(StatusCode::OK, "application/json", Bytes::from_static(b"{\"choices\": [")),
+            "cut" => broken_body(answer.to_string()),
+            "stall" => stalled_body(),
+            _ => json_response(StatusCode::OK, answer),
+        });
+    }
+
+    // Stream events, then the fault's ending.
+    let mut events: Vec<String> = if anthropic {
+        anthropic_events(&id, &clean_model, &prompt, &tokens)
+    } else {
+        let mut events = vec![];
+        if surface == ApiSurface::Chat {
+            events.push(sse(&answers::chunk(surface, &id, &clean_model, created, None, true, false)));
+        }
+        for t in &tokens {
+            events.push(sse(&answers::chunk(surface, &id, &clean_model, created, Some(t), false, false)));
+        }
+        events.push(sse(&answers::chunk(surface, &id, &clean_model, created, None, false, true)));
+        if body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool) == Some(true) {
+            events.push(sse(&answers::usage_chunk(
+                surface,
+                &id,
+                &clean_model,
+                created,
+                answers::count_tokens(&prompt),
+                tokens.len() as u32,
+            )));
+        }
+        events.push("data: [DONE]\n\n".into());
+        events
+    };
+    enum End {
+        Clean,
+        Error,
+        Stall,
+    }
+    let end = match fault.name.as_str() {
+        "cut" => {
+            events.truncate(fault.chunks);
+            End::Error
+        }
+        "stall" => {
+            events.truncate(fault.chunks);
+            End::Stall
+        }
+        "malformed" => {
+            events.truncate(fault.chunks);
+            events.push("data: {\"choices\": [{\"delta\": \n\n".into());
+            End::Clean
+        }
+        "no-done" => {
+            events.pop();
+            End::Clean
+        }
+        _ => End::Clean,
+    };
+    let frames = futures_util::stream::unfold((events.into_iter(), Some(end)), |(mut events, end)| async move {
+        if let Some(e) = events.next() {
+            // A small gap, so that clients see separate chunks.
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            return Some((Ok(Frame::data(Bytes::from(e))), (events, end)));
+        }
+        match end? {
+            End::Clean => None,
+            End::Error => Some((Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "mock: stream cut")), (events, None))),
+            End::Stall => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                None
+            }
+        }
+    });
+    let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
+    response.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+    Ok(response)
+}
+
+fn sse(value: &Value) -> String {
+    format!("data: {value}\n\n")
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<Body> {
+    raw_response(status, "application/json", Bytes::from(body.to_string()))
+}
+
+fn raw_response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body).map_err(|e: Infallible| match e {}).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut().insert("content-type", content_type.parse().unwrap());
+    r
+}
+
+/// Headers and half a body, then a broken connection.
+fn broken_body(answer: String) -> Response<Body> {
+    let half = Bytes::from(answer[..answer.len() / 2].to_owned());
+    let frames = futures_util::stream::iter([Ok(Frame::data(half)), Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "mock: cut"))]);
+    let mut r = Response::new(StreamBody::new(frames).boxed_unsync());
+    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+/// Headers, then silence.
+fn stalled_body() -> Response<Body> {
+    let frames = futures_util::stream::once(async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(Frame::data(Bytes::new()))
+    });
+    let mut r = Response::new(StreamBody::new(frames).boxed_unsync());
+    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+fn anthropic_prompt(body: &Map<String, Value>) -> String {
+    let last_user = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .map(|m| m["content"].clone());
+    match last_user {
+        Some(Value::String(s)) => s,
+        Some(Value::Array(blocks)) => blocks.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join(" "),
+        _ => String::new(),
+    }
+}
+
+fn anthropic_message(id: &str, model: &str, prompt: &str, tokens: &[String]) -> Value {
+    json!({
+        "id": format!("msg_{id}"), "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": tokens.concat()}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": answers::count_tokens(prompt), "output_tokens": tokens.len()},
+    })
+}
+
+fn anthropic_events(id: &str, model: &str, prompt: &str, tokens: &[String]) -> Vec<String> {
+    let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut events = vec![
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": format!("msg_{id}"), "type": "message", "role": "assistant", "model": model, "content": [], "usage": {"input_tokens": answers::count_tokens(prompt), "output_tokens": 1}}}),
+        ),
+        event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+        event("ping", json!({"type": "ping"})),
+    ];
+    for t in tokens {
+        events.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+        ));
+    }
+    events.push(event("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    events.push(event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": tokens.len()}})));
+    events.push(event("message_stop", json!({"type": "message_stop"})));
+    events
+}

@@ -1,0 +1,95 @@
+//! Why one attempt at one backend failed, and what that means for failover.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+/// A failed attempt, before any byte reached the client.
+#[derive(Debug, Clone)]
+pub enum AttemptFailure {
+    /// No connection (refused, reset, DNS, TLS).
+    Connect(String),
+    /// A time limit passed: `connect`, `response`, `first token`, `stream idle`.
+    Timeout(&'static str),
+    /// The upstream answered with an error status.
+    Status {
+        /// The status.
+        status: u16,
+        /// Its `Retry-After`, if any.
+        retry_after: Option<Duration>,
+        /// Its body (capped).
+        body: Bytes,
+    },
+    /// The answer could not be understood (malformed JSON or stream).
+    Protocol(String),
+    /// The backend cannot serve this kind of request.
+    Unsupported(String),
+}
+
+impl AttemptFailure {
+    /// Whether another target may succeed: connection trouble, timeouts,
+    /// 408, 409, 429, 5xx and broken answers. Other 4xx would fail again.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => matches!(status, 408 | 409 | 429) || *status >= 500,
+            _ => true,
+        }
+    }
+
+    /// Whether the failure says something about the backend's health (and
+    /// so counts against its error rate and circuit).
+    pub fn counts_against_backend(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500,
+            Self::Unsupported(_) => false,
+            _ => true,
+        }
+    }
+
+    /// The upstream's error `code`, if its body is an OpenAI-style error.
+    pub fn error_code(&self) -> Option<String> {
+        let Self::Status { body, .. } = self else { return None };
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        v.get("error")?.get("code")?.as_str().map(str::to_owned)
+    }
+
+    /// A short description for logs, headers and error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Connect(e) => format!("connection failed: {e}"),
+            Self::Timeout(what) => format!("timed out waiting for the {what}"),
+            Self::Status { status, .. } => format!("answered HTTP {status}"),
+            Self::Protocol(e) => format!("sent an answer that cannot be used: {e}"),
+            Self::Unsupported(e) => e.clone(),
+        }
+    }
+}
+
+/// Parses `retry-after-ms` or `retry-after` (seconds).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let get = |name: &str| {
+        headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0)
+    };
+    get("retry-after-ms").map(|ms| Duration::from_secs_f64(ms / 1000.0)).or_else(|| get("retry-after").map(Duration::from_secs_f64))
+}
+
+/// Maps a reqwest error to a failure.
+pub(crate) fn from_reqwest(e: &reqwest::Error) -> AttemptFailure {
+    // Anything else (connect, reset, TLS, a body cut short) is trouble on the way.
+    if e.is_timeout() {
+        AttemptFailure::Timeout("response")
+    } else {
+        AttemptFailure::Connect(error_chain(e))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}

@@ -1,0 +1,126 @@
+//! Upstream backends: one configured backend each, with its provider client
+//! and live stats. Every provider answers in OpenAI's shapes, so the rest of
+//! the router handles one format.
+
+mod anthropic;
+mod failure;
+mod mock;
+mod openai;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use failure::AttemptFailure;
+
+use crate::config::{BackendConfig, ProviderKind};
+use crate::openai::inbound::InboundRequest;
+use crate::openai::sse::SseEvent;
+use crate::policy::contract::{self, ApiSurface};
+use crate::stats::LiveStats;
+
+/// Events of a streamed answer, OpenAI-shaped; the stream ends after
+/// [`SseEvent::Done`] or with an error.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<SseEvent, AttemptFailure>> + Send>>;
+
+/// What an upstream answered.
+pub enum Reply {
+    /// A complete JSON answer.
+    Complete(Bytes),
+    /// A stream; its first event is yet to come.
+    Stream(EventStream),
+}
+
+/// One call to an upstream.
+pub struct Call<'a> {
+    /// The client's request.
+    pub inbound: &'a InboundRequest,
+    /// The model to ask for.
+    pub model: &'a str,
+    /// The router's request id, passed on.
+    pub request_id: &'a str,
+}
+
+/// A configured backend.
+pub struct Upstream {
+    /// Its configuration.
+    pub config: BackendConfig,
+    /// Its live stats (kept across configuration reloads).
+    pub stats: Arc<LiveStats>,
+    client: Client,
+}
+
+enum Client {
+    OpenAi(openai::OpenAiClient),
+    Anthropic(anthropic::AnthropicClient),
+    Mock(mock::MockClient),
+}
+
+impl Upstream {
+    /// Builds the provider client for `config`.
+    pub fn new(config: BackendConfig, stats: Arc<LiveStats>) -> Result<Self, String> {
+        let client = match config.provider {
+            ProviderKind::Openai => Client::OpenAi(openai::OpenAiClient::new(&config)?),
+            ProviderKind::Anthropic => Client::Anthropic(anthropic::AnthropicClient::new(&config)?),
+            ProviderKind::Mock => Client::Mock(mock::MockClient::new(&config)),
+        };
+        Ok(Self { config, stats, client })
+    }
+
+    /// The backend's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Whether this backend's provider serves `surface` at all.
+    pub fn supports(&self, surface: ApiSurface) -> bool {
+        match self.client {
+            Client::Anthropic(_) => surface == ApiSurface::Chat,
+            _ => true,
+        }
+    }
+
+    /// Sends the request. For streams, returns once the upstream accepted it.
+    pub async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
+        match &self.client {
+            Client::OpenAi(c) => c.call(call).await,
+            Client::Anthropic(c) => c.call(call).await,
+            Client::Mock(c) => c.call(call).await,
+        }
+    }
+
+    /// The backend as `init` sees it.
+    pub fn contract(&self) -> contract::Backend {
+        let c = &self.config;
+        contract::Backend {
+            name: c.name.clone(),
+            provider: c.provider.as_str().to_owned(),
+            model: c.model().to_owned(),
+            tags: c.tags.clone(),
+            input_price: c.input_price,
+            output_price: c.output_price,
+            context_window: c.context_window,
+            capabilities: contract::Capabilities {
+                vision: c.capabilities.vision,
+                tools: c.capabilities.tools,
+                json_mode: c.capabilities.json_mode,
+                stream: c.capabilities.stream,
+            },
+        }
+    }
+}
+
+/// A reqwest client for one backend: pooled keep-alive connections,
+/// TCP_NODELAY, rustls.
+fn http_client(config: &BackendConfig) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tcp_nodelay(true)
+        .connect_timeout(std::time::Duration::from_millis(config.connect_timeout_ms))
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}

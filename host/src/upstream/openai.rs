@@ -1,0 +1,129 @@
+//! OpenAI-compatible upstreams (OpenAI, vLLM, Ollama, llama.cpp server,
+//! OpenRouter, Groq, ...): the client's body goes through with only `model`
+//! replaced.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+
+use super::failure::{from_reqwest, retry_after};
+use super::{http_client, AttemptFailure, Call, EventStream, Reply};
+use crate::config::BackendConfig;
+use crate::openai::sse::{SseEvent, SseParser};
+use crate::policy::contract::ApiSurface;
+
+/// Most bytes of an upstream error body kept.
+const MAX_ERROR_BODY: usize = 64 << 10;
+/// Most bytes of a complete answer accepted.
+const MAX_ANSWER: usize = 64 << 20;
+
+pub(super) struct OpenAiClient {
+    http: reqwest::Client,
+    base_url: String,
+    auth: Option<HeaderValue>,
+}
+
+impl OpenAiClient {
+    pub(super) fn new(config: &BackendConfig) -> Result<Self, String> {
+        let base_url = config.base_url.clone().ok_or("base_url is required")?.trim_end_matches('/').to_owned();
+        let auth = match config.api_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(key) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| "api_key has characters a header cannot carry")?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(Self { http: http_client(config)?, base_url, auth })
+    }
+
+    pub(super) async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
+        let path = match call.inbound.surface {
+            ApiSurface::Chat => "/chat/completions",
+            ApiSurface::Completion => "/completions",
+            ApiSurface::Embeddings => "/embeddings",
+        };
+        let mut body = call.inbound.body.clone();
+        body.insert("model".into(), serde_json::Value::String(call.model.to_owned()));
+        let body = serde_json::to_vec(&body).map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .header(CONTENT_TYPE, "application/json")
+            .header("x-request-id", call.request_id)
+            .body(body);
+        if let Some(auth) = &self.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let response = request.send().await.map_err(|e| from_reqwest(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = retry_after(response.headers());
+            let body = read_capped(response, MAX_ERROR_BODY).await.unwrap_or_default();
+            return Err(AttemptFailure::Status { status: status.as_u16(), retry_after, body });
+        }
+        if call.inbound.stream {
+            return Ok(Reply::Stream(sse_events(response)));
+        }
+        let body = read_capped(response, MAX_ANSWER).await?;
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            return Err(AttemptFailure::Protocol("the answer is not JSON".into()));
+        }
+        Ok(Reply::Complete(body))
+    }
+}
+
+async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, AttemptFailure> {
+    let mut out = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| from_reqwest(&e))?;
+        if out.len() + chunk.len() > cap {
+            return Err(AttemptFailure::Protocol(format!("the answer is larger than {cap} bytes")));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(out))
+}
+
+/// The SSE events of a streamed answer. A stream that ends without
+/// `[DONE]` ends with an error.
+pub(super) fn sse_events(response: reqwest::Response) -> EventStream {
+    struct State {
+        body: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+        parser: SseParser,
+        ready: std::collections::VecDeque<SseEvent>,
+        finished: bool,
+    }
+    let state = State { body: response.bytes_stream().boxed(), parser: SseParser::default(), ready: Default::default(), finished: false };
+    Box::pin(futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if s.finished {
+                return None;
+            }
+            if let Some(event) = s.ready.pop_front() {
+                if event == SseEvent::Done {
+                    s.finished = true;
+                }
+                return Some((Ok(event), s));
+            }
+            match s.body.next().await {
+                Some(Ok(bytes)) => match s.parser.push(&bytes) {
+                    Ok(events) => s.ready.extend(events),
+                    Err(e) => {
+                        s.finished = true;
+                        return Some((Err(AttemptFailure::Protocol(e.0)), s));
+                    }
+                },
+                Some(Err(e)) => {
+                    s.finished = true;
+                    return Some((Err(AttemptFailure::Connect(format!("the stream broke: {e}"))), s));
+                }
+                None => {
+                    s.finished = true;
+                    return Some((Err(AttemptFailure::Protocol("the stream ended without [DONE]".into())), s));
+                }
+            }
+        }
+    }))
+}
