@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod debounce;
 pub mod error;
 pub mod gateway;
 pub mod mock_answers;

@@ -3,7 +3,7 @@
 //! now. A broken file is reported and changes nothing.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::mpsc::channel;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -24,37 +24,40 @@ pub fn watch_config(path: &Path, gateway: &Arc<Gateway>) -> notify::Result<Confi
     let path = path.to_path_buf();
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let (tx, rx) = channel::<()>();
+    let name = path.file_name().map(|n| n.to_owned());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        // Only changes to the file itself, or a ConfigMap's `..data` swap;
+        // other files in the directory (logs, say) must not delay a reload.
+        let relevant = match &event {
+            Ok(e) => {
+                !e.kind.is_access()
+                    && e.paths
+                        .iter()
+                        .any(|p| p.file_name().is_some_and(|n| Some(n) == name.as_deref() || n.to_string_lossy().starts_with("..")))
+            }
+            Err(_) => true,
+        };
+        if relevant {
             let _ = tx.send(());
         }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     let gateway: Weak<Gateway> = Arc::downgrade(gateway);
     let mut last = std::fs::read(&path).ok();
-    std::thread::Builder::new().name("config-watch".into()).spawn(move || loop {
-        match rx.recv() {
-            Ok(()) => {}
-            Err(_) => return,
-        }
-        // Let a burst of events (a rename, a slow write) settle.
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(()) => continue,
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => return,
+    std::thread::Builder::new().name("config-watch".into()).spawn(move || {
+        crate::debounce::run(&rx, Duration::from_millis(100), None, || {
+            let current = std::fs::read(&path).ok();
+            if current == last {
+                return true;
             }
-        }
-        let current = std::fs::read(&path).ok();
-        if current == last {
-            continue;
-        }
-        last = current;
-        let Some(gateway) = gateway.upgrade() else { return };
-        match Config::load(&path).and_then(|config| gateway.reconfigure(config)) {
-            Ok(report) => tracing::info!(file = %path.display(), ?report, "configuration reloaded"),
-            Err(e) => tracing::error!("configuration not reloaded, the previous one keeps serving: {e}"),
-        }
+            last = current;
+            let Some(gateway) = gateway.upgrade() else { return false };
+            match Config::load(&path).and_then(|config| gateway.reconfigure(config)) {
+                Ok(report) => tracing::info!(file = %path.display(), ?report, "configuration reloaded"),
+                Err(e) => tracing::error!("configuration not reloaded, the previous one keeps serving: {e}"),
+            }
+            true
+        })
     })?;
     Ok(ConfigWatcher { _watcher: watcher })
 }

@@ -1,8 +1,8 @@
 //! Watches the policy directory and rescans the registry when it changes.
 
-use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::mpsc::channel;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
@@ -52,29 +52,14 @@ pub fn watch(registry: &Arc<PolicyRegistry>, debounce: Duration, poll: Duration)
     std::thread::Builder::new()
         .name("policy-watch".into())
         .spawn(move || {
-            let mut pending_since: Option<Instant> = None;
-            loop {
-                let wait = if pending_since.is_some() { debounce } else { poll };
-                let fire = match rx.recv_timeout(wait) {
-                    Ok(()) => {
-                        pending_since.get_or_insert_with(Instant::now);
-                        false
-                    }
-                    // Quiet for `debounce` after events, or the periodic poll.
-                    Err(RecvTimeoutError::Timeout) => true,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                };
-                // A stream of events without a pause must not starve reloads.
-                let overdue = pending_since.is_some_and(|t| t.elapsed() > debounce * 10);
-                if fire || overdue {
-                    pending_since = None;
-                    let Some(registry) = registry.upgrade() else { return };
-                    let report = registry.rescan();
-                    if report != Default::default() {
-                        tracing::debug!(?report, "policy directory rescanned");
-                    }
+            crate::debounce::run(&rx, debounce, Some(poll), || {
+                let Some(registry) = registry.upgrade() else { return false };
+                let report = registry.rescan();
+                if report != Default::default() {
+                    tracing::debug!(?report, "policy directory rescanned");
                 }
-            }
+                true
+            })
         })
         .map_err(|e| PolicyError::new(PolicyErrorKind::Runtime, "-", format!("cannot start the policy watcher: {e}")))?;
     Ok(PolicyWatcher { _watcher: watcher })

@@ -1,0 +1,142 @@
+//! Running the real `switchyard` binary: the router and the mock upstream,
+//! each in its own process on a free port.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A running `switchyard` process, killed when dropped.
+pub struct Proc {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `switchyard ARGS` and waits for the address it prints.
+    pub fn start(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Proc {
+        let log = dir.join(format!("{}-{}.log", args[0], rand_suffix()));
+        let mut child = Command::new(BIN)
+            .args(args)
+            .envs(env.iter().copied())
+            .env("XDG_CACHE_HOME", std::env::temp_dir().join("switchyard-e2e-cache"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{args:?} did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+        let url = line.split_whitespace().last().unwrap().to_owned();
+        Proc { child, url, log }
+    }
+
+    /// What the process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().unwrap()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed) * 1000 + u64::from(std::process::id())
+}
+
+/// A mock upstream.
+pub fn mock_upstream(dir: &Path) -> Proc {
+    Proc::start(&["mock-upstream", "--listen", "127.0.0.1:0"], dir, &[])
+}
+
+/// A router on `config` (written to `dir/switchyard.toml`).
+pub fn router(dir: &Path, config: &str, env: &[(&str, &str)]) -> Proc {
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, config).unwrap();
+    Proc::start(&["serve", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:0"], dir, env)
+}
+
+/// An HTTP client that does not retry.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// A chat request body.
+pub fn chat(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Tell me about routers."}]})
+}
+
+/// A response, read whole.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The `data:` payloads of an SSE body.
+    pub fn events(&self) -> Vec<String> {
+        self.body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(str::to_owned).collect()
+    }
+}
+
+/// POSTs `body` to `url` + `path`.
+pub async fn post(url: &str, path: &str, body: &serde_json::Value, headers: &[(&str, &str)]) -> Answer {
+    let mut request = client().post(format!("{url}{path}")).json(body);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.unwrap();
+    Answer { status: response.status().as_u16(), headers: response.headers().clone(), body: response.text().await.unwrap_or_default() }
+}
+
+/// What the mock upstream received.
+pub async fn received(mock: &Proc) -> Vec<serde_json::Value> {
+    client().get(format!("{}/mock/requests", mock.url)).send().await.unwrap().json().await.unwrap()
+}
+
+/// Forgets what the mock upstream received.
+pub async fn clear(mock: &Proc) {
+    client().delete(format!("{}/mock/requests", mock.url)).send().await.unwrap();
+}
