@@ -5,6 +5,11 @@
 
 mod cli;
 
+/// mimalloc: the router makes many small, short-lived allocations per
+/// request; glibc's malloc showed as 10 % of the profile under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

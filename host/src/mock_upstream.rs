@@ -12,7 +12,7 @@
 //! chunk), `no-done` (stream ends without `[DONE]`), `context-length` and
 //! `content-policy` (400s).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -48,16 +48,19 @@ impl Default for MockSettings {
     }
 }
 
-#[derive(Default)]
+/// Requests remembered for `GET /mock/requests`; older ones are forgotten,
+/// so a benchmark neither grows memory nor stalls on reallocation.
+const REMEMBERED: usize = 10_000;
+
 struct MockState {
     settings: MockSettings,
-    received: Mutex<Vec<Value>>,
+    received: Mutex<VecDeque<Value>>,
     counts: Mutex<HashMap<String, u32>>,
 }
 
 /// Serves until `shutdown` resolves.
 pub async fn run(listener: TcpListener, settings: MockSettings, shutdown: impl Future<Output = ()>) {
-    let state = Arc::new(MockState { settings, ..Default::default() });
+    let state = Arc::new(MockState { settings, received: Mutex::new(VecDeque::with_capacity(REMEMBERED)), counts: Mutex::default() });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -142,10 +145,17 @@ async fn handle(state: Arc<MockState>, request: Request<Incoming>) -> Result<Res
     };
     let model = body.get("model").and_then(Value::as_str).unwrap_or("mock").to_owned();
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    state.received.lock().unwrap().push(json!({
+    let record = json!({
         "path": path, "model": model, "body": body,
         "authorization": header("authorization"), "x_api_key": header("x-api-key"), "x_request_id": header("x-request-id"),
-    }));
+    });
+    {
+        let mut received = state.received.lock().unwrap();
+        if received.len() == REMEMBERED {
+            received.pop_front();
+        }
+        received.push_back(record);
+    }
     let fault = fault_of(&model, header("x-mock-fault").as_deref());
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let delay = Duration::from_millis(state.settings.latency_ms + if fault.name == "slow-first-token" { fault.delay_ms } else { 0 });

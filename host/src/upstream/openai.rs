@@ -19,13 +19,16 @@ const MAX_ANSWER: usize = 64 << 20;
 
 pub(super) struct OpenAiClient {
     http: reqwest::Client,
-    base_url: String,
+    /// Endpoint URLs, parsed once: chat, completions, embeddings.
+    urls: [reqwest::Url; 3],
     auth: Option<HeaderValue>,
 }
 
 impl OpenAiClient {
     pub(super) fn new(config: &BackendConfig) -> Result<Self, String> {
         let base_url = config.base_url.clone().ok_or("base_url is required")?.trim_end_matches('/').to_owned();
+        let url = |path: &str| reqwest::Url::parse(&format!("{base_url}{path}")).map_err(|e| format!("base_url: {e}"));
+        let urls = [url("/chat/completions")?, url("/completions")?, url("/embeddings")?];
         let auth = match config.api_key.as_deref().filter(|k| !k.is_empty()) {
             Some(key) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| "api_key has characters a header cannot carry")?;
@@ -34,24 +37,19 @@ impl OpenAiClient {
             }
             None => None,
         };
-        Ok(Self { http: http_client(config)?, base_url, auth })
+        Ok(Self { http: http_client(config)?, urls, auth })
     }
 
     pub(super) async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
-        let path = match call.inbound.surface {
-            ApiSurface::Chat => "/chat/completions",
-            ApiSurface::Completion => "/completions",
-            ApiSurface::Embeddings => "/embeddings",
+        let url = match call.inbound.surface {
+            ApiSurface::Chat => &self.urls[0],
+            ApiSurface::Completion => &self.urls[1],
+            ApiSurface::Embeddings => &self.urls[2],
         };
-        let mut body = call.inbound.body.clone();
-        body.insert("model".into(), serde_json::Value::String(call.model.to_owned()));
+        let body = WithModel { body: &call.inbound.body, model: call.model };
         let body = serde_json::to_vec(&body).map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
-        let mut request = self
-            .http
-            .post(format!("{}{path}", self.base_url))
-            .header(CONTENT_TYPE, "application/json")
-            .header("x-request-id", call.request_id)
-            .body(body);
+        let mut request =
+            self.http.post(url.clone()).header(CONTENT_TYPE, "application/json").header("x-request-id", call.request_id).body(body);
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
@@ -70,6 +68,28 @@ impl OpenAiClient {
             return Err(AttemptFailure::Protocol("the answer is not JSON".into()));
         }
         Ok(Reply::Complete(body))
+    }
+}
+
+/// The client's body with `model` replaced, serialised without copying the
+/// body first.
+struct WithModel<'a> {
+    body: &'a serde_json::Map<String, serde_json::Value>,
+    model: &'a str,
+}
+
+impl serde::Serialize for WithModel<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.body.len()))?;
+        for (key, value) in self.body {
+            if key == "model" {
+                map.serialize_entry(key, self.model)?;
+            } else {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.end()
     }
 }
 
