@@ -585,6 +585,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../../tests/fixtures/switchyard.toml");
+        let env = |_: &str| Some("sk-test".to_owned());
+        let c = Config::parse(text, "switchyard.toml", Path::new("."), &env).unwrap();
+        assert_eq!(c.backends.len(), 3);
+        assert_eq!(c.backends[1].provider, ProviderKind::Anthropic);
+    }
+
+    #[test]
     fn policy_config_becomes_json() {
         let text =
             format!("{MINIMAL}[[routes]]\nmodel = \"auto\"\npolicy = \"p\"\n[policies.config.p]\nmax_targets = 2\nrequire_tag = \"eu\"\n");
