@@ -432,3 +432,15 @@ async fn the_embedded_default_serves_offline() {
     assert!(a.header("x-switchyard-policy").unwrap().starts_with("cheapest-healthy@"));
     assert!(a.json()["choices"][0]["message"]["content"].as_str().unwrap().starts_with("This is a mock answer"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_clients_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = router(dir.path(), "[[backends]]\nname = \"m\"\nprovider = \"mock\"\n", &[]);
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let response = h2.post(format!("{}/v1/chat/completions", router.url)).json(&chat("m", true)).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+}
