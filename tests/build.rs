@@ -6,7 +6,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// Guest workspaces and the components each produces.
-const WORKSPACES: &[(&str, &[&str])] = &[("policies", &["cheapest-healthy"]), ("tests/guests", &["hostile", "other-world"])];
+const WORKSPACES: &[(&str, &[&str])] = &[
+    ("policies", &["cheapest-healthy", "fallback-cheaper", "private-data", "ab-test", "adaptive", "content-aware"]),
+    ("tests/guests", &["hostile", "other-world"]),
+];
 
 fn main() {
     let root = switchyard_build_support::repo_root();

@@ -33,6 +33,12 @@ impl RouteBuilder {
         self
     }
 
+    /// Appends fallbacks, in order.
+    pub fn then_all<'a>(mut self, backends: impl IntoIterator<Item = &'a Backend>) -> Self {
+        self.route.targets.extend(backends.into_iter().map(|b| Target { backend: b.name.clone(), model: None }));
+        self
+    }
+
     /// Appends a fallback that asks `backend` for `model` instead of its
     /// default model.
     pub fn then_model(mut self, backend: &Backend, model: &str) -> Self {

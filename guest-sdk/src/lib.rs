@@ -100,13 +100,13 @@ impl Backend {
     }
 }
 pub use decision::{reject, route, RouteBuilder};
-pub use select::{cheapest, fastest, hash_bucket, weighted_choice, BackendExt, RequestExt, SeedRng};
+pub use select::{cheapest, fastest, hash_bucket, rank_by_cost, weighted_choice, BackendExt, RequestExt, SeedRng};
 
 /// Everything a policy usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        cheapest, fastest, hash_bucket, log, reject, route, weighted_choice, ApiSurface, Backend, BackendExt, CircuitState, Decision,
-        LogLevel, Message, Policy, Request, RequestExt, Role, SeedRng,
+        cheapest, fastest, hash_bucket, log, rank_by_cost, reject, route, weighted_choice, ApiSurface, Backend, BackendExt, CircuitState,
+        Decision, LogLevel, Message, Policy, Request, RequestExt, Role, SeedRng,
     };
 }
 

@@ -85,6 +85,13 @@ pub fn cheapest<'a>(backends: impl IntoIterator<Item = &'a Backend>, request: &R
     backends.into_iter().min_by(|a, b| a.estimated_cost(request).total_cmp(&b.estimated_cost(request)))
 }
 
+/// Orders `backends` for trying: healthy before open circuits, then by
+/// estimated cost for `request`; equal costs keep their order.
+pub fn rank_by_cost<'a>(mut backends: Vec<&'a Backend>, request: &Request) -> Vec<&'a Backend> {
+    backends.sort_by(|a, b| (!a.is_healthy()).cmp(&!b.is_healthy()).then(a.estimated_cost(request).total_cmp(&b.estimated_cost(request))));
+    backends
+}
+
 /// The backend with the lowest recent median latency; backends without
 /// measurements yet count as fastest, so they get tried.
 pub fn fastest<'a>(backends: impl IntoIterator<Item = &'a Backend>) -> Option<&'a Backend> {

@@ -19,8 +19,25 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     for (mode, label) in [(InstanceMode::Pooled, "warm"), (InstanceMode::Fresh, "fresh")] {
         let runtime = PolicyRuntime::new(RuntimeSettings { instance_mode: mode, cache_dir: None, ..Default::default() }).unwrap();
-        for (name, path) in [("cheapest-healthy", artifacts::CHEAPEST_HEALTHY), ("hostile-trivial", artifacts::HOSTILE)] {
-            let policy = runtime.load(name, &read(path), "{}", &fleet.backends).unwrap();
+        let policies: &[(&str, &str, &str)] = if mode == InstanceMode::Fresh {
+            &[("cheapest-healthy", artifacts::CHEAPEST_HEALTHY, "{}"), ("hostile-trivial", artifacts::HOSTILE, "{}")]
+        } else {
+            &[
+                ("cheapest-healthy", artifacts::CHEAPEST_HEALTHY, "{}"),
+                ("hostile-trivial", artifacts::HOSTILE, "{}"),
+                ("fallback-cheaper", artifacts::FALLBACK_CHEAPER, r#"{"primary": "gpt-4o"}"#),
+                ("private-data", artifacts::PRIVATE_DATA, "{}"),
+                (
+                    "ab-test",
+                    artifacts::AB_TEST,
+                    r#"{"arms": [{"name": "a", "backend": "gpt-4o", "weight": 1}, {"name": "b", "backend": "claude-sonnet", "weight": 1}]}"#,
+                ),
+                ("adaptive", artifacts::ADAPTIVE, "{}"),
+                ("content-aware", artifacts::CONTENT_AWARE, "{}"),
+            ]
+        };
+        for (name, path, config) in policies {
+            let policy = runtime.load(name, &read(path), config, &fleet.backends).unwrap();
             group.bench_function(format!("{label}/{name}"), |b| b.iter(|| policy.decide(&request, &fleet.stats).unwrap()));
         }
     }

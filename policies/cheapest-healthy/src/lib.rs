@@ -41,19 +41,15 @@ impl Policy for CheapestHealthy {
     }
 
     fn route(&self, request: &Request, backends: &[Backend]) -> Decision {
-        let mut candidates: Vec<(bool, f64, &Backend)> = backends
+        let candidates: Vec<&Backend> = backends
             .iter()
             .filter(|b| b.can_serve(request))
             .filter(|b| self.config.require_tag.as_deref().is_none_or(|tag| b.has_tag(tag)))
-            .map(|b| (!b.is_healthy(), b.estimated_cost(request), b))
             .collect();
         if candidates.is_empty() {
             return reject(400, no_backend_message(request, self.config.require_tag.as_deref()));
         }
-        // Healthy before open circuits, then by price; the sort is stable, so
-        // equal prices keep the configuration's order.
-        candidates.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-        route(candidates.iter().map(|c| c.2)).limit(self.config.max_targets).label("reason", "cheapest").into()
+        route(rank_by_cost(candidates, request)).limit(self.config.max_targets).label("reason", "cheapest").into()
     }
 }
 
