@@ -41,6 +41,15 @@ fn bench(c: &mut Criterion) {
             group.bench_function(format!("{label}/{name}"), |b| b.iter(|| policy.decide(&request, &fleet.stats).unwrap()));
         }
     }
+    // Policies in other languages, when their toolchain is installed.
+    if let Some(py) = switchyard_tests::python_policy("ab-test") {
+        let runtime =
+            PolicyRuntime::new(RuntimeSettings { cache_dir: Some(switchyard_tests::test_cache_dir()), ..Default::default() }).unwrap();
+        let config =
+            r#"{"arms": [{"name": "a", "backend": "gpt-4o", "weight": 1}, {"name": "b", "backend": "claude-sonnet", "weight": 1}]}"#;
+        let policy = runtime.load("ab-test-py", &std::fs::read(py).unwrap(), config, &fleet.backends).unwrap();
+        group.bench_function("warm/ab-test-python", |b| b.iter(|| policy.decide(&request, &fleet.stats).unwrap()));
+    }
     group.finish();
 }
 

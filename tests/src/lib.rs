@@ -102,3 +102,48 @@ pub fn eight_backends() -> Fleet {
     .iter()
     .fold(Fleet::default(), |fleet, (n, p)| fleet.with(n, *p, |_, _| {}))
 }
+
+/// Builds the Python policy in `policies/python/<name>` with componentize-py
+/// into `target/guests/python/<name>.wasm` (again only when its source is
+/// newer). `None`, with a note on stderr, when componentize-py is missing
+/// outside CI; in CI (`CI` set) a missing tool fails the test.
+pub fn python_policy(name: &str) -> Option<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let source = root.join("policies/python").join(name);
+    let out = root.join("target/guests/python").join(format!("{name}.wasm"));
+    let newest_source = std::fs::read_dir(&source).unwrap().filter_map(|e| e.ok()?.metadata().ok()?.modified().ok()).max();
+    let built = std::fs::metadata(&out).and_then(|m| m.modified()).ok();
+    if built.is_some() && built >= newest_source {
+        return Some(out);
+    }
+    let available = std::process::Command::new("componentize-py").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(std::env::var_os("CI").is_none(), "componentize-py is missing in CI; .ci/run installs it");
+        eprintln!("SKIPPED: componentize-py is not installed (pip install componentize-py==0.25.1)");
+        return None;
+    }
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let status = std::process::Command::new("componentize-py")
+        .args([
+            "-d",
+            root.join("wit").to_str().unwrap(),
+            "-w",
+            "policy",
+            "componentize",
+            "app",
+            "-p",
+            source.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "componentize-py failed for {name}");
+    Some(out)
+}
+
+/// A compiled-artifact cache shared by the tests, so that large (Python,
+/// JavaScript) components are compiled once.
+pub fn test_cache_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target/policy-cache")
+}
