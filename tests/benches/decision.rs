@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use switchyard::policy::{InstanceMode, PolicyRuntime, RuntimeSettings};
-use switchyard_tests::{artifacts, chat_request, eight_backends, read};
+use switchyard_tests::{artifacts, chat_request, eight_backends, read, Lang};
 
 fn bench(c: &mut Criterion) {
     let fleet = eight_backends();
@@ -42,13 +42,14 @@ fn bench(c: &mut Criterion) {
         }
     }
     // Policies in other languages, when their toolchain is installed.
-    if let Some(py) = switchyard_tests::python_policy("ab-test") {
-        let runtime =
-            PolicyRuntime::new(RuntimeSettings { cache_dir: Some(switchyard_tests::test_cache_dir()), ..Default::default() }).unwrap();
-        let config =
-            r#"{"arms": [{"name": "a", "backend": "gpt-4o", "weight": 1}, {"name": "b", "backend": "claude-sonnet", "weight": 1}]}"#;
-        let policy = runtime.load("ab-test-py", &std::fs::read(py).unwrap(), config, &fleet.backends).unwrap();
-        group.bench_function("warm/ab-test-python", |b| b.iter(|| policy.decide(&request, &fleet.stats).unwrap()));
+    let runtime =
+        PolicyRuntime::new(RuntimeSettings { cache_dir: Some(switchyard_tests::test_cache_dir()), ..Default::default() }).unwrap();
+    let config = r#"{"arms": [{"name": "a", "backend": "gpt-4o", "weight": 1}, {"name": "b", "backend": "claude-sonnet", "weight": 1}]}"#;
+    for (lang, label) in [(Lang::Python, "python"), (Lang::JavaScript, "javascript")] {
+        if let Some(wasm) = switchyard_tests::polyglot_policy(lang, "ab-test") {
+            let policy = runtime.load("ab-test", &std::fs::read(wasm).unwrap(), config, &fleet.backends).unwrap();
+            group.bench_function(format!("warm/ab-test-{label}"), |b| b.iter(|| policy.decide(&request, &fleet.stats).unwrap()));
+        }
     }
     group.finish();
 }

@@ -103,43 +103,59 @@ pub fn eight_backends() -> Fleet {
     .fold(Fleet::default(), |fleet, (n, p)| fleet.with(n, *p, |_, _| {}))
 }
 
-/// Builds the Python policy in `policies/python/<name>` with componentize-py
-/// into `target/guests/python/<name>.wasm` (again only when its source is
-/// newer). `None`, with a note on stderr, when componentize-py is missing
-/// outside CI; in CI (`CI` set) a missing tool fails the test.
-pub fn python_policy(name: &str) -> Option<std::path::PathBuf> {
+/// A language with its own policy toolchain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// componentize-py, sources in `policies/python/<name>/app.py`.
+    Python,
+    /// componentize-js, sources in `policies/js/<name>/app.js`.
+    JavaScript,
+}
+
+/// Builds the policy `name` written in `lang` into
+/// `target/guests/<lang>/<name>.wasm` (again only when its source is newer).
+/// `None`, with a note on stderr, when the toolchain is missing outside CI;
+/// in CI (`CI` set) a missing toolchain fails the test.
+pub fn polyglot_policy(lang: Lang, name: &str) -> Option<std::path::PathBuf> {
+    use std::process::Command;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let source = root.join("policies/python").join(name);
-    let out = root.join("target/guests/python").join(format!("{name}.wasm"));
+    let (dir, probe, install): (&str, Command, &str) = match lang {
+        Lang::Python => ("python", command("componentize-py", &["--version"]), "pip install componentize-py==0.25.1"),
+        Lang::JavaScript => {
+            let module = root.join("policies/js/node_modules/@bytecodealliance/componentize-js/package.json");
+            ("js", command("test", &["-f", module.to_str().unwrap()]), "cd policies/js && npm ci")
+        }
+    };
+    let source = root.join("policies").join(dir).join(name);
+    let out = root.join("target/guests").join(dir).join(format!("{name}.wasm"));
     let newest_source = std::fs::read_dir(&source).unwrap().filter_map(|e| e.ok()?.metadata().ok()?.modified().ok()).max();
     let built = std::fs::metadata(&out).and_then(|m| m.modified()).ok();
     if built.is_some() && built >= newest_source {
         return Some(out);
     }
-    let available = std::process::Command::new("componentize-py").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !available {
-        assert!(std::env::var_os("CI").is_none(), "componentize-py is missing in CI; .ci/run installs it");
-        eprintln!("SKIPPED: componentize-py is not installed (pip install componentize-py==0.25.1)");
+    let mut probe = probe;
+    if !probe.output().is_ok_and(|o| o.status.success()) {
+        assert!(std::env::var_os("CI").is_none(), "the {lang:?} policy toolchain is missing in CI; .ci/run installs it ({install})");
+        eprintln!("SKIPPED: the {lang:?} policy toolchain is not installed ({install})");
         return None;
     }
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let status = std::process::Command::new("componentize-py")
-        .args([
-            "-d",
-            root.join("wit").to_str().unwrap(),
-            "-w",
-            "policy",
-            "componentize",
-            "app",
-            "-p",
-            source.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success(), "componentize-py failed for {name}");
+    let (wit, src, dst) = (root.join("wit"), source.to_str().unwrap(), out.to_str().unwrap());
+    let mut build = match lang {
+        Lang::Python => {
+            command("componentize-py", &["-d", wit.to_str().unwrap(), "-w", "policy", "componentize", "app", "-p", src, "-o", dst])
+        }
+        Lang::JavaScript => command("node", &[root.join("policies/js/build.mjs").to_str().unwrap(), src, dst]),
+    };
+    let status = build.status().unwrap();
+    assert!(status.success(), "building the {lang:?} policy {name} failed");
     Some(out)
+}
+
+fn command(program: &str, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(program);
+    c.args(args);
+    c
 }
 
 /// A compiled-artifact cache shared by the tests, so that large (Python,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use switchyard::policy::contract::Request;
 use switchyard::policy::{Decision, PolicyErrorKind, PolicyRegistry, PolicyRuntime, PolicySources, RuntimeSettings};
-use switchyard_tests::{artifacts, chat_request, eight_backends, python_policy, read, test_cache_dir};
+use switchyard_tests::{artifacts, chat_request, eight_backends, polyglot_policy, read, test_cache_dir, Lang};
 
 const AB_CONFIG: &str = r#"{"arms": [{"name": "control", "backend": "gpt-4o", "weight": 70}, {"name": "candidate", "backend": "claude-sonnet", "weight": 30}]}"#;
 
@@ -36,28 +36,39 @@ fn as_user(user: Option<String>, seed: u64) -> Request {
 
 #[test]
 fn python_ab_test_agrees_with_the_rust_one() {
-    let Some(py) = python_policy("ab-test") else { return };
+    agrees_with_rust(Lang::Python);
+}
+
+#[test]
+fn javascript_ab_test_agrees_with_the_rust_one() {
+    agrees_with_rust(Lang::JavaScript);
+}
+
+/// The `ab-test` policy in `lang` puts every request in the same arm as the
+/// Rust one, and refuses a bad config the same way.
+fn agrees_with_rust(lang: Lang) {
+    let Some(wasm) = polyglot_policy(lang, "ab-test") else { return };
     let fleet = eight_backends();
     let runtime = runtime();
-    let python = runtime.load("ab-test-py", &std::fs::read(&py).unwrap(), AB_CONFIG, &fleet.backends).unwrap();
+    let other = runtime.load("ab-test-other", &std::fs::read(&wasm).unwrap(), AB_CONFIG, &fleet.backends).unwrap();
     let rust = runtime.load("ab-test", &read(artifacts::AB_TEST), AB_CONFIG, &fleet.backends).unwrap();
     for i in 0..300u64 {
         let user = (i % 3 != 0).then(|| format!("user-{i}"));
         let request = as_user(user.clone(), i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let (py_arm, py_how, py_targets) = arm(python.decide(&request, &fleet.stats).unwrap());
+        let (their_arm, their_how, their_targets) = arm(other.decide(&request, &fleet.stats).unwrap());
         let (rs_arm, rs_how, _) = arm(rust.decide(&request, &fleet.stats).unwrap());
-        assert_eq!((&py_arm, &py_how), (&rs_arm, &rs_how), "request {i} (user {user:?})");
-        let primary = if py_arm == "control" { "gpt-4o" } else { "claude-sonnet" };
-        assert_eq!(py_targets[0], primary);
+        assert_eq!((&their_arm, &their_how), (&rs_arm, &rs_how), "{lang:?}, request {i} (user {user:?})");
+        let primary = if their_arm == "control" { "gpt-4o" } else { "claude-sonnet" };
+        assert_eq!(their_targets[0], primary);
     }
-    let err = runtime.load("ab-test-py", &std::fs::read(&py).unwrap(), r#"{"arms": []}"#, &fleet.backends).unwrap_err();
-    assert_eq!(err.kind(), PolicyErrorKind::ConfigRefused);
-    assert!(err.message().contains("`arms` is empty"), "{err}");
+    let err = runtime.load("ab-test-other", &std::fs::read(&wasm).unwrap(), r#"{"arms": []}"#, &fleet.backends).unwrap_err();
+    assert_eq!(err.kind(), PolicyErrorKind::ConfigRefused, "{lang:?}");
+    assert!(err.message().contains("`arms` is empty"), "{lang:?}: {err}");
 }
 
 #[test]
 fn a_python_policy_hot_swaps_with_a_rust_one() {
-    let Some(py) = python_policy("ab-test") else { return };
+    let Some(py) = polyglot_policy(Lang::Python, "ab-test") else { return };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("split.wasm");
     std::fs::write(&file, read(artifacts::AB_TEST)).unwrap();
