@@ -118,3 +118,69 @@ fn status_shows_serving_and_failed_policies() {
     assert!(stdout.lines().any(|l| l.starts_with("cheap") && l.contains("serving")), "{stdout}");
     assert!(stdout.lines().any(|l| l.starts_with("broken") && l.contains("FAILED") && l.contains("not a WebAssembly file")), "{stdout}");
 }
+
+/// Whether a tool is there; in CI a missing tool fails the test.
+fn tool(program: &str, args: &[&str], install: &str) -> bool {
+    let ok = Command::new(program).args(args).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "{program} is missing in CI; .ci/run installs it ({install})");
+        eprintln!("SKIPPED: {program} is not installed ({install})");
+    }
+    ok
+}
+
+fn run_in(dir: &Path, program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).current_dir(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {}:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn check_passes(wasm: &Path) {
+    let out = switchyard(&["policy", "check", wasm.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("accepted its config"));
+}
+
+#[test]
+fn policy_new_scaffolds_policies_that_build_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let new = |name: &str, lang: &str| {
+        let out = switchyard(&["policy", "new", name, "--lang", lang, "--dir", dir.path().to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out).1);
+        dir.path().join(name)
+    };
+
+    let rust = new("route-rust", "rust");
+    let target = root.join("target/guests");
+    run_in(&rust, "cargo", &["build", "--release", "--target", "wasm32-wasip2", "--target-dir", target.to_str().unwrap()]);
+    check_passes(&target.join("wasm32-wasip2/release/route_rust.wasm"));
+
+    if tool("componentize-py", &["--version"], "pip install componentize-py==0.25.1") {
+        let py = new("route-python", "python");
+        run_in(&py, "componentize-py", &["-d", "wit", "-w", "policy", "componentize", "app", "-o", "route-python.wasm"]);
+        check_passes(&py.join("route-python.wasm"));
+    }
+    let modules = root.join("policies/js/node_modules");
+    if tool("test", &["-d", modules.to_str().unwrap()], "cd policies/js && npm ci") {
+        let js = new("route-js", "js");
+        std::os::unix::fs::symlink(&modules, js.join("node_modules")).unwrap();
+        run_in(&js, "node", &["build.mjs"]);
+        check_passes(&js.join("route-js.wasm"));
+    }
+
+    for (args, message) in [
+        (vec!["policy", "new", "Bad_Name", "--lang", "rust"], "is not a policy name"),
+        (vec!["policy", "new", "route-rust", "--lang", "rust", "--dir", dir.path().to_str().unwrap()], "already exists"),
+        (vec!["policy", "new", "x", "--lang", "cobol"], "invalid value 'cobol'"),
+    ] {
+        let out = switchyard(&args);
+        assert!(!out.status.success());
+        assert!(text(&out).1.contains(message), "{args:?}: {}", text(&out).1);
+    }
+}

@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch.
 
 mod policy_cmd;
+mod scaffold;
 mod serve_cmd;
 
 use std::process::ExitCode;

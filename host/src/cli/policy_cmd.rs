@@ -12,6 +12,21 @@ use switchyard::policy::{json, Decision, PolicyRegistry, PolicyRuntime, PolicySo
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
+    /// Create a buildable policy from a template.
+    New {
+        /// The policy's name (lower-case letters, digits, `-`).
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum)]
+        lang: super::scaffold::Lang,
+        /// Where to create it (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path of the Rust SDK (`guest-sdk/`), for Rust policies built
+        /// outside this repository.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Compile a policy against the `switchyard:policy` world, list its
     /// imports and exports, run `init` with a config and make one probe
     /// decision.
@@ -60,6 +75,11 @@ pub struct CommonArgs {
 
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        PolicyCommand::New { name, lang, dir, sdk } => {
+            let created = super::scaffold::new_policy(&name, lang, &dir, sdk.as_deref())?;
+            println!("created {}; its README.md says how to build and check it", created.display());
+            Ok(ExitCode::SUCCESS)
+        }
         PolicyCommand::Check { file, backends, common } => check(&file, backends.as_deref(), &common),
         PolicyCommand::Eval { file, request, backends, common } => eval(&file, &request, &backends, &common),
         PolicyCommand::Status { dir, no_cache } => status(&dir, no_cache),
