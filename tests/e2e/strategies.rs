@@ -1,0 +1,147 @@
+//! Each example policy through the running router, against a real mock
+//! upstream: what reached which upstream is what the strategy promises.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use serde_json::{json, Value};
+use support::{clear, mock_upstream, post, received, router, Answer, Proc};
+use switchyard_tests::artifacts;
+
+/// A router whose `policies/` holds `policy` (as `<policy>.wasm`) serving
+/// model `auto` with `config`, over `backends` (TOML).
+fn router_with(dir: &std::path::Path, policy: &str, wasm: &str, config: &str, backends: &str) -> Proc {
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::copy(wasm, dir.join("policies").join(format!("{policy}.wasm"))).unwrap();
+    let toml = format!("[policies]\ndir = \"policies\"\n[policies.config.{policy}]\n{config}\n[[routes]]\nmodel = \"auto\"\npolicy = \"{policy}\"\n[circuit]\nfailure_threshold = 1000\n{backends}");
+    router(dir, &toml, &[])
+}
+
+fn backend(name: &str, mock: &Proc, model: &str, extra: &str) -> String {
+    format!("[[backends]]\nname = \"{name}\"\nprovider = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"{model}\"\n{extra}\n", mock.url)
+}
+
+fn ask(text: &str) -> Value {
+    json!({"model": "auto", "messages": [{"role": "user", "content": text}]})
+}
+
+fn models_received(got: &[Value]) -> Vec<String> {
+    got.iter().map(|r| r["model"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_data_never_sends_a_card_number_to_a_public_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let backends = backend("cloud", &mock, "cloud-model", "input_price = 0.1")
+        + &backend("onprem", &mock, "onprem-model", "input_price = 1.0\ntags = [\"private\"]");
+    let router = router_with(dir.path(), "private-data", artifacts::PRIVATE_DATA, "keywords = [\"nightingale\"]", &backends);
+    let sensitive = ["Charge my card 4111 1111 1111 1111 please", "Email bob@example.org the plan", "What is Nightingale?"];
+    for text in sensitive {
+        let a = post(&router.url, "/v1/chat/completions", &ask(text), &[]).await;
+        assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some("onprem")), "{text}: {}", a.body);
+    }
+    let a = post(&router.url, "/v1/chat/completions", &ask("What is the capital of France?"), &[]).await;
+    assert_eq!(a.header("x-switchyard-backend"), Some("cloud"));
+    for r in received(&mock).await {
+        let body = r["body"].to_string();
+        if r["model"] == "cloud-model" {
+            assert!(!body.contains("4111") && !body.contains("bob@") && !body.contains("Nightingale"), "a public upstream got {body}");
+        }
+    }
+
+    // Without a private backend, sensitive prompts are refused, never sent.
+    let dir = tempfile::tempdir().unwrap();
+    let router = router_with(dir.path(), "private-data", artifacts::PRIVATE_DATA, "", &backend("cloud", &mock, "cloud-model", ""));
+    clear(&mock).await;
+    let a = post(&router.url, "/v1/chat/completions", &ask("card 4111-1111-1111-1111"), &[]).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(a.json()["error"]["code"], "rejected_by_policy");
+    assert!(a.json()["error"]["message"].as_str().unwrap().contains("sensitive data (card)"));
+    assert!(received(&mock).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adaptive_moves_traffic_off_a_failing_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let backends = backend("flaky", &mock, "flaky?fault=503", "") + &backend("steady", &mock, "steady", "");
+    let router = router_with(dir.path(), "adaptive", artifacts::ADAPTIVE, "explore = 0.0", &backends);
+    let mut first_attempt_on_flaky = Vec::new();
+    for _ in 0..60 {
+        let a = post(&router.url, "/v1/chat/completions", &ask("hi"), &[]).await;
+        assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some("steady")), "{}", a.body);
+        first_attempt_on_flaky.push(a.header("x-switchyard-attempts") == Some("2"));
+        // Stats are recomputed at most every 100 ms: pace the requests so the
+        // policy sees them change (about 1.2 s in all).
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let early = first_attempt_on_flaky[..10].iter().filter(|x| **x).count();
+    let late = first_attempt_on_flaky[40..].iter().filter(|x| **x).count();
+    assert!(early >= 1, "flaky was never tried first");
+    assert!(late <= 2, "traffic did not move away: {late} of the last 20 tried flaky first");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ab_test_is_sticky_per_user_and_labels_the_arm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let backends = backend("model-a", &mock, "a", "") + &backend("model-b", &mock, "b", "");
+    let config =
+        "arms = [{ name = \"control\", backend = \"model-a\", weight = 50 }, { name = \"candidate\", backend = \"model-b\", weight = 50 }]";
+    let router = router_with(dir.path(), "ab-test", artifacts::AB_TEST, config, &backends);
+    let mut arms = std::collections::HashSet::new();
+    for u in 0..12 {
+        let body = json!({"model": "auto", "user": format!("user-{u}"), "messages": [{"role": "user", "content": "hi"}]});
+        let first: Answer = post(&router.url, "/v1/chat/completions", &body, &[]).await;
+        let labels = first.header("x-switchyard-labels").unwrap().to_owned();
+        assert!(labels.contains("assignment=sticky"), "{labels}");
+        for _ in 0..3 {
+            let again = post(&router.url, "/v1/chat/completions", &body, &[]).await;
+            assert_eq!(again.header("x-switchyard-labels"), Some(labels.as_str()));
+            assert_eq!(again.header("x-switchyard-backend"), first.header("x-switchyard-backend"));
+        }
+        arms.insert(labels);
+    }
+    assert_eq!(arms.len(), 2, "12 users all landed in one arm: {arms:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fallback_cheaper_falls_back_in_price_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let backends = backend("premium", &mock, "premium?fault=503", "input_price = 10.0")
+        + &backend("mid", &mock, "mid?fault=reset", "input_price = 3.0")
+        + &backend("cheap", &mock, "cheap", "input_price = 0.5");
+    let router = router_with(dir.path(), "fallback-cheaper", artifacts::FALLBACK_CHEAPER, "primary = \"premium\"", &backends);
+    let a = post(&router.url, "/v1/chat/completions", &ask("hi"), &[]).await;
+    assert_eq!(
+        (a.status, a.header("x-switchyard-backend"), a.header("x-switchyard-attempts")),
+        (200, Some("cheap"), Some("3")),
+        "{}",
+        a.body
+    );
+    assert_eq!(models_received(&received(&mock).await), ["premium?fault=503", "mid?fault=reset", "cheap"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_aware_routes_by_what_the_prompt_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let backends = backend("vision", &mock, "vision", "input_price = 2.0\ncapabilities = { vision = true, stream = true }")
+        + &backend("coder", &mock, "coder", "input_price = 1.0")
+        + &backend("small", &mock, "small", "input_price = 0.1");
+    let config = "specialist = \"coder\"\ncheap = \"small\"\ntiers = { free = [\"small\"] }";
+    let router = router_with(dir.path(), "content-aware", artifacts::CONTENT_AWARE, config, &backends);
+    let image = json!({"model": "auto", "messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
+    let cases = [
+        (image, vec![], "vision"),
+        (ask("Why does ```fn main() { panic!() }``` crash?"), vec![], "coder"),
+        (ask("Hello!"), vec![], "small"),
+        (ask("Why does ```fn main() { panic!() }``` crash?"), vec![("x-switchyard-tier", "free")], "small"),
+    ];
+    for (body, headers, expected) in cases {
+        let a = post(&router.url, "/v1/chat/completions", &body, &headers).await;
+        assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some(expected)), "{body}: {}", a.body);
+    }
+}
