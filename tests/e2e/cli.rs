@@ -167,7 +167,7 @@ fn policy_new_scaffolds_policies_that_build_and_check() {
         check_passes(&py.join("route-python.wasm"));
     }
     let modules = root.join("policies/js/node_modules");
-    if tool("test", &["-d", modules.to_str().unwrap()], "cd policies/js && npm ci") {
+    if tool("test", &["-d", modules.to_str().unwrap()], "cd policies/js && npm install") {
         let js = new("route-js", "js");
         std::os::unix::fs::symlink(&modules, js.join("node_modules")).unwrap();
         run_in(&js, "node", &["build.mjs"]);

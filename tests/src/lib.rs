@@ -123,7 +123,7 @@ pub fn polyglot_policy(lang: Lang, name: &str) -> Option<std::path::PathBuf> {
         Lang::Python => ("python", command("componentize-py", &["--version"]), "pip install componentize-py==0.25.1"),
         Lang::JavaScript => {
             let module = root.join("policies/js/node_modules/@bytecodealliance/componentize-js/package.json");
-            ("js", command("test", &["-f", module.to_str().unwrap()]), "cd policies/js && npm ci")
+            ("js", command("test", &["-f", module.to_str().unwrap()]), "cd policies/js && npm install")
         }
     };
     let source = root.join("policies").join(dir).join(name);
