@@ -245,7 +245,11 @@ fn a_refused_config_keeps_the_previous_version() {
     let Decision::Route(plan) = after.decide(&chat_request("auto", "hi"), &eight_backends().stats).unwrap() else { panic!() };
     assert_eq!(plan.targets.len(), 1);
 
-    // New backends reload every policy, even with the same file and config.
+    // The same backends again change nothing; new ones reload every policy,
+    // even with the same file and config.
+    let same = eight_backends().backends;
+    let report = fx.registry.reconfigure(Some(same), HashMap::from([("p".to_owned(), r#"{"max_targets": 1}"#.to_owned())]));
+    assert!(report.loaded.is_empty(), "{report:?}");
     let fewer = eight_backends().backends[..2].to_vec();
     let report = fx.registry.reconfigure(Some(fewer), HashMap::from([("p".to_owned(), r#"{"max_targets": 1}"#.to_owned())]));
     assert_eq!(report.loaded, ["p"]);
