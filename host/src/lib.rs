@@ -11,10 +11,12 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 mod debounce;
 pub mod error;
 pub mod gateway;
+pub mod metrics;
 pub mod mock_answers;
 pub mod mock_upstream;
 pub mod openai;

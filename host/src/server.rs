@@ -3,8 +3,10 @@
 //! flight finish.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -12,12 +14,15 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::gateway::{http, Gateway};
+use crate::gateway::http::Body;
 
-/// Serves `gateway` on `listener` until `shutdown` resolves, then waits up to
+/// Serves `handler` on `listener` until `shutdown` resolves, then waits up to
 /// `grace` for connections in flight.
-pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: impl Future<Output = ()>, grace: Duration) {
-    let max_headers = gateway.state().config.server.max_headers;
+pub async fn serve<H, F>(listener: TcpListener, handler: H, max_headers: usize, shutdown: impl Future<Output = ()>, grace: Duration)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().max_headers(max_headers).header_read_timeout(Duration::from_secs(30)).timer(hyper_util::rt::TokioTimer::new());
     builder.http2().max_header_list_size(64 << 10);
@@ -36,10 +41,10 @@ pub async fn serve(gateway: Arc<Gateway>, listener: TcpListener, shutdown: impl 
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let gateway = gateway.clone();
+                let handler = handler.clone();
                 let service = service_fn(move |request| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, std::convert::Infallible>(http::handle(gateway, request).await) }
+                    let response = handler(request);
+                    async move { Ok::<_, std::convert::Infallible>(response.await) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let connection = graceful.watch(connection);

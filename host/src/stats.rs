@@ -138,7 +138,8 @@ impl LiveStats {
         self.circuit.state(now_ms())
     }
 
-    /// The stats handed to a policy.
+    /// The stats handed to a policy: percentiles and rates at most
+    /// `RECOMPUTE_MS` old, in-flight count and circuit live.
     pub fn view(&self) -> BackendStats {
         let now = now_ms();
         let at = self.computed_at.load(Ordering::Relaxed);
@@ -146,7 +147,16 @@ impl LiveStats {
         if stale && self.computed_at.compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             self.computed.store(Arc::new(self.compute(now)));
         }
-        let c = **self.computed.load();
+        self.with(now, **self.computed.load())
+    }
+
+    /// The stats computed now, for the admin API (not the request path).
+    pub fn view_now(&self) -> BackendStats {
+        let now = now_ms();
+        self.with(now, self.compute(now))
+    }
+
+    fn with(&self, now: u64, c: Computed) -> BackendStats {
         BackendStats {
             circuit: self.circuit.state(now),
             in_flight: self.in_flight.load(Ordering::Relaxed),

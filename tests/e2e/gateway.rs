@@ -444,3 +444,59 @@ async fn http2_clients_are_served() {
     let body = response.text().await.unwrap();
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_overhead_and_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{ADMIN_TOKEN}}\"\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"up\"\nprovider = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"up-model\"\ninput_price = 2.0\noutput_price = 8.0\n",
+        mock.url
+    );
+    let router = router(dir.path(), &config, &[("ADMIN_TOKEN", "admin-token-0123456789")]);
+    let admin = router.admin_url.clone().expect("no admin listener");
+    let http = support::client();
+    for stream in [false, true] {
+        let mut body = chat("auto", stream);
+        body["stream_options"] = json!({"include_usage": true});
+        let a = post(&router.url, "/v1/chat/completions", &body, &[]).await;
+        assert_eq!(a.status, 200);
+        let overhead: f64 = a.header("x-switchyard-overhead-ms").unwrap().parse().unwrap();
+        assert!(overhead > 0.0 && overhead < 1000.0, "overhead {overhead} ms");
+    }
+
+    let metrics = http.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    for expected in [
+        r#"switchyard_requests_total{model="auto",backend="up",policy="cheapest-healthy",status="200",arm=""} 2"#,
+        r#"switchyard_attempts_total{backend="up",outcome="ok"} 2"#,
+        r#"switchyard_tokens_total{backend="up",direction="output"} 32"#,
+        "switchyard_ttft_seconds_count{backend=\"up\"} 1",
+        "switchyard_overhead_seconds_count 2",
+        "switchyard_policy_decision_seconds_count{policy=\"cheapest-healthy\"",
+        "switchyard_circuit_state{backend=\"up\"} 0",
+        "switchyard_policy_loaded{policy=\"cheapest-healthy\"} 1",
+        "# EOF",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected} in\n{metrics}");
+    }
+    let cost: u64 =
+        metrics.lines().find_map(|l| l.strip_prefix("switchyard_cost_micro_usd_total{backend=\"up\"} ")).unwrap().parse().unwrap();
+    assert!(cost > 0);
+
+    assert_eq!(http.get(format!("{admin}/healthz")).send().await.unwrap().status(), 200);
+    let ready: Value = http.get(format!("{admin}/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["ready"], true);
+    assert_eq!(http.get(format!("{admin}/admin/policies")).send().await.unwrap().status(), 401);
+    let bearer = "Bearer admin-token-0123456789";
+    let policies: Value =
+        http.get(format!("{admin}/admin/policies")).header("authorization", bearer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(policies["policies"][0]["name"], "cheapest-healthy");
+    assert_eq!(policies["policies"][0]["stats"]["calls"], 2, "{policies}");
+    let backends: Value =
+        http.get(format!("{admin}/admin/backends")).header("authorization", bearer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(backends["backends"][0]["circuit"], "closed");
+    assert_eq!(backends["backends"][0]["samples"], 2, "{backends}");
+    let reload = http.post(format!("{admin}/admin/reload")).header("authorization", bearer).send().await.unwrap();
+    assert_eq!(reload.status(), 200);
+    assert!(!router.logs().contains("admin-token-0123456789"));
+}

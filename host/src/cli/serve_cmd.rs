@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -72,10 +73,31 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
+        let state = gateway.state();
         let addr = listener.local_addr()?;
+        // One signal stops both listeners.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Some(admin_addr) = state.config.admin.listen {
+            let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("cannot listen on {admin_addr} (admin.listen)"))?;
+            println!("admin listening on http://{}", admin.local_addr()?);
+            let (gateway, token) = (gateway.clone(), state.config.admin.token.as_deref().map(Arc::from));
+            let handler = move |request| switchyard::admin::handle(gateway.clone(), token.clone(), request);
+            tokio::spawn(switchyard::server::serve(admin, handler, 100, until_stopped(stopped.clone()), Duration::from_secs(1)));
+        }
+        // Printed last: scripts (and the tests) wait for this line.
         println!("switchyard listening on http://{addr}");
-        tracing::info!(%addr, config = %gateway.state().config.source, policies = ?gateway.registry().names(), "serving");
-        switchyard::server::serve(gateway, listener, shutdown_signal(), grace).await;
+        tracing::info!(%addr, config = %state.config.source, policies = ?gateway.registry().names(), "serving");
+        let max_headers = state.config.server.max_headers;
+        drop(state);
+        let handler = move |request| switchyard::gateway::http::handle(gateway.clone(), request);
+        switchyard::server::serve(listener, handler, max_headers, until_stopped(stopped), grace).await;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -45,6 +45,18 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     /// Client API keys; empty means no authentication.
     pub clients: Vec<ClientConfig>,
+    /// The admin listener.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: metrics, health and the admin API on a listener of their own.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener; none when unset.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token for `/admin/*` (use `${ENV_VAR}`); `/admin/*` is off when unset.
+    pub token: Option<String>,
 }
 
 /// `[server]`
@@ -327,6 +339,8 @@ struct RawConfig {
     backends: Vec<BackendConfig>,
     #[serde(default)]
     clients: Vec<ClientConfig>,
+    #[serde(default)]
+    admin: AdminConfig,
 }
 
 impl Config {
@@ -364,6 +378,7 @@ impl Config {
             circuit: raw.circuit,
             backends: raw.backends,
             clients: raw.clients,
+            admin: raw.admin,
         };
         if let Some(dir) = &config.policies.dir {
             config.policies.dir = Some(base.join(dir));
@@ -375,6 +390,13 @@ impl Config {
             if let Some(v) = &b.base_url {
                 b.base_url = Some(interpolate(v, env).map_err(|p| err(&format!("backends[{i}].base_url"), p))?);
             }
+        }
+        if let Some(token) = &config.admin.token {
+            let token = interpolate(token, env).map_err(|p| err("admin.token", p))?;
+            if token.len() < 16 {
+                return Err(err("admin.token", "must be at least 16 characters".into()));
+            }
+            config.admin.token = Some(token);
         }
         for (i, c) in config.clients.iter_mut().enumerate() {
             c.key = interpolate(&c.key, env).map_err(|p| err(&format!("clients[{i}].key"), p))?;

@@ -13,6 +13,7 @@ use hyper::StatusCode;
 use super::plan::{Plan, Target};
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::openai::inbound::InboundRequest;
 use crate::openai::sse::SseEvent;
 use crate::stats::{InFlight, LiveStats};
@@ -73,6 +74,9 @@ pub(super) struct Finished {
     pub attempts: u32,
     /// `backend: what went wrong`, for each failed or skipped target.
     pub failures: Vec<String>,
+    /// Time spent waiting on upstreams (and on their `Retry-After`): the
+    /// rest of a request's time is the router's own overhead.
+    pub upstream_wait: Duration,
 }
 
 enum Success {
@@ -81,7 +85,14 @@ enum Success {
 }
 
 /// Tries the plan's targets in order.
-pub(super) async fn run(config: &Config, plan: &Plan, inbound: &InboundRequest, request_id: &str, started: Instant) -> Finished {
+pub(super) async fn run(
+    config: &Config,
+    metrics: &Metrics,
+    plan: &Plan,
+    inbound: &InboundRequest,
+    request_id: &str,
+    started: Instant,
+) -> Finished {
     let deadline = started + Duration::from_millis(config.retry.total_timeout_ms);
     let max_attempts = config.retry.max_attempts;
     let max_retry_after = Duration::from_millis(config.retry.max_retry_after_ms);
@@ -90,7 +101,8 @@ pub(super) async fn run(config: &Config, plan: &Plan, inbound: &InboundRequest, 
     let mut last: Option<AttemptFailure> = None;
     // Models that refused the request in a way that would repeat (context length).
     let mut refused_models: Vec<&str> = Vec::new();
-    let finish = |outcome, attempts, failures| Finished { outcome, attempts, failures };
+    let mut upstream_wait = Duration::ZERO;
+    let finish = |outcome, attempts, failures, upstream_wait| Finished { outcome, attempts, failures, upstream_wait };
 
     'targets: for (i, target) in plan.targets.iter().enumerate() {
         let upstream = &target.upstream;
@@ -118,18 +130,28 @@ pub(super) async fn run(config: &Config, plan: &Plan, inbound: &InboundRequest, 
             }
             attempts += 1;
             let attempt = Attempt::new(&upstream.stats);
-            let failure = match try_target(target, inbound, request_id, remaining).await {
+            let result = try_target(target, inbound, request_id, remaining).await;
+            upstream_wait += attempt.started.elapsed();
+            if result.is_ok() && i > 0 {
+                metrics.fallback();
+            }
+            let failure = match result {
                 Ok(Success::Complete(body)) => {
+                    metrics.attempt(upstream.name(), "ok");
                     attempt.succeed();
-                    return finish(Outcome::Complete { upstream: upstream.clone(), model: target.model.clone(), body }, attempts, failures);
+                    let outcome = Outcome::Complete { upstream: upstream.clone(), model: target.model.clone(), body };
+                    return finish(outcome, attempts, failures, upstream_wait);
                 }
                 Ok(Success::Stream(first, rest)) => {
+                    metrics.attempt(upstream.name(), "ok");
+                    metrics.first_token(upstream.name(), attempt.started.elapsed());
                     upstream.stats.record_first_token(attempt.started.elapsed());
                     let outcome = Outcome::Stream { upstream: upstream.clone(), model: target.model.clone(), first, rest, attempt };
-                    return finish(outcome, attempts, failures);
+                    return finish(outcome, attempts, failures, upstream_wait);
                 }
                 Err(failure) => failure,
             };
+            metrics.attempt(upstream.name(), failure.outcome());
             if failure.counts_against_backend() {
                 attempt.fail();
             }
@@ -142,7 +164,7 @@ pub(super) async fn run(config: &Config, plan: &Plan, inbound: &InboundRequest, 
                     last = Some(failure);
                     break;
                 }
-                return finish(refused(upstream, failure), attempts, failures);
+                return finish(refused(upstream, failure), attempts, failures, upstream_wait);
             }
             // A short Retry-After on the last target is worth waiting for.
             let retry_after = match &failure {
@@ -159,12 +181,13 @@ pub(super) async fn run(config: &Config, plan: &Plan, inbound: &InboundRequest, 
                         && upstream.stats.circuit_state() != crate::policy::contract::CircuitState::Open =>
                 {
                     tokio::time::sleep(wait).await;
+                    upstream_wait += wait;
                 }
                 _ => break,
             }
         }
     }
-    finish(Outcome::Failed(no_answer(last.as_ref(), attempts, &failures)), attempts, failures)
+    finish(Outcome::Failed(no_answer(last.as_ref(), attempts, &failures)), attempts, failures, upstream_wait)
 }
 
 /// One call to one target, with its time limits: the whole answer within

@@ -16,6 +16,7 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use super::attempts::{self, Outcome};
 use super::{plan, relay, Gateway, GatewayState};
 use crate::error::GatewayError;
+use crate::metrics::RequestLabels;
 use crate::openai::inbound::{self, CallerIdentity};
 use crate::policy::contract::ApiSurface;
 
@@ -29,6 +30,7 @@ const POLICY: HeaderName = HeaderName::from_static("x-switchyard-policy");
 const ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
 const LABELS: HeaderName = HeaderName::from_static("x-switchyard-labels");
 const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+const OVERHEAD: HeaderName = HeaderName::from_static("x-switchyard-overhead-ms");
 
 /// Answers one request. Never fails: errors become OpenAI-style JSON.
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
@@ -87,15 +89,21 @@ async fn proxy(
     let body = read_body(body, &parts.headers, state.config.server.max_body_bytes).await?;
     let seed: u64 = rand::random();
     let inbound = inbound::parse(surface, &body, &parts.headers, &caller, request_id, state.config.policies.text_budget_bytes, seed)?;
-    let plan = plan::plan(&state, gateway.registry(), &inbound)?;
-    let finished = attempts::run(&state.config, &plan, &inbound, request_id, started).await;
+    let metrics = gateway.metrics();
+    let plan = plan::plan(&state, gateway.registry(), metrics, &inbound)?;
+    let finished = attempts::run(&state.config, metrics, &plan, &inbound, request_id, started).await;
 
     let (mut response, backend, model) = match finished.outcome {
-        Outcome::Complete { upstream, model, body } => (json_response(StatusCode::OK, body), Some(upstream.name().to_owned()), Some(model)),
+        Outcome::Complete { upstream, model, body } => {
+            if let Some((input, output)) = serde_json::from_slice(&body).ok().as_ref().and_then(crate::openai::usage) {
+                metrics.tokens(upstream.name(), input, output, upstream.config.input_price, upstream.config.output_price);
+            }
+            (json_response(StatusCode::OK, body), Some(upstream.name().to_owned()), Some(model))
+        }
         Outcome::Stream { upstream, model, first, rest, attempt } => {
-            let idle = std::time::Duration::from_millis(upstream.config.stream_idle_timeout_ms);
-            let rx = relay::start(first, rest, attempt, idle, request_id.to_owned(), upstream.name().to_owned());
-            (sse_response(rx), Some(upstream.name().to_owned()), Some(model))
+            let name = upstream.name().to_owned();
+            let rx = relay::start(first, rest, attempt, upstream, metrics.clone(), request_id.to_owned());
+            (sse_response(rx), Some(name), Some(model))
         }
         Outcome::Refused { upstream, status, body } => (json_response(status, body), Some(upstream.name().to_owned()), None),
         Outcome::Failed(error) => (error_response(&error), None, None),
@@ -119,6 +127,19 @@ async fn proxy(
         // The router already failed over; client retries would multiply attempts.
         headers.insert(SHOULD_RETRY, HeaderValue::from_static("false"));
     }
+    let total = started.elapsed();
+    let overhead = total.saturating_sub(finished.upstream_wait);
+    if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
+        headers.insert(OVERHEAD, v);
+    }
+    let arm = plan.labels.iter().find(|(k, _)| k == "arm").map_or_else(String::new, |(_, v)| v.clone());
+    let policy = plan.policy.split('@').next().unwrap_or_default().to_owned();
+    let backend_label = backend.clone().unwrap_or_else(|| "none".into());
+    metrics.request(
+        RequestLabels { model: inbound.model.clone(), backend: backend_label, policy, status: status.as_u16(), arm },
+        total,
+        overhead,
+    );
     tracing::info!(
         %request_id, model = %inbound.model, policy = %plan.policy, backend = backend.as_deref().unwrap_or("-"),
         attempts = finished.attempts, status = status.as_u16(), stream = inbound.stream,
@@ -169,7 +190,8 @@ fn request_id(headers: &HeaderMap) -> String {
         .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned)
 }
 
-fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
     let mut response = Response::new(Full::new(body).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::config::{ClientConfig, Config, ConfigError, EMBEDDED_POLICY_NAME};
+use crate::metrics::Metrics;
 use crate::policy::{PolicyRegistry, PolicyRuntime, PolicySources, RescanReport};
 use crate::stats::LiveStats;
 use crate::upstream::Upstream;
@@ -28,6 +29,7 @@ pub struct Gateway {
     registry: Arc<PolicyRegistry>,
     /// Stats by backend name, kept when a reload keeps the backend.
     stats: Mutex<HashMap<String, Arc<LiveStats>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// One configuration, ready to serve. Requests hold it for their whole life.
@@ -67,7 +69,7 @@ impl Gateway {
                 tracing::error!(policy = %status.name, "policy failed to load; its routes use the default order: {e}");
             }
         }
-        Ok(Arc::new(Self { state: ArcSwap::from_pointee(state), registry: Arc::new(registry), stats }))
+        Ok(Arc::new(Self { state: ArcSwap::from_pointee(state), registry: Arc::new(registry), stats, metrics: Arc::new(Metrics::new()) }))
     }
 
     /// The state serving now.
@@ -78,6 +80,21 @@ impl Gateway {
     /// The policy registry.
     pub fn registry(&self) -> &Arc<PolicyRegistry> {
         &self.registry
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The virtual models whose policy has no version serving.
+    pub fn policies_missing(&self) -> Vec<String> {
+        let state = self.state();
+        let mut missing: Vec<String> =
+            state.routes.values().chain(&state.catch_all).filter(|p| self.registry.get(p).is_none()).cloned().collect();
+        missing.sort();
+        missing.dedup();
+        missing
     }
 
     /// Applies a new configuration: backends, routes, clients and policy

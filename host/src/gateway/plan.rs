@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::openai::inbound::InboundRequest;
 use crate::policy::contract::{BackendStats, CircuitState};
 use crate::policy::{idle_stats, Decision, PolicyError, PolicyRegistry};
@@ -26,7 +27,12 @@ pub(super) struct Target {
 
 /// Chooses the targets for `inbound`: a route's policy, a backend named
 /// directly, or the catch-all route's policy.
-pub(super) fn plan(state: &GatewayState, registry: &PolicyRegistry, inbound: &InboundRequest) -> Result<Plan, GatewayError> {
+pub(super) fn plan(
+    state: &GatewayState,
+    registry: &PolicyRegistry,
+    metrics: &Metrics,
+    inbound: &InboundRequest,
+) -> Result<Plan, GatewayError> {
     let policy_name = match state.routes.get(&inbound.model) {
         Some(policy) => policy,
         None => {
@@ -40,10 +46,14 @@ pub(super) fn plan(state: &GatewayState, registry: &PolicyRegistry, inbound: &In
 
     let Some(version) = registry.get(policy_name) else {
         let error = PolicyError::new(crate::policy::PolicyErrorKind::NotFound, policy_name, "no version of this policy is loaded");
+        metrics.policy_error(policy_name, error.kind().as_str());
         return Ok(default_order(state, policy_name, error));
     };
     let stats = stats_for(state, version.backends());
-    match version.decide(&inbound.view, &stats) {
+    let started = std::time::Instant::now();
+    let decision = version.decide(&inbound.view, &stats);
+    metrics.decision(version.name(), version.version(), started.elapsed());
+    match decision {
         Ok(Decision::Route(route)) => {
             let targets = route
                 .targets
@@ -60,6 +70,7 @@ pub(super) fn plan(state: &GatewayState, registry: &PolicyRegistry, inbound: &In
         Ok(Decision::Reject { status, message }) => Err(GatewayError::policy_rejected(status, &message)),
         Err(e) => {
             tracing::warn!(request_id = %inbound.view.id, "policy failed, using the default order: {e}");
+            metrics.policy_error(policy_name, e.kind().as_str());
             Ok(default_order(state, policy_name, e))
         }
     }

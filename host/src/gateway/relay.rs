@@ -9,8 +9,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
 use super::attempts::Attempt;
+use crate::metrics::Metrics;
 use crate::openai::sse::{frame, SseEvent, DONE_FRAME};
+use crate::upstream::Upstream;
 use crate::upstream::{AttemptFailure, EventStream};
 
 /// What the client has received of a stream so far. A later step continues
@@ -24,9 +28,10 @@ pub(super) struct StreamedSoFar {
 }
 
 impl StreamedSoFar {
-    fn note(&mut self, chunk: &[u8]) {
+    /// Notes a chunk's text; returns its token usage when it carries one.
+    fn note(&mut self, chunk: &[u8]) -> Option<(u64, u64)> {
         self.chunks += 1;
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(chunk) else { return };
+        let value = serde_json::from_slice::<serde_json::Value>(chunk).ok()?;
         if let Some(text) = value
             .pointer("/choices/0/delta/content")
             .and_then(|v| v.as_str())
@@ -34,6 +39,7 @@ impl StreamedSoFar {
         {
             self.text.push_str(text);
         }
+        crate::openai::usage(&value)
     }
 }
 
@@ -42,12 +48,12 @@ pub(super) fn start(
     first: SseEvent,
     rest: EventStream,
     attempt: Attempt,
-    idle: Duration,
+    upstream: Arc<Upstream>,
+    metrics: Arc<Metrics>,
     request_id: String,
-    backend: String,
 ) -> mpsc::Receiver<Bytes> {
     let (tx, rx) = mpsc::channel(32);
-    tokio::spawn(relay(first, rest, attempt, idle, tx, request_id, backend));
+    tokio::spawn(relay(first, rest, attempt, upstream, metrics, tx, request_id));
     rx
 }
 
@@ -55,11 +61,13 @@ async fn relay(
     first: SseEvent,
     mut rest: EventStream,
     attempt: Attempt,
-    idle: Duration,
+    upstream: Arc<Upstream>,
+    metrics: Arc<Metrics>,
     tx: mpsc::Sender<Bytes>,
     request_id: String,
-    backend: String,
 ) {
+    let idle = Duration::from_millis(upstream.config.stream_idle_timeout_ms);
+    let backend = upstream.name();
     let mut so_far = StreamedSoFar::default();
     let mut next = Some(Ok(first));
     loop {
@@ -73,7 +81,9 @@ async fn relay(
         };
         match event {
             Ok(SseEvent::Data(chunk)) => {
-                so_far.note(&chunk);
+                if let Some((input, output)) = so_far.note(&chunk) {
+                    metrics.tokens(backend, input, output, upstream.config.input_price, upstream.config.output_price);
+                }
                 if tx.send(frame(&chunk)).await.is_err() {
                     // The client went away: not the backend's fault.
                     tracing::info!(%request_id, %backend, chunks = so_far.chunks, "client closed the stream");
@@ -93,6 +103,7 @@ async fn relay(
                     "code": "stream_interrupted",
                 }});
                 let _ = tx.send(frame(error.to_string().as_bytes())).await;
+                metrics.stream_failure(backend);
                 attempt.fail();
                 return;
             }

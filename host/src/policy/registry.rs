@@ -36,6 +36,10 @@ pub struct PolicyStatus {
     pub last_error: Option<PolicyError>,
     /// When `last_error` happened.
     pub failed_at: Option<SystemTime>,
+    /// Versions loaded since start.
+    pub loads: u64,
+    /// Loads that failed since start.
+    pub failed_loads: u64,
 }
 
 /// What one rescan of the directory did.
@@ -214,6 +218,8 @@ impl PolicyRegistry {
                     loaded_at: None,
                     last_error: None,
                     failed_at: None,
+                    loads: 0,
+                    failed_loads: 0,
                 },
                 stamp: None,
                 tried: None,
@@ -252,6 +258,7 @@ impl PolicyRegistry {
                     entry.status.loaded_at = Some(policy.loaded_at());
                     entry.status.last_error = None;
                     entry.status.failed_at = None;
+                    entry.status.loads += 1;
                     serving.insert(name.clone(), policy);
                     changed = true;
                     report.loaded.push(name.clone());
@@ -290,6 +297,7 @@ fn record_failure(entry: &mut Entry, error: PolicyError) {
     tracing::error!(policy = %entry.status.name, file = %entry.status.file.display(), "policy not loaded, previous version keeps serving: {error}");
     entry.status.last_error = Some(error);
     entry.status.failed_at = Some(SystemTime::now());
+    entry.status.failed_loads += 1;
 }
 
 /// `NAME.wasm` files of the directory, by name. Hidden files (such as the

@@ -53,6 +53,19 @@ impl AttemptFailure {
         v.get("error")?.get("code")?.as_str().map(str::to_owned)
     }
 
+    /// A short stable name, for metrics labels.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect_error",
+            Self::Timeout(_) => "timeout",
+            Self::Status { status: 429, .. } => "rate_limited",
+            Self::Status { status, .. } if *status >= 500 => "server_error",
+            Self::Status { .. } => "client_error",
+            Self::Protocol(_) => "bad_answer",
+            Self::Unsupported(_) => "unsupported",
+        }
+    }
+
     /// A short description for logs, headers and error messages.
     pub fn describe(&self) -> String {
         match self {

@@ -15,6 +15,8 @@ pub struct Proc {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The admin listener's URL, when the router has one.
+    pub admin_url: Option<String>,
     log: PathBuf,
 }
 
@@ -34,17 +36,24 @@ impl Proc {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
+            // `admin listening on URL` may come first; the main line is last.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
             }
-            for _ in lines {}
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("{args:?} did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
-        let url = line.split_whitespace().last().unwrap().to_owned();
-        Proc { child, url, log }
+        let mut admin_url = None;
+        let url = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("{args:?} did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+            let url = line.split_whitespace().last().unwrap().to_owned();
+            if line.starts_with("admin listening on") {
+                admin_url = Some(url);
+            } else {
+                break url;
+            }
+        };
+        Proc { child, url, admin_url, log }
     }
 
     /// What the process logged so far.

@@ -1,0 +1,125 @@
+//! The admin listener: Prometheus metrics, health and readiness, and a
+//! token-protected API over the policies and backends.
+//!
+//! - `GET /metrics`, `GET /healthz`, `GET /readyz`: open, for scrapers and
+//!   orchestrators.
+//! - `GET /admin/policies`, `GET /admin/backends`, `POST /admin/reload`:
+//!   need `Authorization: Bearer <admin.token>`.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::error::GatewayError;
+use crate::gateway::http::{error_response, json_response, Body};
+use crate::gateway::Gateway;
+use crate::policy::contract::CircuitState;
+
+/// Answers one admin request; `token` is `admin.token` (None disables `/admin/*`).
+pub async fn handle(gateway: Arc<Gateway>, token: Option<Arc<str>>, request: Request<Incoming>) -> Response<Body> {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    match (method, path.as_str()) {
+        (Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(gateway.metrics().render(&gateway))).boxed_unsync());
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+            r
+        }
+        (Method::GET, "/healthz") => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
+        (Method::GET, "/readyz") => {
+            let missing = gateway.policies_missing();
+            let status = if missing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            json_response(status, Bytes::from(json!({"ready": missing.is_empty(), "policies_not_loaded": missing}).to_string()))
+        }
+        (method, path) if path.starts_with("/admin/") => {
+            if let Err(e) = authorize(token.as_deref(), &request) {
+                return error_response(&e);
+            }
+            match (method, path) {
+                (Method::GET, "/admin/policies") => json_response(StatusCode::OK, Bytes::from(policies(&gateway).to_string())),
+                (Method::GET, "/admin/backends") => json_response(StatusCode::OK, Bytes::from(backends(&gateway).to_string())),
+                (Method::POST, "/admin/reload") => {
+                    let registry = gateway.registry().clone();
+                    // Loading can compile for seconds: off the async workers.
+                    let report = tokio::task::spawn_blocking(move || registry.rescan()).await.unwrap_or_default();
+                    let body = json!({"loaded": report.loaded, "failed": report.failed, "unloaded": report.unloaded});
+                    json_response(StatusCode::OK, Bytes::from(body.to_string()))
+                }
+                (method, path) => error_response(&GatewayError::unknown_url(method.as_str(), path)),
+            }
+        }
+        (method, path) => error_response(&GatewayError::unknown_url(method.as_str(), path)),
+    }
+}
+
+fn authorize(token: Option<&str>, request: &Request<Incoming>) -> Result<(), GatewayError> {
+    let Some(token) = token else {
+        let mut e = GatewayError::unauthorized();
+        e.status = StatusCode::FORBIDDEN;
+        e.message = "the admin API is off: set admin.token in the configuration".into();
+        return Err(e);
+    };
+    let sent = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match sent {
+        Some(sent) if sent.len() == token.len() && sent.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0 => Ok(()),
+        _ => Err(GatewayError::unauthorized()),
+    }
+}
+
+fn unix(t: Option<std::time::SystemTime>) -> serde_json::Value {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(serde_json::Value::Null, |d| json!(d.as_secs()))
+}
+
+fn policies(gateway: &Gateway) -> serde_json::Value {
+    let registry = gateway.registry();
+    let list: Vec<serde_json::Value> = registry
+        .statuses()
+        .into_iter()
+        .map(|s| {
+            let calls = registry.get(&s.name).map(|p| {
+                let c = p.call_stats();
+                let failures: serde_json::Map<String, serde_json::Value> = c.failures.iter().map(|(k, n)| (k.as_str().to_owned(), json!(n))).collect();
+                json!({"calls": c.calls, "failures": failures, "instances_created": c.instances_created, "log_lines_dropped": c.log_lines_dropped, "quarantined": c.quarantined})
+            });
+            json!({
+                "name": s.name,
+                "file": s.file.display().to_string(),
+                "version": s.version,
+                "loaded_at": unix(s.loaded_at),
+                "loads": s.loads,
+                "failed_loads": s.failed_loads,
+                "last_error": s.last_error.map(|e| json!({"kind": e.kind().as_str(), "message": e.message()})),
+                "failed_at": unix(s.failed_at),
+                "stats": calls,
+            })
+        })
+        .collect();
+    json!({"policies": list})
+}
+
+fn backends(gateway: &Gateway) -> serde_json::Value {
+    let state = gateway.state();
+    let list: Vec<serde_json::Value> = state
+        .upstreams
+        .iter()
+        .map(|u| {
+            let v = u.stats.view_now();
+            let circuit = match v.circuit {
+                CircuitState::Closed => "closed",
+                CircuitState::HalfOpen => "half-open",
+                CircuitState::Open => "open",
+            };
+            json!({
+                "name": u.name(), "provider": u.config.provider.as_str(), "model": u.config.model(), "tags": u.config.tags,
+                "circuit": circuit, "in_flight": v.in_flight, "latency_p50_ms": v.latency_p50_ms, "latency_p95_ms": v.latency_p95_ms,
+                "ttft_ms": v.ttft_ms, "error_rate": v.error_rate, "samples": v.samples,
+            })
+        })
+        .collect();
+    json!({"backends": list})
+}

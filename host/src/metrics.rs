@@ -1,0 +1,231 @@
+//! Prometheus metrics: what happened to requests, attempts, streams and
+//! policy calls, recorded on the request path without locks (atomic
+//! counters and histograms), plus gauges read from live state at scrape time.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::gateway::Gateway;
+use crate::policy::contract::CircuitState;
+
+/// Labels of an answered request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The model the client asked for.
+    pub model: String,
+    /// The backend that answered (`none` when none did).
+    pub backend: String,
+    /// The policy's name (`direct` when the request named a backend).
+    pub policy: String,
+    /// HTTP status.
+    pub status: u16,
+    /// The decision's `arm` label (experiments), or empty.
+    pub arm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    backend: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    backend: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyErrorLabels {
+    policy: String,
+    kind: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
+}
+
+fn micros() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_001, 2.0, 16))
+}
+
+/// The router's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: HistogramFamily<BackendLabels>,
+    ttft: HistogramFamily<BackendLabels>,
+    overhead: Histogram,
+    attempts: Family<AttemptLabels, Counter>,
+    fallbacks: Counter,
+    tokens: Family<TokenLabels, Counter>,
+    cost_micro_usd: Family<BackendLabels, Counter>,
+    decision: HistogramFamily<PolicyLabels>,
+    policy_errors: Family<PolicyErrorLabels, Counter>,
+    stream_failures: Family<BackendLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("switchyard");
+        let m = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(seconds as fn() -> Histogram),
+            ttft: Family::new_with_constructor(seconds as fn() -> Histogram),
+            overhead: micros(),
+            attempts: Family::default(),
+            fallbacks: Counter::default(),
+            tokens: Family::default(),
+            cost_micro_usd: Family::default(),
+            decision: Family::new_with_constructor(micros as fn() -> Histogram),
+            policy_errors: Family::default(),
+            stream_failures: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests answered, by virtual model, backend, policy, status and experiment arm",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to complete answer (streams: to the first event)",
+            m.duration.clone(),
+        );
+        registry.register("ttft_seconds", "Time to the first streamed event, by backend", m.ttft.clone());
+        registry.register(
+            "overhead_seconds",
+            "The router's own time per request: total minus time waiting on upstreams",
+            m.overhead.clone(),
+        );
+        registry.register("attempts", "Upstream attempts, by backend and outcome", m.attempts.clone());
+        registry.register("fallbacks", "Requests answered by a target other than the first", m.fallbacks.clone());
+        registry.register("tokens", "Tokens reported by upstreams, by backend and direction", m.tokens.clone());
+        registry.register(
+            "cost_micro_usd",
+            "Estimated cost in millionths of a US dollar, from tokens and configured prices",
+            m.cost_micro_usd.clone(),
+        );
+        registry.register("policy_decision_seconds", "Time of one policy decision, by policy version", m.decision.clone());
+        registry.register("policy_errors", "Policy calls that failed, by kind (the default order served them)", m.policy_errors.clone());
+        registry.register("stream_failures", "Streams that broke after their first byte", m.stream_failures.clone());
+        Self { registry, ..m }
+    }
+
+    /// One answered request.
+    pub fn request(&self, labels: RequestLabels, total: Duration, overhead: Duration) {
+        if labels.backend != "none" {
+            self.duration.get_or_create(&BackendLabels { backend: labels.backend.clone() }).observe(total.as_secs_f64());
+        }
+        self.requests.get_or_create(&labels).inc();
+        self.overhead.observe(overhead.as_secs_f64());
+    }
+
+    /// One upstream attempt.
+    pub fn attempt(&self, backend: &str, outcome: &'static str) {
+        self.attempts.get_or_create(&AttemptLabels { backend: backend.to_owned(), outcome }).inc();
+    }
+
+    /// A request answered by a fallback.
+    pub fn fallback(&self) {
+        self.fallbacks.inc();
+    }
+
+    /// The first event of a stream.
+    pub fn first_token(&self, backend: &str, ttft: Duration) {
+        self.ttft.get_or_create(&BackendLabels { backend: backend.to_owned() }).observe(ttft.as_secs_f64());
+    }
+
+    /// Tokens used, and their estimated cost at the backend's prices.
+    pub fn tokens(&self, backend: &str, input: u64, output: u64, input_price: f64, output_price: f64) {
+        self.tokens.get_or_create(&TokenLabels { backend: backend.to_owned(), direction: "input" }).inc_by(input);
+        self.tokens.get_or_create(&TokenLabels { backend: backend.to_owned(), direction: "output" }).inc_by(output);
+        // Prices are per million tokens: tokens x price is in millionths of a dollar.
+        let micro_usd = (input as f64 * input_price + output as f64 * output_price).round() as u64;
+        self.cost_micro_usd.get_or_create(&BackendLabels { backend: backend.to_owned() }).inc_by(micro_usd);
+    }
+
+    /// One policy decision.
+    pub fn decision(&self, policy: &str, version: &str, took: Duration) {
+        self.decision.get_or_create(&PolicyLabels { policy: policy.to_owned(), version: version.to_owned() }).observe(took.as_secs_f64());
+    }
+
+    /// A failed policy call.
+    pub fn policy_error(&self, policy: &str, kind: &'static str) {
+        self.policy_errors.get_or_create(&PolicyErrorLabels { policy: policy.to_owned(), kind }).inc();
+    }
+
+    /// A stream that broke after it started.
+    pub fn stream_failure(&self, backend: &str) {
+        self.stream_failures.get_or_create(&BackendLabels { backend: backend.to_owned() }).inc();
+    }
+
+    /// The text exposition, with the gauges of `gateway`'s live state.
+    pub fn render(&self, gateway: &Gateway) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        let state = gateway.state();
+        let _ = writeln!(out, "# HELP switchyard_circuit_state Circuit of each backend: 0 closed, 1 half-open, 2 open.\n# TYPE switchyard_circuit_state gauge");
+        for u in &state.upstreams {
+            let v = match u.stats.circuit_state() {
+                CircuitState::Closed => 0,
+                CircuitState::HalfOpen => 1,
+                CircuitState::Open => 2,
+            };
+            let _ = writeln!(out, "switchyard_circuit_state{{backend=\"{}\"}} {v}", escape(u.name()));
+        }
+        let _ = writeln!(out, "# HELP switchyard_in_flight Requests in flight to each backend.\n# TYPE switchyard_in_flight gauge");
+        for u in &state.upstreams {
+            let _ = writeln!(out, "switchyard_in_flight{{backend=\"{}\"}} {}", escape(u.name()), u.stats.view().in_flight);
+        }
+        let registry = gateway.registry();
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_policy_loaded Whether a policy has a version serving (1) or not (0).\n# TYPE switchyard_policy_loaded gauge"
+        );
+        let _ = writeln!(out, "# HELP switchyard_policy_reload_failures Failed loads of a policy's files since start.\n# TYPE switchyard_policy_reload_failures counter");
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_policy_reloads Successful loads of a policy since start.\n# TYPE switchyard_policy_reloads counter"
+        );
+        for s in registry.statuses() {
+            let name = escape(&s.name);
+            let _ = writeln!(out, "switchyard_policy_loaded{{policy=\"{name}\"}} {}", u8::from(s.version.is_some()));
+            let _ = writeln!(out, "switchyard_policy_reload_failures_total{{policy=\"{name}\"}} {}", s.failed_loads);
+            let _ = writeln!(out, "switchyard_policy_reloads_total{{policy=\"{name}\"}} {}", s.loads);
+        }
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
+        out
+    }
+}
+
+/// Escapes a label value for the text format.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
