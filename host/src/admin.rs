@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::error::GatewayError;
-use crate::gateway::http::{error_response, json_response, Body};
+use crate::gateway::http::{constant_time_eq, error_response, json_response, Body};
 use crate::gateway::Gateway;
 use crate::policy::contract::CircuitState;
 
@@ -66,7 +66,7 @@ fn authorize(token: Option<&str>, request: &Request<Incoming>) -> Result<(), Gat
     };
     let sent = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match sent {
-        Some(sent) if sent.len() == token.len() && sent.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0 => Ok(()),
+        Some(sent) if constant_time_eq(sent.as_bytes(), token.as_bytes()) => Ok(()),
         _ => Err(GatewayError::unauthorized()),
     }
 }

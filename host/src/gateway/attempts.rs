@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::openai::inbound::InboundRequest;
 use crate::openai::sse::SseEvent;
 use crate::stats::{InFlight, LiveStats};
-use crate::upstream::{AttemptFailure, Call, EventStream, Reply, Upstream};
+use crate::upstream::{Answer, AttemptFailure, Call, EventStream, Reply, Upstream};
 
 /// One attempt's claim on a backend's stats: in flight until dropped, and
 /// settled as a success or a failure exactly once.
@@ -57,7 +57,7 @@ impl Drop for Attempt {
 /// How a request ended up.
 pub(super) enum Outcome {
     /// A complete answer.
-    Complete { upstream: Arc<Upstream>, model: String, body: Bytes },
+    Complete { upstream: Arc<Upstream>, model: String, answer: Answer },
     /// A stream whose first event has arrived.
     Stream { upstream: Arc<Upstream>, model: String, first: SseEvent, rest: EventStream, attempt: Attempt },
     /// An upstream refused the request in a way no other target would fix
@@ -80,7 +80,7 @@ pub(super) struct Finished {
 }
 
 enum Success {
-    Complete(Bytes),
+    Complete(Answer),
     Stream(SseEvent, EventStream),
 }
 
@@ -136,10 +136,10 @@ pub(super) async fn run(
                 metrics.fallback();
             }
             let failure = match result {
-                Ok(Success::Complete(body)) => {
+                Ok(Success::Complete(answer)) => {
                     metrics.attempt(upstream.name(), "ok");
                     attempt.succeed();
-                    let outcome = Outcome::Complete { upstream: upstream.clone(), model: target.model.clone(), body };
+                    let outcome = Outcome::Complete { upstream: upstream.clone(), model: target.model.clone(), answer };
                     return finish(outcome, attempts, failures, upstream_wait);
                 }
                 Ok(Success::Stream(first, rest)) => {
@@ -213,7 +213,7 @@ async fn try_target(target: &Target, inbound: &InboundRequest, request_id: &str,
         let limit = config.timeout().min(remaining);
         let answer = async {
             match target.upstream.call(&call).await? {
-                Reply::Complete(body) => Ok(Success::Complete(body)),
+                Reply::Complete(answer) => Ok(Success::Complete(answer)),
                 Reply::Stream(_) => Err(AttemptFailure::Protocol("a stream for a non-streaming request".into())),
             }
         };

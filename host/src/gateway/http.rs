@@ -94,11 +94,11 @@ async fn proxy(
     let finished = attempts::run(&state.config, metrics, &plan, &inbound, request_id, started).await;
 
     let (mut response, backend, model) = match finished.outcome {
-        Outcome::Complete { upstream, model, body } => {
-            if let Some((input, output)) = serde_json::from_slice(&body).ok().as_ref().and_then(crate::openai::usage) {
+        Outcome::Complete { upstream, model, answer } => {
+            if let Some((input, output)) = answer.usage {
                 metrics.tokens(upstream.name(), input, output, upstream.config.input_price, upstream.config.output_price);
             }
-            (json_response(StatusCode::OK, body), Some(upstream.name().to_owned()), Some(model))
+            (json_response(StatusCode::OK, answer.body), Some(upstream.name().to_owned()), Some(model))
         }
         Outcome::Stream { upstream, model, first, rest, attempt } => {
             let name = upstream.name().to_owned();
@@ -165,7 +165,8 @@ fn authenticate(state: &GatewayState, headers: &HeaderMap) -> Result<CallerIdent
         .ok_or_else(GatewayError::unauthorized)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets in time that does not depend on where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::failure::{from_reqwest, retry_after};
 use super::openai::sse_events;
-use super::{http_client, AttemptFailure, Call, Reply};
+use super::{http_client, Answer, AttemptFailure, Call, Reply};
 use crate::config::BackendConfig;
 use crate::mock_answers::unix_now;
 use crate::openai::sse::SseEvent;
@@ -72,7 +72,9 @@ impl AnthropicClient {
         }
         let body = response.bytes().await.map_err(|e| from_reqwest(&e))?;
         let message: Value = serde_json::from_slice(&body).map_err(|_| AttemptFailure::Protocol("the answer is not JSON".into()))?;
-        Ok(Reply::Complete(Bytes::from(to_chat_completion(&message).to_string())))
+        let answer = to_chat_completion(&message);
+        let usage = crate::openai::usage(&answer);
+        Ok(Reply::Complete(Answer { body: Bytes::from(answer.to_string()), usage }))
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{AttemptFailure, Call, Reply};
+use super::{Answer, AttemptFailure, Call, Reply};
 use crate::config::{BackendConfig, MockConfig};
 use crate::mock_answers as answers;
 use crate::openai::sse::SseEvent;
@@ -32,7 +32,8 @@ impl MockClient {
         if !inbound.stream {
             sleep_ms(self.config.latency_ms).await;
             let answer = answers::complete(surface, &id, &model, created, &inbound.body, &tokens);
-            return Ok(Reply::Complete(Bytes::from(answer.to_string())));
+            let usage = crate::openai::usage(&answer);
+            return Ok(Reply::Complete(Answer { body: Bytes::from(answer.to_string()), usage }));
         }
         if surface == ApiSurface::Embeddings {
             return Err(AttemptFailure::Unsupported("embeddings cannot be streamed".into()));

@@ -25,10 +25,18 @@ use crate::stats::LiveStats;
 /// [`SseEvent::Done`] or with an error.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<SseEvent, AttemptFailure>> + Send>>;
 
+/// A complete, OpenAI-shaped JSON answer.
+pub struct Answer {
+    /// The body, as the client gets it.
+    pub body: Bytes,
+    /// `(prompt_tokens, completion_tokens)`, when the answer reports them.
+    pub usage: Option<(u64, u64)>,
+}
+
 /// What an upstream answered.
 pub enum Reply {
     /// A complete JSON answer.
-    Complete(Bytes),
+    Complete(Answer),
     /// A stream; its first event is yet to come.
     Stream(EventStream),
 }

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
 use super::failure::{from_reqwest, retry_after};
-use super::{http_client, AttemptFailure, Call, EventStream, Reply};
+use super::{http_client, Answer, AttemptFailure, Call, EventStream, Reply};
 use crate::config::BackendConfig;
 use crate::openai::sse::{SseEvent, SseParser};
 use crate::policy::contract::ApiSurface;
@@ -64,10 +64,15 @@ impl OpenAiClient {
             return Ok(Reply::Stream(sse_events(response)));
         }
         let body = read_capped(response, MAX_ANSWER).await?;
-        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-            return Err(AttemptFailure::Protocol("the answer is not JSON".into()));
+        // One pass checks that the answer is a JSON object and finds its usage.
+        #[derive(serde::Deserialize)]
+        struct UsageOf {
+            usage: Option<serde_json::Value>,
         }
-        Ok(Reply::Complete(body))
+        let parsed: UsageOf =
+            serde_json::from_slice(&body).map_err(|_| AttemptFailure::Protocol("the answer is not a JSON object".into()))?;
+        let usage = parsed.usage.as_ref().and_then(crate::openai::usage_counts);
+        Ok(Reply::Complete(Answer { body, usage }))
     }
 }
 
