@@ -450,7 +450,7 @@ async fn metrics_overhead_and_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let mock = mock_upstream(dir.path());
     let config = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{ADMIN_TOKEN}}\"\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"up\"\nprovider = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"up-model\"\ninput_price = 2.0\noutput_price = 8.0\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{ADMIN_TOKEN}}\"\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[routes]]\nmodel = \"*\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"up\"\nprovider = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"up-model\"\ninput_price = 2.0\noutput_price = 8.0\n",
         mock.url
     );
     let router = router(dir.path(), &config, &[("ADMIN_TOKEN", "admin-token-0123456789")]);
@@ -499,4 +499,14 @@ async fn metrics_overhead_and_the_admin_api() {
     let reload = http.post(format!("{admin}/admin/reload")).header("authorization", bearer).send().await.unwrap();
     assert_eq!(reload.status(), 200);
     assert!(!router.logs().contains("admin-token-0123456789"));
+
+    // Model names that only the catch-all route serves do not become label
+    // values: a client cannot grow the metric series.
+    assert_eq!(post(&router.url, "/v1/chat/completions", &chat("random-name-123", false), &[]).await.status, 200);
+    let metrics = http.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"switchyard_requests_total{model="other",backend="up",policy="cheapest-healthy",status="200",arm=""} 1"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("random-name-123"));
 }

@@ -136,7 +136,7 @@ async fn proxy(
     let policy = plan.policy.split('@').next().unwrap_or_default().to_owned();
     let backend_label = backend.clone().unwrap_or_else(|| "none".into());
     metrics.request(
-        RequestLabels { model: inbound.model.clone(), backend: backend_label, policy, status: status.as_u16(), arm },
+        RequestLabels { model: state.model_label(&inbound.model).to_owned(), backend: backend_label, policy, status: status.as_u16(), arm },
         total,
         overhead,
     );

@@ -48,6 +48,19 @@ pub struct GatewayState {
     models: Bytes,
 }
 
+impl GatewayState {
+    /// `model` as a metrics label: configured virtual models and backend
+    /// models by name, anything else (a catch-all route serves any name the
+    /// client sends) as `other`, so clients cannot grow the metric series.
+    pub fn model_label<'a>(&self, model: &'a str) -> &'a str {
+        if self.routes.contains_key(model) || self.direct.contains_key(model) {
+            model
+        } else {
+            "other"
+        }
+    }
+}
+
 impl Gateway {
     /// Builds the gateway and loads the policies. Policies that fail to load
     /// are reported and leave their routes on the default order.
