@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod config;
 mod debounce;
+pub mod decision_log;
 pub mod error;
 pub mod gateway;
 pub mod metrics;

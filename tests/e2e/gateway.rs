@@ -450,7 +450,7 @@ async fn metrics_overhead_and_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let mock = mock_upstream(dir.path());
     let config = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{ADMIN_TOKEN}}\"\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[routes]]\nmodel = \"*\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"up\"\nprovider = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"up-model\"\ninput_price = 2.0\noutput_price = 8.0\n",
+        "[decision_log]\npath = \"decisions.jsonl\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{ADMIN_TOKEN}}\"\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[routes]]\nmodel = \"*\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"up\"\nprovider = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"up-model\"\ninput_price = 2.0\noutput_price = 8.0\n",
         mock.url
     );
     let router = router(dir.path(), &config, &[("ADMIN_TOKEN", "admin-token-0123456789")]);
@@ -509,4 +509,51 @@ async fn metrics_overhead_and_the_admin_api() {
         "{metrics}"
     );
     assert!(!metrics.contains("random-name-123"));
+
+    // The decision log: one line per routed request, with what the policy
+    // saw and decided, and no prompt text unless configured.
+    let path = dir.path().join("decisions.jsonl");
+    let started = std::time::Instant::now();
+    let records: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if records.len() == 3 || started.elapsed() > Duration::from_secs(5) {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(records.len(), 3, "{records:?}");
+    let first = &records[0];
+    assert!(first["policy"].as_str().unwrap().starts_with("cheapest-healthy@"));
+    assert_eq!(first["decision"]["targets"][0]["backend"], "up");
+    assert_eq!(first["backends"][0]["name"], "up");
+    assert_eq!(first["request"]["seed"], first["seed"]);
+    assert_eq!(first["request"]["messages"][0]["text_bytes"], 22);
+    assert!(first["request"]["messages"][0].get("text").is_none(), "prompt text logged: {first}");
+    assert_eq!((first["status"].as_u64(), first["tokens"]["output"].as_u64()), (Some(200), Some(16)));
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("Tell me about routers"));
+
+    // Replay: the record's request and backend stats are what `policy eval`
+    // reads; with the same policy version (and, for prices, the same
+    // configuration), the decision is the same.
+    let (request, backends) = (dir.path().join("replay-request.json"), dir.path().join("replay-backends.json"));
+    std::fs::write(&request, first["request"].to_string()).unwrap();
+    std::fs::write(&backends, first["backends"].to_string()).unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args([
+            "policy",
+            "eval",
+            artifacts::CHEAPEST_HEALTHY,
+            "--request",
+            request.to_str().unwrap(),
+            "--backends",
+            backends.to_str().unwrap(),
+        ])
+        .env("XDG_CACHE_HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replayed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(replayed["targets"][0]["backend"], first["decision"]["targets"][0]["backend"]);
+    assert_eq!(replayed["labels"], first["decision"]["labels"]);
 }

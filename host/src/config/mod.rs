@@ -47,6 +47,18 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     /// The admin listener.
     pub admin: AdminConfig,
+    /// The decision log.
+    pub decision_log: DecisionLogConfig,
+}
+
+/// `[decision_log]`: one JSON line per routed request.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecisionLogConfig {
+    /// The JSONL file, relative to the config file; no log when unset.
+    pub path: Option<PathBuf>,
+    /// Also record message text (off by default: prompts may be sensitive).
+    pub include_prompts: bool,
 }
 
 /// `[admin]`: metrics, health and the admin API on a listener of their own.
@@ -341,6 +353,8 @@ struct RawConfig {
     clients: Vec<ClientConfig>,
     #[serde(default)]
     admin: AdminConfig,
+    #[serde(default)]
+    decision_log: DecisionLogConfig,
 }
 
 impl Config {
@@ -379,9 +393,13 @@ impl Config {
             backends: raw.backends,
             clients: raw.clients,
             admin: raw.admin,
+            decision_log: raw.decision_log,
         };
         if let Some(dir) = &config.policies.dir {
             config.policies.dir = Some(base.join(dir));
+        }
+        if let Some(path) = &config.decision_log.path {
+            config.decision_log.path = Some(base.join(path));
         }
         for (i, b) in config.backends.iter_mut().enumerate() {
             if let Some(v) = &b.api_key {

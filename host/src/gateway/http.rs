@@ -93,8 +93,10 @@ async fn proxy(
     let plan = plan::plan(&state, gateway.registry(), metrics, &inbound)?;
     let finished = attempts::run(&state.config, metrics, &plan, &inbound, request_id, started).await;
 
+    let mut usage = None;
     let (mut response, backend, model) = match finished.outcome {
         Outcome::Complete { upstream, model, answer } => {
+            usage = answer.usage;
             if let Some((input, output)) = answer.usage {
                 metrics.tokens(upstream.name(), input, output, upstream.config.input_price, upstream.config.output_price);
             }
@@ -134,6 +136,25 @@ async fn proxy(
     }
     let arm = plan.labels.iter().find(|(k, _)| k == "arm").map_or_else(String::new, |(_, v)| v.clone());
     let policy = plan.policy.split('@').next().unwrap_or_default().to_owned();
+    if let Some(log) = gateway.decision_log() {
+        let seen = plan.seen.as_ref().map(|(version, stats)| {
+            let names: Vec<String> = version.backends().iter().map(|b| b.name.clone()).collect();
+            crate::decision_log::stats_json(&names, stats)
+        });
+        let targets: Vec<serde_json::Value> =
+            plan.targets.iter().map(|t| serde_json::json!({"backend": t.upstream.name(), "model": t.model})).collect();
+        let labels: serde_json::Map<String, serde_json::Value> =
+            plan.labels.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+        log.write(serde_json::json!({
+            "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            "request_id": request_id, "policy": plan.policy, "seed": inbound.view.seed,
+            "request": log.request_json(&inbound.view), "backends": seen,
+            "decision": {"targets": targets, "labels": labels},
+            "attempts": finished.attempts, "failures": finished.failures, "backend": backend, "model": model,
+            "status": status.as_u16(), "latency_ms": total.as_secs_f64() * 1000.0, "overhead_ms": overhead.as_secs_f64() * 1000.0,
+            "tokens": usage.map(|(input, output)| serde_json::json!({"input": input, "output": output})),
+        }));
+    }
     let backend_label = backend.clone().unwrap_or_else(|| "none".into());
     metrics.request(
         RequestLabels { model: state.model_label(&inbound.model).to_owned(), backend: backend_label, policy, status: status.as_u16(), arm },

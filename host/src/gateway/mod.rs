@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::config::{ClientConfig, Config, ConfigError, EMBEDDED_POLICY_NAME};
+use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyRegistry, PolicyRuntime, PolicySources, RescanReport};
 use crate::stats::LiveStats;
@@ -30,6 +31,7 @@ pub struct Gateway {
     /// Stats by backend name, kept when a reload keeps the backend.
     stats: Mutex<HashMap<String, Arc<LiveStats>>>,
     metrics: Arc<Metrics>,
+    decision_log: Option<DecisionLog>,
 }
 
 /// One configuration, ready to serve. Requests hold it for their whole life.
@@ -82,7 +84,16 @@ impl Gateway {
                 tracing::error!(policy = %status.name, "policy failed to load; its routes use the default order: {e}");
             }
         }
-        Ok(Arc::new(Self { state: ArcSwap::from_pointee(state), registry: Arc::new(registry), stats, metrics: Arc::new(Metrics::new()) }))
+        let decision_log = match &state.config.decision_log.path {
+            Some(path) => Some(DecisionLog::open(path, state.config.decision_log.include_prompts).map_err(|e| ConfigError {
+                file: state.config.source.clone(),
+                key: "decision_log.path".into(),
+                problem: format!("cannot open {}: {e}", path.display()),
+            })?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        Ok(Arc::new(Self { state: ArcSwap::from_pointee(state), registry: Arc::new(registry), stats, metrics, decision_log }))
     }
 
     /// The state serving now.
@@ -98,6 +109,11 @@ impl Gateway {
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The decision log, when configured (opened at start; a new path needs a restart).
+    pub fn decision_log(&self) -> Option<&DecisionLog> {
+        self.decision_log.as_ref()
     }
 
     /// The virtual models whose policy has no version serving.

@@ -6,7 +6,7 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::openai::inbound::InboundRequest;
 use crate::policy::contract::{BackendStats, CircuitState};
-use crate::policy::{idle_stats, Decision, PolicyError, PolicyRegistry};
+use crate::policy::{idle_stats, Decision, LoadedPolicy, PolicyError, PolicyRegistry};
 use crate::upstream::Upstream;
 
 use super::GatewayState;
@@ -18,6 +18,9 @@ pub(super) struct Plan {
     pub policy: String,
     pub targets: Vec<Target>,
     pub labels: Vec<(String, String)>,
+    /// The version that decided and the stats it was given, for the
+    /// decision log (moved here, not copied).
+    pub seen: Option<(Arc<LoadedPolicy>, Vec<BackendStats>)>,
 }
 
 pub(super) struct Target {
@@ -38,7 +41,7 @@ pub(super) fn plan(
         None => {
             if let Some(indices) = state.direct.get(&inbound.model) {
                 let targets = indices.iter().map(|&i| target(&state.upstreams[i], None)).collect();
-                return Ok(Plan { policy: "direct".into(), targets, labels: vec![] });
+                return Ok(Plan { policy: "direct".into(), targets, labels: vec![], seen: None });
             }
             state.catch_all.as_ref().ok_or_else(|| GatewayError::model_not_found(&inbound.model))?
         }
@@ -65,7 +68,8 @@ pub(super) fn plan(
                     Some(target(upstream, t.model))
                 })
                 .collect();
-            Ok(Plan { policy: format!("{}@{}", version.name(), version.version()), targets, labels: route.labels })
+            let policy = format!("{}@{}", version.name(), version.version());
+            Ok(Plan { policy, targets, labels: route.labels, seen: Some((version, stats)) })
         }
         Ok(Decision::Reject { status, message }) => Err(GatewayError::policy_rejected(status, &message)),
         Err(e) => {
@@ -85,7 +89,7 @@ fn target(upstream: &Arc<Upstream>, model: Option<String>) -> Target {
 fn default_order(state: &GatewayState, policy: &str, error: PolicyError) -> Plan {
     let targets = state.upstreams.iter().map(|u| target(u, None)).collect();
     let labels = vec![("policy_error".to_owned(), error.kind().as_str().to_owned())];
-    Plan { policy: policy.to_owned(), targets, labels }
+    Plan { policy: policy.to_owned(), targets, labels, seen: None }
 }
 
 /// Live stats in the order of the version's backends. Fast path: the same
