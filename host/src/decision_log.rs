@@ -21,9 +21,22 @@ const QUEUE: usize = 10_000;
 
 /// The log's writer end.
 pub struct DecisionLog {
-    tx: SyncSender<Value>,
+    /// `None` once dropped, which tells the writer to finish.
+    tx: Option<SyncSender<Value>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     include_prompts: bool,
     dropped: AtomicU64,
+}
+
+impl Drop for DecisionLog {
+    /// Closes the queue and waits for the writer to write and flush what it
+    /// holds, so no accepted record is lost at shutdown.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl DecisionLog {
@@ -32,7 +45,7 @@ impl DecisionLog {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         let (tx, rx) = sync_channel::<Value>(QUEUE);
         let path: PathBuf = path.to_path_buf();
-        std::thread::Builder::new().name("decision-log".into()).spawn(move || {
+        let writer = std::thread::Builder::new().name("decision-log".into()).spawn(move || {
             let mut out = std::io::BufWriter::new(file);
             loop {
                 match rx.recv_timeout(Duration::from_millis(200)) {
@@ -53,7 +66,7 @@ impl DecisionLog {
                 }
             }
         })?;
-        Ok(Self { tx, include_prompts, dropped: AtomicU64::new(0) })
+        Ok(Self { tx: Some(tx), writer: Some(writer), include_prompts, dropped: AtomicU64::new(0) })
     }
 
     /// Records dropped because the writer could not keep up.
@@ -63,7 +76,7 @@ impl DecisionLog {
 
     /// Queues `record`; never blocks.
     pub fn write(&self, record: Value) {
-        if self.tx.try_send(record).is_err() {
+        if self.tx.as_ref().is_none_or(|tx| tx.try_send(record).is_err()) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -127,5 +140,23 @@ fn surface(s: ApiSurface) -> &'static str {
         ApiSurface::Chat => "chat",
         ApiSurface::Completion => "completion",
         ApiSurface::Embeddings => "embeddings",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_the_log_flushes_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let log = DecisionLog::open(&path, false).unwrap();
+        for i in 0..1000 {
+            log.write(json!({"n": i}));
+        }
+        drop(log);
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(lines, 1000);
     }
 }
