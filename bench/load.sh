@@ -4,7 +4,7 @@
 #
 #   bench/load.sh [seconds per run, default 10]
 #
-# Prints a Markdown table and writes it to bench/results.md.
+# Prints a Markdown table and writes it to bench/results.md and bench/results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -23,6 +23,7 @@ start() { # start NAME ARGS... ; sets $url_NAME from the address the process pri
 }
 
 start mock mock-upstream --listen 127.0.0.1:0 --tokens 16
+start slow mock-upstream --listen 127.0.0.1:0 --tokens 16 --latency-ms 20
 cat >"$work/router.toml" <<TOML
 [[routes]]
 model = "auto"
@@ -33,27 +34,59 @@ name = "upstream"
 provider = "openai"
 base_url = "$url_mock/v1"
 model = "gpt-bench"
+
+[[backends]]
+name = "slow-upstream"
+provider = "openai"
+base_url = "$url_slow/v1"
+model = "gpt-slow"
 TOML
 RUST_LOG=warn start router serve --config "$work/router.toml" --listen 127.0.0.1:0
 bin=target/release/bare-proxy start bare 127.0.0.1:0 "$url_mock/v1"
 
-script() { # script MODEL -> path of a wrk Lua script POSTing a chat request
-  local f="$work/$1.lua"
+script() { # script MODEL [stream] -> path of a wrk Lua script POSTing a chat request
+  local f="$work/$1-${2:-plain}.lua" stream=false
+  [ "${2:-}" = stream ] && stream=true
   cat >"$f" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"$1","messages":[{"role":"user","content":"Summarise the plot of Hamlet in one line."}]}'
+wrk.body = '{"model":"$1","stream":$stream,"messages":[{"role":"user","content":"Summarise the plot of Hamlet in one line."}]}'
 LUA
   echo "$f"
 }
 
-run() { # run URL MODEL CONNECTIONS -> "p50_us p99_us rps"
-  local out; out=$(wrk -t1 -c"$3" -d"${secs}s" --latency -s "$(script "$2")" "$1/v1/chat/completions")
+run() { # run URL MODEL CONNECTIONS [stream] -> "p50_us p99_us rps"
+  local out; out=$(wrk -t1 -c"$3" -d"${secs}s" --latency -s "$(script "$2" "${4:-}")" "$1/v1/chat/completions")
   echo "$out" | awk '
     function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return v*1000; if (v ~ /s$/) return v*1000000; return v }
     $1=="50%" {p50=us($2)} $1=="99%" {p99=us($2)} $1=="Requests/sec:" {rps=$2}
     /Non-2xx/ {bad=$NF}
     END { if (bad) { print "non-2xx answers: " bad > "/dev/stderr"; exit 1 } printf "%d %d %d\n", p50, p99, rps }'
+}
+
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+router_pid=$(pgrep -f "serve --config $work/router.toml" | head -1)
+rss_idle=$(rss_kb "$router_pid")
+
+ttft() { # ttft URL MODEL -> p50 time to the first SSE event over 200 streamed requests, in µs
+  python3 - "$1" "$2" <<'PY'
+import http.client, json, sys, time, urllib.parse
+url, model = urllib.parse.urlparse(sys.argv[1]), sys.argv[2]
+body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+times = []
+for _ in range(200):
+    conn = http.client.HTTPConnection(url.hostname, url.port)
+    start = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    response = conn.getresponse()
+    while not response.readline().startswith(b"data:"):
+        pass
+    times.append(time.perf_counter() - start)
+    response.read()
+    conn.close()
+times.sort()
+print(int(times[len(times) // 2] * 1e6))
+PY
 }
 
 # Warm up connections, caches and the policy's instances.
@@ -66,6 +99,16 @@ read -r b50 b99 _ <<<"$(run "$url_router" upstream 1)"
 read -r _ _ drps <<<"$(run "$url_mock" gpt-bench 64)"
 read -r _ _ prps <<<"$(run "$url_router" auto 64)"
 read -r _ _ xrps <<<"$(run "$url_bare" gpt-bench 64)"
+rss_load=$(rss_kb "$router_pid")
+read -r _ _ srps_direct <<<"$(run "$url_slow" gpt-slow 64)"
+read -r _ _ srps_router <<<"$(run "$url_router" slow-upstream 64)"
+read -r sd50 _ _ <<<"$(run "$url_mock" gpt-bench 64 stream)"
+read -r sr50 _ _ <<<"$(run "$url_router" upstream 64 stream)"
+chunks=19 # role chunk, 16 tokens, finish chunk, [DONE]
+ttft_direct=$(ttft "$url_mock" gpt-bench)
+ttft_router=$(ttft "$url_router" upstream)
+per_event=$(( (sr50 - sd50) / chunks ))
+if [ "$per_event" -gt 0 ]; then per_event="+${per_event} µs per event"; else per_event="no added time per event measurable"; fi
 
 table=$(cat <<MD
 Load benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), wrk 1 thread, ${secs} s per run; mock upstream, router and wrk share the machine.
@@ -76,6 +119,23 @@ Load benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /p
 | bare hyper + reqwest + serde_json proxy (\`bench/bare-proxy\`) | ${x50} µs | ${x99} µs | $((x50 - d50)) µs | $((x99 - d99)) µs | ${xrps} |
 | router, policy \`cheapest-healthy\` (model \`auto\`) | ${p50} µs | ${p99} µs | $((p50 - d50)) µs | $((p99 - d99)) µs | ${prps} |
 | router, backend named directly (no policy) | ${b50} µs | ${b99} µs | $((b50 - d50)) µs | $((b99 - d99)) µs | |
+
+| more | direct | through the router |
+|---|---|---|
+| requests/s at c=64, upstream answering in 20 ms | ${srps_direct} | ${srps_router} |
+| streams at c=64 (${chunks} events each), p50 of the whole stream | ${sd50} µs | ${sr50} µs (${per_event}) |
+| time to the first event of a stream, c=1, p50 of 200 (Python client) | ${ttft_direct} µs | ${ttft_router} µs |
+| router resident memory | idle ${rss_idle} KiB | after the c=64 runs $(rss_kb "$router_pid") KiB |
 MD
 )
 echo "$table" | tee bench/results.md
+cat >bench/results.json <<JSON
+{"date": "$(date -u +%FT%TZ)", "cores": $(nproc), "seconds_per_run": $secs,
+ "c1": {"direct": {"p50_us": $d50, "p99_us": $d99}, "bare_proxy": {"p50_us": $x50, "p99_us": $x99},
+        "router_policy": {"p50_us": $p50, "p99_us": $p99}, "router_direct_backend": {"p50_us": $b50, "p99_us": $b99}},
+ "c64_rps": {"direct": $drps, "bare_proxy": $xrps, "router_policy": $prps},
+ "c64_rps_20ms_upstream": {"direct": $srps_direct, "router": $srps_router},
+ "c64_stream_p50_us": {"direct": $sd50, "router": $sr50, "events": $chunks},
+ "stream_first_event_p50_us": {"direct": $ttft_direct, "router": $ttft_router},
+ "router_rss_kib": {"idle": $rss_idle, "after_load": $(rss_kb "$router_pid")}}
+JSON
