@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::policy::contract::{ApiSurface, BackendStats, CircuitState, Request, Role};
+use crate::policy::contract::{circuit_name, ApiSurface, BackendStats, Request, Role};
 
 /// Records waiting to be written, at most.
 const QUEUE: usize = 10_000;
@@ -113,12 +113,7 @@ pub fn stats_json(names: &[String], stats: &[BackendStats]) -> Value {
         .iter()
         .zip(stats)
         .map(|(name, s)| {
-            let circuit = match s.circuit {
-                CircuitState::Closed => "closed",
-                CircuitState::HalfOpen => "half-open",
-                CircuitState::Open => "open",
-            };
-            json!({"name": name, "stats": {"circuit": circuit, "in_flight": s.in_flight, "latency_p50_ms": s.latency_p50_ms,
+            json!({"name": name, "stats": {"circuit": circuit_name(s.circuit), "in_flight": s.in_flight, "latency_p50_ms": s.latency_p50_ms,
                 "latency_p95_ms": s.latency_p95_ms, "ttft_ms": s.ttft_ms, "error_rate": s.error_rate, "samples": s.samples}})
         })
         .collect();

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use switchyard_tests::artifacts;
+use switchyard_tests::{artifacts, js_modules, toolchain_available, Lang};
 
 fn switchyard(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -119,16 +119,6 @@ fn status_shows_serving_and_failed_policies() {
     assert!(stdout.lines().any(|l| l.starts_with("broken") && l.contains("FAILED") && l.contains("not a WebAssembly file")), "{stdout}");
 }
 
-/// Whether a tool is there; in CI a missing tool fails the test.
-fn tool(program: &str, args: &[&str], install: &str) -> bool {
-    let ok = Command::new(program).args(args).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "{program} is missing in CI; .ci/run installs it ({install})");
-        eprintln!("SKIPPED: {program} is not installed ({install})");
-    }
-    ok
-}
-
 fn run_in(dir: &Path, program: &str, args: &[&str]) {
     let out = Command::new(program).args(args).current_dir(dir).output().unwrap();
     assert!(
@@ -161,15 +151,14 @@ fn policy_new_scaffolds_policies_that_build_and_check() {
     run_in(&rust, "cargo", &["build", "--release", "--target", "wasm32-wasip2", "--target-dir", target.to_str().unwrap()]);
     check_passes(&target.join("wasm32-wasip2/release/route_rust.wasm"));
 
-    if tool("componentize-py", &["--version"], "pip install componentize-py==0.25.1") {
+    if toolchain_available(Lang::Python) {
         let py = new("route-python", "python");
         run_in(&py, "componentize-py", &["-d", "wit", "-w", "policy", "componentize", "app", "-o", "route-python.wasm"]);
         check_passes(&py.join("route-python.wasm"));
     }
-    let modules = root.join("policies/js/node_modules");
-    if tool("test", &["-d", modules.to_str().unwrap()], "cd policies/js && npm install") {
+    if toolchain_available(Lang::JavaScript) {
         let js = new("route-js", "js");
-        std::os::unix::fs::symlink(&modules, js.join("node_modules")).unwrap();
+        std::os::unix::fs::symlink(js_modules(), js.join("node_modules")).unwrap();
         run_in(&js, "node", &["build.mjs"]);
         check_passes(&js.join("route-js.wasm"));
     }

@@ -117,14 +117,10 @@ pub enum Lang {
 /// `None`, with a note on stderr, when the toolchain is missing outside CI;
 /// in CI (`CI` set) a missing toolchain fails the test.
 pub fn polyglot_policy(lang: Lang, name: &str) -> Option<std::path::PathBuf> {
-    use std::process::Command;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let (dir, probe, install): (&str, Command, &str) = match lang {
-        Lang::Python => ("python", command("componentize-py", &["--version"]), "pip install componentize-py==0.25.1"),
-        Lang::JavaScript => {
-            let module = root.join("policies/js/node_modules/@bytecodealliance/componentize-js/package.json");
-            ("js", command("test", &["-f", module.to_str().unwrap()]), "cd policies/js && npm install")
-        }
+    let root = repo_root();
+    let dir = match lang {
+        Lang::Python => "python",
+        Lang::JavaScript => "js",
     };
     let source = root.join("policies").join(dir).join(name);
     let out = root.join("target/guests").join(dir).join(format!("{name}.wasm"));
@@ -133,10 +129,7 @@ pub fn polyglot_policy(lang: Lang, name: &str) -> Option<std::path::PathBuf> {
     if built.is_some() && built >= newest_source {
         return Some(out);
     }
-    let mut probe = probe;
-    if !probe.output().is_ok_and(|o| o.status.success()) {
-        assert!(std::env::var_os("CI").is_none(), "the {lang:?} policy toolchain is missing in CI; .ci/run installs it ({install})");
-        eprintln!("SKIPPED: the {lang:?} policy toolchain is not installed ({install})");
+    if !toolchain_available(lang) {
         return None;
     }
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
@@ -150,6 +143,31 @@ pub fn polyglot_policy(lang: Lang, name: &str) -> Option<std::path::PathBuf> {
     let status = build.status().unwrap();
     assert!(status.success(), "building the {lang:?} policy {name} failed");
     Some(out)
+}
+
+/// Whether the toolchain of `lang` is installed. When it is not, a note goes
+/// to stderr and the caller skips; in CI (`CI` set) the test fails instead.
+pub fn toolchain_available(lang: Lang) -> bool {
+    let (available, install) = match lang {
+        Lang::Python => {
+            (command("componentize-py", &["--version"]).output().is_ok_and(|o| o.status.success()), "pip install componentize-py==0.25.1")
+        }
+        Lang::JavaScript => (js_modules().join("@bytecodealliance/componentize-js/package.json").exists(), "cd policies/js && npm install"),
+    };
+    if !available {
+        assert!(std::env::var_os("CI").is_none(), "the {lang:?} policy toolchain is missing in CI; .ci/run installs it ({install})");
+        eprintln!("SKIPPED: the {lang:?} policy toolchain is not installed ({install})");
+    }
+    available
+}
+
+/// `policies/js/node_modules`, where `.ci/run` installs componentize-js.
+pub fn js_modules() -> std::path::PathBuf {
+    repo_root().join("policies/js/node_modules")
+}
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
 fn command(program: &str, args: &[&str]) -> std::process::Command {

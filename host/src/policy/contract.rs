@@ -21,5 +21,15 @@ pub use bindings::switchyard::policy::types::{
     ApiSurface, Backend, BackendStats, Caller, Capabilities, CircuitState, Decision, Message, Rejection, Request, Role, Route, Tag, Target,
 };
 
+/// The name of a circuit state in JSON (`policy eval` input, admin API,
+/// decision log).
+pub fn circuit_name(state: CircuitState) -> &'static str {
+    match state {
+        CircuitState::Closed => "closed",
+        CircuitState::HalfOpen => "half-open",
+        CircuitState::Open => "open",
+    }
+}
+
 /// The package and world a policy component must target.
 pub const WORLD: &str = "switchyard:policy/policy@0.1.0";
