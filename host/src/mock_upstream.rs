@@ -10,7 +10,8 @@
 //! `slow-first-token` (waits `delay_ms`), `cut` (stream broken after
 //! `chunks`), `stall` (stream silent after `chunks`), `malformed` (a broken
 //! chunk), `no-done` (stream ends without `[DONE]`), `context-length` and
-//! `content-policy` (400s).
+//! `content-policy` (400s), `flap` (per model string, `fail` requests
+//! answered 503 then `pass` answered well, over and over).
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -58,6 +59,16 @@ struct MockState {
     counts: Mutex<HashMap<String, u32>>,
 }
 
+impl MockState {
+    /// Counts a request for `model`; the first is 1.
+    fn count(&self, model: &str) -> u32 {
+        let mut counts = self.counts.lock().unwrap();
+        let n = counts.entry(model.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    }
+}
+
 /// Serves until `shutdown` resolves.
 pub async fn run(listener: TcpListener, settings: MockSettings, shutdown: impl Future<Output = ()>) {
     let state = Arc::new(MockState { settings, received: Mutex::new(VecDeque::with_capacity(REMEMBERED)), counts: Mutex::default() });
@@ -85,10 +96,12 @@ struct Fault {
     delay_ms: u64,
     chunks: usize,
     retry_after: Option<String>,
+    fail: u32,
+    pass: u32,
 }
 
 fn fault_of(model: &str, header: Option<&str>) -> Fault {
-    let mut fault = Fault { chunks: 3, ..Default::default() };
+    let mut fault = Fault { chunks: 3, fail: 1, pass: 1, ..Default::default() };
     if let Some((_, query)) = model.split_once('?') {
         for pair in query.split('&') {
             match pair.split_once('=') {
@@ -96,6 +109,8 @@ fn fault_of(model: &str, header: Option<&str>) -> Fault {
                 Some(("delay_ms", v)) => fault.delay_ms = v.parse().unwrap_or(0),
                 Some(("chunks", v)) => fault.chunks = v.parse().unwrap_or(3),
                 Some(("retry_after", v)) => fault.retry_after = Some(v.to_owned()),
+                Some(("fail", v)) => fault.fail = v.parse().unwrap_or(1),
+                Some(("pass", v)) => fault.pass = v.parse().unwrap_or(1),
                 _ => {}
             }
         }
@@ -171,14 +186,14 @@ async fn handle(state: Arc<MockState>, request: Request<Incoming>) -> Result<Res
         }
         "429-bare" => return Ok(error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", "mock: rate limited")),
         "500-once" => {
-            let n = {
-                let mut counts = state.counts.lock().unwrap();
-                let n = counts.entry(model.clone()).or_insert(0);
-                *n += 1;
-                *n
-            };
-            if n == 1 {
+            if state.count(&model) == 1 {
                 return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "mock: failing once"));
+            }
+        }
+        "flap" => {
+            let period = (fault.fail + fault.pass).max(1);
+            if (state.count(&model) - 1) % period < fault.fail {
+                return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "mock: flapping"));
             }
         }
         "503" => return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "mock: unavailable")),

@@ -160,11 +160,15 @@ pub struct RetryConfig {
     /// The longest `Retry-After` the router waits for on the last target,
     /// in ms; longer ones fail the attempt.
     pub max_retry_after_ms: u64,
+    /// The wait before retrying the last target after a transient failure
+    /// that came without a `Retry-After`, in ms; doubled on each retry, with
+    /// jitter. Timeouts are not retried: they already spent their time.
+    pub backoff_ms: u64,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        Self { max_attempts: 3, total_timeout_ms: 120_000, max_retry_after_ms: 2_000 }
+        Self { max_attempts: 3, total_timeout_ms: 120_000, max_retry_after_ms: 2_000, backoff_ms: 100 }
     }
 }
 

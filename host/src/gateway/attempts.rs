@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use hyper::StatusCode;
 
 use super::plan::{Plan, Target};
-use crate::config::Config;
+use crate::config::{Config, RetryConfig};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::openai::inbound::InboundRequest;
@@ -95,10 +95,9 @@ pub(super) async fn run(
 ) -> Finished {
     let deadline = started + Duration::from_millis(config.retry.total_timeout_ms);
     let max_attempts = config.retry.max_attempts;
-    let max_retry_after = Duration::from_millis(config.retry.max_retry_after_ms);
     let mut attempts = 0u32;
     let mut failures = Vec::new();
-    let mut last: Option<AttemptFailure> = None;
+    let mut last: Option<(&Arc<Upstream>, AttemptFailure)> = None;
     // Models that refused the request in a way that would repeat (context length).
     let mut refused_models: Vec<&str> = Vec::new();
     let mut upstream_wait = Duration::ZERO;
@@ -121,11 +120,12 @@ pub(super) async fn run(
             continue;
         }
         let is_last = i + 1 == plan.targets.len();
+        let mut retries = 0u32;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 failures.push("the request's time budget ran out".into());
-                last = Some(AttemptFailure::Timeout("request budget"));
+                last = Some((upstream, AttemptFailure::Timeout("request budget")));
                 break 'targets;
             }
             attempts += 1;
@@ -161,33 +161,53 @@ pub(super) async fn run(
                 if is_context_length(&failure) {
                     // Another model may have a larger context; this one never will.
                     refused_models.push(&target.model);
-                    last = Some(failure);
+                    last = Some((upstream, failure));
                     break;
                 }
                 return finish(refused(upstream, failure), attempts, failures, upstream_wait);
             }
-            // A short Retry-After on the last target is worth waiting for.
-            let retry_after = match &failure {
-                AttemptFailure::Status { retry_after: Some(wait), .. } => Some(*wait),
-                _ => None,
-            };
-            last = Some(failure);
-            match retry_after {
+            let wait = retry_wait(&failure, &config.retry, retries);
+            last = Some((upstream, failure));
+            // Only the last target is retried: earlier ones have a fallback.
+            match wait {
                 Some(wait)
                     if is_last
                         && attempts < max_attempts
-                        && wait <= max_retry_after
                         && wait < deadline.saturating_duration_since(Instant::now())
                         && upstream.stats.circuit_state() != crate::policy::contract::CircuitState::Open =>
                 {
                     tokio::time::sleep(wait).await;
                     upstream_wait += wait;
+                    retries += 1;
                 }
                 _ => break,
             }
         }
     }
-    finish(Outcome::Failed(no_answer(last.as_ref(), attempts, &failures)), attempts, failures, upstream_wait)
+    let outcome = match last {
+        // The refusal is the client's to see when no larger model was left.
+        Some((upstream, failure)) if is_context_length(&failure) => refused(upstream, failure),
+        last => Outcome::Failed(no_answer(last.as_ref().map(|(_, failure)| failure), attempts, &failures)),
+    };
+    finish(outcome, attempts, failures, upstream_wait)
+}
+
+/// How long to wait before retrying a target after `failure`, or `None`
+/// when it is not worth retrying: its `Retry-After` when that is short,
+/// else an exponential backoff with jitter; never after a timeout, which
+/// already spent its time.
+fn retry_wait(failure: &AttemptFailure, retry: &RetryConfig, retries: u32) -> Option<Duration> {
+    match failure {
+        AttemptFailure::Status { retry_after: Some(wait), .. } => {
+            (*wait <= Duration::from_millis(retry.max_retry_after_ms)).then_some(*wait)
+        }
+        AttemptFailure::Timeout(_) | AttemptFailure::Unsupported(_) => None,
+        _ => {
+            let full = retry.backoff_ms.saturating_mul(1 << retries.min(10)).min(retry.max_retry_after_ms);
+            // Equal jitter: at least half the backoff, so retries stay spaced.
+            Some(Duration::from_millis(full / 2 + rand::random::<u64>() % (full / 2 + 1)))
+        }
+    }
 }
 
 /// One call to one target, with its time limits: the whole answer within
@@ -266,5 +286,25 @@ fn no_answer(last: Option<&AttemptFailure>, attempts: u32, failures: &[String]) 
             format!("no backend answered in time after {attempts} attempts{detail}"),
         ),
         Some(_) => GatewayError::upstream(StatusCode::BAD_GATEWAY, "upstream_failed", format!("all {attempts} attempts failed{detail}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_wait_for_a_short_retry_after_or_back_off_and_never_follow_a_timeout() {
+        let retry = RetryConfig { backoff_ms: 100, max_retry_after_ms: 1000, ..RetryConfig::default() };
+        let status = |retry_after| AttemptFailure::Status { status: 503, retry_after, body: Bytes::new() };
+        assert_eq!(retry_wait(&status(Some(Duration::from_millis(700))), &retry, 0), Some(Duration::from_millis(700)));
+        assert_eq!(retry_wait(&status(Some(Duration::from_secs(5))), &retry, 0), None, "a long Retry-After is not waited for");
+        assert_eq!(retry_wait(&AttemptFailure::Timeout("response"), &retry, 0), None);
+        for (retries, low, high) in [(0, 50, 100), (1, 100, 200), (2, 200, 400), (5, 500, 1000), (40, 500, 1000)] {
+            for _ in 0..50 {
+                let wait = retry_wait(&status(None), &retry, retries).unwrap();
+                assert!((low..=high).contains(&(wait.as_millis() as u64)), "retry {retries}: {wait:?}");
+            }
+        }
     }
 }
