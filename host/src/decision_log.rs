@@ -107,6 +107,12 @@ impl DecisionLog {
     }
 }
 
+/// Token usage as `{"input", "output"}`, or `null` when the upstream did
+/// not report it.
+pub fn tokens_json(usage: Option<(u64, u64)>) -> Value {
+    usage.map_or(Value::Null, |(input, output)| json!({"input": input, "output": output}))
+}
+
 /// Backend stats as JSON, in the form `switchyard policy eval` reads.
 pub fn stats_json(names: &[String], stats: &[BackendStats]) -> Value {
     let list: Vec<Value> = names

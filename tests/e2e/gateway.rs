@@ -251,6 +251,18 @@ async fn metrics_overhead_and_the_admin_api() {
     );
     assert!(!metrics.contains("random-name-123"));
 
+    // A request the policy refuses (an image, and no backend has vision).
+    let image = json!({"model": "auto", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
+    let refused = post(&router.url, "/v1/chat/completions", &image, &[]).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["code"], "rejected_by_policy");
+    let metrics = http.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"switchyard_requests_total{model="auto",backend="none",policy="cheapest-healthy",status="400",arm=""} 1"#),
+        "{metrics}"
+    );
+
     // The decision log: one line per routed request, with what the policy
     // saw and decided, and no prompt text unless configured.
     let path = dir.path().join("decisions.jsonl");
@@ -258,12 +270,21 @@ async fn metrics_overhead_and_the_admin_api() {
     let records: Vec<Value> = loop {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        if records.len() == 3 || started.elapsed() > Duration::from_secs(5) {
+        if records.len() == 4 || started.elapsed() > Duration::from_secs(5) {
             break records;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records.len(), 4, "{records:?}");
+    // A stream's record is written when it ends, with its tokens.
+    let streamed = records.iter().find(|r| r["request"]["stream"] == true).unwrap();
+    assert_eq!(streamed["stream"]["end"], "done", "{streamed}");
+    assert_eq!(streamed["tokens"]["output"], 16, "{streamed}");
+    // A refusal is recorded with the policy's reason and no attempt.
+    let rejected = records.iter().find(|r| r["status"] == 400).unwrap();
+    assert_eq!(rejected["decision"]["reject"]["status"], 400, "{rejected}");
+    assert!(rejected["decision"]["reject"]["message"].as_str().unwrap().contains("vision"), "{rejected}");
+    assert_eq!((rejected["attempts"].as_u64(), rejected["backend"].is_null()), (Some(0), true));
     let first = &records[0];
     assert!(first["policy"].as_str().unwrap().starts_with("cheapest-healthy@"));
     assert_eq!(first["decision"]["targets"][0]["backend"], "up");

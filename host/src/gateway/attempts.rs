@@ -79,6 +79,13 @@ pub(super) struct Finished {
     pub upstream_wait: Duration,
 }
 
+impl Finished {
+    /// No upstream was called (the policy refused the request).
+    pub(super) fn without_attempts(error: GatewayError) -> Self {
+        Self { outcome: Outcome::Failed(error), attempts: 0, failures: Vec::new(), upstream_wait: Duration::ZERO }
+    }
+}
+
 enum Success {
     Complete(Answer),
     Stream(SseEvent, EventStream),

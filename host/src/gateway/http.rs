@@ -13,11 +13,16 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 
-use super::attempts::{self, Outcome};
-use super::{plan, relay, Gateway, GatewayState};
+use serde_json::{json, Value};
+
+use super::attempts::{self, Finished, Outcome};
+use super::plan::{self, Plan};
+use super::relay::Relay;
+use super::{Gateway, GatewayState};
+use crate::decision_log::DecisionLog;
 use crate::error::GatewayError;
 use crate::metrics::RequestLabels;
-use crate::openai::inbound::{self, CallerIdentity};
+use crate::openai::inbound::{self, CallerIdentity, InboundRequest};
 use crate::policy::contract::ApiSurface;
 
 /// Response body: complete, or streamed.
@@ -91,24 +96,32 @@ async fn proxy(
     let inbound = inbound::parse(surface, &body, &parts.headers, &caller, request_id, state.config.policies.text_budget_bytes, seed)?;
     let metrics = gateway.metrics();
     let plan = plan::plan(&state, gateway.registry(), metrics, &inbound)?;
-    let finished = attempts::run(&state.config, metrics, &plan, &inbound, request_id, started).await;
+    let finished = match &plan.rejected {
+        Some((status, message)) => Finished::without_attempts(GatewayError::policy_rejected(*status, message)),
+        None => attempts::run(&state.config, metrics, &plan, &inbound, request_id, started).await,
+    };
 
     let mut usage = None;
-    let (mut response, backend, model) = match finished.outcome {
+    let mut error_message = None;
+    let (mut response, backend, model, relay) = match finished.outcome {
         Outcome::Complete { upstream, model, answer } => {
             usage = answer.usage;
             if let Some((input, output)) = answer.usage {
                 metrics.tokens(upstream.name(), input, output, upstream.config.input_price, upstream.config.output_price);
             }
-            (json_response(StatusCode::OK, answer.body), Some(upstream.name().to_owned()), Some(model))
+            (json_response(StatusCode::OK, answer.body), Some(upstream.name().to_owned()), Some(model), None)
         }
         Outcome::Stream { upstream, model, first, rest, attempt } => {
             let name = upstream.name().to_owned();
-            let rx = relay::start(first, rest, attempt, upstream, metrics.clone(), request_id.to_owned());
-            (sse_response(rx), Some(name), Some(model))
+            let (relay, rx) = Relay::new(first, rest, attempt, upstream);
+            (sse_response(rx), Some(name), Some(model), Some(relay))
         }
-        Outcome::Refused { upstream, status, body } => (json_response(status, body), Some(upstream.name().to_owned()), None),
-        Outcome::Failed(error) => (error_response(&error), None, None),
+        Outcome::Refused { upstream, status, body } => (json_response(status, body), Some(upstream.name().to_owned()), None, None),
+        Outcome::Failed(error) => {
+            let response = error_response(&error);
+            error_message = Some(error.message);
+            (response, None, None, None)
+        }
     };
 
     let status = response.status();
@@ -136,24 +149,28 @@ async fn proxy(
     }
     let arm = plan.labels.iter().find(|(k, _)| k == "arm").map_or_else(String::new, |(_, v)| v.clone());
     let policy = plan.policy.split('@').next().unwrap_or_default().to_owned();
-    if let Some(log) = gateway.decision_log() {
-        let seen = plan.seen.as_ref().map(|(version, stats)| {
-            let names: Vec<String> = version.backends().iter().map(|b| b.name.clone()).collect();
-            crate::decision_log::stats_json(&names, stats)
-        });
-        let targets: Vec<serde_json::Value> =
-            plan.targets.iter().map(|t| serde_json::json!({"backend": t.upstream.name(), "model": t.model})).collect();
-        let labels: serde_json::Map<String, serde_json::Value> =
-            plan.labels.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
-        log.write(serde_json::json!({
-            "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-            "request_id": request_id, "policy": plan.policy, "seed": inbound.view.seed,
-            "request": log.request_json(&inbound.view), "backends": seen,
-            "decision": {"targets": targets, "labels": labels},
-            "attempts": finished.attempts, "failures": finished.failures, "backend": backend, "model": model,
-            "status": status.as_u16(), "latency_ms": total.as_secs_f64() * 1000.0, "overhead_ms": overhead.as_secs_f64() * 1000.0,
-            "tokens": usage.map(|(input, output)| serde_json::json!({"input": input, "output": output})),
-        }));
+    let record = gateway.decision_log().map(|log| {
+        let end = RequestEnd {
+            attempts: finished.attempts,
+            failures: &finished.failures,
+            error: error_message.as_deref(),
+            backend: backend.as_deref(),
+            model: model.as_deref(),
+            status,
+            total,
+            overhead,
+        };
+        let record = decision_record(log, &plan, &inbound, end);
+        (log.clone(), record)
+    });
+    match (relay, record) {
+        // A stream's record is written when the stream ends, with its tokens.
+        (Some(relay), record) => relay.start(metrics.clone(), request_id.to_owned(), record),
+        (None, Some((log, mut record))) => {
+            record["tokens"] = crate::decision_log::tokens_json(usage);
+            log.write(record);
+        }
+        (None, None) => {}
     }
     let backend_label = backend.clone().unwrap_or_else(|| "none".into());
     metrics.request(
@@ -167,6 +184,43 @@ async fn proxy(
         ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
     Ok(response)
+}
+
+/// What a request came to, for its decision-log record.
+struct RequestEnd<'a> {
+    attempts: u32,
+    failures: &'a [String],
+    /// The router's error message, when no upstream answered.
+    error: Option<&'a str>,
+    backend: Option<&'a str>,
+    model: Option<&'a str>,
+    status: StatusCode,
+    total: std::time::Duration,
+    overhead: std::time::Duration,
+}
+
+/// The decision-log record of a request: what the policy saw and decided,
+/// and what came of it (tokens are added by the caller).
+fn decision_record(log: &DecisionLog, plan: &Plan, inbound: &InboundRequest, w: RequestEnd<'_>) -> Value {
+    let seen = plan.seen.as_ref().map(|(version, stats)| {
+        let names: Vec<String> = version.backends().iter().map(|b| b.name.clone()).collect();
+        crate::decision_log::stats_json(&names, stats)
+    });
+    let decision = match &plan.rejected {
+        Some((status, message)) => json!({"reject": {"status": status, "message": message}}),
+        None => {
+            let targets: Vec<Value> = plan.targets.iter().map(|t| json!({"backend": t.upstream.name(), "model": t.model})).collect();
+            let labels: serde_json::Map<String, Value> = plan.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            json!({"targets": targets, "labels": labels})
+        }
+    };
+    json!({
+        "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        "request_id": inbound.view.id, "policy": plan.policy, "seed": inbound.view.seed,
+        "request": log.request_json(&inbound.view), "backends": seen, "decision": decision,
+        "attempts": w.attempts, "failures": w.failures, "error": w.error, "backend": w.backend, "model": w.model,
+        "status": w.status.as_u16(), "latency_ms": w.total.as_secs_f64() * 1000.0, "overhead_ms": w.overhead.as_secs_f64() * 1000.0,
+    })
 }
 
 /// The client key's name, or 401; with no keys configured, anyone may call.

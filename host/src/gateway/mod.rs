@@ -31,7 +31,7 @@ pub struct Gateway {
     /// Stats by backend name, kept when a reload keeps the backend.
     stats: Mutex<HashMap<String, Arc<LiveStats>>>,
     metrics: Arc<Metrics>,
-    decision_log: Option<DecisionLog>,
+    decision_log: Option<Arc<DecisionLog>>,
 }
 
 /// One configuration, ready to serve. Requests hold it for their whole life.
@@ -85,11 +85,13 @@ impl Gateway {
             }
         }
         let decision_log = match &state.config.decision_log.path {
-            Some(path) => Some(DecisionLog::open(path, state.config.decision_log.include_prompts).map_err(|e| ConfigError {
-                file: state.config.source.clone(),
-                key: "decision_log.path".into(),
-                problem: format!("cannot open {}: {e}", path.display()),
-            })?),
+            Some(path) => {
+                Some(DecisionLog::open(path, state.config.decision_log.include_prompts).map(Arc::new).map_err(|e| ConfigError {
+                    file: state.config.source.clone(),
+                    key: "decision_log.path".into(),
+                    problem: format!("cannot open {}: {e}", path.display()),
+                })?)
+            }
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
@@ -112,7 +114,7 @@ impl Gateway {
     }
 
     /// The decision log, when configured (opened at start; a new path needs a restart).
-    pub fn decision_log(&self) -> Option<&DecisionLog> {
+    pub fn decision_log(&self) -> Option<&Arc<DecisionLog>> {
         self.decision_log.as_ref()
     }
 

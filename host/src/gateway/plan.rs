@@ -21,6 +21,8 @@ pub(super) struct Plan {
     /// The version that decided and the stats it was given, for the
     /// decision log (moved here, not copied).
     pub seen: Option<(Arc<LoadedPolicy>, Vec<BackendStats>)>,
+    /// The policy refused the request (status, message): no targets.
+    pub rejected: Option<(u16, String)>,
 }
 
 pub(super) struct Target {
@@ -41,7 +43,7 @@ pub(super) fn plan(
         None => {
             if let Some(indices) = state.direct.get(&inbound.model) {
                 let targets = indices.iter().map(|&i| target(&state.upstreams[i], None)).collect();
-                return Ok(Plan { policy: "direct".into(), targets, labels: vec![], seen: None });
+                return Ok(Plan { policy: "direct".into(), targets, labels: vec![], seen: None, rejected: None });
             }
             state.catch_all.as_ref().ok_or_else(|| GatewayError::model_not_found(&inbound.model))?
         }
@@ -56,6 +58,7 @@ pub(super) fn plan(
     let started = std::time::Instant::now();
     let decision = version.decide(&inbound.view, &stats);
     metrics.decision(version.name(), version.version(), started.elapsed());
+    let policy = format!("{}@{}", version.name(), version.version());
     match decision {
         Ok(Decision::Route(route)) => {
             let targets = route
@@ -68,10 +71,11 @@ pub(super) fn plan(
                     Some(target(upstream, t.model))
                 })
                 .collect();
-            let policy = format!("{}@{}", version.name(), version.version());
-            Ok(Plan { policy, targets, labels: route.labels, seen: Some((version, stats)) })
+            Ok(Plan { policy, targets, labels: route.labels, seen: Some((version, stats)), rejected: None })
         }
-        Ok(Decision::Reject { status, message }) => Err(GatewayError::policy_rejected(status, &message)),
+        Ok(Decision::Reject { status, message }) => {
+            Ok(Plan { policy, targets: vec![], labels: vec![], seen: Some((version, stats)), rejected: Some((status, message)) })
+        }
         Err(e) => {
             tracing::warn!(request_id = %inbound.view.id, "policy failed, using the default order: {e}");
             metrics.policy_error(policy_name, e.kind().as_str());
@@ -89,7 +93,7 @@ fn target(upstream: &Arc<Upstream>, model: Option<String>) -> Target {
 fn default_order(state: &GatewayState, policy: &str, error: PolicyError) -> Plan {
     let targets = state.upstreams.iter().map(|u| target(u, None)).collect();
     let labels = vec![("policy_error".to_owned(), error.kind().as_str().to_owned())];
-    Plan { policy: policy.to_owned(), targets, labels, seen: None }
+    Plan { policy: policy.to_owned(), targets, labels, seen: None, rejected: None }
 }
 
 /// Live stats in the order of the version's backends. Fast path: the same

@@ -3,15 +3,16 @@
 //! an OpenAI-style error event and no `[DONE]`, so SDKs raise an error
 //! instead of taking a cut answer for a whole one.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use std::sync::Arc;
-
 use super::attempts::Attempt;
+use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
 use crate::openai::sse::{frame, SseEvent, DONE_FRAME};
 use crate::upstream::Upstream;
@@ -43,69 +44,85 @@ impl StreamedSoFar {
     }
 }
 
-/// Starts relaying; returns the receiver the response body reads from.
-pub(super) fn start(
+/// A stream ready to be relayed: its first event, the rest, the attempt it
+/// belongs to, and the sender the response body reads from.
+pub(super) struct Relay {
     first: SseEvent,
     rest: EventStream,
     attempt: Attempt,
     upstream: Arc<Upstream>,
-    metrics: Arc<Metrics>,
-    request_id: String,
-) -> mpsc::Receiver<Bytes> {
-    let (tx, rx) = mpsc::channel(32);
-    tokio::spawn(relay(first, rest, attempt, upstream, metrics, tx, request_id));
-    rx
+    tx: mpsc::Sender<Bytes>,
 }
 
-async fn relay(
-    first: SseEvent,
-    mut rest: EventStream,
-    attempt: Attempt,
-    upstream: Arc<Upstream>,
-    metrics: Arc<Metrics>,
-    tx: mpsc::Sender<Bytes>,
-    request_id: String,
-) {
-    let idle = Duration::from_millis(upstream.config.stream_idle_timeout_ms);
-    let backend = upstream.name();
-    let mut so_far = StreamedSoFar::default();
-    let mut next = Some(Ok(first));
-    loop {
-        let event = match next.take() {
-            Some(event) => event,
-            None => match tokio::time::timeout(idle, rest.next()).await {
-                Ok(Some(event)) => event,
-                Ok(None) => Err(AttemptFailure::Protocol("the stream ended without [DONE]".into())),
-                Err(_) => Err(AttemptFailure::Timeout("stream idle")),
-            },
-        };
-        match event {
-            Ok(SseEvent::Data(chunk)) => {
-                if let Some((input, output)) = so_far.note(&chunk) {
-                    metrics.tokens(backend, input, output, upstream.config.input_price, upstream.config.output_price);
-                }
-                if tx.send(frame(&chunk)).await.is_err() {
-                    // The client went away: not the backend's fault.
-                    tracing::info!(%request_id, %backend, chunks = so_far.chunks, "client closed the stream");
-                    return;
-                }
+impl Relay {
+    /// Prepares relaying; returns the receiver the response body reads from.
+    pub(super) fn new(first: SseEvent, rest: EventStream, attempt: Attempt, upstream: Arc<Upstream>) -> (Self, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(32);
+        (Self { first, rest, attempt, upstream, tx }, rx)
+    }
+
+    /// Starts relaying. `record` is the request's decision-log record, if
+    /// any: written when the stream ends, with its tokens and how it ended.
+    pub(super) fn start(self, metrics: Arc<Metrics>, request_id: String, record: Option<(Arc<DecisionLog>, Value)>) {
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (so_far, usage, end) = self.relay(&metrics, &request_id).await;
+            if let Some((log, mut record)) = record {
+                record["tokens"] = crate::decision_log::tokens_json(usage);
+                record["stream"] = json!({"chunks": so_far.chunks, "end": end, "ms": started.elapsed().as_secs_f64() * 1000.0});
+                log.write(record);
             }
-            Ok(SseEvent::Done) => {
-                let _ = tx.send(Bytes::from_static(DONE_FRAME)).await;
-                attempt.succeed();
-                return;
-            }
-            Err(failure) => {
-                tracing::warn!(%request_id, %backend, chunks = so_far.chunks, chars = so_far.text.len(), "stream failed after it started: {}", failure.describe());
-                let error = serde_json::json!({"error": {
-                    "message": format!("the upstream stream from backend `{backend}` failed after {} chunks: {}", so_far.chunks, failure.describe()),
-                    "type": "upstream_error",
-                    "code": "stream_interrupted",
-                }});
-                let _ = tx.send(frame(error.to_string().as_bytes())).await;
-                metrics.stream_failure(backend);
-                attempt.fail();
-                return;
+        });
+    }
+
+    /// Passes events on until the stream ends; returns what was sent, the
+    /// token usage seen, and how it ended: `done`, `client_closed`, or the
+    /// failure.
+    async fn relay(self, metrics: &Metrics, request_id: &str) -> (StreamedSoFar, Option<(u64, u64)>, String) {
+        let Self { first, mut rest, attempt, upstream, tx } = self;
+        let idle = Duration::from_millis(upstream.config.stream_idle_timeout_ms);
+        let backend = upstream.name();
+        let mut so_far = StreamedSoFar::default();
+        let mut usage = None;
+        let mut next = Some(Ok(first));
+        loop {
+            let event = match next.take() {
+                Some(event) => event,
+                None => match tokio::time::timeout(idle, rest.next()).await {
+                    Ok(Some(event)) => event,
+                    Ok(None) => Err(AttemptFailure::Protocol("the stream ended without [DONE]".into())),
+                    Err(_) => Err(AttemptFailure::Timeout("stream idle")),
+                },
+            };
+            match event {
+                Ok(SseEvent::Data(chunk)) => {
+                    if let Some((input, output)) = so_far.note(&chunk) {
+                        metrics.tokens(backend, input, output, upstream.config.input_price, upstream.config.output_price);
+                        usage = Some((input, output));
+                    }
+                    if tx.send(frame(&chunk)).await.is_err() {
+                        // The client went away: not the backend's fault.
+                        tracing::info!(%request_id, %backend, chunks = so_far.chunks, "client closed the stream");
+                        return (so_far, usage, "client_closed".into());
+                    }
+                }
+                Ok(SseEvent::Done) => {
+                    let _ = tx.send(Bytes::from_static(DONE_FRAME)).await;
+                    attempt.succeed();
+                    return (so_far, usage, "done".into());
+                }
+                Err(failure) => {
+                    tracing::warn!(%request_id, %backend, chunks = so_far.chunks, chars = so_far.text.len(), "stream failed after it started: {}", failure.describe());
+                    let error = serde_json::json!({"error": {
+                        "message": format!("the upstream stream from backend `{backend}` failed after {} chunks: {}", so_far.chunks, failure.describe()),
+                        "type": "upstream_error",
+                        "code": "stream_interrupted",
+                    }});
+                    let _ = tx.send(frame(error.to_string().as_bytes())).await;
+                    metrics.stream_failure(backend);
+                    attempt.fail();
+                    return (so_far, usage, failure.describe());
+                }
             }
         }
     }
