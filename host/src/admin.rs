@@ -16,6 +16,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
+use crate::config::ConfigError;
 use crate::error::GatewayError;
 use crate::gateway::http::{constant_time_eq, error_response, json_response, Body};
 use crate::gateway::Gateway;
@@ -43,17 +44,43 @@ pub async fn handle(gateway: Arc<Gateway>, token: Option<Arc<str>>, request: Req
             match (method, path) {
                 (Method::GET, "/admin/policies") => json_response(StatusCode::OK, Bytes::from(policies(&gateway).to_string())),
                 (Method::GET, "/admin/backends") => json_response(StatusCode::OK, Bytes::from(backends(&gateway).to_string())),
-                (Method::POST, "/admin/reload") => {
-                    let registry = gateway.registry().clone();
-                    // Loading can compile for seconds: off the async workers.
-                    let report = tokio::task::spawn_blocking(move || registry.rescan()).await.unwrap_or_default();
-                    let body = json!({"loaded": report.loaded, "failed": report.failed, "unloaded": report.unloaded});
-                    json_response(StatusCode::OK, Bytes::from(body.to_string()))
-                }
+                (Method::POST, "/admin/reload") => reload(gateway).await,
                 (method, path) => error_response(&GatewayError::unknown_url(method.as_str(), path)),
             }
         }
         (method, path) => error_response(&GatewayError::unknown_url(method.as_str(), path)),
+    }
+}
+
+/// Reads the configuration file again (when there is one) and rescans the
+/// policy directory. An invalid file answers 422 naming the file, key and
+/// problem, and the configuration serving now stays.
+async fn reload(gateway: Arc<Gateway>) -> Response<Body> {
+    // Loading can compile policies for seconds: off the async workers.
+    let result = tokio::task::spawn_blocking(move || {
+        let from_file = gateway.reload_file()?;
+        let mut report = gateway.registry().rescan();
+        let config_reloaded = from_file.is_some();
+        if let Some(first) = from_file {
+            // New backends or policy configs reload policies too.
+            report.loaded.extend(first.loaded);
+            report.failed.extend(first.failed);
+            report.unloaded.extend(first.unloaded);
+        }
+        Ok::<_, ConfigError>((config_reloaded, report))
+    })
+    .await;
+    match result {
+        Ok(Ok((config, report))) => {
+            let body = json!({"config_reloaded": config, "loaded": report.loaded, "failed": report.failed, "unloaded": report.unloaded});
+            json_response(StatusCode::OK, Bytes::from(body.to_string()))
+        }
+        Ok(Err(e)) => {
+            let mut error = GatewayError::bad_request(format!("configuration not reloaded, the previous one keeps serving: {e}"), None);
+            error.status = StatusCode::UNPROCESSABLE_ENTITY;
+            error_response(&error)
+        }
+        Err(e) => error_response(&GatewayError::internal(format!("reload failed: {e}"))),
     }
 }
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::config::Config;
 use crate::gateway::Gateway;
 
 /// Keeps the watcher alive; dropping it stops watching.
@@ -17,11 +16,12 @@ pub struct ConfigWatcher {
     _watcher: notify::RecommendedWatcher,
 }
 
-/// Watches `path` (through its directory, so that replacing the file by a
-/// rename or a ConfigMap symlink swap is seen) and applies every valid
-/// version to `gateway`.
-pub fn watch_config(path: &Path, gateway: &Arc<Gateway>) -> notify::Result<ConfigWatcher> {
-    let path = path.to_path_buf();
+/// Watches the gateway's configuration file (through its directory, so that
+/// replacing the file by a rename or a ConfigMap symlink swap is seen) and
+/// applies every valid version. `None` when it serves no file.
+pub fn watch_config(gateway: &Arc<Gateway>) -> notify::Result<Option<ConfigWatcher>> {
+    let Some(file) = gateway.config_file() else { return Ok(None) };
+    let path = file.path.clone();
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let (tx, rx) = channel::<()>();
     let name = path.file_name().map(|n| n.to_owned());
@@ -52,12 +52,12 @@ pub fn watch_config(path: &Path, gateway: &Arc<Gateway>) -> notify::Result<Confi
             }
             last = current;
             let Some(gateway) = gateway.upgrade() else { return false };
-            match Config::load(&path).and_then(|config| gateway.reconfigure(config)) {
+            match gateway.reload_file() {
                 Ok(report) => tracing::info!(file = %path.display(), ?report, "configuration reloaded"),
                 Err(e) => tracing::error!("configuration not reloaded, the previous one keeps serving: {e}"),
             }
             true
         })
     })?;
-    Ok(ConfigWatcher { _watcher: watcher })
+    Ok(Some(ConfigWatcher { _watcher: watcher }))
 }

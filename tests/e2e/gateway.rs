@@ -239,6 +239,23 @@ async fn metrics_overhead_and_the_admin_api() {
     assert_eq!(backends["backends"][0]["samples"], 2, "{backends}");
     let reload = http.post(format!("{admin}/admin/reload")).header("authorization", bearer).send().await.unwrap();
     assert_eq!(reload.status(), 200);
+    // A reload re-reads the file: a broken one is refused with its key and
+    // problem, and the configuration serving now stays.
+    let file = dir.path().join("switchyard.toml");
+    std::fs::write(&file, config.replace("input_price = 2.0", "input_price = \"two\"")).unwrap();
+    let reload = http.post(format!("{admin}/admin/reload")).header("authorization", bearer).send().await.unwrap();
+    assert_eq!(reload.status(), 422);
+    let message = reload.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("switchyard.toml") && message.contains("input_price"), "{message}");
+    assert_eq!(post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await.status, 200);
+    std::fs::write(&file, config.replace("model = \"auto\"", "model = \"auto-2\"")).unwrap();
+    let reload: Value =
+        http.post(format!("{admin}/admin/reload")).header("authorization", bearer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(reload["config_reloaded"], true, "{reload}");
+    assert_eq!(post(&router.url, "/v1/chat/completions", &chat("auto-2", false), &[]).await.status, 200);
+    std::fs::write(&file, &config).unwrap();
+    let reload = http.post(format!("{admin}/admin/reload")).header("authorization", bearer).send().await.unwrap();
+    assert_eq!(reload.status(), 200);
     assert!(!router.logs().contains("admin-token-0123456789"));
 
     // Model names that only the catch-all route serves do not become label
@@ -270,12 +287,12 @@ async fn metrics_overhead_and_the_admin_api() {
     let records: Vec<Value> = loop {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        if records.len() == 4 || started.elapsed() > Duration::from_secs(5) {
+        if records.len() == 6 || started.elapsed() > Duration::from_secs(5) {
             break records;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(records.len(), 4, "{records:?}");
+    assert_eq!(records.len(), 6, "{records:?}");
     // A stream's record is written when it ends, with its tokens.
     let streamed = records.iter().find(|r| r["request"]["stream"] == true).unwrap();
     assert_eq!(streamed["stream"]["end"], "done", "{streamed}");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use switchyard::config::{self, Config, InstanceModeConfig};
-use switchyard::gateway::Gateway;
+use switchyard::gateway::{ConfigFile, Gateway};
 use switchyard::policy::{watch, InstanceMode, PolicyRuntime, RuntimeSettings, DEFAULT_DEBOUNCE, DEFAULT_POLL};
 use tokio::net::TcpListener;
 
@@ -62,17 +62,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let listen = config.server.listen;
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        let gateway = Gateway::new(config, runtime)?;
+        let file = args.config.clone().map(|path| ConfigFile { path, listen: args.listen });
+        let gateway = Gateway::new(config, runtime, file)?;
         let _policy_watcher = match gateway.registry().dir() {
             Some(_) => Some(watch(gateway.registry(), DEFAULT_DEBOUNCE, DEFAULT_POLL)?),
             None => None,
         };
-        let _config_watcher = match &args.config {
-            Some(path) => {
-                Some(switchyard::reload::watch_config(path, &gateway).with_context(|| format!("cannot watch {}", path.display()))?)
-            }
-            None => None,
-        };
+        let _config_watcher = switchyard::reload::watch_config(&gateway)
+            .with_context(|| format!("cannot watch {}", args.config.as_deref().map(|p| p.display().to_string()).unwrap_or_default()))?;
         let state = gateway.state();
         let addr = listener.local_addr()?;
         // One signal stops both listeners.

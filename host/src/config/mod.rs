@@ -378,14 +378,18 @@ impl Config {
     /// `${VAR}` through `env`.
     pub fn parse(text: &str, file: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let err = |key: &str, problem: String| ConfigError { file: file.to_owned(), key: key.to_owned(), problem };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            // toml's message starts with the position and quotes the line.
-            let span = e.span().map(|s| line_col(text, s.start));
-            let problem = e.message().to_owned();
-            match span {
-                Some((line, col)) => err(&format!("line {line}, column {col}"), problem),
-                None => err("-", problem),
-            }
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            // The key's path (`backends[0].input_price`) and where it is.
+            let path = e.path().to_string();
+            let e = e.into_inner();
+            let at = e.span().map(|s| line_col(text, s.start)).map(|(line, col)| format!("line {line}, column {col}"));
+            let key = match (path.as_str(), at) {
+                ("." | "", Some(at)) => at,
+                ("." | "", None) => "-".to_owned(),
+                (path, Some(at)) => format!("{path} ({at})"),
+                (path, None) => path.to_owned(),
+            };
+            err(&key, e.message().to_owned())
         })?;
         let mut config = Config {
             source: file.to_owned(),
@@ -579,8 +583,13 @@ mod tests {
     #[test]
     fn errors_name_the_file_the_key_and_the_problem() {
         let cases: &[(&str, &str, &str)] = &[
-            ("[server]\nlisen = 1\n", "line 2, column 1", "unknown field `lisen`"),
-            ("[server]\nlisten = \"nowhere\"\n", "line 2", "invalid socket address"),
+            ("[server]\nlisen = 1\n", "server.lisen (line 2, column 1)", "unknown field `lisen`"),
+            (
+                "[[backends]]\nname = \"a\"\nprovider = \"mock\"\ninput_price = \"two\"\n",
+                "backends[0].input_price (line 4, column 15)",
+                "invalid type: string \"two\"",
+            ),
+            ("[server]\nlisten = \"nowhere\"\n", "server.listen (line 2", "invalid socket address"),
             ("[[backends]]\nname = \"a\"\nprovider = \"openai\"\n", "backends[0].base_url", "required for provider `openai`"),
             (
                 "[[backends]]\nname = \"a\"\nprovider = \"openai\"\nbase_url = \"ftp://x\"\n",
@@ -598,7 +607,7 @@ mod tests {
                 "used by an earlier backend",
             ),
             ("[[backends]]\nname = \"a\"\nprovider = \"mock\"\ninput_price = -1\n", "backends[0].input_price", "is not a price"),
-            ("[[backends]]\nname = \"a\"\nprovider = \"lama\"\n", "line 3", "unknown variant `lama`"),
+            ("[[backends]]\nname = \"a\"\nprovider = \"lama\"\n", "backends[0].provider (line 3, column 12)", "unknown variant `lama`"),
             ("", "backends", "at least one backend"),
             (
                 "[[backends]]\nname = \"a\"\nprovider = \"mock\"\n[[clients]]\nname = \"c\"\nkey = \"short\"\n",

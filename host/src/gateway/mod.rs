@@ -12,6 +12,8 @@ mod plan;
 mod relay;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -32,6 +34,18 @@ pub struct Gateway {
     stats: Mutex<HashMap<String, Arc<LiveStats>>>,
     metrics: Arc<Metrics>,
     decision_log: Option<Arc<DecisionLog>>,
+    /// Where the configuration came from, for reloads.
+    file: Option<ConfigFile>,
+}
+
+/// The configuration file being served, and the command-line override that
+/// reloads of it keep.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// The file.
+    pub path: PathBuf,
+    /// `--listen`, which wins over the file's `server.listen`.
+    pub listen: Option<SocketAddr>,
 }
 
 /// One configuration, ready to serve. Requests hold it for their whole life.
@@ -66,7 +80,9 @@ impl GatewayState {
 impl Gateway {
     /// Builds the gateway and loads the policies. Policies that fail to load
     /// are reported and leave their routes on the default order.
-    pub fn new(config: Config, runtime: PolicyRuntime) -> Result<Arc<Self>, ConfigError> {
+    /// `file` is where `config` was read from (none for the embedded
+    /// default); [`Gateway::reload_file`] reads it again.
+    pub fn new(config: Config, runtime: PolicyRuntime, file: Option<ConfigFile>) -> Result<Arc<Self>, ConfigError> {
         let stats = Mutex::new(HashMap::new());
         let state = build_state(config, &stats)?;
         let sources = PolicySources {
@@ -95,7 +111,7 @@ impl Gateway {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        Ok(Arc::new(Self { state: ArcSwap::from_pointee(state), registry: Arc::new(registry), stats, metrics, decision_log }))
+        Ok(Arc::new(Self { state: ArcSwap::from_pointee(state), registry: Arc::new(registry), stats, metrics, decision_log, file }))
     }
 
     /// The state serving now.
@@ -126,6 +142,22 @@ impl Gateway {
         missing.sort();
         missing.dedup();
         missing
+    }
+
+    /// Reads the configuration file again and applies it when it is valid;
+    /// `Ok(None)` when the router serves the embedded default (no file).
+    pub fn reload_file(&self) -> Result<Option<RescanReport>, ConfigError> {
+        let Some(file) = &self.file else { return Ok(None) };
+        let mut config = Config::load(&file.path)?;
+        if let Some(listen) = file.listen {
+            config.server.listen = listen;
+        }
+        self.reconfigure(config).map(Some)
+    }
+
+    /// The configuration file being served, if any.
+    pub fn config_file(&self) -> Option<&ConfigFile> {
+        self.file.as_ref()
     }
 
     /// Applies a new configuration: backends, routes, clients and policy
