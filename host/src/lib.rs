@@ -25,4 +25,5 @@ pub mod policy;
 pub mod reload;
 pub mod server;
 pub mod stats;
+pub mod telemetry;
 pub mod upstream;

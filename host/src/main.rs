@@ -14,7 +14,6 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(&args.log_format);
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

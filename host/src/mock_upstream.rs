@@ -1,7 +1,7 @@
 //! `switchyard mock-upstream`: a real OpenAI-compatible (and Anthropic
 //! Messages) HTTP server for tests, demos and benchmarks, with faults on
 //! demand. It records what it receives, so tests can check what reached
-//! which upstream.
+//! which upstream; `POST /v1/traces` takes OTLP/HTTP trace exports too.
 //!
 //! A fault is chosen by the requested model, `name?fault=<fault>&delay_ms=N
 //! &chunks=N&retry_after=S`, or by an `x-mock-fault` header:
@@ -60,6 +60,15 @@ struct MockState {
 }
 
 impl MockState {
+    /// Keeps `record` for `GET /mock/requests`, forgetting the oldest.
+    fn remember(&self, record: Value) {
+        let mut received = self.received.lock().unwrap();
+        if received.len() == REMEMBERED {
+            received.pop_front();
+        }
+        received.push_back(record);
+    }
+
     /// Counts a request for `model`; the first is 1.
     fn count(&self, model: &str) -> u32 {
         let mut counts = self.counts.lock().unwrap();
@@ -139,6 +148,13 @@ async fn handle(state: Arc<MockState>, request: Request<Incoming>) -> Result<Res
             json!({"object": "list", "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "mock"}]}),
         ));
     }
+    if parts.method == Method::POST && path == "/v1/traces" {
+        // An OTLP/HTTP collector's endpoint, so trace export can be checked.
+        let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        state.remember(json!({"path": path, "otlp_hex": hex}));
+        return Ok(raw_response(StatusCode::OK, "application/x-protobuf", Bytes::new()));
+    }
     let surface = match path.as_str() {
         "/v1/chat/completions" | "/v1/messages" => ApiSurface::Chat,
         "/v1/completions" => ApiSurface::Completion,
@@ -160,17 +176,11 @@ async fn handle(state: Arc<MockState>, request: Request<Incoming>) -> Result<Res
     };
     let model = body.get("model").and_then(Value::as_str).unwrap_or("mock").to_owned();
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let record = json!({
+    state.remember(json!({
         "path": path, "model": model, "body": body,
         "authorization": header("authorization"), "x_api_key": header("x-api-key"), "x_request_id": header("x-request-id"),
-    });
-    {
-        let mut received = state.received.lock().unwrap();
-        if received.len() == REMEMBERED {
-            received.pop_front();
-        }
-        received.push_back(record);
-    }
+        "traceparent": header("traceparent"),
+    }));
     let fault = fault_of(&model, header("x-mock-fault").as_deref());
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let delay = Duration::from_millis(state.settings.latency_ms + if fault.name == "slow-first-token" { fault.delay_ms } else { 0 });

@@ -173,6 +173,7 @@ async fn faults_are_rescued_before_the_first_byte_and_reported_after_it() {
     assert!(good.iter().all(|r| r["authorization"] == "Bearer sk-upstream-secret"));
     assert!(got.iter().filter(|r| r["model"].as_str().unwrap().starts_with("bad-")).all(|r| r["authorization"].is_null()));
     assert!(got.iter().all(|r| r["x_request_id"].is_string()));
+    assert!(got.iter().all(|r| r["traceparent"].is_null()), "trace context sent with tracing off");
     assert!(!router.logs().contains("sk-upstream-secret"), "the upstream key was logged");
 }
 

@@ -336,3 +336,41 @@ async fn metrics_overhead_and_the_admin_api() {
     assert_eq!(replayed["targets"][0]["backend"], first["decision"]["targets"][0]["backend"]);
     assert_eq!(replayed["labels"], first["decision"]["labels"]);
 }
+
+/// With `[telemetry] otlp_endpoint`, spans go to the collector over
+/// OTLP/HTTP: the caller's trace continues through the router (request,
+/// policy, attempt and stream spans) and on to the upstream's
+/// `traceparent`. The mock upstream is the collector here.
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_are_exported_over_otlp_and_continue_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let config = format!(
+        "[telemetry]\notlp_endpoint = \"{m}/v1/traces\"\nservice_name = \"edge-router-7\"\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"up\"\nprovider = \"openai\"\nbase_url = \"{m}/v1\"\nmodel = \"up-model\"\n",
+        m = mock.url
+    );
+    let mut router = router(dir.path(), &config, &[]);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    for stream in [false, true] {
+        let a = post(&router.url, "/v1/chat/completions", &chat("auto", stream), &[("traceparent", &traceparent)]).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let calls: Vec<Value> = received(&mock).await.into_iter().filter(|r| r["path"] == "/v1/chat/completions").collect();
+    assert_eq!(calls.len(), 2);
+    for call in &calls {
+        let sent = call["traceparent"].as_str().expect("no traceparent upstream");
+        assert!(sent.starts_with(&format!("00-{trace_id}-")), "{sent}");
+        assert!(!sent.contains("00f067aa0ba902b7"), "the upstream's parent is the attempt span, not the caller's");
+    }
+
+    // Shutting down flushes the queued spans.
+    assert!(router.terminate().success());
+    let exported: String =
+        received(&mock).await.iter().filter(|r| r["path"] == "/v1/traces").map(|r| r["otlp_hex"].as_str().unwrap().to_owned()).collect();
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    assert!(exported.contains(trace_id), "the caller's trace id is not in the export");
+    for expected in ["edge-router-7", "request", "policy.decide", "upstream.attempt", "stream.relay", "switchyard.backend", "up-model"] {
+        assert!(exported.contains(&hex(expected)), "`{expected}` is not in the exported spans");
+    }
+}

@@ -40,17 +40,40 @@ enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve(args) => serve_cmd::serve(args),
-        Command::MockUpstream(args) => serve_cmd::mock_upstream(args),
-        Command::Policy(cmd) => policy_cmd::run(cmd),
+        // `serve` starts logging once it has read its configuration, which
+        // may ask for trace export.
+        Command::Serve(args) => serve_cmd::serve(args, cli.log_format),
+        Command::MockUpstream(args) => {
+            init_logging(cli.log_format, None);
+            serve_cmd::mock_upstream(args)
+        }
+        Command::Policy(cmd) => {
+            init_logging(cli.log_format, None);
+            policy_cmd::run(cmd)
+        }
     }
 }
 
-pub fn init_logging(format: &LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// Logs to stderr (level from `RUST_LOG`, default `info`), and exports the
+/// trace spans through `tracer` when given.
+pub fn init_logging(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+    let filter = || {
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        // The exported spans would prefix every log line; they are for the collector.
+        filter.add_directive(format!("{}=off", switchyard::telemetry::TARGET).parse().expect("a valid directive"))
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match format {
+        LogFormat::Text => fmt.with_filter(filter()).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter()).boxed(),
+    }];
+    if let Some(tracer) = tracer {
+        let spans = Targets::new().with_target(switchyard::telemetry::TARGET, LevelFilter::INFO);
+        layers.push(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(spans).boxed());
     }
+    tracing_subscriber::registry().with(layers).init();
 }

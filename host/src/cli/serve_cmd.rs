@@ -11,6 +11,7 @@ use clap::Args;
 use switchyard::config::{self, Config, InstanceModeConfig};
 use switchyard::gateway::{ConfigFile, Gateway};
 use switchyard::policy::{watch, InstanceMode, PolicyRuntime, RuntimeSettings, DEFAULT_DEBOUNCE, DEFAULT_POLL};
+use switchyard::telemetry::Telemetry;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Args)]
@@ -39,7 +40,7 @@ pub struct MockArgs {
     latency_ms: u64,
 }
 
-pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<ExitCode> {
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => config::embedded(None)?,
@@ -47,6 +48,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (telemetry, tracer) = Telemetry::start(&config.telemetry, tokio.handle().clone()).map_err(anyhow::Error::msg)?.unzip();
+    super::init_logging(log_format, tracer);
     let settings = RuntimeSettings {
         call_deadline: config.call_deadline(),
         memory_limit: config.policies.memory_limit_mib << 20,
@@ -57,8 +61,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..RuntimeSettings::default()
     };
     let runtime = PolicyRuntime::new(settings)?;
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    tokio.block_on(async move {
+    let served = tokio.block_on(async move {
         let listen = config.server.listen;
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
@@ -96,7 +99,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let handler = move |request| switchyard::gateway::http::handle(gateway.clone(), request);
         switchyard::server::serve(listener, handler, max_headers, until_stopped(stopped), grace).await;
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // The last spans go out on the runtime, which is still running here.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    served
 }
 
 pub fn mock_upstream(args: MockArgs) -> anyhow::Result<ExitCode> {

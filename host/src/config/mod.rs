@@ -49,6 +49,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The decision log.
     pub decision_log: DecisionLogConfig,
+    /// Trace export.
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[decision_log]`: one JSON line per routed request.
@@ -59,6 +61,28 @@ pub struct DecisionLogConfig {
     pub path: Option<PathBuf>,
     /// Also record message text (off by default: prompts may be sensitive).
     pub include_prompts: bool,
+}
+
+/// `[telemetry]`: OpenTelemetry trace export over OTLP/HTTP (protobuf); off
+/// unless `otlp_endpoint` is set.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's traces URL, used as is (e.g.
+    /// `http://collector:4318/v1/traces`). Headers (an API key, say) come
+    /// from `OTEL_EXPORTER_OTLP_HEADERS`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of traces sampled, 0 to 1; a caller's `traceparent` decides
+    /// for its own trace.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { otlp_endpoint: None, service_name: "switchyard".into(), sample_ratio: 1.0 }
+    }
 }
 
 /// `[admin]`: metrics, health and the admin API on a listener of their own.
@@ -359,6 +383,8 @@ struct RawConfig {
     admin: AdminConfig,
     #[serde(default)]
     decision_log: DecisionLogConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -402,6 +428,7 @@ impl Config {
             clients: raw.clients,
             admin: raw.admin,
             decision_log: raw.decision_log,
+            telemetry: raw.telemetry,
         };
         if let Some(dir) = &config.policies.dir {
             config.policies.dir = Some(base.join(dir));
@@ -447,6 +474,20 @@ impl Config {
         }
         if self.backends.is_empty() {
             return Err(("backends".into(), "at least one backend is needed".into()));
+        }
+        let t = &self.telemetry;
+        if let Some(url) = &t.otlp_endpoint {
+            let parsed =
+                reqwest::Url::parse(url).map_err(|e| ("telemetry.otlp_endpoint".to_owned(), format!("`{url}` is not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(("telemetry.otlp_endpoint".into(), format!("`{url}` must be http or https")));
+            }
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            return Err(("telemetry.sample_ratio".into(), "must be between 0 and 1".into()));
+        }
+        if t.service_name.is_empty() {
+            return Err(("telemetry.service_name".into(), "must not be empty".into()));
         }
         let mut names = HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
@@ -584,6 +625,16 @@ mod tests {
     fn errors_name_the_file_the_key_and_the_problem() {
         let cases: &[(&str, &str, &str)] = &[
             ("[server]\nlisen = 1\n", "server.lisen (line 2, column 1)", "unknown field `lisen`"),
+            (
+                "[telemetry]\notlp_endpoint = \"collector:4318\"\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n",
+                "telemetry.otlp_endpoint",
+                "must be http or https",
+            ),
+            (
+                "[telemetry]\nsample_ratio = 2.0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n",
+                "telemetry.sample_ratio",
+                "between 0 and 1",
+            ),
             (
                 "[[backends]]\nname = \"a\"\nprovider = \"mock\"\ninput_price = \"two\"\n",
                 "backends[0].input_price (line 4, column 15)",

@@ -17,7 +17,9 @@ use crate::metrics::Metrics;
 use crate::openai::inbound::InboundRequest;
 use crate::openai::sse::SseEvent;
 use crate::stats::{InFlight, LiveStats};
+use crate::telemetry;
 use crate::upstream::{Answer, AttemptFailure, Call, EventStream, Reply, Upstream};
+use tracing::Instrument;
 
 /// One attempt's claim on a backend's stats: in flight until dropped, and
 /// settled as a success or a failure exactly once.
@@ -137,7 +139,9 @@ pub(super) async fn run(
             }
             attempts += 1;
             let attempt = Attempt::new(&upstream.stats);
-            let result = try_target(target, inbound, request_id, remaining).await;
+            let span = telemetry::attempt_span(upstream.name(), &target.model);
+            let result = try_target(target, inbound, request_id, remaining).instrument(span.clone()).await;
+            telemetry::record_outcome(&span, result.as_ref().map_or_else(AttemptFailure::outcome, |_| "ok"));
             upstream_wait += attempt.started.elapsed();
             if result.is_ok() && i > 0 {
                 metrics.fallback();

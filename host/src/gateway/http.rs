@@ -24,6 +24,8 @@ use crate::error::GatewayError;
 use crate::metrics::RequestLabels;
 use crate::openai::inbound::{self, CallerIdentity, InboundRequest};
 use crate::policy::contract::ApiSurface;
+use crate::telemetry;
+use tracing::Instrument;
 
 /// Response body: complete, or streamed.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -42,7 +44,8 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     let started = Instant::now();
     let request_id = request_id(request.headers());
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    let mut response = match dispatch(&gateway, request, &request_id, started).await {
+    let span = telemetry::request_span(&request_id, method.as_str(), &path, request.headers());
+    let mut response = match dispatch(&gateway, request, &request_id, started).instrument(span.clone()).await {
         Ok(response) => response,
         Err(error) => {
             tracing::info!(%request_id, %method, %path, status = error.status.as_u16(), source = error.source.as_str(), "{}", error.message);
@@ -52,6 +55,7 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
+    telemetry::record_status(&span, response.status().as_u16());
     response
 }
 
@@ -171,6 +175,10 @@ async fn proxy(
             log.write(record);
         }
         (None, None) => {}
+    }
+    if telemetry::enabled() {
+        let span = tracing::Span::current();
+        telemetry::record_request(&span, &inbound.model, &plan.policy, backend.as_deref(), model.as_deref(), finished.attempts);
     }
     let backend_label = backend.clone().unwrap_or_else(|| "none".into());
     metrics.request(

@@ -7,6 +7,7 @@ use crate::metrics::Metrics;
 use crate::openai::inbound::InboundRequest;
 use crate::policy::contract::{BackendStats, CircuitState};
 use crate::policy::{idle_stats, Decision, LoadedPolicy, PolicyError, PolicyRegistry};
+use crate::telemetry;
 use crate::upstream::Upstream;
 
 use super::GatewayState;
@@ -56,7 +57,7 @@ pub(super) fn plan(
     };
     let stats = stats_for(state, version.backends());
     let started = std::time::Instant::now();
-    let decision = version.decide(&inbound.view, &stats);
+    let decision = telemetry::decide_span(version.name(), version.version()).in_scope(|| version.decide(&inbound.view, &stats));
     metrics.decision(version.name(), version.version(), started.elapsed());
     let policy = format!("{}@{}", version.name(), version.version());
     match decision {

@@ -15,8 +15,10 @@ use super::attempts::Attempt;
 use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
 use crate::openai::sse::{frame, SseEvent, DONE_FRAME};
+use crate::telemetry;
 use crate::upstream::Upstream;
 use crate::upstream::{AttemptFailure, EventStream};
+use tracing::Instrument;
 
 /// What the client has received of a stream so far. A later step continues
 /// a stream cut mid-answer on the next target from here.
@@ -64,9 +66,11 @@ impl Relay {
     /// Starts relaying. `record` is the request's decision-log record, if
     /// any: written when the stream ends, with its tokens and how it ended.
     pub(super) fn start(self, metrics: Arc<Metrics>, request_id: String, record: Option<(Arc<DecisionLog>, Value)>) {
+        let span = telemetry::stream_span(self.upstream.name());
         tokio::spawn(async move {
             let started = Instant::now();
-            let (so_far, usage, end) = self.relay(&metrics, &request_id).await;
+            let (so_far, usage, end) = self.relay(&metrics, &request_id).instrument(span.clone()).await;
+            telemetry::record_stream_end(&span, so_far.chunks, &end);
             if let Some((log, mut record)) = record {
                 record["tokens"] = crate::decision_log::tokens_json(usage);
                 record["stream"] = json!({"chunks": so_far.chunks, "end": end, "ms": started.elapsed().as_secs_f64() * 1000.0});

@@ -49,7 +49,7 @@ impl AnthropicClient {
         if let Some(key) = &self.key {
             request = request.header("x-api-key", key.clone());
         }
-        let response = request.send().await.map_err(|e| from_reqwest(&e))?;
+        let response = super::with_trace_context(request).send().await.map_err(|e| from_reqwest(&e))?;
         let status = response.status();
         if !status.is_success() {
             let retry_after = retry_after(response.headers());

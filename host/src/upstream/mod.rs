@@ -132,3 +132,12 @@ fn http_client(config: &BackendConfig) -> Result<reqwest::Client, String> {
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
+
+/// Adds the trace context of the current (attempt) span, when traces are
+/// exported, so the upstream's own spans join the request's trace.
+fn with_trace_context(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match crate::telemetry::upstream_headers() {
+        Some(headers) => request.headers(headers),
+        None => request,
+    }
+}

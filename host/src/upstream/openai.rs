@@ -53,7 +53,7 @@ impl OpenAiClient {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let response = request.send().await.map_err(|e| from_reqwest(&e))?;
+        let response = super::with_trace_context(request).send().await.map_err(|e| from_reqwest(&e))?;
         let status = response.status();
         if !status.is_success() {
             let retry_after = retry_after(response.headers());
