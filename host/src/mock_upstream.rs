@@ -85,11 +85,11 @@ pub async fn run(listener: TcpListener, settings: MockSettings, shutdown: impl F
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(state.clone(), req));
+                    let service = service_fn(move |req| handle(state.clone(), peer, req));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
                 });
             }
@@ -130,7 +130,7 @@ fn fault_of(model: &str, header: Option<&str>) -> Fault {
     fault
 }
 
-async fn handle(state: Arc<MockState>, request: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
+async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     if parts.method == Method::GET && path == "/mock/requests" {
@@ -179,7 +179,7 @@ async fn handle(state: Arc<MockState>, request: Request<Incoming>) -> Result<Res
     state.remember(json!({
         "path": path, "model": model, "body": body,
         "authorization": header("authorization"), "x_api_key": header("x-api-key"), "x_request_id": header("x-request-id"),
-        "traceparent": header("traceparent"),
+        "traceparent": header("traceparent"), "peer": peer.to_string(),
     }));
     let fault = fault_of(&model, header("x-mock-fault").as_deref());
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);

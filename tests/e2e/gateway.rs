@@ -145,6 +145,45 @@ async fn the_config_file_is_hot_reloaded_and_a_broken_one_is_ignored() {
     assert!(router.logs().contains("unknown variant `bogus`"));
 }
 
+/// A reload keeps the clients of backends it did not change: their pooled
+/// connections serve on (the mock sees the same client port), while a
+/// changed backend gets a new client.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_the_connections_of_unchanged_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let config = format!(
+        "[[backends]]\nname = \"kept\"\nprovider = \"openai\"\nbase_url = \"{m}/v1\"\n[[backends]]\nname = \"changed\"\nprovider = \"openai\"\nbase_url = \"{m}/v1\"\ntimeout_ms = 5000\n",
+        m = mock.url
+    );
+    let router = router(dir.path(), &config, &[]);
+    let peers = || async {
+        let got = received(&mock).await;
+        let peer = |name: &str| got.iter().rev().find(|r| r["model"] == name).unwrap()["peer"].as_str().unwrap().to_owned();
+        (peer("kept"), peer("changed"))
+    };
+    for model in ["kept", "changed"] {
+        assert_eq!(post(&router.url, "/v1/chat/completions", &chat(model, false), &[]).await.status, 200);
+    }
+    let before = peers().await;
+
+    std::fs::write(dir.path().join("switchyard.toml"), config.replace("timeout_ms = 5000", "timeout_ms = 6000")).unwrap();
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if router.logs().contains("configuration reloaded") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no reload:\n{}", router.logs());
+    }
+    for model in ["kept", "changed"] {
+        assert_eq!(post(&router.url, "/v1/chat/completions", &chat(model, false), &[]).await.status, 200);
+    }
+    let after = peers().await;
+    assert_eq!(after.0, before.0, "the unchanged backend opened a new connection");
+    assert_ne!(after.1, before.1, "the changed backend kept its old client");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_lets_a_stream_in_flight_finish() {
     let dir = tempfile::tempdir().unwrap();

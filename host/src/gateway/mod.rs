@@ -84,7 +84,7 @@ impl Gateway {
     /// default); [`Gateway::reload_file`] reads it again.
     pub fn new(config: Config, runtime: PolicyRuntime, file: Option<ConfigFile>) -> Result<Arc<Self>, ConfigError> {
         let stats = Mutex::new(HashMap::new());
-        let state = build_state(config, &stats)?;
+        let state = build_state(config, &stats, None)?;
         let sources = PolicySources {
             dir: state.config.policies.dir.clone(),
             builtin: vec![(EMBEDDED_POLICY_NAME.to_owned(), crate::config::EMBEDDED_POLICY)],
@@ -168,7 +168,7 @@ impl Gateway {
         if config.server.listen != old.config.server.listen || config.policies.dir != old.config.policies.dir {
             tracing::warn!(file = %config.source, "server.listen and policies.dir changes take effect after a restart");
         }
-        let state = build_state(config, &self.stats)?;
+        let state = build_state(config, &self.stats, Some(&old))?;
         let backends = state.upstreams.iter().map(|u| u.contract()).collect();
         let report = self.registry.reconfigure(Some(backends), state.config.policy_configs());
         self.state.store(Arc::new(state));
@@ -176,12 +176,23 @@ impl Gateway {
     }
 }
 
-fn build_state(config: Config, stats: &Mutex<HashMap<String, Arc<LiveStats>>>) -> Result<GatewayState, ConfigError> {
+/// Turns `config` into serving state. A backend whose configuration is the
+/// same as in `old` keeps its `Upstream`, and so its pooled connections.
+fn build_state(
+    config: Config,
+    stats: &Mutex<HashMap<String, Arc<LiveStats>>>,
+    old: Option<&GatewayState>,
+) -> Result<GatewayState, ConfigError> {
     let mut stats = stats.lock().unwrap_or_else(|p| p.into_inner());
     let mut upstreams = Vec::with_capacity(config.backends.len());
     for (i, backend) in config.backends.iter().enumerate() {
         let live = stats.entry(backend.name.clone()).or_insert_with(|| Arc::new(LiveStats::new(&config.circuit))).clone();
         live.set_circuit_config(&config.circuit);
+        let unchanged = old.and_then(|old| old.by_name.get(&backend.name).map(|&j| &old.upstreams[j])).filter(|u| u.config == *backend);
+        if let Some(upstream) = unchanged {
+            upstreams.push(upstream.clone());
+            continue;
+        }
         let upstream = Upstream::new(backend.clone(), live).map_err(|problem| ConfigError {
             file: config.source.clone(),
             key: format!("backends[{i}]"),
