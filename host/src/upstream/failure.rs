@@ -78,12 +78,19 @@ impl AttemptFailure {
     }
 }
 
-/// Parses `retry-after-ms` or `retry-after` (seconds).
+/// Parses `retry-after-ms`, or `retry-after` in seconds or as an HTTP date
+/// (a date in the past means now).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let get = |name: &str| {
-        headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0)
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let number = |name: &str| text(name).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e9);
+    let date = || {
+        let at = httpdate::parse_http_date(text("retry-after")?).ok()?;
+        Some(at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
     };
-    get("retry-after-ms").map(|ms| Duration::from_secs_f64(ms / 1000.0)).or_else(|| get("retry-after").map(Duration::from_secs_f64))
+    number("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| number("retry-after").map(Duration::from_secs_f64))
+        .or_else(date)
 }
 
 /// Maps a reqwest error to a failure.
@@ -105,4 +112,31 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn wait(pairs: &[(&'static str, String)]) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        retry_after(&headers)
+    }
+
+    #[test]
+    fn retry_after_in_milliseconds_seconds_or_as_a_date() {
+        assert_eq!(wait(&[("retry-after-ms", "250".into()), ("retry-after", "9".into())]), Some(Duration::from_millis(250)));
+        assert_eq!(wait(&[("retry-after", "1.5".into())]), Some(Duration::from_millis(1500)));
+        let in_three = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3));
+        let waited = wait(&[("retry-after", in_three)]).unwrap();
+        assert!(waited > Duration::from_secs(1) && waited <= Duration::from_secs(3), "{waited:?}");
+        assert_eq!(wait(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".into())]), Some(Duration::ZERO), "a past date means now");
+        for garbage in ["soon", "-1", "NaN", "1e300", ""] {
+            assert_eq!(wait(&[("retry-after", garbage.into())]), None, "{garbage}");
+        }
+    }
 }
