@@ -13,6 +13,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::attempts::{self, Finished, Outcome};
@@ -117,8 +118,8 @@ async fn proxy(
         }
         Outcome::Stream { upstream, model, first, rest, attempt } => {
             let name = upstream.name().to_owned();
-            let (relay, rx) = Relay::new(first, rest, attempt, upstream);
-            (sse_response(rx), Some(name), Some(model), Some(relay))
+            let (relay, first_frame, rx) = Relay::new(first, rest, attempt, upstream);
+            (sse_response(first_frame, rx), Some(name), Some(model), Some(relay))
         }
         Outcome::Refused { upstream, status, body } => (json_response(status, body), Some(upstream.name().to_owned()), None, None),
         Outcome::Failed(error) => {
@@ -291,9 +292,10 @@ pub fn error_response(error: &GatewayError) -> Response<Body> {
     response
 }
 
-fn sse_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
-    let frames =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx)) });
+/// An SSE response: `first`, then what arrives on `rx`.
+fn sse_response(first: Bytes, rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
+    let rest = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx)) });
+    let frames = futures_util::stream::once(std::future::ready(Ok(Frame::data(first)))).chain(rest);
     let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

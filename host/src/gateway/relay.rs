@@ -46,8 +46,9 @@ impl StreamedSoFar {
     }
 }
 
-/// A stream ready to be relayed: its first event, the rest, the attempt it
-/// belongs to, and the sender the response body reads from.
+/// A stream ready to be relayed: its first event (already framed for the
+/// client), the rest, the attempt it belongs to, and the sender the rest of
+/// the response body reads from.
 pub(super) struct Relay {
     first: SseEvent,
     rest: EventStream,
@@ -57,10 +58,21 @@ pub(super) struct Relay {
 }
 
 impl Relay {
-    /// Prepares relaying; returns the receiver the response body reads from.
-    pub(super) fn new(first: SseEvent, rest: EventStream, attempt: Attempt, upstream: Arc<Upstream>) -> (Self, mpsc::Receiver<Bytes>) {
+    /// Prepares relaying; returns the first event's frame, which the response
+    /// body starts with (so it leaves with the headers, without waiting for
+    /// the relay task), and the receiver of the rest.
+    pub(super) fn new(
+        first: SseEvent,
+        rest: EventStream,
+        attempt: Attempt,
+        upstream: Arc<Upstream>,
+    ) -> (Self, Bytes, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(32);
-        (Self { first, rest, attempt, upstream, tx }, rx)
+        let first_frame = match &first {
+            SseEvent::Data(chunk) => frame(chunk),
+            SseEvent::Done => Bytes::from_static(DONE_FRAME),
+        };
+        (Self { first, rest, attempt, upstream, tx }, first_frame, rx)
     }
 
     /// Starts relaying. `record` is the request's decision-log record, if
@@ -88,15 +100,20 @@ impl Relay {
         let backend = upstream.name();
         let mut so_far = StreamedSoFar::default();
         let mut usage = None;
+        // The first event is in the body already: noted here, not sent.
         let mut next = Some(Ok(first));
+        let mut sent = true;
         loop {
             let event = match next.take() {
                 Some(event) => event,
-                None => match tokio::time::timeout(idle, rest.next()).await {
-                    Ok(Some(event)) => event,
-                    Ok(None) => Err(AttemptFailure::Protocol("the stream ended without [DONE]".into())),
-                    Err(_) => Err(AttemptFailure::Timeout("stream idle")),
-                },
+                None => {
+                    sent = false;
+                    match tokio::time::timeout(idle, rest.next()).await {
+                        Ok(Some(event)) => event,
+                        Ok(None) => Err(AttemptFailure::Protocol("the stream ended without [DONE]".into())),
+                        Err(_) => Err(AttemptFailure::Timeout("stream idle")),
+                    }
+                }
             };
             match event {
                 Ok(SseEvent::Data(chunk)) => {
@@ -104,14 +121,16 @@ impl Relay {
                         metrics.tokens(backend, input, output, upstream.config.input_price, upstream.config.output_price);
                         usage = Some((input, output));
                     }
-                    if tx.send(frame(&chunk)).await.is_err() {
+                    if !sent && tx.send(frame(&chunk)).await.is_err() {
                         // The client went away: not the backend's fault.
                         tracing::info!(%request_id, %backend, chunks = so_far.chunks, "client closed the stream");
                         return (so_far, usage, "client_closed".into());
                     }
                 }
                 Ok(SseEvent::Done) => {
-                    let _ = tx.send(Bytes::from_static(DONE_FRAME)).await;
+                    if !sent {
+                        let _ = tx.send(Bytes::from_static(DONE_FRAME)).await;
+                    }
                     attempt.succeed();
                     return (so_far, usage, "done".into());
                 }
