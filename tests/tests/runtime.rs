@@ -207,6 +207,17 @@ fn a_memory_bomb_is_stopped_at_the_cap() {
 #[test]
 fn a_panic_is_a_trap() {
     misbehaves_then_recovers("panic", PolicyErrorKind::Trap);
+    // The error carries what the guest said on stderr before it trapped.
+    let runtime = runtime();
+    let policy = hostile(&runtime);
+    let err = policy.decide(&chat_request("panic", "x"), &eight_backends().stats).unwrap_err();
+    assert!(err.message().contains("the hostile policy panics on purpose"), "{err}");
+    // Only this call's lines: the same instance wrote to stderr in an
+    // earlier, successful call, then aborted silently.
+    policy.decide(&chat_request("stderr", "x"), &eight_backends().stats).unwrap();
+    let err = policy.decide(&chat_request("abort", "x"), &eight_backends().stats).unwrap_err();
+    assert_eq!(err.kind(), PolicyErrorKind::Trap);
+    assert!(!err.message().contains("an earlier call"), "{err}");
 }
 
 #[test]

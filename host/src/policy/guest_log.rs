@@ -1,9 +1,10 @@
 //! Where a policy's log lines go: the `log` host import and the guest's
 //! stdout and stderr, all rate-limited per policy version.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -89,6 +90,44 @@ pub fn cut_at_char_boundary(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// The last lines an instance wrote to stderr during its current call, so
+/// that a trap's error can say what the guest said before it (a Python
+/// traceback's last line, a Rust panic message). Kept whatever the rate
+/// limit dropped.
+#[derive(Default)]
+pub(crate) struct StderrTail {
+    lines: Mutex<VecDeque<String>>,
+    any: AtomicBool,
+}
+
+/// Lines a [`StderrTail`] keeps.
+const TAIL_LINES: usize = 3;
+
+impl StderrTail {
+    fn push(&self, line: &str) {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.to_owned());
+        self.any.store(true, Ordering::Relaxed);
+    }
+
+    /// Forgets the lines of the previous call (a flag check when there are none).
+    pub(crate) fn clear(&self) {
+        if self.any.load(Ordering::Relaxed) {
+            self.any.store(false, Ordering::Relaxed);
+            self.lines.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
+    /// The kept lines, joined with ` | `; empty when there are none.
+    pub(crate) fn joined(&self) -> String {
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines.iter().map(String::as_str).filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" | ")
+    }
+}
+
 /// Guest stdout or stderr: split into lines and sent to the [`GuestLog`].
 /// Writes always succeed (a guest's `println!` must not fail because the host
 /// is throttling it); a line longer than the cap is cut.
@@ -96,11 +135,18 @@ pub fn cut_at_char_boundary(s: &str, max: usize) -> &str {
 pub(crate) struct GuestOutput {
     log: Arc<GuestLog>,
     level: LogLevel,
+    tail: Option<Arc<StderrTail>>,
 }
 
 impl GuestOutput {
     pub(crate) fn new(log: Arc<GuestLog>, level: LogLevel) -> Self {
-        Self { log, level }
+        Self { log, level, tail: None }
+    }
+
+    /// Also keeps the last lines in `tail`.
+    pub(crate) fn with_tail(mut self, tail: Arc<StderrTail>) -> Self {
+        self.tail = Some(tail);
+        self
     }
 }
 
@@ -143,7 +189,11 @@ impl GuestOutputStream {
 
     fn emit_line(&mut self) {
         let line = String::from_utf8_lossy(&self.pending);
-        self.out.log.emit(self.out.level, line.trim_end_matches('\r'));
+        let line = line.trim_end_matches('\r');
+        if let Some(tail) = &self.out.tail {
+            tail.push(line);
+        }
+        self.out.log.emit(self.out.level, line);
         self.pending.clear();
     }
 }

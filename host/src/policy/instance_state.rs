@@ -8,7 +8,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::contract::{HostImports, LogLevel, TypesImports};
-use super::guest_log::{GuestLog, GuestOutput};
+use super::guest_log::{GuestLog, GuestOutput, StderrTail};
 
 /// Most table elements an instance may grow to.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
@@ -21,6 +21,8 @@ pub(crate) struct InstanceState {
     /// Set when the guest asked for more memory than the cap, so that the
     /// trap that usually follows is reported as a memory-limit error.
     pub(crate) memory_limit_hit: bool,
+    /// What the guest last wrote to stderr in the current call.
+    pub(crate) stderr_tail: Arc<StderrTail>,
 }
 
 impl InstanceState {
@@ -28,14 +30,15 @@ impl InstanceState {
         // No preopened directories, environment, arguments or sockets: the
         // builder's defaults grant nothing, and the network is closed
         // explicitly. Clocks and random stay, as guest runtimes need them.
+        let stderr_tail = Arc::new(StderrTail::default());
         let wasi = WasiCtxBuilder::new()
             .stdout(GuestOutput::new(log.clone(), LogLevel::Info))
-            .stderr(GuestOutput::new(log.clone(), LogLevel::Warn))
+            .stderr(GuestOutput::new(log.clone(), LogLevel::Warn).with_tail(stderr_tail.clone()))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        Self { wasi, table: ResourceTable::new(), log, memory_limit, memory_limit_hit: false }
+        Self { wasi, table: ResourceTable::new(), log, memory_limit, memory_limit_hit: false, stderr_tail }
     }
 }
 

@@ -253,6 +253,7 @@ impl WarmInstance {
     fn route(&mut self, name: &str, request: &Request, stats: &[BackendStats], ticks: u64) -> Result<contract::Decision, PolicyError> {
         self.calls += 1;
         self.store.data_mut().memory_limit_hit = false;
+        self.store.data().stderr_tail.clear();
         // A reused store keeps its old deadline: set it before every call.
         self.store.set_epoch_deadline(ticks);
         self.bindings.call_route(&mut self.store, request, stats).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))
@@ -266,8 +267,16 @@ fn classify(name: &str, store: &Store<InstanceState>, error: wasmtime::Error, ot
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PolicyError::new(PolicyErrorKind::Timeout, name, "the guest ran past its deadline"),
-        Some(trap) => PolicyError::new(PolicyErrorKind::Trap, name, format!("the guest trapped: {trap}")),
-        None => PolicyError::new(otherwise, name, format!("{error:#}")),
+        Some(trap) => PolicyError::new(PolicyErrorKind::Trap, name, with_stderr(format!("the guest trapped: {trap}"), store)),
+        None => PolicyError::new(otherwise, name, with_stderr(format!("{error:#}"), store)),
+    }
+}
+
+/// `message`, followed by what the guest last wrote to stderr, if anything.
+fn with_stderr(message: String, store: &Store<InstanceState>) -> String {
+    match store.data().stderr_tail.joined() {
+        tail if tail.is_empty() => message,
+        tail => format!("{message}; its stderr: {tail}"),
     }
 }
 

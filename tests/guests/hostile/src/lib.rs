@@ -32,6 +32,11 @@ impl Policy for Hostile {
                 }
             }
             "panic" => panic!("the hostile policy panics on purpose"),
+            "abort" => std::process::abort(),
+            "stderr" => {
+                eprintln!("an earlier call's stderr line");
+                route(backends.first()).label("fixture", "hostile").into()
+            }
             "unknown" => targets(vec!["no-such-backend".into()]),
             "huge" => targets((0..100_000).map(|i| format!("backend-{i}")).collect()),
             "empty" => targets(vec![]),
