@@ -100,11 +100,16 @@ pub(crate) struct StderrTail {
     any: AtomicBool,
 }
 
-/// Lines a [`StderrTail`] keeps.
-const TAIL_LINES: usize = 3;
+/// Lines a [`StderrTail`] keeps: enough for a short Python traceback and
+/// the runtime's panic lines after it.
+const TAIL_LINES: usize = 8;
 
 impl StderrTail {
     fn push(&self, line: &str) {
+        // Every Rust-based guest runtime prints this after a panic: noise here.
+        if line.trim().is_empty() || line.starts_with("note: run with `RUST_BACKTRACE") {
+            return;
+        }
         let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         if lines.len() == TAIL_LINES {
             lines.pop_front();
@@ -124,7 +129,7 @@ impl StderrTail {
     /// The kept lines, joined with ` | `; empty when there are none.
     pub(crate) fn joined(&self) -> String {
         let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        lines.iter().map(String::as_str).filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" | ")
+        lines.iter().map(|l| cut_at_char_boundary(l.trim(), 300)).collect::<Vec<_>>().join(" | ")
     }
 }
 
