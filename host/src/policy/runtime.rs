@@ -130,6 +130,11 @@ impl PolicyRuntime {
         if let Err(e) = artifact_cache::store(dir, &path, &artifact) {
             tracing::warn!(policy = name, path = %path.display(), "cannot cache compiled policy: {e}");
         }
+        match artifact_cache::prune(dir, &path, self.inner.settings.cache_max_bytes) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(dir = %dir.display(), "artifact cache over its size limit: {n} least recently used removed"),
+            Err(e) => tracing::warn!(dir = %dir.display(), "cannot prune the artifact cache: {e}"),
+        }
         artifact_cache::from_bytes(engine, &artifact).map_err(compile_err)
     }
 
@@ -219,7 +224,42 @@ mod artifact_cache {
     /// kills the process with SIGBUS.
     pub(super) fn load(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
         let artifact = std::fs::read(path)?;
+        // Its modification time is its last use, for `prune`.
+        let _ = std::fs::File::options().append(true).open(path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
         from_bytes(engine, &artifact)
+    }
+
+    /// Removes the least recently used artifacts (never `keep`) until the
+    /// directory holds at most `max_bytes`, and temporary files an
+    /// interrupted `store` left over an hour ago. Returns how many
+    /// artifacts it removed.
+    pub(super) fn prune(dir: &Path, keep: &Path, max_bytes: u64) -> std::io::Result<usize> {
+        let now = std::time::SystemTime::now();
+        let mut artifacts = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let (path, meta) = (entry.path(), entry.metadata()?);
+            let modified = meta.modified()?;
+            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+            if ext == "cwasm" {
+                artifacts.push((modified, meta.len(), path));
+            } else if ext.starts_with("tmp") && now.duration_since(modified).is_ok_and(|age| age > Duration::from_secs(3600)) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        let mut total: u64 = artifacts.iter().map(|(_, len, _)| len).sum();
+        artifacts.sort();
+        let mut removed = 0;
+        for (_, len, path) in artifacts {
+            if total <= max_bytes {
+                break;
+            }
+            if path != keep && std::fs::remove_file(&path).is_ok() {
+                total -= len;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Turns the output of `Engine::precompile_component` into a component.
@@ -231,5 +271,38 @@ mod artifact_cache {
         // name keyed by this engine's compatibility hash; wasmtime checks the
         // header and engine settings again before use.
         unsafe { Component::deserialize(engine, artifact) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::artifact_cache::prune;
+
+    #[test]
+    fn the_cache_drops_its_least_recently_used_artifacts_past_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, age_s: u64| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![0u8; 100]).unwrap();
+            let f = std::fs::File::options().append(true).open(&path).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(age_s)).unwrap();
+            path
+        };
+        let oldest = file("a.cwasm", 500);
+        let old = file("b.cwasm", 400);
+        let kept_although_oldest = file("c.cwasm", 900);
+        let recent = file("d.cwasm", 10);
+        let stale_tmp = file("e.tmp123", 7200);
+        let fresh_tmp = file("f.tmp456", 10);
+
+        assert_eq!(prune(dir.path(), &kept_although_oldest, 250).unwrap(), 2);
+        for (path, exists) in
+            [(&oldest, false), (&old, false), (&kept_although_oldest, true), (&recent, true), (&stale_tmp, false), (&fresh_tmp, true)]
+        {
+            assert_eq!(path.exists(), exists, "{}", path.display());
+        }
+        assert_eq!(prune(dir.path(), &recent, 250).unwrap(), 0, "under the limit: nothing to do");
     }
 }

@@ -53,6 +53,9 @@ pub struct RuntimeSettings {
     pub log_line_max_bytes: usize,
     /// Where compiled artifacts are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// The most the cache may hold, in bytes; the least recently used
+    /// artifacts go first.
+    pub cache_max_bytes: u64,
 }
 
 impl Default for RuntimeSettings {
@@ -73,6 +76,7 @@ impl Default for RuntimeSettings {
             log_lines_per_second: 50,
             log_line_max_bytes: 1024,
             cache_dir: default_cache_dir(),
+            cache_max_bytes: 1 << 30,
         }
     }
 }
