@@ -186,7 +186,8 @@ pub struct RetryConfig {
     pub max_retry_after_ms: u64,
     /// The wait before retrying the last target after a transient failure
     /// that came without a `Retry-After`, in ms; doubled on each retry, with
-    /// jitter. Timeouts are not retried: they already spent their time.
+    /// jitter; 0 turns those retries off. Timeouts are not retried: they
+    /// already spent their time.
     pub backoff_ms: u64,
 }
 

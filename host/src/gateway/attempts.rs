@@ -213,6 +213,8 @@ fn retry_wait(failure: &AttemptFailure, retry: &RetryConfig, retries: u32) -> Op
             (*wait <= Duration::from_millis(retry.max_retry_after_ms)).then_some(*wait)
         }
         AttemptFailure::Timeout(_) | AttemptFailure::Unsupported(_) => None,
+        // `backoff_ms = 0` turns these retries off rather than hammering.
+        _ if retry.backoff_ms == 0 => None,
         _ => {
             let full = retry.backoff_ms.saturating_mul(1 << retries.min(10)).min(retry.max_retry_after_ms);
             // Equal jitter: at least half the backoff, so retries stay spaced.
@@ -311,6 +313,9 @@ mod tests {
         assert_eq!(retry_wait(&status(Some(Duration::from_millis(700))), &retry, 0), Some(Duration::from_millis(700)));
         assert_eq!(retry_wait(&status(Some(Duration::from_secs(5))), &retry, 0), None, "a long Retry-After is not waited for");
         assert_eq!(retry_wait(&AttemptFailure::Timeout("response"), &retry, 0), None);
+        let off = RetryConfig { backoff_ms: 0, ..retry.clone() };
+        assert_eq!(retry_wait(&status(None), &off, 0), None, "backoff_ms = 0: no retry at once");
+        assert_eq!(retry_wait(&status(Some(Duration::from_millis(700))), &off, 0), Some(Duration::from_millis(700)));
         for (retries, low, high) in [(0, 50, 100), (1, 100, 200), (2, 200, 400), (5, 500, 1000), (40, 500, 1000)] {
             for _ in 0..50 {
                 let wait = retry_wait(&status(None), &retry, retries).unwrap();
