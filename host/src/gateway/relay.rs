@@ -3,11 +3,13 @@
 //! an OpenAI-style error event and no `[DONE]`, so SDKs raise an error
 //! instead of taking a cut answer for a whole one.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -34,16 +36,45 @@ impl StreamedSoFar {
     /// Notes a chunk's text; returns its token usage when it carries one.
     fn note(&mut self, chunk: &[u8]) -> Option<(u64, u64)> {
         self.chunks += 1;
-        let value = serde_json::from_slice::<serde_json::Value>(chunk).ok()?;
-        if let Some(text) = value
-            .pointer("/choices/0/delta/content")
-            .and_then(|v| v.as_str())
-            .or_else(|| value.pointer("/choices/0/text").and_then(|v| v.as_str()))
-        {
+        let chunk: ChunkView<'_> = serde_json::from_slice(chunk).ok()?;
+        let first = chunk.choices.as_deref().and_then(<[_]>::first);
+        if let Some(text) = first.and_then(|c| c.delta.as_ref().and_then(|d| d.content.as_deref()).or(c.text.as_deref())) {
             self.text.push_str(text);
         }
-        crate::openai::usage(&value)
+        let usage = chunk.usage?;
+        Some((usage.prompt_tokens?, usage.completion_tokens.unwrap_or(0)))
     }
+}
+
+// What the relay reads of a chunk, borrowed where it can be; the rest is
+// skipped without being built (a `serde_json::Value` per event was ~8 % of
+// a streaming profile).
+#[derive(Deserialize)]
+struct ChunkView<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<ChoiceView<'a>>>,
+    #[serde(default)]
+    usage: Option<UsageView>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(default, borrow)]
+    delta: Option<DeltaView<'a>>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaView<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct UsageView {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
 }
 
 /// A stream ready to be relayed: its first event (already framed for the
@@ -148,5 +179,30 @@ impl Relay {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamedSoFar;
+
+    #[test]
+    fn chunks_give_their_text_and_usage() {
+        let mut so_far = StreamedSoFar::default();
+        let chunks: &[(&str, Option<(u64, u64)>)] = &[
+            (r#"{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":""}}],"usage":null}"#, None),
+            (r#"{"id":"x","choices":[{"index":0,"delta":{"content":"Hello, \"w"}}]}"#, None),
+            (r#"{"id":"x","choices":[{"index":0,"text":"orld\u0021"}]}"#, None),
+            (r#"{"id":"x","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#, None),
+            (r#"{"id":"x","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#, Some((7, 3))),
+            (r#"{"id":"x","choices":null,"usage":{"prompt_tokens":7}}"#, Some((7, 0))),
+            ("not json", None),
+            (r#"{"error":{"message":"x"}}"#, None),
+        ];
+        for (chunk, usage) in chunks {
+            assert_eq!(so_far.note(chunk.as_bytes()), *usage, "{chunk}");
+        }
+        assert_eq!(so_far.text, "Hello, \"world!");
+        assert_eq!(so_far.chunks, chunks.len() as u32);
     }
 }
