@@ -97,13 +97,26 @@ read -r x50 x99 _ <<<"$(run "$url_bare" gpt-bench 1)"
 read -r p50 p99 _ <<<"$(run "$url_router" auto 1)"
 read -r b50 b99 _ <<<"$(run "$url_router" upstream 1)"
 read -r _ _ drps <<<"$(run "$url_mock" gpt-bench 64)"
+# CPU time (user + sys) a proxy process spends per request: less shaken by a
+# noisy machine than latency is.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_us_per_request() { # PID TICKS_BEFORE REQUESTS_PER_SECOND
+  echo $(( ($(cpu_ticks "$1") - $2) * 1000000 / $(getconf CLK_TCK) / ($3 * secs) ))
+}
+bare_pid=$(pgrep -f "bare-proxy 127.0.0.1:0" | head -1)
+t0=$(cpu_ticks "$router_pid")
 read -r _ _ prps <<<"$(run "$url_router" auto 64)"
+router_cpu=$(cpu_us_per_request "$router_pid" "$t0" "$prps")
+t0=$(cpu_ticks "$bare_pid")
 read -r _ _ xrps <<<"$(run "$url_bare" gpt-bench 64)"
+bare_cpu=$(cpu_us_per_request "$bare_pid" "$t0" "$xrps")
 rss_load=$(rss_kb "$router_pid")
 read -r _ _ srps_direct <<<"$(run "$url_slow" gpt-slow 64)"
 read -r _ _ srps_router <<<"$(run "$url_router" slow-upstream 64)"
 read -r sd50 _ _ <<<"$(run "$url_mock" gpt-bench 64 stream)"
-read -r sr50 _ _ <<<"$(run "$url_router" upstream 64 stream)"
+t0=$(cpu_ticks "$router_pid")
+read -r sr50 _ srrps <<<"$(run "$url_router" upstream 64 stream)"
+stream_cpu=$(cpu_us_per_request "$router_pid" "$t0" "$srrps")
 chunks=19 # role chunk, 16 tokens, finish chunk, [DONE]
 ttft_direct=$(ttft "$url_mock" gpt-bench)
 ttft_router=$(ttft "$url_router" upstream)
@@ -125,6 +138,7 @@ Load benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /p
 | requests/s at c=64, upstream answering in 20 ms | ${srps_direct} | ${srps_router} |
 | streams at c=64 (${chunks} events each), p50 of the whole stream | ${sd50} µs | ${sr50} µs (${per_event}) |
 | time to the first event of a stream, c=1, p50 of 200 (Python client) | ${ttft_direct} µs | ${ttft_router} µs |
+| CPU time (user + sys) of the proxy process per request at c=64 | bare proxy ${bare_cpu} µs | ${router_cpu} µs; per stream ${stream_cpu} µs |
 | router resident memory | idle ${rss_idle} KiB | after the c=64 runs $(rss_kb "$router_pid") KiB |
 MD
 )
@@ -137,5 +151,6 @@ cat >bench/results.json <<JSON
  "c64_rps_20ms_upstream": {"direct": $srps_direct, "router": $srps_router},
  "c64_stream_p50_us": {"direct": $sd50, "router": $sr50, "events": $chunks},
  "stream_first_event_p50_us": {"direct": $ttft_direct, "router": $ttft_router},
+ "cpu_us_per_request_c64": {"bare_proxy": $bare_cpu, "router": $router_cpu, "router_stream": $stream_cpu},
  "router_rss_kib": {"idle": $rss_idle, "after_load": $(rss_kb "$router_pid")}}
 JSON
