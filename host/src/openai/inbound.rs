@@ -23,6 +23,8 @@ pub struct InboundRequest {
     pub surface: ApiSurface,
     /// The body as sent, to forward with only `model` changed.
     pub body: Map<String, Value>,
+    /// The body's size in bytes as sent, to size the forwarded copy.
+    pub body_len: usize,
     /// The model asked for.
     pub model: String,
     /// The client asked for SSE.
@@ -51,6 +53,7 @@ pub fn parse(
     text_budget: usize,
     seed: u64,
 ) -> Result<InboundRequest, GatewayError> {
+    let body_len = body.len();
     let value: Value =
         serde_json::from_slice(body).map_err(|e| GatewayError::bad_request(format!("the request body is not valid JSON: {e}"), None))?;
     let Value::Object(body) = value else {
@@ -113,7 +116,7 @@ pub fn parse(
         tags: tags(&body, headers),
         seed,
     };
-    Ok(InboundRequest { surface, body, model, stream, include_usage, view })
+    Ok(InboundRequest { surface, body, body_len, model, stream, include_usage, view })
 }
 
 fn role(value: &str) -> Option<Role> {

@@ -47,7 +47,10 @@ impl OpenAiClient {
             ApiSurface::Embeddings => &self.urls[2],
         };
         let body = WithModel { body: &call.inbound.body, model: call.model };
-        let body = serde_json::to_vec(&body).map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
+        // Sized up front: growing by doubling copied the body several times.
+        let mut bytes = Vec::with_capacity(call.inbound.body_len + call.model.len() + 16);
+        serde_json::to_writer(&mut bytes, &body).map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
+        let body = bytes;
         let mut request =
             self.http.post(url.clone()).header(CONTENT_TYPE, "application/json").header("x-request-id", call.request_id).body(body);
         if let Some(auth) = &self.auth {
