@@ -54,8 +54,13 @@ pub trait RequestExt {
     fn has_audio(&self) -> bool;
     /// The text of the newest user message (possibly cut, see `text-bytes`).
     fn last_user_text(&self) -> &str;
-    /// Some message text was cut to the policy's text budget.
+    /// Some text of the request is hidden from the policy: cut to the
+    /// policy's text budget, or in older messages the router did not pass
+    /// (past `view_max_messages`).
     fn is_text_cut(&self) -> bool;
+    /// How many messages the client sent; more than `messages.len()` when
+    /// the router passed only the newest.
+    fn message_count(&self) -> usize;
 }
 
 impl RequestExt for Request {
@@ -76,7 +81,12 @@ impl RequestExt for Request {
     }
 
     fn is_text_cut(&self) -> bool {
-        self.messages.iter().any(|m| (m.text.len() as u64) < u64::from(m.text_bytes))
+        let seen_bytes: u64 = self.messages.iter().map(|m| u64::from(m.text_bytes)).sum();
+        seen_bytes < self.total_text_bytes || self.messages.iter().any(|m| (m.text.len() as u64) < u64::from(m.text_bytes))
+    }
+
+    fn message_count(&self) -> usize {
+        self.tag("switchyard.message-count").and_then(|n| n.parse().ok()).unwrap_or(self.messages.len())
     }
 }
 

@@ -111,7 +111,7 @@ fn policies(gateway: &Gateway) -> serde_json::Value {
             let calls = registry.get(&s.name).map(|p| {
                 let c = p.call_stats();
                 let failures: serde_json::Map<String, serde_json::Value> = c.failures.iter().map(|(k, n)| (k.as_str().to_owned(), json!(n))).collect();
-                json!({"calls": c.calls, "failures": failures, "instances_created": c.instances_created, "log_lines_dropped": c.log_lines_dropped, "quarantined": c.quarantined})
+                json!({"calls": c.calls, "failures": failures, "instances_created": c.instances_created, "fuel_used": c.fuel_used, "log_lines_dropped": c.log_lines_dropped, "quarantined": c.quarantined})
             });
             json!({
                 "name": s.name,

@@ -125,6 +125,21 @@ impl GatewayError {
         Self::new(status, ErrorSource::Policy, kind, Some("rejected_by_policy"), message)
     }
 
+    /// The policy could not decide and its route rejects in that case. The
+    /// client learns the policy and the kind of failure, not the guest's
+    /// own words (those are logged).
+    pub fn policy_failed(policy: &str, kind: &'static str, retryable: bool) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorSource::Policy,
+            "server_error",
+            Some("policy_failed"),
+            format!("the routing policy `{policy}` could not decide ({kind}), and this route rejects requests then"),
+        );
+        e.retryable = retryable;
+        e
+    }
+
     /// Every attempt failed.
     pub fn upstream(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self::new(status, ErrorSource::Upstream, "upstream_error", Some(code), message)

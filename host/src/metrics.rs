@@ -56,6 +56,8 @@ struct PolicyLabels {
 struct PolicyErrorLabels {
     policy: String,
     kind: &'static str,
+    /// What the route did instead: `reject` or `fallback`.
+    action: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -133,7 +135,11 @@ impl Metrics {
             m.cost_micro_usd.clone(),
         );
         registry.register("policy_decision_seconds", "Time of one policy decision, by policy version", m.decision.clone());
-        registry.register("policy_errors", "Policy calls that failed, by kind (the default order served them)", m.policy_errors.clone());
+        registry.register(
+            "policy_errors",
+            "Policies that could not decide, by kind of failure and what the route did (reject, or its on_policy_error backends)",
+            m.policy_errors.clone(),
+        );
         registry.register("stream_failures", "Streams that broke after their first byte", m.stream_failures.clone());
         Self { registry, ..m }
     }
@@ -176,9 +182,9 @@ impl Metrics {
         self.decision.get_or_create(&PolicyLabels { policy: policy.to_owned(), version: version.to_owned() }).observe(took.as_secs_f64());
     }
 
-    /// A failed policy call.
-    pub fn policy_error(&self, policy: &str, kind: &'static str) {
-        self.policy_errors.get_or_create(&PolicyErrorLabels { policy: policy.to_owned(), kind }).inc();
+    /// A policy that could not decide, and what its route did instead.
+    pub fn policy_error(&self, policy: &str, kind: &'static str, action: &'static str) {
+        self.policy_errors.get_or_create(&PolicyErrorLabels { policy: policy.to_owned(), kind, action }).inc();
     }
 
     /// A stream that broke after it started.

@@ -118,16 +118,37 @@ pub enum Lang {
 /// in CI (`CI` set) a missing toolchain fails the test.
 pub fn polyglot_policy(lang: Lang, name: &str) -> Option<std::path::PathBuf> {
     let root = repo_root();
-    let dir = match lang {
-        Lang::Python => "python",
-        Lang::JavaScript => "js",
-    };
-    let source = root.join("policies").join(dir).join(name);
-    let out = root.join("target/guests").join(dir).join(format!("{name}.wasm"));
-    let newest_source = std::fs::read_dir(&source).unwrap().filter_map(|e| e.ok()?.metadata().ok()?.modified().ok()).max();
-    let built = std::fs::metadata(&out).and_then(|m| m.modified()).ok();
+    let dir = lang.dir();
+    build_polyglot(lang, &root.join("policies").join(dir).join(name), &root.join("target/guests").join(dir).join(format!("{name}.wasm")))
+}
+
+/// Builds the test fixture `name` written in `lang` (sources in
+/// `tests/guests/<lang>/<name>/`), as [`polyglot_policy`] does.
+pub fn polyglot_fixture(lang: Lang, name: &str) -> Option<std::path::PathBuf> {
+    let root = repo_root();
+    let dir = lang.dir();
+    build_polyglot(
+        lang,
+        &root.join("tests/guests").join(dir).join(name),
+        &root.join("target/guests").join(dir).join(format!("fixture-{name}.wasm")),
+    )
+}
+
+impl Lang {
+    fn dir(self) -> &'static str {
+        match self {
+            Lang::Python => "python",
+            Lang::JavaScript => "js",
+        }
+    }
+}
+
+fn build_polyglot(lang: Lang, source: &Path, out: &Path) -> Option<std::path::PathBuf> {
+    let root = repo_root();
+    let newest_source = std::fs::read_dir(source).unwrap().filter_map(|e| e.ok()?.metadata().ok()?.modified().ok()).max();
+    let built = std::fs::metadata(out).and_then(|m| m.modified()).ok();
     if built.is_some() && built >= newest_source {
-        return Some(out);
+        return Some(out.to_owned());
     }
     if !toolchain_available(lang) {
         return None;
@@ -141,8 +162,8 @@ pub fn polyglot_policy(lang: Lang, name: &str) -> Option<std::path::PathBuf> {
         Lang::JavaScript => command("node", &[root.join("policies/js/build.mjs").to_str().unwrap(), src, dst]),
     };
     let status = build.status().unwrap();
-    assert!(status.success(), "building the {lang:?} policy {name} failed");
-    Some(out)
+    assert!(status.success(), "building the {lang:?} policy {} failed", source.display());
+    Some(out.to_owned())
 }
 
 /// Whether the toolchain of `lang` is installed. When it is not, a note goes

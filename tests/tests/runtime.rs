@@ -187,16 +187,74 @@ fn misbehaves_then_recovers(model: &str, kind: PolicyErrorKind) {
 }
 
 #[test]
-fn an_infinite_loop_is_stopped_at_the_deadline() {
+fn an_infinite_loop_is_stopped_by_its_fuel() {
     let runtime = runtime();
+    let policy = hostile(&runtime);
+    let err = policy.decide(&chat_request("loop", "x"), &eight_backends().stats).unwrap_err();
+    assert_eq!(err.kind(), PolicyErrorKind::Budget, "{err}");
+    // The same request would cost the same again.
+    assert!(!err.is_retryable());
+    misbehaves_then_recovers("loop", PolicyErrorKind::Budget);
+}
+
+#[test]
+fn the_wall_clock_backstop_stops_what_fuel_does_not() {
+    let runtime = PolicyRuntime::new(RuntimeSettings { call_fuel: u64::MAX / 2, ..settings() }).unwrap();
     let policy = hostile(&runtime);
     let started = Instant::now();
     let err = policy.decide(&chat_request("loop", "x"), &eight_backends().stats).unwrap_err();
-    // The deadline is 50 ms; a second means it did not work at all.
+    // The backstop is 50 ms; a second means it did not work at all.
     assert!(started.elapsed() < Duration::from_secs(1), "loop ran for {:?}", started.elapsed());
     assert_eq!(err.kind(), PolicyErrorKind::Timeout);
     assert!(err.is_retryable());
-    misbehaves_then_recovers("loop", PolicyErrorKind::Timeout);
+}
+
+#[test]
+fn a_decision_costs_the_same_fuel_every_time() {
+    let fleet = eight_backends();
+    let request = chat_request("auto", "Call me at +1 555 010 9999 about the plan.");
+    for mode in [InstanceMode::Fresh, InstanceMode::Pooled] {
+        let runtime = PolicyRuntime::new(RuntimeSettings { instance_mode: mode, warm_instances: 2, ..settings() }).unwrap();
+        for (name, path) in [("cheapest-healthy", artifacts::CHEAPEST_HEALTHY), ("private-data", artifacts::PRIVATE_DATA)] {
+            let policy = runtime.load(name, &read(path), "{}", &fleet.backends).unwrap();
+            let costs: Vec<u64> = (0..6)
+                .map(|_| {
+                    let before = policy.call_stats().fuel_used;
+                    policy.decide(&request, &fleet.stats).unwrap();
+                    policy.call_stats().fuel_used - before
+                })
+                .collect();
+            let (min, max) = (*costs.iter().min().unwrap(), *costs.iter().max().unwrap());
+            assert!(min > 1000, "{mode:?} {name}: {costs:?}");
+            match mode {
+                // A fresh instance has no history: the cost is exact.
+                InstanceMode::Fresh => assert_eq!(min, max, "{name}: one request, different costs: {costs:?}"),
+                // Warm instances (two here, taken in turn) start from the same
+                // history, so a request costs the same on each; later, an
+                // instance's allocator remembers its calls: a few percent.
+                InstanceMode::Pooled => {
+                    assert_eq!((costs[0], costs[2]), (costs[1], costs[3]), "{name}: {costs:?}");
+                    let (min, max) = (costs[2..].iter().min().unwrap(), costs[2..].iter().max().unwrap());
+                    assert!(max - min <= max / 10, "{name}: {costs:?}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_output_inside_a_tokio_runtime_is_safe() {
+    // wasmtime-wasi's synchronous stdio panics on a tokio thread; loads and
+    // decisions made from one must not get there.
+    let fleet = eight_backends();
+    let runtime = runtime();
+    let policy = runtime.load("hostile", &read(artifacts::HOSTILE), r#""noisy""#, &fleet.backends).unwrap();
+    let decision = policy.decide(&chat_request("print", "x"), &fleet.stats).unwrap();
+    assert_eq!(targets(&decision), ["gpt-4o"]);
+    let (decision, _) = policy.decide_async(std::sync::Arc::new(chat_request("print", "x")), fleet.stats.clone()).await.unwrap();
+    assert_eq!(targets(&decision), ["gpt-4o"]);
+    let err = policy.decide_async(std::sync::Arc::new(chat_request("print-trap", "x")), fleet.stats.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), PolicyErrorKind::Trap);
 }
 
 #[test]
@@ -243,8 +301,14 @@ fn guest_logging_is_rate_limited() {
 
 #[test]
 fn a_version_that_keeps_timing_out_is_quarantined() {
-    let runtime =
-        PolicyRuntime::new(RuntimeSettings { quarantine_after: 2, quarantine_for: Duration::from_secs(60), ..settings() }).unwrap();
+    // Fuel far above the backstop, so the loop hits the backstop.
+    let runtime = PolicyRuntime::new(RuntimeSettings {
+        quarantine_after: 2,
+        quarantine_for: Duration::from_secs(60),
+        call_fuel: u64::MAX / 2,
+        ..settings()
+    })
+    .unwrap();
     let policy = hostile(&runtime);
     let stats = eight_backends().stats;
     for _ in 0..2 {
@@ -288,7 +352,7 @@ fn init_that_refuses_or_loops_fails_the_load() {
     assert_eq!(err.kind(), PolicyErrorKind::ConfigRefused);
     assert!(err.message().contains("refuses the config"), "{err}");
     let err = runtime.load("hostile", &bytes, r#"{"loop-in-init": true}"#, &[]).unwrap_err();
-    assert_eq!(err.kind(), PolicyErrorKind::Timeout, "{err}");
+    assert_eq!(err.kind(), PolicyErrorKind::Budget, "{err}");
 }
 
 // ---- instance reuse ----

@@ -147,6 +147,8 @@ fn eval(file: &Path, request: &Path, backends: &Path, common: &CommonArgs) -> an
     let policy = runtime(common.no_cache)?.load(&policy_name(file), &bytes, &config, &backends)?;
     let decision: Decision = policy.decide(&request, &stats)?;
     println!("{}", serde_json::to_string_pretty(&decision)?);
+    let fuel = policy.call_stats().fuel_used;
+    eprintln!("fuel used: {fuel} of the default budget of {} (policies.call_fuel)", switchyard::policy::DEFAULT_CALL_FUEL);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use switchyard::config::{self, Config, InstanceModeConfig};
 use switchyard::gateway::{ConfigFile, Gateway};
-use switchyard::policy::{watch, InstanceMode, PolicyRuntime, RuntimeSettings, DEFAULT_DEBOUNCE, DEFAULT_POLL};
+use switchyard::policy::{default_threads, watch, InstanceMode, PolicyRuntime, RuntimeSettings, DEFAULT_DEBOUNCE, DEFAULT_POLL};
 use switchyard::telemetry::Telemetry;
 use tokio::net::TcpListener;
 
@@ -51,8 +51,13 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (telemetry, tracer) = Telemetry::start(&config.telemetry, tokio.handle().clone()).map_err(anyhow::Error::msg)?.unzip();
     super::init_logging(log_format, tracer);
+    let threads = config.policies.threads.unwrap_or_else(default_threads);
     let settings = RuntimeSettings {
+        call_fuel: config.policies.call_fuel,
         call_deadline: config.call_deadline(),
+        threads,
+        queue: config.policies.queue,
+        warm_instances: config.policies.warm_instances.unwrap_or(threads),
         memory_limit: config.policies.memory_limit_mib << 20,
         instance_mode: match config.policies.instance_mode {
             InstanceModeConfig::Pooled => InstanceMode::Pooled,

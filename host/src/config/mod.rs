@@ -14,6 +14,20 @@ use serde::Deserialize;
 
 pub use embedded::{embedded, EMBEDDED_POLICY, EMBEDDED_POLICY_NAME};
 
+/// Fuel of one decision by default: about 100 million WebAssembly
+/// instructions, some 7 ms of a tight loop on this project's 2-core machines.
+/// A warm decision uses 15-35 thousand (Rust), 0.3 million (Python) or 1.3
+/// million (JavaScript); the largest view a client can cause (256 messages,
+/// 16 KiB of text, 128 tools) 0.2-4 million (Rust), 6 million (Python) or 25
+/// million (JavaScript). Figures in bench/results.md.
+pub const DEFAULT_CALL_FUEL: u64 = 100_000_000;
+
+/// Fuel of instantiation plus `init` by default.
+pub const DEFAULT_INIT_FUEL: u64 = 2_000_000_000;
+
+/// The wall-clock backstop of a decision by default, in milliseconds.
+pub const DEFAULT_CALL_DEADLINE_MS: u64 = 250;
+
 /// A configuration error: which file, which key, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: {key}: {problem}")]
@@ -133,8 +147,24 @@ pub struct PoliciesConfig {
     /// Directory of `NAME.wasm` policies, relative to the config file; `None`
     /// serves only the embedded default policy.
     pub dir: Option<PathBuf>,
-    /// Deadline of one decision, in ms.
+    /// Budget of one decision in fuel (about one unit per WebAssembly
+    /// instruction): the same request on the same version always fits or
+    /// never does, whatever the load.
+    pub call_fuel: u64,
+    /// Wall-clock backstop of one decision, in ms: far above what the fuel
+    /// budget takes, for host-side stalls.
     pub call_deadline_ms: u64,
+    /// Threads that run policy calls (default: one per core).
+    pub threads: Option<usize>,
+    /// Warm instances per policy version, created at load (default: one per
+    /// policy thread).
+    pub warm_instances: Option<usize>,
+    /// Decisions that may wait for a policy thread; past that, a decision
+    /// fails as `overloaded` (and the route's `on_policy_error` applies).
+    pub queue: usize,
+    /// Most messages passed to a policy, the newest; the rest still count in
+    /// `total-text-bytes` and the `switchyard.message-count` tag.
+    pub view_max_messages: usize,
     /// Memory cap of one policy instance, in MiB.
     pub memory_limit_mib: usize,
     /// Instance reuse.
@@ -152,7 +182,12 @@ impl Default for PoliciesConfig {
     fn default() -> Self {
         Self {
             dir: None,
-            call_deadline_ms: 5,
+            call_fuel: DEFAULT_CALL_FUEL,
+            call_deadline_ms: DEFAULT_CALL_DEADLINE_MS,
+            threads: None,
+            warm_instances: None,
+            queue: 1024,
+            view_max_messages: 256,
             memory_limit_mib: 64,
             instance_mode: InstanceModeConfig::Pooled,
             text_budget_bytes: 16 << 10,
@@ -171,6 +206,41 @@ pub struct RouteConfig {
     pub model: String,
     /// The policy that decides.
     pub policy: String,
+    /// What happens when the policy cannot decide (it trapped, spent its
+    /// budget, answered nonsense, is quarantined or not loaded).
+    #[serde(default)]
+    pub on_policy_error: OnPolicyError,
+}
+
+/// `routes[].on_policy_error`: `"reject"` or a list of backend names.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "OnPolicyErrorToml")]
+pub enum OnPolicyError {
+    /// Answer 503 with an error that names the policy and the failure.
+    #[default]
+    Reject,
+    /// Try these backends, in order, and no others.
+    Backends(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OnPolicyErrorToml {
+    Word(String),
+    Backends(Vec<String>),
+}
+
+impl TryFrom<OnPolicyErrorToml> for OnPolicyError {
+    type Error = String;
+
+    fn try_from(value: OnPolicyErrorToml) -> Result<Self, String> {
+        match value {
+            OnPolicyErrorToml::Word(w) if w == "reject" => Ok(Self::Reject),
+            OnPolicyErrorToml::Word(w) => Err(format!("`{w}` is neither \"reject\" nor a list of backend names")),
+            OnPolicyErrorToml::Backends(b) if b.is_empty() => Err("an empty list would route nowhere: use \"reject\"".into()),
+            OnPolicyErrorToml::Backends(b) => Ok(Self::Backends(b)),
+        }
+    }
 }
 
 /// `[retry]`
@@ -464,6 +534,20 @@ impl Config {
         if p.call_deadline_ms == 0 || p.call_deadline_ms > 10_000 {
             return Err(("policies.call_deadline_ms".into(), "must be between 1 and 10000".into()));
         }
+        if p.call_fuel < 10_000 {
+            return Err(("policies.call_fuel".into(), "must be at least 10000 (a warm Rust decision uses a few thousand)".into()));
+        }
+        for (key, value, max) in [("threads", p.threads, 256), ("warm_instances", p.warm_instances, 256)] {
+            if value.is_some_and(|n| n == 0 || n > max) {
+                return Err((format!("policies.{key}"), format!("must be between 1 and {max}")));
+            }
+        }
+        if p.queue == 0 {
+            return Err(("policies.queue".into(), "must be at least 1".into()));
+        }
+        if p.view_max_messages == 0 {
+            return Err(("policies.view_max_messages".into(), "must be at least 1".into()));
+        }
         if p.memory_limit_mib == 0 || p.memory_limit_mib > 4096 {
             return Err(("policies.memory_limit_mib".into(), "must be between 1 and 4096".into()));
         }
@@ -535,6 +619,11 @@ impl Config {
             }
             if r.policy.is_empty() {
                 return Err((format!("routes[{i}].policy"), "must name a policy".into()));
+            }
+            if let OnPolicyError::Backends(backends) = &r.on_policy_error {
+                if let Some(unknown) = backends.iter().find(|b| !names.contains(b.as_str())) {
+                    return Err((format!("routes[{i}].on_policy_error"), format!("`{unknown}` is not a configured backend")));
+                }
             }
         }
         let mut keys = HashSet::new();

@@ -23,7 +23,7 @@ use super::{Gateway, GatewayState};
 use crate::decision_log::DecisionLog;
 use crate::error::GatewayError;
 use crate::metrics::RequestLabels;
-use crate::openai::inbound::{self, CallerIdentity, InboundRequest};
+use crate::openai::inbound::{self, CallerIdentity, InboundRequest, ViewLimits};
 use crate::policy::contract::ApiSurface;
 use crate::telemetry;
 use tracing::Instrument;
@@ -98,11 +98,12 @@ async fn proxy(
     let (parts, body) = request.into_parts();
     let body = read_body(body, &parts.headers, state.config.server.max_body_bytes).await?;
     let seed: u64 = rand::random();
-    let inbound = inbound::parse(surface, &body, &parts.headers, &caller, request_id, state.config.policies.text_budget_bytes, seed)?;
+    let limits = ViewLimits { text_bytes: state.config.policies.text_budget_bytes, messages: state.config.policies.view_max_messages };
+    let inbound = inbound::parse(surface, &body, &parts.headers, &caller, request_id, limits, seed)?;
     let metrics = gateway.metrics();
-    let plan = plan::plan(&state, gateway.registry(), metrics, &inbound)?;
-    let finished = match &plan.rejected {
-        Some((status, message)) => Finished::without_attempts(GatewayError::policy_rejected(*status, message)),
+    let plan = plan::plan(&state, gateway.registry(), metrics, &inbound).await?;
+    let finished = match &plan.refusal {
+        Some(refusal) => Finished::without_attempts(refusal.clone()),
         None => attempts::run(&state.config, metrics, &plan, &inbound, request_id, started).await,
     };
 
@@ -215,14 +216,18 @@ fn decision_record(log: &DecisionLog, plan: &Plan, inbound: &InboundRequest, w: 
         let names: Vec<String> = version.backends().iter().map(|b| b.name.clone()).collect();
         crate::decision_log::stats_json(&names, stats)
     });
-    let decision = match &plan.rejected {
-        Some((status, message)) => json!({"reject": {"status": status, "message": message}}),
+    let mut decision = match &plan.refusal {
+        Some(refusal) => json!({"reject": {"status": refusal.status.as_u16(), "message": refusal.message}}),
         None => {
             let targets: Vec<Value> = plan.targets.iter().map(|t| json!({"backend": t.upstream.name(), "model": t.model})).collect();
             let labels: serde_json::Map<String, Value> = plan.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
             json!({"targets": targets, "labels": labels})
         }
     };
+    if let Some(e) = &plan.policy_error {
+        // The targets or the rejection above are then the route's, not the policy's.
+        decision["policy_error"] = json!({"kind": e.kind().as_str(), "message": e.message()});
+    }
     json!({
         "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
         "request_id": inbound.view.id, "policy": plan.policy, "seed": inbound.view.seed,

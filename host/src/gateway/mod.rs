@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
-use crate::config::{ClientConfig, Config, ConfigError, EMBEDDED_POLICY_NAME};
+use crate::config::{ClientConfig, Config, ConfigError, OnPolicyError, RouteConfig, EMBEDDED_POLICY_NAME};
 use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyRegistry, PolicyRuntime, PolicySources, RescanReport};
@@ -55,13 +55,31 @@ pub struct GatewayState {
     /// The backends, in configuration order.
     pub upstreams: Vec<Arc<Upstream>>,
     by_name: HashMap<String, usize>,
-    routes: HashMap<String, String>,
-    catch_all: Option<String>,
+    routes: HashMap<String, RoutePolicy>,
+    catch_all: Option<RoutePolicy>,
     /// Backend names and models that bypass policies.
     direct: HashMap<String, Vec<usize>>,
     clients: Vec<ClientConfig>,
     /// The body of `GET /v1/models`.
     models: Bytes,
+}
+
+/// A route's policy, and what serves its requests when the policy cannot decide.
+struct RoutePolicy {
+    policy: String,
+    /// Indices into `upstreams`; empty means reject.
+    on_policy_error: Vec<usize>,
+}
+
+impl RoutePolicy {
+    fn new(route: &RouteConfig, by_name: &HashMap<String, usize>) -> Self {
+        let on_policy_error = match &route.on_policy_error {
+            OnPolicyError::Reject => vec![],
+            // Validation made sure every name is a backend.
+            OnPolicyError::Backends(names) => names.iter().filter_map(|n| by_name.get(n).copied()).collect(),
+        };
+        Self { policy: route.policy.clone(), on_policy_error }
+    }
 }
 
 impl GatewayState {
@@ -79,7 +97,7 @@ impl GatewayState {
 
 impl Gateway {
     /// Builds the gateway and loads the policies. Policies that fail to load
-    /// are reported and leave their routes on the default order.
+    /// are reported; their routes answer by `on_policy_error`.
     /// `file` is where `config` was read from (none for the embedded
     /// default); [`Gateway::reload_file`] reads it again.
     pub fn new(config: Config, runtime: PolicyRuntime, file: Option<ConfigFile>) -> Result<Arc<Self>, ConfigError> {
@@ -97,7 +115,7 @@ impl Gateway {
         })?;
         for status in registry.statuses() {
             if let Some(e) = status.last_error {
-                tracing::error!(policy = %status.name, "policy failed to load; its routes use the default order: {e}");
+                tracing::error!(policy = %status.name, "policy failed to load; its routes answer by on_policy_error: {e}");
             }
         }
         let decision_log = match &state.config.decision_log.path {
@@ -138,7 +156,7 @@ impl Gateway {
     pub fn policies_missing(&self) -> Vec<String> {
         let state = self.state();
         let mut missing: Vec<String> =
-            state.routes.values().chain(&state.catch_all).filter(|p| self.registry.get(p).is_none()).cloned().collect();
+            state.routes.values().chain(&state.catch_all).map(|r| &r.policy).filter(|p| self.registry.get(p).is_none()).cloned().collect();
         missing.sort();
         missing.dedup();
         missing
@@ -202,7 +220,7 @@ fn build_state(
     }
     stats.retain(|name, _| config.backends.iter().any(|b| &b.name == name));
 
-    let by_name = upstreams.iter().enumerate().map(|(i, u)| (u.name().to_owned(), i)).collect();
+    let by_name: HashMap<String, usize> = upstreams.iter().enumerate().map(|(i, u)| (u.name().to_owned(), i)).collect();
     let mut direct: HashMap<String, Vec<usize>> = HashMap::new();
     if config.policies.direct_backend_models {
         for (i, u) in upstreams.iter().enumerate() {
@@ -212,8 +230,8 @@ fn build_state(
             }
         }
     }
-    let routes = config.routes.iter().filter(|r| r.model != "*").map(|r| (r.model.clone(), r.policy.clone())).collect();
-    let catch_all = config.routes.iter().find(|r| r.model == "*").map(|r| r.policy.clone());
+    let routes = config.routes.iter().filter(|r| r.model != "*").map(|r| (r.model.clone(), RoutePolicy::new(r, &by_name))).collect();
+    let catch_all = config.routes.iter().find(|r| r.model == "*").map(|r| RoutePolicy::new(r, &by_name));
     let models = models_body(&config);
     Ok(GatewayState { clients: config.clients.clone(), config: Arc::new(config), upstreams, by_name, routes, catch_all, direct, models })
 }

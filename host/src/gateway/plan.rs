@@ -2,15 +2,17 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::openai::inbound::InboundRequest;
 use crate::policy::contract::{BackendStats, CircuitState};
-use crate::policy::{idle_stats, Decision, LoadedPolicy, PolicyError, PolicyRegistry};
+use crate::policy::{idle_stats, Decision, LoadedPolicy, PolicyError, PolicyErrorKind, PolicyRegistry};
 use crate::telemetry;
 use crate::upstream::Upstream;
 
-use super::GatewayState;
+use super::{GatewayState, RoutePolicy};
 
 /// The targets of one request, in order.
 pub(super) struct Plan {
@@ -22,8 +24,12 @@ pub(super) struct Plan {
     /// The version that decided and the stats it was given, for the
     /// decision log (moved here, not copied).
     pub seen: Option<(Arc<LoadedPolicy>, Vec<BackendStats>)>,
-    /// The policy refused the request (status, message): no targets.
-    pub rejected: Option<(u16, String)>,
+    /// No targets: the policy's rejection, or the route's answer to a
+    /// policy that could not decide.
+    pub refusal: Option<GatewayError>,
+    /// The policy could not decide: `targets` are then the route's
+    /// `on_policy_error` backends, or `refusal` is a 503.
+    pub policy_error: Option<PolicyError>,
 }
 
 pub(super) struct Target {
@@ -32,36 +38,37 @@ pub(super) struct Target {
 }
 
 /// Chooses the targets for `inbound`: a route's policy, a backend named
-/// directly, or the catch-all route's policy.
-pub(super) fn plan(
+/// directly, or the catch-all route's policy. A policy that cannot decide
+/// never falls open: its route's `on_policy_error` says what happens.
+pub(super) async fn plan(
     state: &GatewayState,
     registry: &PolicyRegistry,
     metrics: &Metrics,
     inbound: &InboundRequest,
 ) -> Result<Plan, GatewayError> {
-    let policy_name = match state.routes.get(&inbound.model) {
-        Some(policy) => policy,
+    let route = match state.routes.get(&inbound.model) {
+        Some(route) => route,
         None => {
             if let Some(indices) = state.direct.get(&inbound.model) {
                 let targets = indices.iter().map(|&i| target(&state.upstreams[i], None)).collect();
-                return Ok(Plan { policy: "direct".into(), targets, labels: vec![], seen: None, rejected: None });
+                return Ok(Plan { policy: "direct".into(), targets, labels: vec![], seen: None, refusal: None, policy_error: None });
             }
             state.catch_all.as_ref().ok_or_else(|| GatewayError::model_not_found(&inbound.model))?
         }
     };
 
-    let Some(version) = registry.get(policy_name) else {
-        let error = PolicyError::new(crate::policy::PolicyErrorKind::NotFound, policy_name, "no version of this policy is loaded");
-        metrics.policy_error(policy_name, error.kind().as_str());
-        return Ok(default_order(state, policy_name, error));
+    let Some(version) = registry.get(&route.policy) else {
+        let error = PolicyError::new(PolicyErrorKind::NotFound, &route.policy, "no version of this policy is loaded");
+        return Ok(policy_failed(state, route, metrics, &inbound.view.id, error));
     };
     let stats = stats_for(state, version.backends());
     let started = std::time::Instant::now();
-    let decision = telemetry::decide_span(version.name(), version.version()).in_scope(|| version.decide(&inbound.view, &stats));
+    let span = telemetry::decide_span(version.name(), version.version());
+    let decision = version.decide_async(inbound.view.clone(), stats).instrument(span).await;
     metrics.decision(version.name(), version.version(), started.elapsed());
     let policy = format!("{}@{}", version.name(), version.version());
     match decision {
-        Ok(Decision::Route(route)) => {
+        Ok((Decision::Route(route), stats)) => {
             let targets = route
                 .targets
                 .into_iter()
@@ -72,16 +79,17 @@ pub(super) fn plan(
                     Some(target(upstream, t.model))
                 })
                 .collect();
-            Ok(Plan { policy, targets, labels: route.labels, seen: Some((version, stats)), rejected: None })
+            Ok(Plan { policy, targets, labels: route.labels, seen: Some((version, stats)), refusal: None, policy_error: None })
         }
-        Ok(Decision::Reject { status, message }) => {
-            Ok(Plan { policy, targets: vec![], labels: vec![], seen: Some((version, stats)), rejected: Some((status, message)) })
-        }
-        Err(e) => {
-            tracing::warn!(request_id = %inbound.view.id, "policy failed, using the default order: {e}");
-            metrics.policy_error(policy_name, e.kind().as_str());
-            Ok(default_order(state, policy_name, e))
-        }
+        Ok((Decision::Reject { status, message }, stats)) => Ok(Plan {
+            policy,
+            targets: vec![],
+            labels: vec![],
+            seen: Some((version, stats)),
+            refusal: Some(GatewayError::policy_rejected(status, &message)),
+            policy_error: None,
+        }),
+        Err(error) => Ok(policy_failed(state, route, metrics, &inbound.view.id, error)),
     }
 }
 
@@ -89,12 +97,20 @@ fn target(upstream: &Arc<Upstream>, model: Option<String>) -> Target {
     Target { model: model.unwrap_or_else(|| upstream.config.model().to_owned()), upstream: upstream.clone() }
 }
 
-/// Every backend in configuration order, used when the policy cannot decide;
-/// the label says why.
-fn default_order(state: &GatewayState, policy: &str, error: PolicyError) -> Plan {
-    let targets = state.upstreams.iter().map(|u| target(u, None)).collect();
-    let labels = vec![("policy_error".to_owned(), error.kind().as_str().to_owned())];
-    Plan { policy: policy.to_owned(), targets, labels, seen: None, rejected: None }
+/// What a route does when its policy cannot decide: its `on_policy_error`
+/// backends and no others, or a 503 naming the policy and the failure.
+/// The label says which failure.
+fn policy_failed(state: &GatewayState, route: &RoutePolicy, metrics: &Metrics, request_id: &str, error: PolicyError) -> Plan {
+    let kind = error.kind().as_str();
+    let labels = vec![("policy_error".to_owned(), kind.to_owned())];
+    let (targets, refusal, action): (Vec<Target>, _, _) = if route.on_policy_error.is_empty() {
+        (vec![], Some(GatewayError::policy_failed(&route.policy, kind, error.is_retryable())), "reject")
+    } else {
+        (route.on_policy_error.iter().map(|&i| target(&state.upstreams[i], None)).collect(), None, "fallback")
+    };
+    tracing::warn!(%request_id, action, "policy could not decide: {error}");
+    metrics.policy_error(&route.policy, kind, action);
+    Plan { policy: route.policy.clone(), targets, labels, seen: None, refusal, policy_error: Some(error) }
 }
 
 /// Live stats in the order of the version's backends. Fast path: the same

@@ -2,6 +2,8 @@
 //! router does not know pass through untouched) and the policy's view of it
 //! is extracted.
 
+use std::sync::Arc;
+
 use hyper::HeaderMap;
 use serde_json::{Map, Value};
 
@@ -15,6 +17,27 @@ pub const TAG_HEADER_PREFIX: &str = "x-switchyard-";
 const MAX_TAGS: usize = 32;
 /// Longest tag key or value kept, in bytes.
 const MAX_TAG_BYTES: usize = 256;
+/// Most tool names passed to a policy (OpenAI accepts at most 128 tools).
+const MAX_VIEW_TOOLS: usize = 128;
+/// Longest tool name, `user` or `model` passed to a policy, in bytes; longer
+/// ones are cut on a character boundary.
+const MAX_VIEW_NAME_BYTES: usize = 256;
+/// Tags whose keys start with this are the router's; clients cannot set them.
+pub const ROUTER_TAG_PREFIX: &str = "switchyard.";
+/// The router's tag with the number of messages the client sent, present
+/// when the policy sees fewer (only the newest `view_max_messages`).
+pub const MESSAGE_COUNT_TAG: &str = "switchyard.message-count";
+
+/// How much of a request a policy sees. Whatever a client sends within the
+/// body limit, the view stays this small, so that no request can make a
+/// policy run out of its budget just by being large.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewLimits {
+    /// Bytes of message text, spent from the newest message backwards.
+    pub text_bytes: usize,
+    /// Messages, the newest.
+    pub messages: usize,
+}
 
 /// A parsed client request.
 #[derive(Debug, Clone)]
@@ -31,8 +54,8 @@ pub struct InboundRequest {
     pub stream: bool,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
-    /// What the policy sees.
-    pub view: Request,
+    /// What the policy sees (shared with the policy thread that decides).
+    pub view: Arc<Request>,
 }
 
 /// Who sent the request, from authentication.
@@ -42,15 +65,14 @@ pub struct CallerIdentity {
     pub key_name: Option<String>,
 }
 
-/// Parses a body for `surface`. `text_budget` caps the message text passed
-/// to the policy.
+/// Parses a body for `surface`; `limits` bound the policy's view of it.
 pub fn parse(
     surface: ApiSurface,
     body: &[u8],
     headers: &HeaderMap,
     caller: &CallerIdentity,
     request_id: &str,
-    text_budget: usize,
+    limits: ViewLimits,
     seed: u64,
 ) -> Result<InboundRequest, GatewayError> {
     let body_len = body.len();
@@ -80,8 +102,21 @@ pub fn parse(
         ApiSurface::Embeddings => input_texts(&body, "input")?,
     };
     let total_text_bytes: u64 = messages.iter().map(|m| u64::from(m.text_bytes)).sum();
-    apply_text_budget(&mut messages, text_budget);
+    let message_count = messages.len();
     let image_tokens: u64 = messages.iter().filter(|m| m.has_image).count() as u64 * 765;
+    if message_count > limits.messages {
+        let dropped: Vec<Message> = messages.drain(..message_count - limits.messages).collect();
+        // "Some message has an image" (and audio, files, tool calls) stays
+        // true: the dropped messages' flags go to the oldest one kept.
+        let oldest = &mut messages[0];
+        for m in &dropped {
+            oldest.has_image |= m.has_image;
+            oldest.has_audio |= m.has_audio;
+            oldest.has_file |= m.has_file;
+            oldest.has_tool_calls |= m.has_tool_calls;
+        }
+    }
+    apply_text_budget(&mut messages, limits.text_bytes);
 
     let max_output_tokens = ["max_completion_tokens", "max_tokens"]
         .iter()
@@ -91,7 +126,12 @@ pub fn parse(
         .get("tools")
         .and_then(Value::as_array)
         .map(|tools| {
-            tools.iter().filter_map(|t| t.get("function").and_then(|f| f.get("name")).and_then(Value::as_str)).map(str::to_owned).collect()
+            tools
+                .iter()
+                .filter_map(|t| t.get("function").and_then(|f| f.get("name")).and_then(Value::as_str))
+                .take(MAX_VIEW_TOOLS)
+                .map(view_name)
+                .collect()
         })
         .unwrap_or_default();
     let json_mode = body
@@ -99,24 +139,33 @@ pub fn parse(
         .and_then(|f| f.get("type"))
         .and_then(Value::as_str)
         .is_some_and(|t| t == "json_object" || t == "json_schema");
-    let user = body.get("user").and_then(Value::as_str).map(str::to_owned);
+    let user = body.get("user").and_then(Value::as_str).map(view_name);
+    let mut tags = tags(&body, headers);
+    if message_count > messages.len() {
+        tags.push(Tag { key: MESSAGE_COUNT_TAG.to_owned(), value: message_count.to_string() });
+    }
 
     let view = Request {
         id: request_id.to_owned(),
-        model: model.clone(),
+        model: view_name(&model),
         surface,
         stream,
-        input_tokens: (total_text_bytes / 4 + messages.len() as u64 * 4 + image_tokens).min(u64::from(u32::MAX)) as u32,
+        input_tokens: (total_text_bytes / 4 + message_count as u64 * 4 + image_tokens).min(u64::from(u32::MAX)) as u32,
         messages,
         total_text_bytes,
         max_output_tokens,
         tools,
         json_mode,
         caller: Caller { key_name: caller.key_name.clone(), user },
-        tags: tags(&body, headers),
+        tags,
         seed,
     };
-    Ok(InboundRequest { surface, body, body_len, model, stream, include_usage, view })
+    Ok(InboundRequest { surface, body, body_len, model, stream, include_usage, view: Arc::new(view) })
+}
+
+/// A name as a policy sees it: cut to [`MAX_VIEW_NAME_BYTES`].
+fn view_name(name: &str) -> String {
+    crate::policy::cut_at_char_boundary(name, MAX_VIEW_NAME_BYTES).to_owned()
 }
 
 fn role(value: &str) -> Option<Role> {
@@ -226,7 +275,8 @@ fn apply_text_budget(messages: &mut [Message], budget: usize) {
 }
 
 /// Tags from `metadata` (string values) and `x-switchyard-*` headers, which
-/// win on a clash. Keys are lower-cased; sizes are capped.
+/// win on a clash. Keys are lower-cased; sizes are capped; keys the router
+/// reserves are dropped.
 fn tags(body: &Map<String, Value>, headers: &HeaderMap) -> Vec<Tag> {
     let mut tags: Vec<Tag> = Vec::new();
     let mut put = |key: &str, value: &str| {
@@ -234,6 +284,9 @@ fn tags(body: &Map<String, Value>, headers: &HeaderMap) -> Vec<Tag> {
             return;
         }
         let key = key.to_ascii_lowercase();
+        if key.starts_with(ROUTER_TAG_PREFIX) {
+            return;
+        }
         match tags.iter().position(|t| t.key == key) {
             Some(i) => tags[i].value = value.to_owned(),
             None if tags.len() < MAX_TAGS => tags.push(Tag { key, value: value.to_owned() }),
@@ -260,7 +313,15 @@ mod tests {
     use super::*;
 
     fn parse_chat(body: &str, headers: &HeaderMap, budget: usize) -> Result<InboundRequest, GatewayError> {
-        parse(ApiSurface::Chat, body.as_bytes(), headers, &CallerIdentity::default(), "r1", budget, 7)
+        parse(
+            ApiSurface::Chat,
+            body.as_bytes(),
+            headers,
+            &CallerIdentity::default(),
+            "r1",
+            ViewLimits { text_bytes: budget, messages: 256 },
+            7,
+        )
     }
 
     #[test]
@@ -336,7 +397,7 @@ mod tests {
             &HeaderMap::new(),
             &CallerIdentity::default(),
             "r",
-            100,
+            ViewLimits { text_bytes: 100, messages: 256 },
             1,
         )
         .unwrap();
@@ -347,7 +408,7 @@ mod tests {
             &HeaderMap::new(),
             &CallerIdentity::default(),
             "r",
-            100,
+            ViewLimits { text_bytes: 100, messages: 256 },
             1,
         )
         .unwrap_err();
@@ -358,7 +419,7 @@ mod tests {
             &HeaderMap::new(),
             &CallerIdentity::default(),
             "r",
-            100,
+            ViewLimits { text_bytes: 100, messages: 256 },
             1,
         )
         .unwrap();

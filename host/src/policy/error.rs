@@ -19,15 +19,19 @@ pub enum PolicyErrorKind {
     ConfigRefused,
     /// The guest trapped (panic, abort, unreachable, out-of-bounds access).
     Trap,
-    /// The guest ran past its deadline.
+    /// The guest used up its fuel: the instruction budget of one call.
+    Budget,
+    /// The guest ran past the wall-clock backstop.
     Timeout,
     /// The guest tried to grow its memory past the cap.
     MemoryLimit,
     /// The guest answered with a decision the router cannot follow: empty,
     /// naming an unknown backend, too large, or with an invalid status.
     InvalidDecision,
-    /// The version kept hitting its deadline and is benched for a while.
+    /// The version kept hitting its wall-clock backstop and is benched for a while.
     Quarantined,
+    /// Every policy thread was busy and the queue of waiting decisions full.
+    Overloaded,
     /// No policy of that name is loaded.
     NotFound,
     /// Setting up the runtime itself failed.
@@ -44,10 +48,12 @@ impl PolicyErrorKind {
             Self::Instantiate => "instantiate",
             Self::ConfigRefused => "config_refused",
             Self::Trap => "trap",
+            Self::Budget => "budget",
             Self::Timeout => "timeout",
             Self::MemoryLimit => "memory_limit",
             Self::InvalidDecision => "invalid_decision",
             Self::Quarantined => "quarantined",
+            Self::Overloaded => "overloaded",
             Self::NotFound => "not_found",
             Self::Runtime => "runtime",
         }
@@ -89,7 +95,8 @@ impl PolicyError {
     }
 
     /// Whether calling again may succeed. A trap or a timeout ran on an
-    /// instance that is now discarded; the next call gets a fresh one.
+    /// instance that is now discarded; the next call gets a fresh one. A
+    /// spent budget is not retryable: the same request costs the same again.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
@@ -98,6 +105,7 @@ impl PolicyError {
                 | PolicyErrorKind::MemoryLimit
                 | PolicyErrorKind::Instantiate
                 | PolicyErrorKind::Quarantined
+                | PolicyErrorKind::Overloaded
         )
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
+use wasmtime_wasi::random::Deterministic;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::contract::{HostImports, LogLevel, TypesImports};
@@ -26,12 +27,20 @@ pub(crate) struct InstanceState {
 }
 
 impl InstanceState {
-    pub(crate) fn new(log: Arc<GuestLog>, memory_limit: usize) -> Self {
+    /// `random` is the byte cycle the guest's WASI random draws from.
+    pub(crate) fn new(log: Arc<GuestLog>, memory_limit: usize, random: &[u8]) -> Self {
         // No preopened directories, environment, arguments or sockets: the
         // builder's defaults grant nothing, and the network is closed
-        // explicitly. Clocks and random stay, as guest runtimes need them.
+        // explicitly. Clocks and random stay, as guest runtimes need them;
+        // random is the same for every instance of a version, so that the
+        // same request costs the same fuel and decides the same on a fresh
+        // instance (hash seeds, for one, come from it).
         let stderr_tail = Arc::new(StderrTail::default());
+        let seed = random.iter().take(16).fold(0u128, |seed, b| seed << 8 | u128::from(*b));
         let wasi = WasiCtxBuilder::new()
+            .secure_random(Deterministic::new(random.to_vec()))
+            .insecure_random(Deterministic::new(random.to_vec()))
+            .insecure_random_seed(seed)
             .stdout(GuestOutput::new(log.clone(), LogLevel::Info))
             .stderr(GuestOutput::new(log.clone(), LogLevel::Warn).with_tail(stderr_tail.clone()))
             .allow_tcp(false)

@@ -18,6 +18,7 @@ pub mod json;
 mod registry;
 mod runtime;
 mod settings;
+mod threads;
 mod version;
 mod watch;
 
@@ -26,6 +27,6 @@ pub use error::{PolicyError, PolicyErrorKind};
 pub use guest_log::cut_at_char_boundary;
 pub use registry::{PolicyRegistry, PolicySources, PolicyStatus, RescanReport, EMPTY_CONFIG, POLICY_EXTENSION};
 pub use runtime::{ComponentReport, PolicyRuntime};
-pub use settings::{default_cache_dir, InstanceMode, RuntimeSettings};
+pub use settings::{default_cache_dir, default_threads, InstanceMode, RuntimeSettings, DEFAULT_CALL_DEADLINE_MS, DEFAULT_CALL_FUEL};
 pub use version::{idle_stats, LoadedPolicy, PolicyCallStats};
 pub use watch::{watch, PolicyWatcher, DEFAULT_DEBOUNCE, DEFAULT_POLL};

@@ -14,6 +14,7 @@ use super::contract::{Backend, PolicyBindings, PolicyBindingsPre, WORLD};
 use super::error::{PolicyError, PolicyErrorKind};
 use super::instance_state::InstanceState;
 use super::settings::RuntimeSettings;
+use super::threads::PolicyThreads;
 use super::version::LoadedPolicy;
 
 /// How often the epoch advances; the unit of every deadline.
@@ -29,6 +30,8 @@ pub(crate) struct RuntimeInner {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<InstanceState>,
     pub(crate) settings: RuntimeSettings,
+    /// Where the decisions of [`LoadedPolicy::decide_async`] run.
+    pub(crate) threads: PolicyThreads,
     /// Key of compiled artifacts for this engine's settings.
     engine_key: u64,
     ticker_stop: Arc<AtomicBool>,
@@ -54,10 +57,13 @@ pub struct ComponentReport {
 }
 
 impl PolicyRuntime {
-    /// Builds the engine, the linker and the epoch ticker.
+    /// Builds the engine, the linker, the epoch ticker and the policy threads.
     pub fn new(settings: RuntimeSettings) -> Result<Self, PolicyError> {
         let runtime_err = |e: wasmtime::Error| PolicyError::new(PolicyErrorKind::Runtime, "-", format!("{e:#}"));
         let mut config = Config::new();
+        // Fuel is the budget (deterministic); the epoch deadline is the
+        // wall-clock backstop.
+        config.consume_fuel(true);
         config.epoch_interruption(true);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(&settings)));
         let engine = Engine::new(&config).map_err(runtime_err)?;
@@ -71,10 +77,11 @@ impl PolicyRuntime {
         let engine_key = hasher.finish();
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), ticker_stop.clone())
-            .map_err(|e| PolicyError::new(PolicyErrorKind::Runtime, "-", e.to_string()))?;
+        let thread_err = |e: std::io::Error| PolicyError::new(PolicyErrorKind::Runtime, "-", format!("cannot start a thread: {e}"));
+        spawn_epoch_ticker(engine.clone(), ticker_stop.clone()).map_err(thread_err)?;
+        let threads = PolicyThreads::start(settings.threads, settings.queue).map_err(thread_err)?;
 
-        Ok(Self { inner: Arc::new(RuntimeInner { engine, linker, settings, engine_key, ticker_stop }) })
+        Ok(Self { inner: Arc::new(RuntimeInner { engine, linker, settings, threads, engine_key, ticker_stop }) })
     }
 
     /// The settings this runtime was built with.
@@ -84,14 +91,14 @@ impl PolicyRuntime {
 
     /// Compiles `bytes` (or loads them from the artifact cache), checks that
     /// they target our world, runs `init` with `config` and `backends`, and
-    /// makes one probe decision under the limits. Only a policy that passes
-    /// every step is returned.
+    /// makes one probe decision under the limits, then fills the warm pool.
+    /// Only a policy that passes every step is returned.
     pub fn load(&self, name: &str, bytes: &[u8], config: &str, backends: &[Backend]) -> Result<Arc<LoadedPolicy>, PolicyError> {
         let hash = content_hash(bytes);
         let component = self.compile(name, bytes, &hash)?;
         let pre = self.link(name, &component)?;
         let policy = Arc::new(LoadedPolicy::new(self.clone(), name, hash, config, backends, pre));
-        policy.probe()?;
+        policy.probe_and_warm()?;
         Ok(policy)
     }
 

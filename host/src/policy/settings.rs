@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::config::{DEFAULT_CALL_DEADLINE_MS, DEFAULT_CALL_FUEL, DEFAULT_INIT_FUEL};
+
 /// How instances of a policy version are reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstanceMode {
@@ -19,17 +21,31 @@ pub enum InstanceMode {
 /// Settings of the policy runtime. [`Default`] gives production values.
 #[derive(Debug, Clone)]
 pub struct RuntimeSettings {
-    /// Wall-clock budget of one `route` call. The guest is interrupted when it
-    /// runs past it; granularity is one millisecond.
+    /// The budget of one `route` call, in fuel: about one unit per
+    /// WebAssembly instruction the guest executes. The same request on the
+    /// same version always costs the same, whatever the machine's load, so
+    /// a decision either always fits or never does.
+    pub call_fuel: u64,
+    /// The budget of instantiation plus `init`, in fuel.
+    pub init_fuel: u64,
+    /// Wall-clock backstop of one `route` call, for what fuel does not
+    /// meter (host-side stalls). Far above what the fuel budget takes, so
+    /// only a sick host or guest hits it; granularity is one millisecond.
     pub call_deadline: Duration,
-    /// Budget for instantiation plus `init`, which may be slow for Python or
-    /// JavaScript guests.
+    /// Wall-clock backstop of instantiation plus `init`.
     pub init_deadline: Duration,
+    /// Threads that run guest calls for requests (never an async worker).
+    pub threads: usize,
+    /// Decisions that may wait for a policy thread; past that a decision
+    /// fails at once as overloaded.
+    pub queue: usize,
     /// Cap on one instance's linear memory, in bytes.
     pub memory_limit: usize,
     /// How instances are reused.
     pub instance_mode: InstanceMode,
-    /// Warm instances kept per policy version in [`InstanceMode::Pooled`].
+    /// Warm instances kept per policy version in [`InstanceMode::Pooled`],
+    /// all created when the version loads, so requests never wait for an
+    /// instance (Python and JavaScript take about a millisecond each).
     pub warm_instances: usize,
     /// Calls after which a warm instance is dropped and replaced, bounding
     /// whatever state or leaks a guest accumulates.
@@ -61,11 +77,15 @@ pub struct RuntimeSettings {
 impl Default for RuntimeSettings {
     fn default() -> Self {
         Self {
-            call_deadline: Duration::from_millis(5),
-            init_deadline: Duration::from_secs(2),
+            call_fuel: DEFAULT_CALL_FUEL,
+            init_fuel: DEFAULT_INIT_FUEL,
+            call_deadline: Duration::from_millis(DEFAULT_CALL_DEADLINE_MS),
+            init_deadline: Duration::from_secs(10),
+            threads: default_threads(),
+            queue: 1024,
             memory_limit: 64 << 20,
             instance_mode: InstanceMode::Pooled,
-            warm_instances: std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
+            warm_instances: default_threads(),
             recycle_after: 100_000,
             quarantine_after: 3,
             quarantine_for: Duration::from_secs(10),
@@ -79,6 +99,11 @@ impl Default for RuntimeSettings {
             cache_max_bytes: 1 << 30,
         }
     }
+}
+
+/// One policy thread per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// `$XDG_CACHE_HOME/switchyard`, else `$HOME/.cache/switchyard`.

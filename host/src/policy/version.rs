@@ -29,9 +29,13 @@ pub struct LoadedPolicy {
     loaded_at: SystemTime,
     pre: PolicyBindingsPre<InstanceState>,
     log: Arc<GuestLog>,
+    /// What the guests' WASI random returns, derived from the version.
+    random: Vec<u8>,
     warm: ArrayQueue<WarmInstance>,
     call_ticks: u64,
     init_ticks: u64,
+    call_fuel: u64,
+    init_fuel: u64,
     counters: Counters,
 }
 
@@ -42,21 +46,26 @@ pub struct PolicyCallStats {
     pub calls: u64,
     /// Calls that failed, by kind.
     pub failures: Vec<(PolicyErrorKind, u64)>,
-    /// Instances created (first use, after a trap, after recycling).
+    /// Instances created (at load, after a trap, after recycling).
     pub instances_created: u64,
+    /// Fuel the successful `route` calls used, in all; divided by the
+    /// successful calls it says how close a decision comes to its budget.
+    pub fuel_used: u64,
     /// Log lines dropped by the rate limit.
     pub log_lines_dropped: u64,
     /// The version is quarantined right now.
     pub quarantined: bool,
 }
 
-const COUNTED_KINDS: [PolicyErrorKind; 6] = [
+const COUNTED_KINDS: [PolicyErrorKind; 8] = [
     PolicyErrorKind::Trap,
+    PolicyErrorKind::Budget,
     PolicyErrorKind::Timeout,
     PolicyErrorKind::MemoryLimit,
     PolicyErrorKind::InvalidDecision,
     PolicyErrorKind::Instantiate,
     PolicyErrorKind::Quarantined,
+    PolicyErrorKind::Overloaded,
 ];
 
 #[derive(Default)]
@@ -64,6 +73,7 @@ struct Counters {
     calls: AtomicU64,
     failures: [AtomicU64; COUNTED_KINDS.len()],
     instances_created: AtomicU64,
+    fuel_used: AtomicU64,
     consecutive_timeouts: AtomicU32,
     /// Milliseconds since `quarantine_epoch` until which calls are refused.
     quarantined_until_ms: AtomicU64,
@@ -83,7 +93,10 @@ impl LoadedPolicy {
         Self {
             call_ticks: deadline_ticks(settings.call_deadline),
             init_ticks: deadline_ticks(settings.init_deadline),
+            call_fuel: settings.call_fuel,
+            init_fuel: settings.init_fuel,
             warm: ArrayQueue::new(settings.warm_instances.max(1)),
+            random: random_bytes(&version),
             runtime,
             name: name.to_owned(),
             version,
@@ -123,10 +136,42 @@ impl LoadedPolicy {
     }
 
     /// Asks the policy where `request` should go, given the live `stats` of
-    /// [`Self::backends`] (`stats[i]` belongs to `backends()[i]`). Never
-    /// panics and never blocks past the call deadline (plus instantiation when
-    /// no warm instance is free); every failure is a [`PolicyError`].
+    /// [`Self::backends`] (`stats[i]` belongs to `backends()[i]`), on the
+    /// calling thread, or on a thread of its own when called inside a tokio
+    /// runtime. Never panics and never runs past the call's fuel or its
+    /// backstop (plus instantiation when no warm instance is free); every
+    /// failure is a [`PolicyError`]. The server uses [`Self::decide_async`].
     pub fn decide(&self, request: &Request, stats: &[BackendStats]) -> Result<Decision, PolicyError> {
+        outside_tokio(&self.name, || self.decide_here(request, stats))
+    }
+
+    /// [`Self::decide`] on one of the runtime's policy threads, for async
+    /// callers: the worker awaits, guest code never runs on it. The stats
+    /// come back with the decision (for the decision log). Fails at once as
+    /// [`PolicyErrorKind::Overloaded`] when the policy threads' queue is full;
+    /// a request dropped while queued is not decided.
+    pub async fn decide_async(
+        self: &Arc<Self>,
+        request: Arc<Request>,
+        stats: Vec<BackendStats>,
+    ) -> Result<(Decision, Vec<BackendStats>), PolicyError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let version = self.clone();
+        let job = Box::new(move || {
+            if !tx.is_closed() {
+                let result = version.decide_here(&request, &stats);
+                let _ = tx.send(result.map(|d| (d, stats)));
+            }
+        });
+        if self.runtime.inner.threads.submit(job).is_err() {
+            self.counters.calls.fetch_add(1, Ordering::Relaxed);
+            self.count_failure(PolicyErrorKind::Overloaded);
+            return Err(PolicyError::new(PolicyErrorKind::Overloaded, &self.name, "every policy thread is busy and the queue is full"));
+        }
+        rx.await.unwrap_or_else(|_| Err(PolicyError::new(PolicyErrorKind::Runtime, &self.name, "the policy thread dropped the call")))
+    }
+
+    fn decide_here(&self, request: &Request, stats: &[BackendStats]) -> Result<Decision, PolicyError> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         if stats.len() != self.backends.len() {
             return Err(PolicyError::new(
@@ -145,12 +190,16 @@ impl LoadedPolicy {
     fn decide_raw(&self, request: &Request, stats: &[BackendStats]) -> Result<contract::Decision, PolicyError> {
         self.check_quarantine()?;
         let settings = self.runtime.settings();
-        let mut instance = match (settings.instance_mode, self.warm.pop()) {
-            (InstanceMode::Pooled, Some(instance)) => instance,
-            _ => self.instantiate()?,
+        let mut instance = match settings.instance_mode {
+            InstanceMode::Pooled => match self.warm.pop() {
+                Some(instance) => instance,
+                None => self.probed_instance()?,
+            },
+            InstanceMode::Fresh => self.instantiate()?,
         };
-        match instance.route(&self.name, request, stats, self.call_ticks) {
-            Ok(decision) => {
+        match instance.route(&self.name, request, stats, self.call_ticks, self.call_fuel) {
+            Ok((decision, fuel)) => {
+                self.counters.fuel_used.fetch_add(fuel, Ordering::Relaxed);
                 self.counters.consecutive_timeouts.store(0, Ordering::Relaxed);
                 if settings.instance_mode == InstanceMode::Pooled && instance.calls < settings.recycle_after {
                     // A full pool drops the instance: that bounds the number kept.
@@ -169,15 +218,30 @@ impl LoadedPolicy {
     }
 
     /// Instantiates and initialises, then makes one decision for a synthetic
-    /// request. A policy that traps, times out or runs out of memory here is
-    /// not loaded; an answer the backends cannot satisfy is fine.
-    pub(crate) fn probe(&self) -> Result<(), PolicyError> {
-        let request = probe_request();
+    /// request. A policy that traps, runs out of fuel or memory here is not
+    /// loaded; an answer the backends cannot satisfy is fine. Then fills the
+    /// warm pool, so that requests find instances ready.
+    pub(crate) fn probe_and_warm(&self) -> Result<(), PolicyError> {
+        outside_tokio(&self.name, || {
+            let _ = self.warm.push(self.probed_instance()?);
+            if self.runtime.settings().instance_mode == InstanceMode::Pooled {
+                while self.warm.len() < self.warm.capacity() {
+                    let _ = self.warm.push(self.probed_instance()?);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// A new instance that has made the probe decision. Every warm instance
+    /// starts from this same history, so the same request costs the same
+    /// fuel on any of them while they are young (lazy set-up, such as
+    /// compiling regular expressions, happens in the probe for all alike).
+    fn probed_instance(&self) -> Result<WarmInstance, PolicyError> {
         let stats = vec![idle_stats(); self.backends.len()];
         let mut instance = self.instantiate()?;
-        instance.route(&self.name, &request, &stats, self.call_ticks)?;
-        let _ = self.warm.push(instance);
-        Ok(())
+        instance.route(&self.name, &probe_request(), &stats, self.call_ticks, self.call_fuel)?;
+        Ok(instance)
     }
 
     /// A snapshot of this version's counters.
@@ -187,6 +251,7 @@ impl LoadedPolicy {
             calls: c.calls.load(Ordering::Relaxed),
             failures: COUNTED_KINDS.iter().zip(&c.failures).map(|(k, n)| (*k, n.load(Ordering::Relaxed))).filter(|(_, n)| *n > 0).collect(),
             instances_created: c.instances_created.load(Ordering::Relaxed),
+            fuel_used: c.fuel_used.load(Ordering::Relaxed),
             log_lines_dropped: self.log.dropped(),
             quarantined: now_ms() < c.quarantined_until_ms.load(Ordering::Relaxed),
         }
@@ -195,9 +260,10 @@ impl LoadedPolicy {
     fn instantiate(&self) -> Result<WarmInstance, PolicyError> {
         self.counters.instances_created.fetch_add(1, Ordering::Relaxed);
         let settings = self.runtime.settings();
-        let mut store = Store::new(&self.runtime.inner.engine, InstanceState::new(self.log.clone(), settings.memory_limit));
+        let mut store = Store::new(&self.runtime.inner.engine, InstanceState::new(self.log.clone(), settings.memory_limit, &self.random));
         store.limiter(|state| state);
         store.set_epoch_deadline(self.init_ticks);
+        store.set_fuel(self.init_fuel).map_err(|e| classify(&self.name, &store, e, PolicyErrorKind::Runtime))?;
         let bindings = self.pre.instantiate(&mut store).map_err(|e| classify(&self.name, &store, e, PolicyErrorKind::Instantiate))?;
         match bindings.call_init(&mut store, &self.config, &self.backends) {
             Ok(Ok(())) => Ok(WarmInstance { store, bindings, calls: 0 }),
@@ -212,7 +278,7 @@ impl LoadedPolicy {
             return Err(PolicyError::new(
                 PolicyErrorKind::Quarantined,
                 &self.name,
-                format!("version {} hit its deadline repeatedly and is benched for a while", self.version),
+                format!("version {} ran past its wall-clock backstop repeatedly and is benched for a while", self.version),
             ));
         }
         Ok(())
@@ -225,7 +291,7 @@ impl LoadedPolicy {
             self.counters.consecutive_timeouts.store(0, Ordering::Relaxed);
             let until = now_ms() + settings.quarantine_for.as_millis() as u64;
             self.counters.quarantined_until_ms.store(until, Ordering::Relaxed);
-            tracing::warn!(policy = %self.name, version = %self.version, "policy quarantined after {streak} deadline hits in a row");
+            tracing::warn!(policy = %self.name, version = %self.version, "policy quarantined after {streak} backstop hits in a row");
         }
     }
 
@@ -234,6 +300,14 @@ impl LoadedPolicy {
             self.counters.failures[i].fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// 1 KiB of WASI randomness for a version: BLAKE3's output stream keyed by
+/// the version's hash, the same on every instance and every run.
+fn random_bytes(version: &str) -> Vec<u8> {
+    let mut bytes = vec![0; 1024];
+    blake3::Hasher::new_derive_key("switchyard policy wasi random").update(version.as_bytes()).finalize_xof().fill(&mut bytes);
+    bytes
 }
 
 /// Milliseconds on a process-wide monotonic clock (never 0 after start).
@@ -250,14 +324,43 @@ struct WarmInstance {
 }
 
 impl WarmInstance {
-    fn route(&mut self, name: &str, request: &Request, stats: &[BackendStats], ticks: u64) -> Result<contract::Decision, PolicyError> {
+    /// One `route` call under `ticks` of wall clock and `fuel`; answers the
+    /// decision and the fuel it used.
+    fn route(
+        &mut self,
+        name: &str,
+        request: &Request,
+        stats: &[BackendStats],
+        ticks: u64,
+        fuel: u64,
+    ) -> Result<(contract::Decision, u64), PolicyError> {
         self.calls += 1;
         self.store.data_mut().memory_limit_hit = false;
         self.store.data().stderr_tail.clear();
-        // A reused store keeps its old deadline: set it before every call.
+        // A reused store keeps its old deadline and fuel: set both before every call.
         self.store.set_epoch_deadline(ticks);
-        self.bindings.call_route(&mut self.store, request, stats).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))
+        self.store.set_fuel(fuel).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Runtime))?;
+        let decision =
+            self.bindings.call_route(&mut self.store, request, stats).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))?;
+        let left = self.store.get_fuel().unwrap_or(fuel);
+        Ok((decision, fuel.saturating_sub(left)))
     }
+}
+
+/// Runs `f`, which enters guest code, outside any tokio runtime: wasmtime-wasi's
+/// synchronous stdio blocks on the current runtime's handle, which panics
+/// on a runtime's thread (a guest's `print` would take the caller down).
+/// Inside a runtime, `f` runs on a thread of its own; the server never gets
+/// here that way (its decisions run on the policy threads), only loads and
+/// tools do.
+fn outside_tokio<T: Send>(name: &str, f: impl FnOnce() -> Result<T, PolicyError> + Send) -> Result<T, PolicyError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match std::thread::Builder::new().name("policy-call".into()).spawn_scoped(s, f) {
+        Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        Err(e) => Err(PolicyError::new(PolicyErrorKind::Runtime, name, format!("cannot start a thread for the call: {e}"))),
+    })
 }
 
 /// Turns a wasmtime error from a call into a [`PolicyError`].
@@ -266,7 +369,8 @@ fn classify(name: &str, store: &Store<InstanceState>, error: wasmtime::Error, ot
         return PolicyError::new(PolicyErrorKind::MemoryLimit, name, format!("the guest tried to grow its memory past the cap: {error}"));
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => PolicyError::new(PolicyErrorKind::Timeout, name, "the guest ran past its deadline"),
+        Some(Trap::OutOfFuel) => PolicyError::new(PolicyErrorKind::Budget, name, "the guest used up its fuel (instruction budget)"),
+        Some(Trap::Interrupt) => PolicyError::new(PolicyErrorKind::Timeout, name, "the guest ran past its wall-clock backstop"),
         Some(trap) => PolicyError::new(PolicyErrorKind::Trap, name, with_stderr(format!("the guest trapped: {trap}"), store)),
         None => PolicyError::new(otherwise, name, with_stderr(format!("{error:#}"), store)),
     }

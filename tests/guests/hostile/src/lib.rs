@@ -1,9 +1,11 @@
-//! A policy that misbehaves on demand. The requested model picks the
-//! behaviour; any other model routes to the first backend with the label
+//! A policy that misbehaves on demand. The request's `mode` tag (the
+//! `x-switchyard-mode` header), else the requested model, picks the
+//! behaviour; anything else routes to the first backend with the label
 //! `fixture=hostile`.
 //!
 //! Config: `"refuse"` anywhere in it makes `init` refuse; `"loop-in-init"`
-//! makes `init` loop forever.
+//! makes `init` loop forever; `"noisy"` makes `init` print to stdout and
+//! stderr.
 
 use switchyard_policy::prelude::*;
 use switchyard_policy::{Route, Target};
@@ -15,6 +17,10 @@ impl Policy for Hostile {
         if config.contains("loop-in-init") {
             spin_forever();
         }
+        if config.contains("noisy") {
+            println!("hostile init on stdout");
+            eprintln!("hostile init on stderr");
+        }
         if config.contains("refuse") {
             return Err(format!("this policy refuses the config {config}"));
         }
@@ -22,12 +28,13 @@ impl Policy for Hostile {
     }
 
     fn route(&self, request: &Request, backends: &[Backend]) -> Decision {
-        match request.model.as_str() {
+        match request.tag("mode").unwrap_or(request.model.as_str()) {
             "loop" => spin_forever(),
             "bomb" => {
+                // Grows memory without touching it, so the cap (not the fuel) stops it.
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    hoard.push(vec![1; 1 << 20]);
+                    hoard.push(Vec::with_capacity(1 << 20));
                     std::hint::black_box(&hoard);
                 }
             }
@@ -37,8 +44,17 @@ impl Policy for Hostile {
                 eprintln!("an earlier call's stderr line");
                 route(backends.first()).label("fixture", "hostile").into()
             }
+            "print" => {
+                println!("hostile route on stdout");
+                eprintln!("hostile route on stderr");
+                route(backends.first()).label("fixture", "hostile").into()
+            }
+            "print-trap" => {
+                println!("hostile prints before it traps");
+                std::process::abort()
+            }
             "unknown" => targets(vec!["no-such-backend".into()]),
-            "huge" => targets((0..100_000).map(|i| format!("backend-{i}")).collect()),
+            "huge" => targets((0..1_000).map(|i| format!("backend-{i}")).collect()),
             "empty" => targets(vec![]),
             "bad-status" => reject(200, "a rejection that says OK"),
             "log-spam" => {
