@@ -195,10 +195,8 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
             return Ok(r);
         }
         "429-bare" => return Ok(error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", "mock: rate limited")),
-        "500-once" => {
-            if state.count(&model) == 1 {
-                return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "mock: failing once"));
-            }
+        "500-once" if state.count(&model) == 1 => {
+            return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "mock: failing once"));
         }
         "flap" => {
             let period = (fault.fail + fault.pass).max(1);

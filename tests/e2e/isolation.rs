@@ -270,6 +270,9 @@ async fn a_quarantined_policy_fails_closed_too() {
     }
 }
 
+/// What makes a request large, and how.
+type Edit<'a> = (&'a str, &'a dyn Fn(&mut Value));
+
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_requests_get_the_same_decision_as_small_ones() {
     let dir = tempfile::tempdir().unwrap();
@@ -301,7 +304,7 @@ async fn oversized_requests_get_the_same_decision_as_small_ones() {
     for (text, backend) in [(sensitive, "private"), (plain, "public")] {
         let small = post(&router.url, "/v1/chat/completions", &ask("pd", text), &[]).await;
         assert_eq!((small.status, small.header("x-switchyard-backend")), (200, Some(backend)), "{}", small.body);
-        let edits: [(&str, &dyn Fn(&mut Value)); 4] =
+        let edits: [Edit; 4] =
             [("100k messages", &many_messages), ("10k tools", &many_tools), ("1 MiB user", &long_user), ("5k tags", &long_metadata)];
         for (what, edit) in edits {
             let a = post(&router.url, "/v1/chat/completions", &padded(text, edit), &[]).await;

@@ -284,7 +284,7 @@ fn open_reports_broken_files_and_serves_the_rest() {
     let statuses = registry.statuses();
     let bad = statuses.iter().find(|s| s.name == "bad").unwrap();
     assert_eq!(bad.last_error.as_ref().unwrap().kind(), PolicyErrorKind::Compile);
-    assert_eq!(bad.file, PathBuf::from(dir.path().join("bad.wasm")));
+    assert_eq!(bad.file, dir.path().join("bad.wasm"));
     let missing = PolicyRegistry::open(runtime, sources(dir.path().join("missing")), Vec::new(), HashMap::new()).err().unwrap();
     assert!(missing.message().contains("does not exist"), "{missing}");
 }

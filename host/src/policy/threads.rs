@@ -73,7 +73,7 @@ mod tests {
             }))
             .unwrap();
         // Wait until the thread took it, so the queue's one slot is free.
-        while threads.jobs.len() > 0 {
+        while !threads.jobs.is_empty() {
             std::thread::yield_now();
         }
         let done = done_tx.clone();

@@ -60,6 +60,9 @@ pub struct Upstream {
     client: Client,
 }
 
+// One per backend, behind an `Arc<Upstream>`: its size does not matter, an
+// indirection on every request would.
+#[allow(clippy::large_enum_variant)]
 enum Client {
     OpenAi(openai::OpenAiClient),
     Anthropic(anthropic::AnthropicClient),
