@@ -11,14 +11,16 @@ secs=${1:-10}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 cargo build --release -p switchyard -p bare-proxy >/dev/null
-bin=target/release/switchyard
+# SWITCHYARD_BIN benchmarks another build of the router (an older commit, say) with this script.
+bin=${SWITCHYARD_BIN:-target/release/switchyard}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 
 start() { # start NAME ARGS... ; sets $url_NAME from the address the process prints
   local name=$1; shift
   "${bin}" "$@" >"$work/$name.out" 2>"$work/$name.err" &
-  for _ in $(seq 100); do [ -s "$work/$name.out" ] && break; sleep 0.1; done
+  # Up to a minute: compiling a Python or JavaScript policy takes seconds.
+  for _ in $(seq 600); do [ -s "$work/$name.out" ] && break; sleep 0.1; done
   printf -v "url_$name" '%s' "$(awk '{print $NF; exit}' "$work/$name.out")"
 }
 
@@ -123,6 +125,66 @@ ttft_router=$(ttft "$url_router" upstream)
 per_event=$(( (sr50 - sd50) / chunks ))
 if [ "$per_event" -gt 0 ]; then per_event="+${per_event} µs per event"; else per_event="no added time per event measurable"; fi
 
+# ---- Policies under load: guest calls on the policy threads, fuel budgets ----
+# The same A/B strategy in Rust and in Python, each on its own route, at c=64;
+# then 5,000 concurrent connections streaming through the Rust policy.
+cargo build --release --target wasm32-wasip2 --manifest-path policies/Cargo.toml -p ab-test --target-dir target/guests >/dev/null 2>&1
+mkdir -p "$work/policies"
+cp target/guests/wasm32-wasip2/release/ab_test.wasm "$work/policies/ab-rust.wasm"
+py_policy=no
+if command -v componentize-py >/dev/null; then
+  componentize-py -d wit -w policy componentize app -p policies/python/ab-test -o "$work/policies/ab-python.wasm" >/dev/null && py_policy=yes
+fi
+arms='{ arms = [{ name = "a", backend = "upstream", weight = 1 }, { name = "b", backend = "upstream-b", weight = 1 }] }'
+cat >"$work/policies.toml" <<TOML
+[policies]
+dir = "policies"
+[policies.config]
+ab-rust = $arms
+ab-python = $arms
+[[routes]]
+model = "ab-rust"
+policy = "ab-rust"
+[[routes]]
+model = "ab-python"
+policy = "ab-python"
+[[routes]]
+model = "auto"
+policy = "cheapest-healthy"
+[[backends]]
+name = "upstream"
+provider = "openai"
+base_url = "$url_mock/v1"
+model = "gpt-bench"
+[[backends]]
+name = "upstream-b"
+provider = "openai"
+base_url = "$url_mock/v1"
+model = "gpt-bench-b"
+TOML
+RUST_LOG=warn start prouter serve --config "$work/policies.toml" --listen 127.0.0.1:0
+# The second wording is that of routers before fail-closed routes (2026-11-30), for comparisons.
+policy_failures() { grep -c -E "policy could not decide|policy failed, using the default order" "$work/prouter.err" || true; }
+
+run_counted() { # run_counted URL MODEL CONNECTIONS [stream] [threads] -> "p50_us p99_us rps non2xx errors"
+  local out; out=$(wrk -t"${5:-1}" -c"$3" -d"${secs}s" --timeout 10s --latency -s "$(script "$2" "${4:-}")" "$1/v1/chat/completions")
+  echo "$out" | awk '
+    function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return v*1000; if (v ~ /s$/) return v*1000000; return v }
+    $1=="50%" {p50=us($2)} $1=="99%" {p99=us($2)} $1=="Requests/sec:" {rps=$2}
+    /Non-2xx/ {bad=$NF} /Socket errors/ {gsub(",", ""); errs=$4+$6+$8+$10}
+    END { printf "%d %d %d %d %d\n", p50, p99, rps, bad+0, errs+0 }'
+}
+wrk -t1 -c8 -d2s -s "$(script ab-rust)" "$url_prouter/v1/chat/completions" >/dev/null
+read -r ar50 ar99 arrps arbad _ <<<"$(run_counted "$url_prouter" ab-rust 64)"
+ap50=-; ap99=-; aprps=-; apbad=-
+if [ "$py_policy" = yes ]; then
+  wrk -t1 -c8 -d2s -s "$(script ab-python)" "$url_prouter/v1/chat/completions" >/dev/null
+  read -r ap50 ap99 aprps apbad _ <<<"$(run_counted "$url_prouter" ab-python 64)"
+fi
+failures_before_streams=$(policy_failures)
+read -r st50 st99 strps stbad sterr <<<"$(run_counted "$url_prouter" auto 5000 stream 2)"
+stream_failures=$(( $(policy_failures) - failures_before_streams ))
+
 table=$(cat <<MD
 Load benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), wrk 1 thread, ${secs} s per run; mock upstream, router and wrk share the machine.
 
@@ -140,6 +202,16 @@ Load benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /p
 | time to the first event of a stream, c=1, p50 of 200 (Python client) | ${ttft_direct} µs | ${ttft_router} µs |
 | CPU time (user + sys) of the proxy process per request at c=64 | bare proxy ${bare_cpu} µs | ${router_cpu} µs; per stream ${stream_cpu} µs |
 | router resident memory | idle ${rss_idle} KiB | after the c=64 runs $(rss_kb "$router_pid") KiB |
+
+Policies under load (a second router; guest calls on its policy threads, default fuel budget):
+
+| route | p50 at c=64 | p99 at c=64 | requests/s | non-2xx answers |
+|---|---|---|---|---|
+| \`ab-test\` in Rust | ${ar50} µs | ${ar99} µs | ${arrps} | ${arbad} |
+| \`ab-test\` in Python (componentize-py) | ${ap50} µs | ${ap99} µs | ${aprps} | ${apbad} |
+| \`cheapest-healthy\`, 5000 connections streaming (wrk, 2 threads) | ${st50} µs | ${st99} µs | ${strps} | ${stbad} (socket errors ${sterr}) |
+
+Policy failures (budget, backstop or otherwise) logged by that router over all three runs: $(policy_failures) (during the streams: ${stream_failures}).
 MD
 )
 echo "$table" | tee bench/results.md
@@ -152,5 +224,9 @@ cat >bench/results.json <<JSON
  "c64_stream_p50_us": {"direct": $sd50, "router": $sr50, "events": $chunks},
  "stream_first_event_p50_us": {"direct": $ttft_direct, "router": $ttft_router},
  "cpu_us_per_request_c64": {"bare_proxy": $bare_cpu, "router": $router_cpu, "router_stream": $stream_cpu},
- "router_rss_kib": {"idle": $rss_idle, "after_load": $(rss_kb "$router_pid")}}
+ "router_rss_kib": {"idle": $rss_idle, "after_load": $(rss_kb "$router_pid")},
+ "policies_c64": {"ab_rust": {"p50_us": $ar50, "p99_us": $ar99, "rps": $arrps, "non_2xx": $arbad},
+                  "ab_python": {"p50_us": "$ap50", "p99_us": "$ap99", "rps": "$aprps", "non_2xx": "$apbad"}},
+ "streams_5000_connections": {"p50_us": $st50, "p99_us": $st99, "rps": $strps, "non_2xx": $stbad, "socket_errors": $sterr},
+ "policy_failures": $(policy_failures)}
 JSON

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use switchyard::policy::{InstanceMode, PolicyRuntime, RuntimeSettings};
+use switchyard::policy::{InstanceMode, PolicyRuntime, RuntimeSettings, DEFAULT_CALL_FUEL};
 use switchyard_tests::{artifacts, chat_request, eight_backends, read, Lang};
 
 fn bench(c: &mut Criterion) {
@@ -39,6 +39,7 @@ fn bench(c: &mut Criterion) {
         for (name, path, config) in policies {
             let policy = runtime.load(name, &read(path), config, &fleet.backends).unwrap();
             group.bench_function(format!("{label}/{name}"), |b| b.iter(|| policy.decide(&request, &fleet.stats).unwrap()));
+            report_fuel(&format!("{label}/{name}"), &policy);
         }
     }
     // Policies in other languages, when their toolchain is installed.
@@ -49,9 +50,17 @@ fn bench(c: &mut Criterion) {
         if let Some(wasm) = switchyard_tests::polyglot_policy(lang, "ab-test") {
             let policy = runtime.load("ab-test", &std::fs::read(wasm).unwrap(), config, &fleet.backends).unwrap();
             group.bench_function(format!("warm/ab-test-{label}"), |b| b.iter(|| policy.decide(&request, &fleet.stats).unwrap()));
+            report_fuel(&format!("warm/ab-test-{label}"), &policy);
         }
     }
     group.finish();
+}
+
+/// The fuel a decision used on average, against the default budget.
+fn report_fuel(name: &str, policy: &switchyard::policy::LoadedPolicy) {
+    let stats = policy.call_stats();
+    let per_call = stats.fuel_used / stats.calls.max(1);
+    println!("{name}: {per_call} fuel per decision ({:.3} % of the default budget)", per_call as f64 * 100.0 / DEFAULT_CALL_FUEL as f64);
 }
 
 criterion_group!(benches, bench);
