@@ -17,10 +17,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::config::ConfigError;
+use crate::contract::json::circuit_json;
 use crate::error::GatewayError;
 use crate::gateway::http::{constant_time_eq, error_response, json_response, Body};
 use crate::gateway::Gateway;
-use crate::policy::contract::circuit_name;
 
 /// Answers one admin request; `token` is `admin.token` (None disables `/admin/*`).
 pub async fn handle(gateway: Arc<Gateway>, token: Option<Arc<str>>, request: Request<Incoming>) -> Response<Body> {
@@ -138,7 +138,7 @@ fn backends(gateway: &Gateway) -> serde_json::Value {
             let v = u.stats.view_now();
             json!({
                 "name": u.name(), "provider": u.config.provider.as_str(), "model": u.config.model(), "tags": u.config.tags,
-                "circuit": circuit_name(v.circuit), "in_flight": v.in_flight, "latency_p50_ms": v.latency_p50_ms, "latency_p95_ms": v.latency_p95_ms,
+                "circuit": circuit_json(v.circuit), "in_flight": v.in_flight, "latency_p50_ms": v.latency_p50_ms, "latency_p95_ms": v.latency_p95_ms,
                 "ttft_ms": v.ttft_ms, "error_rate": v.error_rate, "samples": v.samples,
             })
         })

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::policy::contract::{circuit_name, ApiSurface, BackendStats, Request, Role};
+use crate::contract::{json, BackendStats, Request};
 
 /// Records waiting to be written, at most.
 const QUEUE: usize = 10_000;
@@ -84,26 +84,7 @@ impl DecisionLog {
     /// The policy's view of a request, as JSON; message text only when the
     /// log is configured to include prompts.
     pub fn request_json(&self, r: &Request) -> Value {
-        let messages: Vec<Value> = r
-            .messages
-            .iter()
-            .map(|m| {
-                let mut v = json!({
-                    "role": role(m.role), "text_bytes": m.text_bytes, "has_image": m.has_image,
-                    "has_audio": m.has_audio, "has_file": m.has_file, "has_tool_calls": m.has_tool_calls,
-                });
-                if self.include_prompts {
-                    v["text"] = json!(m.text);
-                }
-                v
-            })
-            .collect();
-        let tags: serde_json::Map<String, Value> = r.tags.iter().map(|t| (t.key.clone(), json!(t.value))).collect();
-        json!({
-            "id": r.id, "model": r.model, "surface": surface(r.surface), "stream": r.stream, "messages": messages,
-            "input_tokens": r.input_tokens, "max_output_tokens": r.max_output_tokens, "tools": r.tools, "json_mode": r.json_mode,
-            "key_name": r.caller.key_name, "user": r.caller.user, "tags": tags, "seed": r.seed,
-        })
+        json::request_json(r, self.include_prompts)
     }
 }
 
@@ -115,33 +96,7 @@ pub fn tokens_json(usage: Option<(u64, u64)>) -> Value {
 
 /// Backend stats as JSON, in the form `switchyard policy eval` reads.
 pub fn stats_json(names: &[String], stats: &[BackendStats]) -> Value {
-    let list: Vec<Value> = names
-        .iter()
-        .zip(stats)
-        .map(|(name, s)| {
-            json!({"name": name, "stats": {"circuit": circuit_name(s.circuit), "in_flight": s.in_flight, "latency_p50_ms": s.latency_p50_ms,
-                "latency_p95_ms": s.latency_p95_ms, "ttft_ms": s.ttft_ms, "error_rate": s.error_rate, "samples": s.samples}})
-        })
-        .collect();
-    Value::Array(list)
-}
-
-fn role(r: Role) -> &'static str {
-    match r {
-        Role::System => "system",
-        Role::Developer => "developer",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
-    }
-}
-
-fn surface(s: ApiSurface) -> &'static str {
-    match s {
-        ApiSurface::Chat => "chat",
-        ApiSurface::Completion => "completion",
-        ApiSurface::Embeddings => "embeddings",
-    }
+    json::stats_json(names, stats)
 }
 
 #[cfg(test)]

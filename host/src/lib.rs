@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod contract;
 mod debounce;
 pub mod decision_log;
 pub mod error;
@@ -23,4 +24,5 @@ pub mod reload;
 pub mod server;
 pub mod stats;
 pub mod telemetry;
+pub mod text;
 pub mod upstream;

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::policy::contract::ApiSurface;
+use crate::contract::ApiSurface;
 
 /// The tokens of a mock answer: a sentence about the prompt, repeated or cut
 /// to `count` tokens. Same inputs, same tokens.

@@ -29,8 +29,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
+use crate::contract::ApiSurface;
 use crate::mock_answers as answers;
-use crate::policy::contract::ApiSurface;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 

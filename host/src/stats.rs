@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::config::CircuitConfig;
-use crate::policy::contract::{BackendStats, CircuitState};
+use crate::contract::{BackendStats, CircuitState};
 
 /// Samples kept per ring.
 const RING: usize = 128;

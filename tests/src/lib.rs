@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use switchyard::policy::contract::*;
+use switchyard::contract::*;
 
 /// Paths of the guest components built by `build.rs`.
 pub mod artifacts {

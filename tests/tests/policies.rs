@@ -1,7 +1,7 @@
 //! The example policies through the real runtime, table-driven: realistic
 //! requests and backends in, the decision asserted.
 
-use switchyard::policy::contract::{CircuitState, Request, Tag};
+use switchyard::contract::{CircuitState, Request, Tag};
 use switchyard::policy::{Decision, PolicyErrorKind, PolicyRuntime, RuntimeSettings};
 use switchyard_tests::{artifacts, chat_request, read, Fleet};
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard::policy::contract::Request;
+use switchyard::contract::Request;
 use switchyard::policy::{Decision, PolicyErrorKind, PolicyRegistry, PolicyRuntime, PolicySources, RuntimeSettings};
 use switchyard_tests::{artifacts, chat_request, eight_backends, polyglot_policy, read, test_cache_dir, Lang};
 

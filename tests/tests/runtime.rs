@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard::policy::contract::{CircuitState, Request};
+use switchyard::contract::{CircuitState, Request};
 use switchyard::policy::{Decision, InstanceMode, PolicyErrorKind, PolicyRuntime, RuntimeSettings};
 use switchyard_tests::{artifacts, chat_request, eight_backends, read, Fleet};
 

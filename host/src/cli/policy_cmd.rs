@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use switchyard::policy::contract::{Backend, BackendStats};
-use switchyard::policy::{json, Decision, PolicyRegistry, PolicyRuntime, PolicySources, RuntimeSettings, EMPTY_CONFIG};
+use switchyard::contract::{json, Backend, BackendStats};
+use switchyard::policy::{Decision, PolicyRegistry, PolicyRuntime, PolicySources, RuntimeSettings, EMPTY_CONFIG};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -127,7 +127,7 @@ fn check(file: &Path, backends: Option<&Path>, common: &CommonArgs) -> anyhow::R
     let started = Instant::now();
     let report = runtime.inspect(&name, &bytes)?;
     let compiled_in = started.elapsed();
-    println!("{}: fits {}", file.display(), switchyard::policy::contract::WORLD);
+    println!("{}: fits {}", file.display(), switchyard::contract::WORLD);
     println!("  version  {}", report.hash);
     println!("  size     {} bytes (compiled or loaded from cache in {:.1?})", report.size, compiled_in);
     println!("  imports  {}", report.imports.join("\n           "));

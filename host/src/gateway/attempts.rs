@@ -185,7 +185,7 @@ pub(super) async fn run(
                     if is_last
                         && attempts < max_attempts
                         && wait < deadline.saturating_duration_since(Instant::now())
-                        && upstream.stats.circuit_state() != crate::policy::contract::CircuitState::Open =>
+                        && upstream.stats.circuit_state() != crate::contract::CircuitState::Open =>
                 {
                     tokio::time::sleep(wait).await;
                     upstream_wait += wait;

@@ -20,11 +20,11 @@ use super::attempts::{self, Finished, Outcome};
 use super::plan::{self, Plan};
 use super::relay::Relay;
 use super::{Gateway, GatewayState};
+use crate::contract::ApiSurface;
 use crate::decision_log::DecisionLog;
 use crate::error::GatewayError;
 use crate::metrics::RequestLabels;
 use crate::openai::inbound::{self, CallerIdentity, InboundRequest, ViewLimits};
-use crate::policy::contract::ApiSurface;
 use crate::telemetry;
 use tracing::Instrument;
 

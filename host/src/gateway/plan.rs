@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use tracing::Instrument;
 
+use crate::contract::{idle_stats, Backend, BackendStats, CircuitState};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::openai::inbound::InboundRequest;
-use crate::policy::contract::{BackendStats, CircuitState};
-use crate::policy::{idle_stats, Decision, LoadedPolicy, PolicyError, PolicyErrorKind, PolicyRegistry};
+use crate::policy::{Decision, LoadedPolicy, PolicyError, PolicyErrorKind, PolicyRegistry};
 use crate::telemetry;
 use crate::upstream::Upstream;
 
@@ -115,7 +115,7 @@ fn policy_failed(state: &GatewayState, route: &RoutePolicy, metrics: &Metrics, r
 
 /// Live stats in the order of the version's backends. Fast path: the same
 /// backends as the current configuration, in the same order.
-fn stats_for(state: &GatewayState, backends: &[crate::policy::contract::Backend]) -> Vec<BackendStats> {
+fn stats_for(state: &GatewayState, backends: &[Backend]) -> Vec<BackendStats> {
     let aligned = backends.len() == state.upstreams.len() && backends.iter().zip(&state.upstreams).all(|(b, u)| b.name == u.name());
     if aligned {
         return state.upstreams.iter().map(|u| u.stats.view()).collect();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use hyper::HeaderMap;
 use serde_json::{Map, Value};
 
+use crate::contract::{ApiSurface, Caller, Message, Request, Role, Tag};
 use crate::error::GatewayError;
-use crate::policy::contract::{ApiSurface, Caller, Message, Request, Role, Tag};
 
 /// Prefix of headers that become policy tags.
 pub const TAG_HEADER_PREFIX: &str = "x-switchyard-";
@@ -165,7 +165,7 @@ pub fn parse(
 
 /// A name as a policy sees it: cut to [`MAX_VIEW_NAME_BYTES`].
 fn view_name(name: &str) -> String {
-    crate::policy::cut_at_char_boundary(name, MAX_VIEW_NAME_BYTES).to_owned()
+    crate::text::cut_at_char_boundary(name, MAX_VIEW_NAME_BYTES).to_owned()
 }
 
 fn role(value: &str) -> Option<Role> {
@@ -267,7 +267,7 @@ fn apply_text_budget(messages: &mut [Message], budget: usize) {
     let mut left = budget;
     for m in messages.iter_mut().rev() {
         if m.text.len() > left {
-            let keep = crate::policy::cut_at_char_boundary(&m.text, left).len();
+            let keep = crate::text::cut_at_char_boundary(&m.text, left).len();
             m.text.truncate(keep);
         }
         left -= m.text.len();

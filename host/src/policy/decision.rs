@@ -3,10 +3,10 @@
 
 use serde::Serialize;
 
-use super::contract::{self, Backend};
 use super::error::{PolicyError, PolicyErrorKind};
-use super::guest_log::cut_at_char_boundary;
 use super::settings::RuntimeSettings;
+use crate::contract::{self, Backend};
+use crate::text::cut_at_char_boundary;
 
 /// A policy's decision, checked: every target names a configured backend.
 #[derive(Debug, Clone, PartialEq, Serialize)]

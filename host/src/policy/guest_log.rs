@@ -12,7 +12,8 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use super::contract::LogLevel;
+use super::bindings::LogLevel;
+use crate::text::cut_at_char_boundary;
 
 /// The log sink of one policy version, shared by all its instances.
 pub(crate) struct GuestLog {
@@ -75,19 +76,6 @@ impl GuestLog {
             LogLevel::Error => tracing::error!(target: "policy", policy, version, "{line}"),
         }
     }
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a character
-/// boundary.
-pub fn cut_at_char_boundary(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// The last lines an instance wrote to stderr during its current call, so
@@ -258,12 +246,5 @@ mod tests {
             log.emit(LogLevel::Info, "hello");
         }
         assert_eq!(log.dropped(), 7);
-    }
-
-    #[test]
-    fn cut_respects_char_boundaries() {
-        assert_eq!(cut_at_char_boundary("héllo", 2), "h");
-        assert_eq!(cut_at_char_boundary("héllo", 3), "hé");
-        assert_eq!(cut_at_char_boundary("abc", 10), "abc");
     }
 }

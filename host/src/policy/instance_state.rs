@@ -8,8 +8,9 @@ use wasmtime::ResourceLimiter;
 use wasmtime_wasi::random::Deterministic;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::contract::{HostImports, LogLevel, TypesImports};
+use super::bindings::{HostImports, LogLevel};
 use super::guest_log::{GuestLog, GuestOutput, StderrTail};
+use crate::contract::wit_types::Host as TypesImports;
 
 /// Most table elements an instance may grow to.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;

@@ -1,6 +1,5 @@
 //! The policy runtime: routing policies as sandboxed WebAssembly components.
 //!
-//! - [`contract`]: the WIT types a policy receives and returns.
 //! - [`PolicyRuntime`]: the wasmtime engine; compiles, links and loads.
 //! - [`LoadedPolicy`]: one version of a policy; [`LoadedPolicy::decide`] is
 //!   the per-request call.
@@ -9,12 +8,11 @@
 //!
 //! wasmtime types do not leave this module.
 
-pub mod contract;
+mod bindings;
 mod decision;
 mod error;
 mod guest_log;
 mod instance_state;
-pub mod json;
 mod registry;
 mod runtime;
 mod settings;
@@ -24,9 +22,8 @@ mod watch;
 
 pub use decision::{ChosenTarget, Decision, RoutePlan};
 pub use error::{PolicyError, PolicyErrorKind};
-pub use guest_log::cut_at_char_boundary;
 pub use registry::{PolicyRegistry, PolicySources, PolicyStatus, RescanReport, EMPTY_CONFIG, POLICY_EXTENSION};
 pub use runtime::{ComponentReport, PolicyRuntime};
 pub use settings::{default_cache_dir, default_threads, InstanceMode, RuntimeSettings, DEFAULT_CALL_DEADLINE_MS, DEFAULT_CALL_FUEL};
-pub use version::{idle_stats, LoadedPolicy, PolicyCallStats};
+pub use version::{LoadedPolicy, PolicyCallStats};
 pub use watch::{watch, PolicyWatcher, DEFAULT_DEBOUNCE, DEFAULT_POLL};

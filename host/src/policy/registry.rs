@@ -9,10 +9,10 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use super::contract::Backend;
 use super::error::{PolicyError, PolicyErrorKind};
 use super::runtime::{content_hash, PolicyRuntime};
 use super::version::LoadedPolicy;
+use crate::contract::Backend;
 
 /// File extension of policy components.
 pub const POLICY_EXTENSION: &str = "wasm";
@@ -167,9 +167,7 @@ impl PolicyRegistry {
     pub fn reconfigure(&self, backends: Option<Vec<Backend>>, configs: HashMap<String, String>) -> RescanReport {
         let mut state = self.lock();
         state.configs = configs;
-        // The generated records have no `PartialEq`; their `Debug` form
-        // shows every field.
-        if let Some(backends) = backends.filter(|b| format!("{b:?}") != format!("{:?}", state.backends)) {
+        if let Some(backends) = backends.filter(|b| *b != state.backends) {
             state.backends = backends;
             state.generation += 1;
         }

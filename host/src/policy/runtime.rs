@@ -10,12 +10,13 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::contract::{Backend, PolicyBindings, PolicyBindingsPre, WORLD};
+use super::bindings::{PolicyBindings, PolicyBindingsPre};
 use super::error::{PolicyError, PolicyErrorKind};
 use super::instance_state::InstanceState;
 use super::settings::RuntimeSettings;
 use super::threads::PolicyThreads;
 use super::version::LoadedPolicy;
+use crate::contract::{Backend, WORLD};
 
 /// How often the epoch advances; the unit of every deadline.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);

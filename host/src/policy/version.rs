@@ -8,13 +8,14 @@ use std::time::{Instant, SystemTime};
 use crossbeam_queue::ArrayQueue;
 use wasmtime::{Store, Trap};
 
-use super::contract::{self, Backend, BackendStats, PolicyBindings, PolicyBindingsPre, Request};
+use super::bindings::{PolicyBindings, PolicyBindingsPre};
 use super::decision::{validate, Decision};
 use super::error::{PolicyError, PolicyErrorKind};
 use super::guest_log::GuestLog;
 use super::instance_state::InstanceState;
 use super::runtime::{deadline_ticks, PolicyRuntime};
 use super::settings::InstanceMode;
+use crate::contract::{self, idle_stats, Backend, BackendStats, Request};
 
 /// A policy version that passed compilation, `init` and the probe call.
 ///
@@ -409,19 +410,6 @@ fn probe_request() -> Request {
         caller: Caller { key_name: None, user: None },
         tags: vec![],
         seed: 0x5eed,
-    }
-}
-
-/// Stats of a backend that has not served anything yet.
-pub fn idle_stats() -> BackendStats {
-    BackendStats {
-        circuit: contract::CircuitState::Closed,
-        in_flight: 0,
-        latency_p50_ms: 0.0,
-        latency_p95_ms: 0.0,
-        ttft_ms: 0.0,
-        error_rate: 0.0,
-        samples: 0,
     }
 }
 

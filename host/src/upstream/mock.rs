@@ -8,9 +8,9 @@ use bytes::Bytes;
 
 use super::{Answer, AttemptFailure, Call, Reply};
 use crate::config::{BackendConfig, MockConfig};
+use crate::contract::ApiSurface;
 use crate::mock_answers as answers;
 use crate::openai::sse::SseEvent;
-use crate::policy::contract::ApiSurface;
 
 pub(super) struct MockClient {
     config: MockConfig,

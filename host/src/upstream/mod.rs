@@ -16,9 +16,9 @@ use futures_util::Stream;
 pub use failure::AttemptFailure;
 
 use crate::config::{BackendConfig, ProviderKind};
+use crate::contract::{self, ApiSurface};
 use crate::openai::inbound::InboundRequest;
 use crate::openai::sse::SseEvent;
-use crate::policy::contract::{self, ApiSurface};
 use crate::stats::LiveStats;
 
 /// Events of a streamed answer, OpenAI-shaped; the stream ends after

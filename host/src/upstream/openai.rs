@@ -9,8 +9,8 @@ use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use super::failure::{from_reqwest, retry_after};
 use super::{http_client, Answer, AttemptFailure, Call, EventStream, Reply};
 use crate::config::BackendConfig;
+use crate::contract::ApiSurface;
 use crate::openai::sse::{SseEvent, SseParser};
-use crate::policy::contract::ApiSurface;
 
 /// Most bytes of an upstream error body kept.
 const MAX_ERROR_BODY: usize = 64 << 10;
