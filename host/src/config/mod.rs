@@ -760,6 +760,25 @@ mod tests {
                 "policies.call_deadline_ms",
                 "between 1 and 10000",
             ),
+            ("[policies]\ncall_fuel = 5\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.call_fuel", "at least 10000"),
+            ("[policies]\nthreads = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.threads", "between 1 and 256"),
+            ("[policies]\nqueue = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.queue", "at least 1"),
+            ("[policies]\nview_max_messages = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.view_max_messages", "at least 1"),
+            (
+                "[[backends]]\nname = \"a\"\nprovider = \"mock\"\n[[routes]]\nmodel = \"x\"\npolicy = \"p\"\non_policy_error = \"open\"\n",
+                "routes[0].on_policy_error",
+                "neither \"reject\" nor a list of backend names",
+            ),
+            (
+                "[[backends]]\nname = \"a\"\nprovider = \"mock\"\n[[routes]]\nmodel = \"x\"\npolicy = \"p\"\non_policy_error = []\n",
+                "routes[0].on_policy_error",
+                "would route nowhere",
+            ),
+            (
+                "[[backends]]\nname = \"a\"\nprovider = \"mock\"\n[[routes]]\nmodel = \"x\"\npolicy = \"p\"\non_policy_error = [\"a\", \"b\"]\n",
+                "routes[0].on_policy_error",
+                "`b` is not a configured backend",
+            ),
             ("not toml at all", "line 1", ""),
         ];
         for (text, key, problem) in cases {
@@ -785,6 +804,16 @@ mod tests {
         let c = Config::parse(text, "switchyard.toml", Path::new("."), &env).unwrap();
         assert_eq!(c.backends.len(), 3);
         assert_eq!(c.backends[1].provider, ProviderKind::Anthropic);
+    }
+
+    #[test]
+    fn a_route_rejects_when_its_policy_fails_unless_it_names_backends() {
+        let text = format!(
+            "{MINIMAL}[[routes]]\nmodel = \"a\"\npolicy = \"p\"\n[[routes]]\nmodel = \"b\"\npolicy = \"p\"\non_policy_error = [\"m\"]\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.routes[0].on_policy_error, OnPolicyError::Reject);
+        assert_eq!(c.routes[1].on_policy_error, OnPolicyError::Backends(vec!["m".into()]));
     }
 
     #[test]

@@ -369,6 +369,30 @@ mod tests {
     }
 
     #[test]
+    fn the_view_stays_bounded_whatever_the_request_holds() {
+        let mut messages = vec![serde_json::json!({"role": "user", "content": [{"type": "text", "text": "old"}, {"type": "image_url"}]})];
+        messages.extend((0..9).map(|i| serde_json::json!({"role": "user", "content": format!("m{i}")})));
+        let tools: Vec<Value> = (0..500).map(|i| serde_json::json!({"type": "function", "function": {"name": format!("t{i}")}})).collect();
+        let body = serde_json::json!({
+            "model": "m".repeat(1000), "user": "é".repeat(1000), "messages": messages, "tools": tools,
+            "metadata": {"switchyard.message-count": "1", "team": "a"},
+        });
+        let limits = ViewLimits { text_bytes: 1000, messages: 4 };
+        let r =
+            parse(ApiSurface::Chat, body.to_string().as_bytes(), &HeaderMap::new(), &CallerIdentity::default(), "r", limits, 1).unwrap();
+        let v = &r.view;
+        // The newest 4 messages; the dropped image still shows; the full count and text bytes are reported.
+        assert_eq!(v.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["m5", "m6", "m7", "m8"]);
+        assert!(v.messages[0].has_image);
+        assert_eq!(v.total_text_bytes, 3 + 9 * 2);
+        let tag = |k: &str| v.tags.iter().find(|t| t.key == k).map(|t| t.value.as_str());
+        assert_eq!((tag("switchyard.message-count"), tag("team")), (Some("10"), Some("a")), "the client cannot set the router's tags");
+        assert_eq!(v.tools.len(), MAX_VIEW_TOOLS);
+        assert_eq!((v.model.len(), r.model.len()), (MAX_VIEW_NAME_BYTES, 1000), "the view's model is cut, the routed one is not");
+        assert!(v.caller.user.as_ref().unwrap().len() <= MAX_VIEW_NAME_BYTES);
+    }
+
+    #[test]
     fn garbage_gets_a_clear_error_naming_the_field() {
         let cases = [
             ("nope", None, "not valid JSON"),
