@@ -220,12 +220,13 @@ impl LoadedPolicy {
 
     /// Instantiates and initialises, then makes one decision for a synthetic
     /// request. A policy that traps, runs out of fuel or memory here is not
-    /// loaded; an answer the backends cannot satisfy is fine. Then fills the
-    /// warm pool, so that requests find instances ready.
+    /// loaded; an answer the backends cannot satisfy is fine. Then, in
+    /// pooled mode, fills the warm pool, so that requests find instances ready.
     pub(crate) fn probe_and_warm(&self) -> Result<(), PolicyError> {
         outside_tokio(&self.name, || {
-            let _ = self.warm.push(self.probed_instance()?);
+            let first = self.probed_instance()?;
             if self.runtime.settings().instance_mode == InstanceMode::Pooled {
+                let _ = self.warm.push(first);
                 while self.warm.len() < self.warm.capacity() {
                     let _ = self.warm.push(self.probed_instance()?);
                 }
