@@ -176,7 +176,7 @@ fn fail_closed_router(dir: &Path, mock: &Proc, policies: &str) -> Proc {
     install(dir, "hostile-fallback", Path::new(artifacts::HOSTILE));
     install(dir, "private-data", Path::new(artifacts::PRIVATE_DATA));
     let config = format!(
-        "[policies]\ndir = \"policies\"\n{policies}\n[decision_log]\npath = \"decisions.jsonl\"\n\
+        "[policies]\ndir = \"policies\"\n{policies}\n[decision_log]\npath = \"decisions.jsonl\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [[routes]]\nmodel = \"reject-route\"\npolicy = \"hostile\"\n\
          [[routes]]\nmodel = \"fallback-route\"\npolicy = \"hostile-fallback\"\non_policy_error = [\"private\"]\n\
          [[routes]]\nmodel = \"pd\"\npolicy = \"private-data\"\n\
@@ -249,6 +249,16 @@ async fn a_policy_that_cannot_decide_fails_closed_and_no_prompt_reaches_the_publ
     let fallback = failed.iter().find(|r| r["policy"] == "hostile-fallback").unwrap();
     assert_eq!(fallback["decision"]["targets"], json!([{"backend": "private", "model": "private-model"}]), "{fallback}");
     assert_eq!(fallback["decision"]["policy_error"]["kind"], "trap", "{fallback}");
+
+    // So do the metrics: per policy, kind of failure and what the route did.
+    let admin = router.admin_url.clone().expect("no admin listener");
+    let metrics = support::client().get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    for (policy, kind, action, n) in
+        [("hostile", "budget", "reject", 6), ("hostile-fallback", "budget", "fallback", 6), ("hostile", "trap", "reject", 2)]
+    {
+        let series = format!("switchyard_policy_errors_total{{policy=\"{policy}\",kind=\"{kind}\",action=\"{action}\"}} {n}");
+        assert!(metrics.contains(&series), "no `{series}` in:\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
