@@ -94,7 +94,12 @@ fn authorize(token: Option<&str>, request: &Request<Incoming>) -> Result<(), Gat
     let sent = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match sent {
         Some(sent) if constant_time_eq(sent.as_bytes(), token.as_bytes()) => Ok(()),
-        _ => Err(GatewayError::unauthorized()),
+        _ => {
+            let mut e = GatewayError::unauthorized();
+            e.code = Some("invalid_admin_token");
+            e.message = "missing or invalid admin token: send `Authorization: Bearer <admin.token>`".into();
+            Err(e)
+        }
     }
 }
 

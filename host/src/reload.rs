@@ -53,7 +53,12 @@ pub fn watch_config(gateway: &Arc<Gateway>) -> notify::Result<Option<ConfigWatch
             last = current;
             let Some(gateway) = gateway.upgrade() else { return false };
             match gateway.reload_file() {
-                Ok(report) => tracing::info!(file = %path.display(), ?report, "configuration reloaded"),
+                Ok(Some(report)) => tracing::info!(
+                    file = %path.display(),
+                    loaded = ?report.loaded, failed = ?report.failed, unloaded = ?report.unloaded,
+                    "configuration reloaded"
+                ),
+                Ok(None) => {}
                 Err(e) => tracing::error!("configuration not reloaded, the previous one keeps serving: {e}"),
             }
             true

@@ -47,7 +47,9 @@ fn bench(c: &mut Criterion) {
         PolicyRuntime::new(RuntimeSettings { cache_dir: Some(switchyard_tests::test_cache_dir()), ..Default::default() }).unwrap();
     let config = r#"{"arms": [{"name": "a", "backend": "gpt-4o", "weight": 1}, {"name": "b", "backend": "claude-sonnet", "weight": 1}]}"#;
     for (lang, label) in [(Lang::Python, "python"), (Lang::JavaScript, "javascript")] {
-        if let Some(wasm) = switchyard_tests::polyglot_policy(lang, "ab-test") {
+        // A benchmark may leave out a language whose toolchain is missing.
+        if switchyard_tests::toolchain_available(lang) {
+            let wasm = switchyard_tests::polyglot_policy(lang, "ab-test");
             let policy = runtime.load("ab-test", &std::fs::read(wasm).unwrap(), config, &fleet.backends).unwrap();
             group.bench_function(format!("warm/ab-test-{label}"), |b| b.iter(|| policy.decide(&request, &fleet.stats).unwrap()));
             report_fuel(&format!("warm/ab-test-{label}"), &policy);

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use switchyard_tests::{artifacts, js_modules, toolchain_available, Lang};
+use switchyard_tests::{artifacts, js_modules, require_toolchain, Lang};
 
 fn switchyard(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -28,6 +28,7 @@ fn help_lists_the_commands() {
     let out = switchyard(&["--help"]);
     assert!(out.status.success());
     assert!(text(&out).0.contains("policy"));
+    assert!(text(&out).0.contains("config"));
     let out = switchyard(&["policy", "--help"]);
     let (stdout, _) = text(&out);
     for cmd in ["check", "eval", "status"] {
@@ -130,10 +131,17 @@ fn run_in(dir: &Path, program: &str, args: &[&str]) {
     );
 }
 
-fn check_passes(wasm: &Path) {
+/// The new policy in `dir` checks, and decides on the example request and
+/// backends `policy new` wrote next to it: the cheapest capable healthy one first.
+fn check_passes(wasm: &Path, dir: &Path) {
     let out = switchyard(&["policy", "check", wasm.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out).1);
     assert!(text(&out).0.contains("accepted its config"));
+    let (request, backends) = (dir.join("request.json"), dir.join("backends.json"));
+    let out = switchyard(&["policy", "eval", wasm.to_str().unwrap(), "-r", request.to_str().unwrap(), "-b", backends.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let decision: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+    assert_eq!(decision["targets"][0]["backend"], "gpt-4o-mini", "{}: {decision}", dir.display());
 }
 
 #[test]
@@ -149,19 +157,18 @@ fn policy_new_scaffolds_policies_that_build_and_check() {
     let rust = new("route-rust", "rust");
     let target = root.join("target/guests");
     run_in(&rust, "cargo", &["build", "--release", "--target", "wasm32-wasip2", "--target-dir", target.to_str().unwrap()]);
-    check_passes(&target.join("wasm32-wasip2/release/route_rust.wasm"));
+    check_passes(&target.join("wasm32-wasip2/release/route_rust.wasm"), &rust);
 
-    if toolchain_available(Lang::Python) {
-        let py = new("route-python", "python");
-        run_in(&py, "componentize-py", &["-d", "wit", "-w", "policy", "componentize", "app", "-o", "route-python.wasm"]);
-        check_passes(&py.join("route-python.wasm"));
-    }
-    if toolchain_available(Lang::JavaScript) {
-        let js = new("route-js", "js");
-        std::os::unix::fs::symlink(js_modules(), js.join("node_modules")).unwrap();
-        run_in(&js, "node", &["build.mjs"]);
-        check_passes(&js.join("route-js.wasm"));
-    }
+    require_toolchain(Lang::Python);
+    let py = new("route-python", "python");
+    run_in(&py, "componentize-py", &["-d", "wit", "-w", "policy", "componentize", "app", "-o", "route-python.wasm"]);
+    check_passes(&py.join("route-python.wasm"), &py);
+
+    require_toolchain(Lang::JavaScript);
+    let js = new("route-js", "js");
+    std::os::unix::fs::symlink(js_modules(), js.join("node_modules")).unwrap();
+    run_in(&js, "node", &["build.mjs"]);
+    check_passes(&js.join("route-js.wasm"), &js);
 
     for (args, message) in [
         (vec!["policy", "new", "Bad_Name", "--lang", "rust"], "is not a policy name"),
@@ -172,4 +179,38 @@ fn policy_new_scaffolds_policies_that_build_and_check() {
         assert!(!out.status.success());
         assert!(text(&out).1.contains(message), "{args:?}: {}", text(&out).1);
     }
+}
+
+#[test]
+fn config_check_says_what_would_serve_and_print_default_starts_a_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = switchyard(&["config", "print-default"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let default = text(&out).0;
+    assert!(default.contains("[[routes]]") && default.contains("cheapest-healthy"), "{default}");
+
+    // The embedded default, written to a file, checks: every route serves;
+    // checking writes nothing (no decision log is opened).
+    let file = dir.path().join("switchyard.toml");
+    std::fs::write(&file, format!("{default}\n[decision_log]\npath = \"decisions.jsonl\"\n")).unwrap();
+    let out = switchyard(&["config", "check", file.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("valid") && stdout.contains("-> cheapest-healthy (serving "), "{stdout}");
+    assert!(stdout.contains("mock-private") && stdout.contains("tags=private"), "{stdout}");
+    assert!(!dir.path().join("decisions.jsonl").exists());
+
+    // A route naming a policy that does not exist: said, and a failing exit.
+    std::fs::write(&file, default.replacen("policy = \"cheapest-healthy\"", "policy = \"no-such-policy\"", 1)).unwrap();
+    let out = switchyard(&["config", "check", file.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stdout.contains("-> no-such-policy (NOT FOUND"), "{stdout}");
+    assert!(stderr.contains("route `auto` names policy `no-such-policy`"), "{stderr}");
+
+    // An invalid file: the file, the key and the problem.
+    std::fs::write(&file, "[server]\nlisen = 1\n").unwrap();
+    let out = switchyard(&["config", "check", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("server.lisen (line 2, column 1)"), "{}", text(&out).1);
 }

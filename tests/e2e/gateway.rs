@@ -113,6 +113,22 @@ async fn completions_embeddings_and_models() {
     let models: Value = support::client().get(format!("{}/v1/models", router.url)).send().await.unwrap().json().await.unwrap();
     let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["auto", "m"]);
+
+    // One model, as `client.models.retrieve` asks; without `/v1` too, for clients configured with a bare host.
+    let http = support::client();
+    for (path, status) in [("/v1/models/auto", 200), ("/models/m", 200), ("/v1/models/no-such-model", 404)] {
+        let r = http.get(format!("{}{path}", router.url)).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let body: Value = r.json().await.unwrap();
+        match status {
+            200 => assert_eq!(body["id"], path.rsplit('/').next().unwrap(), "{path}: {body}"),
+            _ => assert_eq!(body["error"]["code"], "model_not_found", "{path}: {body}"),
+        }
+    }
+    let a = post(&router.url, "/chat/completions", &chat("auto", false), &[]).await;
+    assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some("m")), "{}", a.body);
+    let a = post(&router.url, "/v1/models/auto", &chat("auto", false), &[]).await;
+    assert_eq!(a.status, 405, "{}", a.body);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -138,6 +154,14 @@ async fn the_config_file_is_hot_reloaded_and_a_broken_one_is_ignored() {
         assert!(started.elapsed() < Duration::from_secs(10), "the new route never appeared:\n{}", router.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A reload that names a policy that does not exist says so.
+    write(&format!("{base}[[routes]]\nmodel = \"fresh-route\"\npolicy = \"cheapest-healthy\"\n[[routes]]\nmodel = \"ghost\"\npolicy = \"ghost-policy\"\n"));
+    let started = Instant::now();
+    while !router.logs().contains("route `ghost` names policy `ghost-policy`") {
+        assert!(started.elapsed() < Duration::from_secs(10), "no warning about `ghost-policy`:\n{}", router.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!router.logs().contains("RescanReport"), "a reload logs its report as fields:\n{}", router.logs());
     write("[[backends]]\nname = \"m\"\nprovider = \"bogus\"\n");
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(post(&router.url, "/v1/chat/completions", &chat("fresh-route", false), &[]).await.status, 200);
@@ -207,10 +231,18 @@ async fn shutdown_lets_a_stream_in_flight_finish() {
 async fn the_embedded_default_serves_offline() {
     let dir = tempfile::tempdir().unwrap();
     let router = support::Proc::start(&["serve", "--listen", "127.0.0.1:0"], dir.path(), &[]);
+    // The very first request after start is decided by the policy (warm instances are ready at load).
     let a = post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.header("x-switchyard-policy").unwrap().starts_with("cheapest-healthy@"));
+    assert_eq!(a.header("x-switchyard-labels"), Some("reason=cheapest"));
     assert!(a.json()["choices"][0]["message"]["content"].as_str().unwrap().starts_with("This is a mock answer"));
+    // The catch-all route serves any other model name with the same policy.
+    let a = post(&router.url, "/v1/chat/completions", &chat("some-model", false), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.header("x-switchyard-policy").unwrap().starts_with("cheapest-healthy@"));
+    // Logs to a file are plain text, without terminal colours.
+    assert!(!router.logs().contains('\u{1b}'), "{}", router.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -266,7 +298,11 @@ async fn metrics_overhead_and_the_admin_api() {
     assert_eq!(http.get(format!("{admin}/healthz")).send().await.unwrap().status(), 200);
     let ready: Value = http.get(format!("{admin}/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["ready"], true);
-    assert_eq!(http.get(format!("{admin}/admin/policies")).send().await.unwrap().status(), 401);
+    let denied = http.get(format!("{admin}/admin/policies")).send().await.unwrap();
+    assert_eq!(denied.status(), 401);
+    let denied: Value = denied.json().await.unwrap();
+    assert_eq!(denied["error"]["code"], "invalid_admin_token", "{denied}");
+    assert!(denied["error"]["message"].as_str().unwrap().contains("admin token"), "{denied}");
     let bearer = "Bearer admin-token-0123456789";
     let policies: Value =
         http.get(format!("{admin}/admin/policies")).header("authorization", bearer).send().await.unwrap().json().await.unwrap();

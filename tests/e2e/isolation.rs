@@ -57,42 +57,38 @@ struct Noisy {
 }
 
 fn noisy_guests() -> Vec<Noisy> {
-    let mut guests = vec![Noisy {
-        lang: "rust",
-        wasm: artifacts::HOSTILE.into(),
-        config: "\"noisy\"",
-        print: "print",
-        trap: "panic",
-        print_trap: "print-trap",
-        init_line: "hostile init on stdout",
-        route_line: "hostile route on stderr",
-    }];
-    // In CI a missing toolchain fails in `polyglot_fixture`; elsewhere those rows are skipped with a note.
-    if let Some(wasm) = polyglot_fixture(Lang::Python, "noisy") {
-        guests.push(Noisy {
+    vec![
+        Noisy {
+            lang: "rust",
+            wasm: artifacts::HOSTILE.into(),
+            config: "\"noisy\"",
+            print: "print",
+            trap: "panic",
+            print_trap: "print-trap",
+            init_line: "hostile init on stdout",
+            route_line: "hostile route on stderr",
+        },
+        Noisy {
             lang: "python",
-            wasm,
+            wasm: polyglot_fixture(Lang::Python, "noisy"),
             config: "{}",
             print: "hello",
             trap: "throw",
             print_trap: "print-trap",
             init_line: "noisy-python init on stdout",
             route_line: "noisy-python route hello on stderr",
-        });
-    }
-    if let Some(wasm) = polyglot_fixture(Lang::JavaScript, "noisy") {
-        guests.push(Noisy {
+        },
+        Noisy {
             lang: "js",
-            wasm,
+            wasm: polyglot_fixture(Lang::JavaScript, "noisy"),
             config: "{}",
             print: "hello",
             trap: "throw",
             print_trap: "print-trap",
             init_line: "noisy-js init on stdout",
             route_line: "noisy-js route hello on stderr",
-        });
-    }
-    guests
+        },
+    ]
 }
 
 /// Waits until `f` holds, or fails after `secs` seconds with `what`.
@@ -336,5 +332,42 @@ async fn oversized_requests_get_the_same_decision_as_small_ones() {
             let body = r["body"].to_string();
             assert!(!body.contains("4111 1111"), "a card number reached the public backend: {}", &body[..body.len().min(300)]);
         }
+    }
+}
+
+/// The first request after start, and every request across a hot swap to a
+/// heavy (Python) guest, is decided by a policy: never a policy error.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_request_after_start_and_after_a_swap_is_decided_by_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    install(dir.path(), "swap", Path::new(artifacts::CHEAPEST_HEALTHY));
+    let config = format!(
+        "[policies]\ndir = \"policies\"\n[[routes]]\nmodel = \"auto\"\npolicy = \"swap\"\n{}",
+        backend("up", &mock, "up-model", "")
+    );
+    let router = router(dir.path(), &config, &[]);
+    let first = post(&router.url, "/v1/chat/completions", &ask("auto", "hi"), &[]).await;
+    assert_eq!((first.status, labels(&first)), (200, "reason=cheapest"), "{}", first.body);
+    let old_policy = first.header("x-switchyard-policy").unwrap().to_owned();
+
+    install(dir.path(), "swap", &polyglot_fixture(Lang::Python, "noisy"));
+    let url = router.url.clone();
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = answers.clone();
+    eventually(120, "the Python version to serve", || {
+        let (url, seen) = (url.clone(), seen.clone());
+        async move {
+            let a = post(&url, "/v1/chat/completions", &ask("auto", "hi"), &[]).await;
+            let swapped = a.status == 200 && labels(&a) == "fixture=noisy";
+            seen.lock().unwrap().push((a.status, labels(&a).to_owned(), a.header("x-switchyard-policy").map(str::to_owned)));
+            swapped
+        }
+    })
+    .await;
+    for (status, labels, policy) in answers.lock().unwrap().iter() {
+        assert_eq!(*status, 200, "{labels}");
+        let old = policy.as_deref() == Some(old_policy.as_str());
+        assert_eq!(labels, if old { "reason=cheapest" } else { "fixture=noisy" }, "{policy:?}");
     }
 }

@@ -132,6 +132,25 @@ def _():
     assert ids[:1] == ["auto"] and "good-model" in ids, ids
 
 
+@check("models retrieve: a virtual model, a backend's model, an unknown one")
+def _():
+    assert client.models.retrieve("auto").id == "auto"
+    assert client.models.retrieve("good-model").owned_by == "openai"
+    try:
+        client.models.retrieve("no-such-model")
+        raise AssertionError("an unknown model was found")
+    except openai.NotFoundError as e:
+        assert e.code == "model_not_found", e
+
+
+@check("a client configured with a bare host (no /v1) reaches the same API")
+def _():
+    bare = openai.OpenAI(base_url=router, api_key=key, max_retries=0, timeout=20)
+    r = bare.chat.completions.create(model="auto", messages=[{"role": "user", "content": "Hello bare"}])
+    assert r.choices[0].message.content.startswith("This is a mock answer"), r
+    assert [m.id for m in bare.models.list()][:1] == ["auto"]
+
+
 @check("embeddings")
 def _():
     r = client.embeddings.create(model="good", input=["a", "b"])

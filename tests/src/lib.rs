@@ -114,9 +114,9 @@ pub enum Lang {
 
 /// Builds the policy `name` written in `lang` into
 /// `target/guests/<lang>/<name>.wasm` (again only when its source is newer).
-/// `None`, with a note on stderr, when the toolchain is missing outside CI;
-/// in CI (`CI` set) a missing toolchain fails the test.
-pub fn polyglot_policy(lang: Lang, name: &str) -> Option<std::path::PathBuf> {
+/// A missing toolchain fails the test with the command that installs it: no
+/// test passes for something it did not check.
+pub fn polyglot_policy(lang: Lang, name: &str) -> std::path::PathBuf {
     let root = repo_root();
     let dir = lang.dir();
     build_polyglot(lang, &root.join("policies").join(dir).join(name), &root.join("target/guests").join(dir).join(format!("{name}.wasm")))
@@ -124,7 +124,7 @@ pub fn polyglot_policy(lang: Lang, name: &str) -> Option<std::path::PathBuf> {
 
 /// Builds the test fixture `name` written in `lang` (sources in
 /// `tests/guests/<lang>/<name>/`), as [`polyglot_policy`] does.
-pub fn polyglot_fixture(lang: Lang, name: &str) -> Option<std::path::PathBuf> {
+pub fn polyglot_fixture(lang: Lang, name: &str) -> std::path::PathBuf {
     let root = repo_root();
     let dir = lang.dir();
     build_polyglot(
@@ -143,16 +143,14 @@ impl Lang {
     }
 }
 
-fn build_polyglot(lang: Lang, source: &Path, out: &Path) -> Option<std::path::PathBuf> {
+fn build_polyglot(lang: Lang, source: &Path, out: &Path) -> std::path::PathBuf {
     let root = repo_root();
     let newest_source = std::fs::read_dir(source).unwrap().filter_map(|e| e.ok()?.metadata().ok()?.modified().ok()).max();
     let built = std::fs::metadata(out).and_then(|m| m.modified()).ok();
     if built.is_some() && built >= newest_source {
-        return Some(out.to_owned());
+        return out.to_owned();
     }
-    if !toolchain_available(lang) {
-        return None;
-    }
+    require_toolchain(lang);
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let (wit, src, dst) = (root.join("wit"), source.to_str().unwrap(), out.to_str().unwrap());
     let mut build = match lang {
@@ -163,23 +161,26 @@ fn build_polyglot(lang: Lang, source: &Path, out: &Path) -> Option<std::path::Pa
     };
     let status = build.status().unwrap();
     assert!(status.success(), "building the {lang:?} policy {} failed", source.display());
-    Some(out.to_owned())
+    out.to_owned()
 }
 
-/// Whether the toolchain of `lang` is installed. When it is not, a note goes
-/// to stderr and the caller skips; in CI (`CI` set) the test fails instead.
+/// Whether the toolchain of `lang` is installed (for benchmarks, which may
+/// leave a language out; tests use [`require_toolchain`]).
 pub fn toolchain_available(lang: Lang) -> bool {
-    let (available, install) = match lang {
-        Lang::Python => {
-            (command("componentize-py", &["--version"]).output().is_ok_and(|o| o.status.success()), "pip install componentize-py==0.25.1")
-        }
-        Lang::JavaScript => (js_modules().join("@bytecodealliance/componentize-js/package.json").exists(), "cd policies/js && npm install"),
-    };
-    if !available {
-        assert!(std::env::var_os("CI").is_none(), "the {lang:?} policy toolchain is missing in CI; .ci/run installs it ({install})");
-        eprintln!("SKIPPED: the {lang:?} policy toolchain is not installed ({install})");
+    match lang {
+        Lang::Python => command("componentize-py", &["--version"]).output().is_ok_and(|o| o.status.success()),
+        Lang::JavaScript => js_modules().join("@bytecodealliance/componentize-js/package.json").exists(),
     }
-    available
+}
+
+/// Fails the test, with the command that installs it, when the toolchain of
+/// `lang` is missing. `scripts/test` installs every toolchain.
+pub fn require_toolchain(lang: Lang) {
+    let install = match lang {
+        Lang::Python => "python3 -m pip install componentize-py==0.25.1",
+        Lang::JavaScript => "cd policies/js && npm install",
+    };
+    assert!(toolchain_available(lang), "the {lang:?} policy toolchain is missing: run `scripts/test`, which installs it, or `{install}`");
 }
 
 /// `policies/js/node_modules`, where `.ci/run` installs componentize-js.

@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod config_cmd;
 mod policy_cmd;
 mod scaffold;
 mod serve_cmd;
@@ -36,6 +37,9 @@ enum Command {
     /// Check, evaluate and inspect routing policies.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Check a configuration file, or print the embedded default.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -50,6 +54,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(cmd) => {
             init_logging(cli.log_format, None);
             policy_cmd::run(cmd)
+        }
+        Command::Config(cmd) => {
+            init_logging(cli.log_format, None);
+            config_cmd::run(cmd)
         }
     }
 }
@@ -66,7 +74,9 @@ pub fn init_logging(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::
         // The exported spans would prefix every log line; they are for the collector.
         filter.add_directive(format!("{}=off", switchyard::telemetry::TARGET).parse().expect("a valid directive"))
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match format {
         LogFormat::Text => fmt.with_filter(filter()).boxed(),
         LogFormat::Json => fmt.json().with_filter(filter()).boxed(),

@@ -43,7 +43,8 @@ pub enum PolicyCommand {
     Eval {
         /// The policy component (`.wasm`).
         file: PathBuf,
-        /// The request, as JSON (see README: "Evaluating a policy").
+        /// The request as the policy sees it, as JSON (README: "Check and
+        /// evaluate"; `tests/fixtures/request.json` is an example).
         #[arg(long, short)]
         request: PathBuf,
         /// The backends, as a JSON array.

@@ -18,6 +18,11 @@ pub enum Lang {
 
 const WIT: &str = include_str!("../../../wit/policy.wit");
 
+/// Example inputs of `switchyard policy eval`, the same as the test fixtures
+/// (which the CLI tests evaluate).
+const EXAMPLE_REQUEST: &str = include_str!("../../../tests/fixtures/request.json");
+const EXAMPLE_BACKENDS: &str = include_str!("../../../tests/fixtures/backends.json");
+
 /// The SDK next to the sources this binary was built from.
 const DEFAULT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk");
 
@@ -68,7 +73,8 @@ pub fn new_policy(name: &str, lang: Lang, parent: &Path, sdk: Option<&Path>) -> 
             ("README.md", plain(include_str!("../../templates/js/README.md.tmpl"))),
         ],
     };
-    for (path, content) in files {
+    let examples = [("request.json", EXAMPLE_REQUEST.to_owned()), ("backends.json", EXAMPLE_BACKENDS.to_owned())];
+    for (path, content) in files.into_iter().chain(examples) {
         let path = dir.join(path);
         std::fs::create_dir_all(path.parent().unwrap()).with_context(|| format!("cannot create {}", path.display()))?;
         std::fs::write(&path, content).with_context(|| format!("cannot write {}", path.display()))?;

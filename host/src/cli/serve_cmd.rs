@@ -51,21 +51,7 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (telemetry, tracer) = Telemetry::start(&config.telemetry, tokio.handle().clone()).map_err(anyhow::Error::msg)?.unzip();
     super::init_logging(log_format, tracer);
-    let threads = config.policies.threads.unwrap_or_else(default_threads);
-    let settings = RuntimeSettings {
-        call_fuel: config.policies.call_fuel,
-        call_deadline: config.call_deadline(),
-        threads,
-        queue: config.policies.queue,
-        warm_instances: config.policies.warm_instances.unwrap_or(threads),
-        memory_limit: config.policies.memory_limit_mib << 20,
-        instance_mode: match config.policies.instance_mode {
-            InstanceModeConfig::Pooled => InstanceMode::Pooled,
-            InstanceModeConfig::Fresh => InstanceMode::Fresh,
-        },
-        ..RuntimeSettings::default()
-    };
-    let runtime = PolicyRuntime::new(settings)?;
+    let runtime = PolicyRuntime::new(runtime_settings(&config))?;
     let served = tokio.block_on(async move {
         let listen = config.server.listen;
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
@@ -138,5 +124,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// The policy runtime's settings from `[policies]`.
+pub fn runtime_settings(config: &Config) -> RuntimeSettings {
+    let threads = config.policies.threads.unwrap_or_else(default_threads);
+    RuntimeSettings {
+        call_fuel: config.policies.call_fuel,
+        call_deadline: config.call_deadline(),
+        threads,
+        queue: config.policies.queue,
+        warm_instances: config.policies.warm_instances.unwrap_or(threads),
+        memory_limit: config.policies.memory_limit_mib << 20,
+        instance_mode: match config.policies.instance_mode {
+            InstanceModeConfig::Pooled => InstanceMode::Pooled,
+            InstanceModeConfig::Fresh => InstanceMode::Fresh,
+        },
+        ..RuntimeSettings::default()
     }
 }

@@ -12,7 +12,8 @@ pub const EMBEDDED_POLICY_NAME: &str = "cheapest-healthy";
 /// The embedded policy component (built from `policies/cheapest-healthy`).
 pub static EMBEDDED_POLICY: &[u8] = include_bytes!(env!("SWITCHYARD_DEFAULT_POLICY_WASM"));
 
-const EMBEDDED_TOML: &str = r#"
+/// The embedded default configuration's text (`switchyard config print-default`).
+pub const EMBEDDED_TOML: &str = r#"
 [server]
 listen = "127.0.0.1:8080"
 

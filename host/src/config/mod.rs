@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use embedded::{embedded, EMBEDDED_POLICY, EMBEDDED_POLICY_NAME};
+pub use embedded::{embedded, EMBEDDED_POLICY, EMBEDDED_POLICY_NAME, EMBEDDED_TOML};
 
 /// Fuel of one decision by default: about 100 million WebAssembly
 /// instructions, some 7 ms of a tight loop on this project's 2-core machines.

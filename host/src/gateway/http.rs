@@ -66,23 +66,35 @@ async fn dispatch(
     request_id: &str,
     started: Instant,
 ) -> Result<Response<Body>, GatewayError> {
-    let surface = match request.uri().path() {
-        "/v1/chat/completions" => Some(ApiSurface::Chat),
-        "/v1/completions" => Some(ApiSurface::Completion),
-        "/v1/embeddings" => Some(ApiSurface::Embeddings),
+    let full_path = request.uri().path();
+    // Clients configured with a bare host (no `/v1`) reach the same endpoints.
+    let path = full_path.strip_prefix("/v1").filter(|p| p.starts_with('/')).unwrap_or(full_path);
+    let surface = match path {
+        "/chat/completions" => Some(ApiSurface::Chat),
+        "/completions" => Some(ApiSurface::Completion),
+        "/embeddings" => Some(ApiSurface::Embeddings),
         _ => None,
     };
     let method = request.method();
-    match (surface, request.uri().path()) {
-        (Some(surface), _) if method == Method::POST => proxy(gateway, request, surface, request_id, started).await,
-        (None, "/v1/models") if method == Method::GET => {
+    let model_id = path.strip_prefix("/models/").filter(|id| !id.is_empty());
+    match (surface, path, model_id) {
+        (Some(surface), _, _) if method == Method::POST => proxy(gateway, request, surface, request_id, started).await,
+        (None, "/models", _) if method == Method::GET => {
             let state = gateway.state();
             authenticate(&state, request.headers())?;
             Ok(json_response(StatusCode::OK, state.models.clone()))
         }
-        (None, "/healthz") if method == Method::GET => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))),
-        (Some(_), path) | (None, path @ ("/v1/models" | "/healthz")) => Err(GatewayError::method_not_allowed(method.as_str(), path)),
-        (None, path) => Err(GatewayError::unknown_url(method.as_str(), path)),
+        (None, _, Some(id)) if method == Method::GET => {
+            let state = gateway.state();
+            authenticate(&state, request.headers())?;
+            let model = state.model(id).ok_or_else(|| GatewayError::model_not_found(id))?;
+            Ok(json_response(StatusCode::OK, Bytes::from(model.to_string())))
+        }
+        (None, "/healthz", _) if method == Method::GET => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))),
+        (Some(_), _, _) | (None, "/models" | "/healthz", _) | (None, _, Some(_)) => {
+            Err(GatewayError::method_not_allowed(method.as_str(), full_path))
+        }
+        (None, _, None) => Err(GatewayError::unknown_url(method.as_str(), full_path)),
     }
 }
 

@@ -83,6 +83,17 @@ impl RoutePolicy {
 }
 
 impl GatewayState {
+    /// `GET /v1/models/{id}`: the model object of a virtual model or a
+    /// backend's model as `/v1/models` lists it; any other name when a
+    /// catch-all route serves every model.
+    pub fn model(&self, id: &str) -> Option<serde_json::Value> {
+        let list: serde_json::Value = serde_json::from_slice(&self.models).ok()?;
+        let listed = list["data"].as_array()?.iter().find(|m| m["id"] == id).cloned();
+        listed.or_else(|| {
+            self.catch_all.as_ref().map(|_| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "switchyard"}))
+        })
+    }
+
     /// `model` as a metrics label: configured virtual models and backend
     /// models by name, anything else (a catch-all route serves any name the
     /// client sends) as `other`, so clients cannot grow the metric series.
@@ -118,6 +129,7 @@ impl Gateway {
                 tracing::error!(policy = %status.name, "policy failed to load; its routes answer by on_policy_error: {e}");
             }
         }
+        warn_unknown_policies(&state.config, &registry);
         let decision_log = match &state.config.decision_log.path {
             Some(path) => {
                 Some(DecisionLog::open(path, state.config.decision_log.include_prompts).map(Arc::new).map_err(|e| ConfigError {
@@ -189,8 +201,31 @@ impl Gateway {
         let state = build_state(config, &self.stats, Some(&old))?;
         let backends = state.upstreams.iter().map(|u| u.contract()).collect();
         let report = self.registry.reconfigure(Some(backends), state.config.policy_configs());
+        warn_unknown_policies(&state.config, &self.registry);
         self.state.store(Arc::new(state));
         Ok(report)
+    }
+}
+
+/// Routes whose policy is neither a file in `policies.dir` nor built in, as
+/// (model, policy).
+pub fn unknown_route_policies(config: &Config, registry: &PolicyRegistry) -> Vec<(String, String)> {
+    let known: std::collections::HashSet<String> = registry.statuses().into_iter().map(|s| s.name).collect();
+    config.routes.iter().filter(|r| !known.contains(&r.policy)).map(|r| (r.model.clone(), r.policy.clone())).collect()
+}
+
+/// Says so, at start and on every reload, for each route whose policy does
+/// not exist: its requests would all answer by `on_policy_error`.
+fn warn_unknown_policies(config: &Config, registry: &PolicyRegistry) {
+    for (model, policy) in unknown_route_policies(config, registry) {
+        let file = match &config.policies.dir {
+            Some(dir) => format!("no `{policy}.wasm` in {}", dir.display()),
+            None => "no policies.dir".to_owned(),
+        };
+        tracing::warn!(
+            file = %config.source,
+            "route `{model}` names policy `{policy}`, but there is {file} and no built-in policy of that name: its requests answer by on_policy_error"
+        );
     }
 }
 

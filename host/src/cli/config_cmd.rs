@@ -1,0 +1,83 @@
+//! `switchyard config`: check a configuration without serving it, and print
+//! the embedded default to start from.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use switchyard::config::{Config, OnPolicyError, EMBEDDED_TOML};
+use switchyard::gateway::Gateway;
+use switchyard::policy::PolicyRuntime;
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file, load its policies as the router would,
+    /// and print the routes and backends as the router sees them. Exits
+    /// non-zero when the file is invalid or a route's policy does not serve.
+    Check {
+        /// The configuration file (TOML).
+        file: PathBuf,
+    },
+    /// Print the embedded default configuration (what `switchyard serve`
+    /// runs without `--config`), to start a configuration from.
+    PrintDefault,
+}
+
+pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ConfigCommand::Check { file } => check(file),
+        ConfigCommand::PrintDefault => {
+            print!("{}", EMBEDDED_TOML.trim_start());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(&file)?;
+    // Checking writes nothing: no decision log file is created.
+    config.decision_log.path = None;
+    let runtime = PolicyRuntime::new(super::serve_cmd::runtime_settings(&config))?;
+    let gateway = Gateway::new(config, runtime, None)?;
+    let state = gateway.state();
+    let registry = gateway.registry();
+    let statuses = registry.statuses();
+    println!("{}: valid", file.display());
+    println!("routes:");
+    let mut ok = true;
+    for route in &state.config.routes {
+        let serving = match (registry.get(&route.policy), statuses.iter().find(|s| s.name == route.policy)) {
+            (Some(version), _) => format!("serving {}", version.version()),
+            (None, Some(status)) => {
+                ok = false;
+                match &status.last_error {
+                    Some(e) => format!("NOT SERVING: {e}"),
+                    None => "NOT SERVING".to_owned(),
+                }
+            }
+            (None, None) => {
+                ok = false;
+                "NOT FOUND: neither a file in policies.dir nor built in".to_owned()
+            }
+        };
+        let on_error = match &route.on_policy_error {
+            OnPolicyError::Reject => "reject".to_owned(),
+            OnPolicyError::Backends(names) => names.join(", "),
+        };
+        println!("  {:<20} -> {} ({serving}); on policy error: {on_error}", route.model, route.policy);
+    }
+    println!("backends:");
+    for b in &state.config.backends {
+        let url = b.base_url.as_deref().unwrap_or("(in-process mock)");
+        let tags = if b.tags.is_empty() { String::new() } else { format!(" tags={}", b.tags.join(",")) };
+        println!(
+            "  {:<20} {:<10} model={} {url} ${}/${} per million tokens{tags}",
+            b.name,
+            b.provider.as_str(),
+            b.model(),
+            b.input_price,
+            b.output_price
+        );
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
