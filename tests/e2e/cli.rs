@@ -142,6 +142,19 @@ fn check_passes(wasm: &Path, dir: &Path) {
     assert!(out.status.success(), "{}", text(&out).1);
     let decision: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
     assert_eq!(decision["targets"][0]["backend"], "gpt-4o-mini", "{}: {decision}", dir.display());
+
+    // A request with an image goes only to a backend with vision, however cheap the others.
+    let (request, backends) = (dir.join("image-request.json"), dir.join("image-backends.json"));
+    std::fs::write(&request, r#"{"model": "auto", "messages": [{"role": "user", "text": "What is this?", "has_image": true}]}"#).unwrap();
+    std::fs::write(
+        &backends,
+        r#"[{"name": "cheap-text", "input_price": 0.1}, {"name": "seeing", "input_price": 3.0, "capabilities": {"vision": true}}]"#,
+    )
+    .unwrap();
+    let out = switchyard(&["policy", "eval", wasm.to_str().unwrap(), "-r", request.to_str().unwrap(), "-b", backends.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let decision: serde_json::Value = serde_json::from_str(&text(&out).0).unwrap();
+    assert_eq!(decision["targets"], serde_json::json!([{"backend": "seeing"}]), "{}: {decision}", dir.display());
 }
 
 #[test]
