@@ -209,7 +209,7 @@ impl Gateway {
 
 /// Routes whose policy is neither a file in `policies.dir` nor built in, as
 /// (model, policy).
-pub fn unknown_route_policies(config: &Config, registry: &PolicyRegistry) -> Vec<(String, String)> {
+fn unknown_route_policies(config: &Config, registry: &PolicyRegistry) -> Vec<(String, String)> {
     let known: std::collections::HashSet<String> = registry.statuses().into_iter().map(|s| s.name).collect();
     config.routes.iter().filter(|r| !known.contains(&r.policy)).map(|r| (r.model.clone(), r.policy.clone())).collect()
 }

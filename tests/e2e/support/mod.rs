@@ -44,7 +44,8 @@ impl Proc {
         let mut admin_url = None;
         let url = loop {
             let line = rx
-                .recv_timeout(Duration::from_secs(60))
+                // Generous: a router compiling a Python or JavaScript policy on a busy 2-core machine.
+                .recv_timeout(Duration::from_secs(180))
                 .unwrap_or_else(|_| panic!("{args:?} did not start:\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
             let url = line.split_whitespace().last().unwrap().to_owned();
             if line.starts_with("admin listening on") {
