@@ -11,7 +11,8 @@
 //! `chunks`), `stall` (stream silent after `chunks`), `malformed` (a broken
 //! chunk), `no-done` (stream ends without `[DONE]`), `context-length` and
 //! `content-policy` (400s), `flap` (per model string, `fail` requests
-//! answered 503 then `pass` answered well, over and over).
+//! answered 503 then `pass` answered well, over and over), `redirect` (a 307
+//! to the URL in `to`).
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -105,6 +106,8 @@ struct Fault {
     delay_ms: u64,
     chunks: usize,
     retry_after: Option<String>,
+    /// Where `redirect` points.
+    to: Option<String>,
     fail: u32,
     pass: u32,
 }
@@ -118,6 +121,7 @@ fn fault_of(model: &str, header: Option<&str>) -> Fault {
                 Some(("delay_ms", v)) => fault.delay_ms = v.parse().unwrap_or(0),
                 Some(("chunks", v)) => fault.chunks = v.parse().unwrap_or(3),
                 Some(("retry_after", v)) => fault.retry_after = Some(v.to_owned()),
+                Some(("to", v)) => fault.to = Some(v.to_owned()),
                 Some(("fail", v)) => fault.fail = v.parse().unwrap_or(1),
                 Some(("pass", v)) => fault.pass = v.parse().unwrap_or(1),
                 _ => {}
@@ -195,6 +199,13 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
             return Ok(r);
         }
         "429-bare" => return Ok(error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", "mock: rate limited")),
+        "redirect" => {
+            let mut r = error(StatusCode::TEMPORARY_REDIRECT, "moved", "mock: redirected");
+            if let Some(Ok(to)) = fault.to.as_deref().map(hyper::header::HeaderValue::from_str) {
+                r.headers_mut().insert(hyper::header::LOCATION, to);
+            }
+            return Ok(r);
+        }
         "500-once" if state.count(&model) == 1 => {
             return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "mock: failing once"));
         }

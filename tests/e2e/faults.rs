@@ -427,3 +427,75 @@ async fn assert_healthy(router: &Proc, model: &str) {
     assert_eq!(a.status, 200, "after the faults: {}", a.body);
     assert_eq!(a.json()["model"], format!("{model}-model"));
 }
+
+/// An upstream that redirects is a failed attempt: the router never follows
+/// the redirect, so neither the key nor the prompt reaches the other host,
+/// for OpenAI-compatible and Anthropic backends alike; the fallback answers.
+/// Errors name no upstream URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_is_never_followed_and_no_error_names_an_upstream_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mock, elsewhere) = (mock_upstream(dir.path()), mock_upstream(dir.path()));
+    let to = |path: &str| format!("{}{path}", elsewhere.url);
+    let config = format!(
+        r#"
+[retry]
+backoff_ms = 0
+[[routes]]
+model = "openai-redirect"
+policy = "cheapest-healthy"
+[[routes]]
+model = "anthropic-redirect"
+policy = "cheapest-healthy"
+[policies.config.cheapest-healthy]
+max_targets = 3
+[[backends]]
+name = "redirecting-openai"
+provider = "openai"
+base_url = "{m}/v1"
+api_key = "sk-openai-secret"
+model = "m?fault=redirect&to={openai_to}"
+[[backends]]
+name = "redirecting-anthropic"
+provider = "anthropic"
+base_url = "{m}/v1"
+api_key = "sk-ant-secret"
+model = "c?fault=redirect&to={anthropic_to}"
+[[backends]]
+name = "good"
+provider = "openai"
+base_url = "{m}/v1"
+model = "good-model"
+input_price = 50.0
+[[backends]]
+name = "nowhere"
+provider = "openai"
+base_url = "http://127.0.0.1:9/v1"
+model = "nowhere-model"
+input_price = 100.0
+"#,
+        m = mock.url,
+        openai_to = to("/v1/chat/completions"),
+        anthropic_to = to("/v1/messages"),
+    );
+    let router = router(dir.path(), &config, &[]);
+    for backend in ["redirecting-openai", "redirecting-anthropic"] {
+        // Named directly: the only target, so the attempt's failure is the answer.
+        let a = post(&router.url, "/v1/chat/completions", &chat(backend, false), &[]).await;
+        assert_eq!(a.status, 502, "{backend}: {}", a.body);
+        let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("redirect (HTTP 307)"), "{backend}: {message}");
+        assert!(!message.contains("127.0.0.1"), "{backend}: an upstream URL in {message}");
+    }
+    // Through a policy, the cheapest (redirecting) backends fail and `good` answers.
+    for model in ["openai-redirect", "anthropic-redirect"] {
+        let a = post(&router.url, "/v1/chat/completions", &chat(model, true), &[]).await;
+        assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some("good")), "{model}: {}", a.body);
+    }
+    assert!(received(&elsewhere).await.is_empty(), "the redirect was followed: {:?}", received(&elsewhere).await);
+    // A backend that refuses connections: the error says so, without its URL.
+    let a = post(&router.url, "/v1/chat/completions", &chat("nowhere", false), &[]).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("connection failed") && !message.contains("127.0.0.1:9"), "{message}");
+}

@@ -7,8 +7,9 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use serde_json::{json, Map, Value};
 
-use super::failure::{from_reqwest, retry_after};
+use super::failure::{from_reqwest, redirected, retry_after};
 use super::openai::sse_events;
+use super::openai::{read_capped, MAX_ANSWER, MAX_ERROR_BODY};
 use super::{http_client, Answer, AttemptFailure, Call, Reply};
 use crate::config::BackendConfig;
 use crate::mock_answers::unix_now;
@@ -49,11 +50,14 @@ impl AnthropicClient {
         if let Some(key) = &self.key {
             request = request.header("x-api-key", key.clone());
         }
-        let response = super::with_trace_context(request).send().await.map_err(|e| from_reqwest(&e))?;
+        let response = super::with_trace_context(request).send().await.map_err(from_reqwest)?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(redirected(status.as_u16()));
+        }
         if !status.is_success() {
             let retry_after = retry_after(response.headers());
-            let body = response.bytes().await.unwrap_or_default();
+            let body = read_capped(response, MAX_ERROR_BODY).await.unwrap_or_default();
             return Err(AttemptFailure::Status { status: status.as_u16(), retry_after, body: to_openai_error(&body) });
         }
         if call.inbound.stream {
@@ -70,7 +74,7 @@ impl AnthropicClient {
             });
             return Ok(Reply::Stream(Box::pin(events)));
         }
-        let body = response.bytes().await.map_err(|e| from_reqwest(&e))?;
+        let body = read_capped(response, MAX_ANSWER).await?;
         let message: Value = serde_json::from_slice(&body).map_err(|_| AttemptFailure::Protocol("the answer is not JSON".into()))?;
         let answer = to_chat_completion(&message);
         let usage = crate::openai::usage(&answer);

@@ -93,14 +93,22 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .or_else(date)
 }
 
-/// Maps a reqwest error to a failure.
-pub(crate) fn from_reqwest(e: &reqwest::Error) -> AttemptFailure {
+/// Maps a reqwest error to a failure. Its URL is left out: errors reach
+/// clients and logs, and a backend's URL is the operator's business.
+pub(crate) fn from_reqwest(e: reqwest::Error) -> AttemptFailure {
     // Anything else (connect, reset, TLS, a body cut short) is trouble on the way.
     if e.is_timeout() {
         AttemptFailure::Timeout("response")
     } else {
-        AttemptFailure::Connect(error_chain(e))
+        AttemptFailure::Connect(error_chain(&e.without_url()))
     }
+}
+
+/// An upstream that answered with a redirect. The router never follows one:
+/// the request's credentials (`Authorization`, `x-api-key`) and its prompt
+/// would go wherever the upstream pointed.
+pub(crate) fn redirected(status: u16) -> AttemptFailure {
+    AttemptFailure::Protocol(format!("answered with a redirect (HTTP {status}), which the router does not follow"))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

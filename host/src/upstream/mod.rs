@@ -132,6 +132,8 @@ fn http_client(config: &BackendConfig) -> Result<reqwest::Client, String> {
         .connect_timeout(std::time::Duration::from_millis(config.connect_timeout_ms))
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .pool_max_idle_per_host(256)
+        // A 3xx is a failed attempt (`failure::redirected`), never followed.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }

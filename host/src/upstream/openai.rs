@@ -6,16 +6,16 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
-use super::failure::{from_reqwest, retry_after};
+use super::failure::{from_reqwest, redirected, retry_after};
 use super::{http_client, Answer, AttemptFailure, Call, EventStream, Reply};
 use crate::config::BackendConfig;
 use crate::contract::ApiSurface;
 use crate::openai::sse::{SseEvent, SseParser};
 
 /// Most bytes of an upstream error body kept.
-const MAX_ERROR_BODY: usize = 64 << 10;
+pub(super) const MAX_ERROR_BODY: usize = 64 << 10;
 /// Most bytes of a complete answer accepted.
-const MAX_ANSWER: usize = 64 << 20;
+pub(super) const MAX_ANSWER: usize = 64 << 20;
 
 pub(super) struct OpenAiClient {
     http: reqwest::Client,
@@ -56,8 +56,11 @@ impl OpenAiClient {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let response = super::with_trace_context(request).send().await.map_err(|e| from_reqwest(&e))?;
+        let response = super::with_trace_context(request).send().await.map_err(from_reqwest)?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(redirected(status.as_u16()));
+        }
         if !status.is_success() {
             let retry_after = retry_after(response.headers());
             let body = read_capped(response, MAX_ERROR_BODY).await.unwrap_or_default();
@@ -101,11 +104,12 @@ impl serde::Serialize for WithModel<'_> {
     }
 }
 
-async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, AttemptFailure> {
+/// The body of `response`, or a failure once it passes `cap` bytes.
+pub(super) async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, AttemptFailure> {
     let mut out = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| from_reqwest(&e))?;
+        let chunk = chunk.map_err(from_reqwest)?;
         if out.len() + chunk.len() > cap {
             return Err(AttemptFailure::Protocol(format!("the answer is larger than {cap} bytes")));
         }
