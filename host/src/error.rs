@@ -118,6 +118,17 @@ impl GatewayError {
         )
     }
 
+    /// 408: the body did not arrive in time (a client trickling it, say).
+    pub fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorSource::Client,
+            "invalid_request_error",
+            Some("request_timeout"),
+            format!("the request body did not arrive within {} ms", timeout.as_millis()),
+        )
+    }
+
     /// The policy refused the request with its own status and message.
     pub fn policy_rejected(status: u16, message: &str) -> Self {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);

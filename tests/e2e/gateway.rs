@@ -449,3 +449,59 @@ async fn traces_are_exported_over_otlp_and_continue_upstream() {
         assert!(exported.contains(&hex(expected)), "`{expected}` is not in the exported spans");
     }
 }
+
+/// Every connection is bounded: past `max_connections` a client gets a 503
+/// at once; a connection that stays silent, or sends its headers or body too
+/// slowly, is closed (with a 408 for a body), and the slots come back.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_and_slow_clients_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[server]\nmax_connections = 3\nheader_timeout_ms = 300\nbody_timeout_ms = 300\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"m\"\nprovider = \"mock\"\n";
+    let router = router(dir.path(), config, &[]);
+    let addr = router.url.trim_start_matches("http://").to_owned();
+    // What the router sends on `stream` until it closes it (or 5 s pass).
+    async fn until_closed(stream: &mut TcpStream) -> (String, Duration) {
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+        (String::from_utf8_lossy(&got).into_owned(), started.elapsed())
+    }
+
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut over = TcpStream::connect(&addr).await.unwrap();
+    let (answer, _) = until_closed(&mut over).await;
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"), "{answer}");
+    // The silent ones are closed after the header timeout, which frees their slots.
+    for stream in &mut silent {
+        let (answer, took) = until_closed(stream).await;
+        assert!(took < Duration::from_secs(2), "a silent connection stayed open {took:?}: {answer}");
+    }
+    let a = post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    // Headers that trickle in: closed after the header timeout.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let (_, took) = until_closed(&mut slow).await;
+    assert!(took < Duration::from_secs(2), "headers trickled for {took:?}");
+    // A body that stops: 408 after the body timeout.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    let (answer, took) = until_closed(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("request_timeout"), "{answer}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // The router serves on.
+    let a = post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+}

@@ -11,6 +11,7 @@ use clap::Args;
 use switchyard::config::{self, Config, InstanceModeConfig};
 use switchyard::gateway::{ConfigFile, Gateway};
 use switchyard::policy::{default_threads, watch, InstanceMode, PolicyRuntime, RuntimeSettings, DEFAULT_DEBOUNCE, DEFAULT_POLL};
+use switchyard::server::Limits;
 use switchyard::telemetry::Telemetry;
 use tokio::net::TcpListener;
 
@@ -80,15 +81,19 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
             println!("admin listening on http://{}", admin.local_addr()?);
             let (gateway, token) = (gateway.clone(), state.config.admin.token.as_deref().map(Arc::from));
             let handler = move |request| switchyard::admin::handle(gateway.clone(), token.clone(), request);
-            tokio::spawn(switchyard::server::serve(admin, handler, 100, until_stopped(stopped.clone()), Duration::from_secs(1)));
+            // The admin listener: few clients (a scraper, an operator).
+            let limits = Limits { max_headers: 100, max_connections: 64, header_timeout: state.config.server.header_timeout() };
+            tokio::spawn(switchyard::server::serve(admin, handler, limits, until_stopped(stopped.clone()), Duration::from_secs(1)));
         }
         // Printed last: scripts (and the tests) wait for this line.
         println!("switchyard listening on http://{addr}");
         tracing::info!(%addr, config = %state.config.source, policies = ?gateway.registry().names(), "serving");
-        let max_headers = state.config.server.max_headers;
+        let server = &state.config.server;
+        let limits =
+            Limits { max_headers: server.max_headers, max_connections: server.max_connections, header_timeout: server.header_timeout() };
         drop(state);
         let handler = move |request| switchyard::gateway::http::handle(gateway.clone(), request);
-        switchyard::server::serve(listener, handler, max_headers, until_stopped(stopped), grace).await;
+        switchyard::server::serve(listener, handler, limits, until_stopped(stopped), grace).await;
         Ok(ExitCode::SUCCESS)
     });
     // The last spans go out on the runtime, which is still running here.

@@ -121,11 +121,38 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// How long shutdown waits for requests and streams in flight, in ms.
     pub shutdown_grace_ms: u64,
+    /// Connections open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Time a connection has to send its first byte, and then each request
+    /// its complete headers, in ms.
+    pub header_timeout_ms: u64,
+    /// Time a request has to send its whole body, in ms (408 after it).
+    pub body_timeout_ms: u64,
+}
+
+impl ServerConfig {
+    /// `header_timeout_ms`.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    /// `body_timeout_ms`.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), max_body_bytes: 4 << 20, max_headers: 100, shutdown_grace_ms: 30_000 }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 4 << 20,
+            max_headers: 100,
+            shutdown_grace_ms: 30_000,
+            max_connections: 10_000,
+            header_timeout_ms: 30_000,
+            body_timeout_ms: 30_000,
+        }
     }
 }
 
@@ -557,6 +584,14 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(("server.max_body_bytes".into(), "must be at least 1024".into()));
         }
+        if self.server.max_connections == 0 {
+            return Err(("server.max_connections".into(), "must be at least 1".into()));
+        }
+        for (key, ms) in [("header_timeout_ms", self.server.header_timeout_ms), ("body_timeout_ms", self.server.body_timeout_ms)] {
+            if ms == 0 {
+                return Err((format!("server.{key}"), "must be more than 0".into()));
+            }
+        }
         if self.backends.is_empty() {
             return Err(("backends".into(), "at least one backend is needed".into()));
         }
@@ -779,6 +814,8 @@ mod tests {
                 "routes[0].on_policy_error",
                 "`b` is not a configured backend",
             ),
+            ("[server]\nmax_connections = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.max_connections", "at least 1"),
+            ("[server]\nbody_timeout_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.body_timeout_ms", "more than 0"),
             ("not toml at all", "line 1", ""),
         ];
         for (text, key, problem) in cases {

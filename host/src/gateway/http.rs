@@ -108,7 +108,7 @@ async fn proxy(
     let state = gateway.state();
     let caller = authenticate(&state, request.headers())?;
     let (parts, body) = request.into_parts();
-    let body = read_body(body, &parts.headers, state.config.server.max_body_bytes).await?;
+    let body = read_body(body, &parts.headers, state.config.server.max_body_bytes, state.config.server.body_timeout()).await?;
     let seed: u64 = rand::random();
     let limits = ViewLimits { text_bytes: state.config.policies.text_budget_bytes, messages: state.config.policies.view_max_messages };
     let inbound = inbound::parse(surface, &body, &parts.headers, &caller, request_id, limits, seed)?;
@@ -271,12 +271,15 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {
+async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize, timeout: std::time::Duration) -> Result<Bytes, GatewayError> {
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(GatewayError::too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
+    let Ok(collected) = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await else {
+        return Err(GatewayError::body_timeout(timeout));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(GatewayError::too_large(limit)),
         Err(e) => Err(GatewayError::bad_request(format!("could not read the request body: {e}"), None)),
