@@ -505,3 +505,44 @@ async fn connections_and_slow_clients_are_bounded() {
     let a = post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await;
     assert_eq!(a.status, 200, "{}", a.body);
 }
+
+/// A streaming client that stops reading is cut off after
+/// `stream_write_timeout_ms`: the upstream stream is dropped and the
+/// backend's in-flight count goes back to 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    // An in-process mock backend with an answer far larger than the socket buffers.
+    let config = "[server]\nstream_write_timeout_ms = 300\n[admin]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"m\"\nprovider = \"mock\"\nmock = { latency_ms = 0, ttft_ms = 0, tokens_per_second = 0, answer_tokens = 400000 }\n";
+    let router = router(dir.path(), config, &[]);
+    let admin = router.admin_url.clone().unwrap();
+    let in_flight = || async {
+        let metrics = support::client().get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+        metrics.lines().find_map(|l| l.strip_prefix("switchyard_in_flight{backend=\"m\"} ")).map(|v| v.trim().to_owned())
+    };
+    let body = serde_json::to_string(&chat("auto", true)).unwrap();
+    let mut client = tokio::net::TcpStream::connect(router.url.trim_start_matches("http://")).await.unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    // The client never reads. While the stream runs the backend has one in flight; then it is released.
+    let started = Instant::now();
+    let mut seen_busy = false;
+    loop {
+        let now = in_flight().await;
+        seen_busy |= now.as_deref() == Some("1");
+        if seen_busy && now.as_deref() == Some("0") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "in flight: {now:?}\n{}", router.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(router.logs().contains("client stopped reading the stream"), "{}", router.logs());
+    drop(client);
+    let a = post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+}

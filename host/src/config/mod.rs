@@ -128,6 +128,9 @@ pub struct ServerConfig {
     pub header_timeout_ms: u64,
     /// Time a request has to send its whole body, in ms (408 after it).
     pub body_timeout_ms: u64,
+    /// Time a streaming client may stop reading before its stream is ended
+    /// and the upstream released, in ms.
+    pub stream_write_timeout_ms: u64,
 }
 
 impl ServerConfig {
@@ -139,6 +142,11 @@ impl ServerConfig {
     /// `body_timeout_ms`.
     pub fn body_timeout(&self) -> Duration {
         Duration::from_millis(self.body_timeout_ms)
+    }
+
+    /// `stream_write_timeout_ms`.
+    pub fn stream_write_timeout(&self) -> Duration {
+        Duration::from_millis(self.stream_write_timeout_ms)
     }
 }
 
@@ -152,6 +160,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             header_timeout_ms: 30_000,
             body_timeout_ms: 30_000,
+            stream_write_timeout_ms: 30_000,
         }
     }
 }
@@ -587,7 +596,12 @@ impl Config {
         if self.server.max_connections == 0 {
             return Err(("server.max_connections".into(), "must be at least 1".into()));
         }
-        for (key, ms) in [("header_timeout_ms", self.server.header_timeout_ms), ("body_timeout_ms", self.server.body_timeout_ms)] {
+        let server = &self.server;
+        for (key, ms) in [
+            ("header_timeout_ms", server.header_timeout_ms),
+            ("body_timeout_ms", server.body_timeout_ms),
+            ("stream_write_timeout_ms", server.stream_write_timeout_ms),
+        ] {
             if ms == 0 {
                 return Err((format!("server.{key}"), "must be more than 0".into()));
             }
@@ -816,6 +830,7 @@ mod tests {
             ),
             ("[server]\nmax_connections = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.max_connections", "at least 1"),
             ("[server]\nbody_timeout_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.body_timeout_ms", "more than 0"),
+            ("[server]\nstream_write_timeout_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.stream_write_timeout_ms", "more than 0"),
             ("not toml at all", "line 1", ""),
         ];
         for (text, key, problem) in cases {

@@ -131,7 +131,7 @@ async fn proxy(
         }
         Outcome::Stream { upstream, model, first, rest, attempt } => {
             let name = upstream.name().to_owned();
-            let (relay, first_frame, rx) = Relay::new(first, rest, attempt, upstream);
+            let (relay, first_frame, rx) = Relay::new(first, rest, attempt, upstream, state.config.server.stream_write_timeout());
             (sse_response(first_frame, rx), Some(name), Some(model), Some(relay))
         }
         Outcome::Refused { upstream, status, body } => (json_response(status, body), Some(upstream.name().to_owned()), None, None),

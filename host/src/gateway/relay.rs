@@ -86,24 +86,27 @@ pub(super) struct Relay {
     attempt: Attempt,
     upstream: Arc<Upstream>,
     tx: mpsc::Sender<Bytes>,
+    write_timeout: Duration,
 }
 
 impl Relay {
     /// Prepares relaying; returns the first event's frame, which the response
     /// body starts with (so it leaves with the headers, without waiting for
     /// the relay task), and the receiver of the rest.
+    /// `write_timeout` ends the stream when the client stops taking it.
     pub(super) fn new(
         first: SseEvent,
         rest: EventStream,
         attempt: Attempt,
         upstream: Arc<Upstream>,
+        write_timeout: Duration,
     ) -> (Self, Bytes, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(32);
         let first_frame = match &first {
             SseEvent::Data(chunk) => frame(chunk),
             SseEvent::Done => Bytes::from_static(DONE_FRAME),
         };
-        (Self { first, rest, attempt, upstream, tx }, first_frame, rx)
+        (Self { first, rest, attempt, upstream, tx, write_timeout }, first_frame, rx)
     }
 
     /// Starts relaying. `record` is the request's decision-log record, if
@@ -123,10 +126,12 @@ impl Relay {
     }
 
     /// Passes events on until the stream ends; returns what was sent, the
-    /// token usage seen, and how it ended: `done`, `client_closed`, or the
-    /// failure.
+    /// token usage seen, and how it ended: `done`, `client_closed`,
+    /// `client_stalled` (it stopped reading for `write_timeout`), or the
+    /// failure. Returning drops the upstream stream and settles the attempt,
+    /// so the upstream connection and the backend's in-flight count are free.
     async fn relay(self, metrics: &Metrics, request_id: &str) -> (StreamedSoFar, Option<(u64, u64)>, String) {
-        let Self { first, mut rest, attempt, upstream, tx } = self;
+        let Self { first, mut rest, attempt, upstream, tx, write_timeout } = self;
         let idle = Duration::from_millis(upstream.config.stream_idle_timeout_ms);
         let backend = upstream.name();
         let mut so_far = StreamedSoFar::default();
@@ -152,10 +157,19 @@ impl Relay {
                         metrics.tokens(backend, input, output, upstream.config.input_price, upstream.config.output_price);
                         usage = Some((input, output));
                     }
-                    if !sent && tx.send(frame(&chunk)).await.is_err() {
-                        // The client went away: not the backend's fault.
-                        tracing::info!(%request_id, %backend, chunks = so_far.chunks, "client closed the stream");
-                        return (so_far, usage, "client_closed".into());
+                    if !sent {
+                        match tokio::time::timeout(write_timeout, tx.send(frame(&chunk))).await {
+                            Ok(Ok(())) => {}
+                            // The client went away: not the backend's fault.
+                            Ok(Err(_)) => {
+                                tracing::info!(%request_id, %backend, chunks = so_far.chunks, "client closed the stream");
+                                return (so_far, usage, "client_closed".into());
+                            }
+                            Err(_) => {
+                                tracing::info!(%request_id, %backend, chunks = so_far.chunks, "client stopped reading the stream; ended");
+                                return (so_far, usage, "client_stalled".into());
+                            }
+                        }
                     }
                 }
                 Ok(SseEvent::Done) => {
