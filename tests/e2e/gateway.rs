@@ -546,3 +546,20 @@ async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
     let a = post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await;
     assert_eq!(a.status, 200, "{}", a.body);
 }
+
+/// A stream that runs past `stream_max_duration_ms` ends with an error
+/// event (never `[DONE]`); the backend is not blamed for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_ends_at_its_maximum_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    // 200 tokens at 20 a second: a 10 s stream, cut at 500 ms.
+    let config = "[server]\nstream_max_duration_ms = 500\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"m\"\nprovider = \"mock\"\nmock = { latency_ms = 0, ttft_ms = 0, tokens_per_second = 20, answer_tokens = 200 }\n";
+    let router = router(dir.path(), config, &[]);
+    let started = Instant::now();
+    let a = post(&router.url, "/v1/chat/completions", &chat("auto", true), &[]).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let events = a.events();
+    assert!(events.last().unwrap().contains("stream_too_long"), "{events:?}");
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+    assert!(events.len() > 2, "some of the answer came first: {events:?}");
+}

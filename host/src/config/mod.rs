@@ -131,6 +131,8 @@ pub struct ServerConfig {
     /// Time a streaming client may stop reading before its stream is ended
     /// and the upstream released, in ms.
     pub stream_write_timeout_ms: u64,
+    /// Longest a stream may run, in ms; then it ends with an error event.
+    pub stream_max_duration_ms: u64,
 }
 
 impl ServerConfig {
@@ -148,6 +150,11 @@ impl ServerConfig {
     pub fn stream_write_timeout(&self) -> Duration {
         Duration::from_millis(self.stream_write_timeout_ms)
     }
+
+    /// `stream_max_duration_ms`.
+    pub fn stream_max_duration(&self) -> Duration {
+        Duration::from_millis(self.stream_max_duration_ms)
+    }
 }
 
 impl Default for ServerConfig {
@@ -161,6 +168,7 @@ impl Default for ServerConfig {
             header_timeout_ms: 30_000,
             body_timeout_ms: 30_000,
             stream_write_timeout_ms: 30_000,
+            stream_max_duration_ms: 30 * 60_000,
         }
     }
 }
@@ -601,6 +609,7 @@ impl Config {
             ("header_timeout_ms", server.header_timeout_ms),
             ("body_timeout_ms", server.body_timeout_ms),
             ("stream_write_timeout_ms", server.stream_write_timeout_ms),
+            ("stream_max_duration_ms", server.stream_max_duration_ms),
         ] {
             if ms == 0 {
                 return Err((format!("server.{key}"), "must be more than 0".into()));
@@ -831,6 +840,7 @@ mod tests {
             ("[server]\nmax_connections = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.max_connections", "at least 1"),
             ("[server]\nbody_timeout_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.body_timeout_ms", "more than 0"),
             ("[server]\nstream_write_timeout_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.stream_write_timeout_ms", "more than 0"),
+            ("[server]\nstream_max_duration_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.stream_max_duration_ms", "more than 0"),
             ("not toml at all", "line 1", ""),
         ];
         for (text, key, problem) in cases {

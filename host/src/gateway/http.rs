@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::attempts::{self, Finished, Outcome};
 use super::plan::{self, Plan};
-use super::relay::Relay;
+use super::relay::{Relay, StreamLimits};
 use super::{Gateway, GatewayState};
 use crate::contract::ApiSurface;
 use crate::decision_log::DecisionLog;
@@ -131,7 +131,9 @@ async fn proxy(
         }
         Outcome::Stream { upstream, model, first, rest, attempt } => {
             let name = upstream.name().to_owned();
-            let (relay, first_frame, rx) = Relay::new(first, rest, attempt, upstream, state.config.server.stream_write_timeout());
+            let server = &state.config.server;
+            let limits = StreamLimits { write_timeout: server.stream_write_timeout(), max_duration: server.stream_max_duration() };
+            let (relay, first_frame, rx) = Relay::new(first, rest, attempt, upstream, limits);
             (sse_response(first_frame, rx), Some(name), Some(model), Some(relay))
         }
         Outcome::Refused { upstream, status, body } => (json_response(status, body), Some(upstream.name().to_owned()), None, None),

@@ -86,27 +86,37 @@ pub(super) struct Relay {
     attempt: Attempt,
     upstream: Arc<Upstream>,
     tx: mpsc::Sender<Bytes>,
-    write_timeout: Duration,
+    limits: StreamLimits,
+}
+
+/// How long a stream may wait on its client, and run in all.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StreamLimits {
+    /// The client stopped reading this long: the stream ends.
+    pub write_timeout: Duration,
+    /// The stream has run this long: it ends with an error event.
+    pub max_duration: Duration,
 }
 
 impl Relay {
     /// Prepares relaying; returns the first event's frame, which the response
     /// body starts with (so it leaves with the headers, without waiting for
     /// the relay task), and the receiver of the rest.
-    /// `write_timeout` ends the stream when the client stops taking it.
+    /// `limits` end the stream when the client stops taking it, or when it
+    /// has run too long.
     pub(super) fn new(
         first: SseEvent,
         rest: EventStream,
         attempt: Attempt,
         upstream: Arc<Upstream>,
-        write_timeout: Duration,
+        limits: StreamLimits,
     ) -> (Self, Bytes, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(32);
         let first_frame = match &first {
             SseEvent::Data(chunk) => frame(chunk),
             SseEvent::Done => Bytes::from_static(DONE_FRAME),
         };
-        (Self { first, rest, attempt, upstream, tx, write_timeout }, first_frame, rx)
+        (Self { first, rest, attempt, upstream, tx, limits }, first_frame, rx)
     }
 
     /// Starts relaying. `record` is the request's decision-log record, if
@@ -127,11 +137,13 @@ impl Relay {
 
     /// Passes events on until the stream ends; returns what was sent, the
     /// token usage seen, and how it ended: `done`, `client_closed`,
-    /// `client_stalled` (it stopped reading for `write_timeout`), or the
-    /// failure. Returning drops the upstream stream and settles the attempt,
+    /// `client_stalled` (it stopped reading for `write_timeout`),
+    /// `max_duration`, or the failure. Returning drops the upstream stream and settles the attempt,
     /// so the upstream connection and the backend's in-flight count are free.
     async fn relay(self, metrics: &Metrics, request_id: &str) -> (StreamedSoFar, Option<(u64, u64)>, String) {
-        let Self { first, mut rest, attempt, upstream, tx, write_timeout } = self;
+        let Self { first, mut rest, attempt, upstream, tx, limits } = self;
+        let StreamLimits { write_timeout, max_duration } = limits;
+        let ends_at = Instant::now() + max_duration;
         let idle = Duration::from_millis(upstream.config.stream_idle_timeout_ms);
         let backend = upstream.name();
         let mut so_far = StreamedSoFar::default();
@@ -144,9 +156,21 @@ impl Relay {
                 Some(event) => event,
                 None => {
                     sent = false;
-                    match tokio::time::timeout(idle, rest.next()).await {
+                    let left = ends_at.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(idle.min(left), rest.next()).await {
                         Ok(Some(event)) => event,
                         Ok(None) => Err(AttemptFailure::Protocol("the stream ended without [DONE]".into())),
+                        // The router's own limit, not the backend's fault: the attempt is released, not failed.
+                        Err(_) if left <= idle => {
+                            tracing::info!(%request_id, %backend, chunks = so_far.chunks, "stream ended at its maximum duration");
+                            let error = serde_json::json!({"error": {
+                                "message": format!("the stream ran for its maximum duration ({} ms) and was ended", max_duration.as_millis()),
+                                "type": "server_error",
+                                "code": "stream_too_long",
+                            }});
+                            let _ = tokio::time::timeout(write_timeout, tx.send(frame(error.to_string().as_bytes()))).await;
+                            return (so_far, usage, "max_duration".into());
+                        }
                         Err(_) => Err(AttemptFailure::Timeout("stream idle")),
                     }
                 }
