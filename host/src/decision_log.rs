@@ -5,6 +5,10 @@
 //!
 //! Writing never blocks a request: records go through a bounded queue to a
 //! writer thread; when the queue is full, records are dropped and counted.
+//! The disk is bounded too: the file is rotated at a size (`FILE.1` the
+//! newest old one) and only so many old files are kept; ordinary records
+//! can be sampled, while notable ones (errors, fallbacks, rejections,
+//! policy failures, broken streams) are always written.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,12 +23,24 @@ use crate::contract::{json, BackendStats, Request};
 /// Records waiting to be written, at most.
 const QUEUE: usize = 10_000;
 
+/// How the log uses the disk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    /// The file is rotated before it grows past this many bytes.
+    pub max_file_bytes: u64,
+    /// Rotated files kept (`FILE.1` .. `FILE.N`); older ones are deleted.
+    pub keep_files: u32,
+    /// Share of ordinary records written, 0 to 1; notable ones always are.
+    pub sample_rate: f64,
+}
+
 /// The log's writer end.
 pub struct DecisionLog {
     /// `None` once dropped, which tells the writer to finish.
     tx: Option<SyncSender<Value>>,
     writer: Option<std::thread::JoinHandle<()>>,
     include_prompts: bool,
+    sample_rate: f64,
     dropped: AtomicU64,
 }
 
@@ -41,32 +57,39 @@ impl Drop for DecisionLog {
 
 impl DecisionLog {
     /// Opens (appends to) `path` and starts the writer thread.
-    pub fn open(path: &Path, include_prompts: bool) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    pub fn open(path: &Path, include_prompts: bool, retention: Retention) -> std::io::Result<Self> {
+        let mut file = LogFile::open(path, retention)?;
         let (tx, rx) = sync_channel::<Value>(QUEUE);
-        let path: PathBuf = path.to_path_buf();
         let writer = std::thread::Builder::new().name("decision-log".into()).spawn(move || {
-            let mut out = std::io::BufWriter::new(file);
             loop {
                 match rx.recv_timeout(Duration::from_millis(200)) {
                     Ok(record) => {
-                        let line = serde_json::to_string(&record).unwrap_or_default();
-                        if let Err(e) = writeln!(out, "{line}") {
-                            tracing::error!(path = %path.display(), "decision log write failed: {e}");
+                        let mut line = serde_json::to_string(&record).unwrap_or_default();
+                        line.push('\n');
+                        if let Err(e) = file.write_line(&line) {
+                            tracing::error!(path = %file.path.display(), "decision log write failed: {e}");
                         }
                     }
                     // Quiet: make what was written visible.
                     Err(RecvTimeoutError::Timeout) => {
-                        let _ = out.flush();
+                        let _ = file.out.flush();
                     }
                     Err(RecvTimeoutError::Disconnected) => {
-                        let _ = out.flush();
+                        let _ = file.out.flush();
                         return;
                     }
                 }
             }
         })?;
-        Ok(Self { tx: Some(tx), writer: Some(writer), include_prompts, dropped: AtomicU64::new(0) })
+        let sample_rate = retention.sample_rate;
+        Ok(Self { tx: Some(tx), writer: Some(writer), include_prompts, sample_rate, dropped: AtomicU64::new(0) })
+    }
+
+    /// Queues `record` when it is `notable` or sampled in; never blocks.
+    pub fn write_sampled(&self, record: Value, notable: bool) {
+        if notable || self.sample_rate >= 1.0 || rand::random::<f64>() < self.sample_rate {
+            self.write(record);
+        }
     }
 
     /// Records dropped because the writer could not keep up.
@@ -85,6 +108,53 @@ impl DecisionLog {
     /// log is configured to include prompts.
     pub fn request_json(&self, r: &Request) -> Value {
         json::request_json(r, self.include_prompts)
+    }
+}
+
+/// The file being written, its size, and its rotation.
+struct LogFile {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    /// Bytes in the current file, written or buffered.
+    bytes: u64,
+    retention: Retention,
+}
+
+impl LogFile {
+    fn open(path: &Path, retention: Retention) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let bytes = file.metadata()?.len();
+        Ok(Self { path: path.to_path_buf(), out: std::io::BufWriter::new(file), bytes, retention })
+    }
+
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        if self.bytes > 0 && self.bytes + line.len() as u64 > self.retention.max_file_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(line.as_bytes())?;
+        self.bytes += line.len() as u64;
+        Ok(())
+    }
+
+    /// `FILE` becomes `FILE.1`, `FILE.1` becomes `FILE.2`, ...; past
+    /// `keep_files` they are deleted; a new `FILE` is started.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        let keep = self.retention.keep_files;
+        let _ = std::fs::remove_file(numbered(keep.max(1)));
+        for n in (1..keep).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        if keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            std::fs::rename(&self.path, numbered(1))?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.out = std::io::BufWriter::new(file);
+        self.bytes = 0;
+        Ok(())
     }
 }
 
@@ -107,12 +177,57 @@ mod tests {
     fn dropping_the_log_flushes_every_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.jsonl");
-        let log = DecisionLog::open(&path, false).unwrap();
+        let log = DecisionLog::open(&path, false, UNBOUNDED).unwrap();
         for i in 0..1000 {
             log.write(json!({"n": i}));
         }
         drop(log);
         let lines = std::fs::read_to_string(&path).unwrap().lines().count();
         assert_eq!(lines, 1000);
+    }
+
+    const UNBOUNDED: Retention = Retention { max_file_bytes: u64::MAX, keep_files: 1, sample_rate: 1.0 };
+
+    #[test]
+    fn files_rotate_at_their_size_and_only_so_many_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let retention = Retention { max_file_bytes: 1000, keep_files: 2, sample_rate: 1.0 };
+        let log = DecisionLog::open(&path, false, retention).unwrap();
+        // 100 records of 100 bytes each (with the newline): 10 files' worth.
+        for i in 0..100 {
+            log.write(json!({"n": i, "pad": "x".repeat(100 - 20 - i.to_string().len())}));
+        }
+        drop(log);
+        let mut files: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        files.sort();
+        assert_eq!(files, ["d.jsonl", "d.jsonl.1", "d.jsonl.2"]);
+        for file in &files {
+            let len = std::fs::metadata(dir.path().join(file)).unwrap().len();
+            assert!(len <= 1000, "{file}: {len} bytes");
+        }
+        // The newest records are in FILE, the ones before in FILE.1.
+        let last: Value = serde_json::from_str(std::fs::read_to_string(&path).unwrap().lines().last().unwrap()).unwrap();
+        assert_eq!(last["n"], 99);
+        let older: Value =
+            serde_json::from_str(std::fs::read_to_string(dir.path().join("d.jsonl.1")).unwrap().lines().last().unwrap()).unwrap();
+        assert_eq!(older["n"], 89);
+    }
+
+    #[test]
+    fn ordinary_records_are_sampled_and_notable_ones_always_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let log = DecisionLog::open(&path, false, Retention { sample_rate: 0.1, ..UNBOUNDED }).unwrap();
+        for i in 0..2000 {
+            log.write_sampled(json!({"n": i}), i % 100 == 0);
+        }
+        drop(log);
+        let records: Vec<Value> = std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let notable = records.iter().filter(|r| r["n"].as_u64().unwrap() % 100 == 0).count();
+        assert_eq!(notable, 20, "every notable record");
+        // About 10 % of the 1980 ordinary ones (binomial: 198 ± 40 is far past 4 sigma).
+        assert!((158..=238).contains(&(records.len() - notable)), "{} ordinary records", records.len() - notable);
     }
 }

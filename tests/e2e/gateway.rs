@@ -563,3 +563,42 @@ async fn a_stream_ends_at_its_maximum_duration() {
     assert!(!events.iter().any(|e| e == "[DONE]"));
     assert!(events.len() > 2, "some of the answer came first: {events:?}");
 }
+
+/// With `sample_rate = 0`, the decision log keeps only what is notable:
+/// here, the requests that failed over or failed, none of the ordinary ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_decision_log_samples_ordinary_requests_and_keeps_notable_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = support::mock_upstream(dir.path());
+    let config = format!(
+        "[decision_log]\npath = \"decisions.jsonl\"\nsample_rate = 0.0\n[retry]\nbackoff_ms = 0\n[circuit]\nfailure_threshold = 1000\n\
+         [[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n\
+         [[backends]]\nname = \"ok\"\nprovider = \"openai\"\nbase_url = \"{m}/v1\"\nmodel = \"ok-model\"\n\
+         [[backends]]\nname = \"down\"\nprovider = \"openai\"\nbase_url = \"{m}/v1\"\nmodel = \"down?fault=503\"\n",
+        m = mock.url
+    );
+    let router = router(dir.path(), &config, &[]);
+    for stream in [false, true] {
+        for _ in 0..5 {
+            let a = post(&router.url, "/v1/chat/completions", &chat("ok", stream), &[]).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+        }
+        let a = post(&router.url, "/v1/chat/completions", &chat("down", stream), &[]).await;
+        assert_eq!(a.status, 502, "{}", a.body);
+    }
+    let path = dir.path().join("decisions.jsonl");
+    let started = Instant::now();
+    let records: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if records.len() >= 2 || started.elapsed() > Duration::from_secs(5) {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Let a late record (there must be none) arrive before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records_now = std::fs::read_to_string(&path).unwrap().lines().count();
+    assert_eq!((records.len(), records_now), (2, 2), "{records:?}");
+    assert!(records.iter().all(|r| r["status"] == 502 && r["backend"].is_null()), "{records:?}");
+}

@@ -68,13 +68,26 @@ pub struct Config {
 }
 
 /// `[decision_log]`: one JSON line per routed request.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DecisionLogConfig {
     /// The JSONL file, relative to the config file; no log when unset.
     pub path: Option<PathBuf>,
     /// Also record message text (off by default: prompts may be sensitive).
     pub include_prompts: bool,
+    /// The file is rotated before it grows past this many MiB.
+    pub max_file_mib: u64,
+    /// Rotated files kept (`FILE.1` the newest); older ones are deleted.
+    pub keep_files: u32,
+    /// Share of ordinary requests logged, 0 to 1; errors, fallbacks,
+    /// rejections, policy failures and broken streams always are.
+    pub sample_rate: f64,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        Self { path: None, include_prompts: false, max_file_mib: 100, keep_files: 5, sample_rate: 1.0 }
+    }
 }
 
 /// `[telemetry]`: OpenTelemetry trace export over OTLP/HTTP (protobuf); off
@@ -618,6 +631,13 @@ impl Config {
         if self.backends.is_empty() {
             return Err(("backends".into(), "at least one backend is needed".into()));
         }
+        let d = &self.decision_log;
+        if d.max_file_mib == 0 || d.max_file_mib > 1 << 20 {
+            return Err(("decision_log.max_file_mib".into(), "must be between 1 and 1048576".into()));
+        }
+        if !(0.0..=1.0).contains(&d.sample_rate) {
+            return Err(("decision_log.sample_rate".into(), "must be between 0 and 1".into()));
+        }
         let t = &self.telemetry;
         if let Some(url) = &t.otlp_endpoint {
             let parsed =
@@ -841,6 +861,8 @@ mod tests {
             ("[server]\nbody_timeout_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.body_timeout_ms", "more than 0"),
             ("[server]\nstream_write_timeout_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.stream_write_timeout_ms", "more than 0"),
             ("[server]\nstream_max_duration_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.stream_max_duration_ms", "more than 0"),
+            ("[decision_log]\nsample_rate = 1.5\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "decision_log.sample_rate", "between 0 and 1"),
+            ("[decision_log]\nmax_file_mib = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "decision_log.max_file_mib", "between 1 and"),
             ("not toml at all", "line 1", ""),
         ];
         for (text, key, problem) in cases {

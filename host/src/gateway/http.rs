@@ -181,14 +181,20 @@ async fn proxy(
             overhead,
         };
         let record = decision_record(log, &plan, &inbound, end);
-        (log.clone(), record)
+        // Always logged, whatever the sample rate: what went wrong or took a detour.
+        let notable = !status.is_success()
+            || plan.policy_error.is_some()
+            || plan.refusal.is_some()
+            || finished.attempts > 1
+            || !finished.failures.is_empty();
+        (log.clone(), record, notable)
     });
     match (relay, record) {
         // A stream's record is written when the stream ends, with its tokens.
         (Some(relay), record) => relay.start(metrics.clone(), request_id.to_owned(), record),
-        (None, Some((log, mut record))) => {
+        (None, Some((log, mut record, notable))) => {
             record["tokens"] = crate::decision_log::tokens_json(usage);
-            log.write(record);
+            log.write_sampled(record, notable);
         }
         (None, None) => {}
     }

@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::config::{ClientConfig, Config, ConfigError, OnPolicyError, RouteConfig, EMBEDDED_POLICY_NAME};
-use crate::decision_log::DecisionLog;
+use crate::decision_log::{DecisionLog, Retention};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyRegistry, PolicyRuntime, PolicySources, RescanReport};
 use crate::stats::LiveStats;
@@ -132,7 +132,9 @@ impl Gateway {
         warn_unknown_policies(&state.config, &registry);
         let decision_log = match &state.config.decision_log.path {
             Some(path) => {
-                Some(DecisionLog::open(path, state.config.decision_log.include_prompts).map(Arc::new).map_err(|e| ConfigError {
+                let d = &state.config.decision_log;
+                let retention = Retention { max_file_bytes: d.max_file_mib << 20, keep_files: d.keep_files, sample_rate: d.sample_rate };
+                Some(DecisionLog::open(path, d.include_prompts, retention).map(Arc::new).map_err(|e| ConfigError {
                     file: state.config.source.clone(),
                     key: "decision_log.path".into(),
                     problem: format!("cannot open {}: {e}", path.display()),

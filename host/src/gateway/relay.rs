@@ -120,17 +120,19 @@ impl Relay {
     }
 
     /// Starts relaying. `record` is the request's decision-log record, if
-    /// any: written when the stream ends, with its tokens and how it ended.
-    pub(super) fn start(self, metrics: Arc<Metrics>, request_id: String, record: Option<(Arc<DecisionLog>, Value)>) {
+    /// any, and whether it is notable: written when the stream ends, with
+    /// its tokens and how it ended (a stream that did not end well is notable).
+    pub(super) fn start(self, metrics: Arc<Metrics>, request_id: String, record: Option<(Arc<DecisionLog>, Value, bool)>) {
         let span = telemetry::stream_span(self.upstream.name());
         tokio::spawn(async move {
             let started = Instant::now();
             let (so_far, usage, end) = self.relay(&metrics, &request_id).instrument(span.clone()).await;
             telemetry::record_stream_end(&span, so_far.chunks, &end);
-            if let Some((log, mut record)) = record {
+            if let Some((log, mut record, notable)) = record {
                 record["tokens"] = crate::decision_log::tokens_json(usage);
+                let notable = notable || end != "done";
                 record["stream"] = json!({"chunks": so_far.chunks, "end": end, "ms": started.elapsed().as_secs_f64() * 1000.0});
-                log.write(record);
+                log.write_sampled(record, notable);
             }
         });
     }
