@@ -358,15 +358,7 @@ async fn metrics_overhead_and_the_admin_api() {
     // The decision log: one line per routed request, with what the policy
     // saw and decided, and no prompt text unless configured.
     let path = dir.path().join("decisions.jsonl");
-    let started = std::time::Instant::now();
-    let records: Vec<Value> = loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        if records.len() == 6 || started.elapsed() > Duration::from_secs(5) {
-            break records;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let records = support::decision_records(&path, 6).await;
     assert_eq!(records.len(), 6, "{records:?}");
     // A stream's record is written when it ends, with its tokens.
     let streamed = records.iter().find(|r| r["request"]["stream"] == true).unwrap();
@@ -587,15 +579,7 @@ async fn the_decision_log_samples_ordinary_requests_and_keeps_notable_ones() {
         assert_eq!(a.status, 502, "{}", a.body);
     }
     let path = dir.path().join("decisions.jsonl");
-    let started = Instant::now();
-    let records: Vec<Value> = loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        if records.len() >= 2 || started.elapsed() > Duration::from_secs(5) {
-            break records;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let records = support::decision_records(&path, 2).await;
     // Let a late record (there must be none) arrive before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let records_now = std::fs::read_to_string(&path).unwrap().lines().count();

@@ -150,3 +150,17 @@ pub async fn received(mock: &Proc) -> Vec<serde_json::Value> {
 pub async fn clear(mock: &Proc) {
     client().delete(format!("{}/mock/requests", mock.url)).send().await.unwrap();
 }
+
+/// The decision log's records at `path`, once there are at least `n` (or
+/// what there is after 5 s: the writer thread flushes every 200 ms).
+pub async fn decision_records(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if records.len() >= n || started.elapsed() > Duration::from_secs(5) {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
