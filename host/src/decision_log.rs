@@ -5,8 +5,9 @@
 //!
 //! Writing never blocks a request: records go through a bounded queue to a
 //! writer thread; when the queue is full, records are dropped and counted.
-//! The disk is bounded too: the file is rotated at a size (`FILE.1` the
-//! newest old one) and only so many old files are kept; ordinary records
+//! The disk is bounded too: the file is rotated at a size or an age
+//! (`FILE.1` the newest old one) and only so many old files are kept; an
+//! external rotation (logrotate) asks for a reopen with SIGHUP; ordinary records
 //! can be sampled, while notable ones (errors, fallbacks, rejections,
 //! policy failures, broken streams) are always written.
 
@@ -28,6 +29,8 @@ const QUEUE: usize = 10_000;
 pub struct Retention {
     /// The file is rotated before it grows past this many bytes.
     pub max_file_bytes: u64,
+    /// The file is rotated once it is this old (and has a record).
+    pub max_file_age: Duration,
     /// Rotated files kept (`FILE.1` .. `FILE.N`); older ones are deleted.
     pub keep_files: u32,
     /// Share of ordinary records written, 0 to 1; notable ones always are.
@@ -37,7 +40,7 @@ pub struct Retention {
 /// The log's writer end.
 pub struct DecisionLog {
     /// `None` once dropped, which tells the writer to finish.
-    tx: Option<SyncSender<Value>>,
+    tx: Option<SyncSender<Entry>>,
     writer: Option<std::thread::JoinHandle<()>>,
     include_prompts: bool,
     sample_rate: f64,
@@ -59,17 +62,21 @@ impl DecisionLog {
     /// Opens (appends to) `path` and starts the writer thread.
     pub fn open(path: &Path, include_prompts: bool, retention: Retention) -> std::io::Result<Self> {
         let mut file = LogFile::open(path, retention)?;
-        let (tx, rx) = sync_channel::<Value>(QUEUE);
+        let (tx, rx) = sync_channel::<Entry>(QUEUE);
         let writer = std::thread::Builder::new().name("decision-log".into()).spawn(move || {
             loop {
                 match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(record) => {
+                    Ok(Entry::Record(record)) => {
                         let mut line = serde_json::to_string(&record).unwrap_or_default();
                         line.push('\n');
                         if let Err(e) = file.write_line(&line) {
                             tracing::error!(path = %file.path.display(), "decision log write failed: {e}");
                         }
                     }
+                    Ok(Entry::Reopen) => match file.reopen() {
+                        Ok(()) => tracing::info!(path = %file.path.display(), "decision log reopened"),
+                        Err(e) => tracing::error!(path = %file.path.display(), "decision log reopen failed: {e}"),
+                    },
                     // Quiet: make what was written visible.
                     Err(RecvTimeoutError::Timeout) => {
                         let _ = file.out.flush();
@@ -97,9 +104,17 @@ impl DecisionLog {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Closes the file and opens `path` again, after an external rotation
+    /// moved it away (SIGHUP); records queued before are written first.
+    pub fn reopen(&self) {
+        if self.tx.as_ref().is_none_or(|tx| tx.try_send(Entry::Reopen).is_err()) {
+            tracing::warn!("decision log reopen not queued: the queue is full; send SIGHUP again");
+        }
+    }
+
     /// Queues `record`; never blocks.
     pub fn write(&self, record: Value) {
-        if self.tx.as_ref().is_none_or(|tx| tx.try_send(record).is_err()) {
+        if self.tx.as_ref().is_none_or(|tx| tx.try_send(Entry::Record(record)).is_err()) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -111,24 +126,44 @@ impl DecisionLog {
     }
 }
 
-/// The file being written, its size, and its rotation.
+/// What the writer thread is asked to do.
+enum Entry {
+    Record(Value),
+    Reopen,
+}
+
+/// The file being written, its size and age, and its rotation.
 struct LogFile {
     path: PathBuf,
     out: std::io::BufWriter<std::fs::File>,
     /// Bytes in the current file, written or buffered.
     bytes: u64,
+    opened: std::time::Instant,
     retention: Retention,
 }
 
 impl LogFile {
     fn open(path: &Path, retention: Retention) -> std::io::Result<Self> {
+        let (out, bytes) = Self::append_to(path)?;
+        Ok(Self { path: path.to_path_buf(), out, bytes, opened: std::time::Instant::now(), retention })
+    }
+
+    fn append_to(path: &Path) -> std::io::Result<(std::io::BufWriter<std::fs::File>, u64)> {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         let bytes = file.metadata()?.len();
-        Ok(Self { path: path.to_path_buf(), out: std::io::BufWriter::new(file), bytes, retention })
+        Ok((std::io::BufWriter::new(file), bytes))
+    }
+
+    fn reopen(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        (self.out, self.bytes) = Self::append_to(&self.path)?;
+        self.opened = std::time::Instant::now();
+        Ok(())
     }
 
     fn write_line(&mut self, line: &str) -> std::io::Result<()> {
-        if self.bytes > 0 && self.bytes + line.len() as u64 > self.retention.max_file_bytes {
+        let too_big = self.bytes + line.len() as u64 > self.retention.max_file_bytes;
+        if self.bytes > 0 && (too_big || self.opened.elapsed() >= self.retention.max_file_age) {
             self.rotate()?;
         }
         self.out.write_all(line.as_bytes())?;
@@ -151,10 +186,7 @@ impl LogFile {
         } else {
             std::fs::rename(&self.path, numbered(1))?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
-        self.out = std::io::BufWriter::new(file);
-        self.bytes = 0;
-        Ok(())
+        self.reopen()
     }
 }
 
@@ -186,13 +218,14 @@ mod tests {
         assert_eq!(lines, 1000);
     }
 
-    const UNBOUNDED: Retention = Retention { max_file_bytes: u64::MAX, keep_files: 1, sample_rate: 1.0 };
+    const UNBOUNDED: Retention =
+        Retention { max_file_bytes: u64::MAX, max_file_age: Duration::from_secs(1 << 40), keep_files: 1, sample_rate: 1.0 };
 
     #[test]
     fn files_rotate_at_their_size_and_only_so_many_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.jsonl");
-        let retention = Retention { max_file_bytes: 1000, keep_files: 2, sample_rate: 1.0 };
+        let retention = Retention { max_file_bytes: 1000, keep_files: 2, ..UNBOUNDED };
         let log = DecisionLog::open(&path, false, retention).unwrap();
         // 100 records of 100 bytes each (with the newline): 10 files' worth.
         for i in 0..100 {
@@ -213,6 +246,21 @@ mod tests {
         let older: Value =
             serde_json::from_str(std::fs::read_to_string(dir.path().join("d.jsonl.1")).unwrap().lines().last().unwrap()).unwrap();
         assert_eq!(older["n"], 89);
+    }
+
+    #[test]
+    fn a_file_older_than_its_age_is_rotated_at_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let log =
+            DecisionLog::open(&path, false, Retention { max_file_age: Duration::from_millis(100), keep_files: 3, ..UNBOUNDED }).unwrap();
+        log.write(json!({"n": 1}));
+        log.write(json!({"n": 2}));
+        std::thread::sleep(Duration::from_millis(400));
+        log.write(json!({"n": 3}));
+        drop(log);
+        let lines = |p: &Path| std::fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!((lines(&dir.path().join("d.jsonl.1")), lines(&path)), (2, 1));
     }
 
     #[test]

@@ -210,6 +210,13 @@ impl Metrics {
         for u in &state.upstreams {
             let _ = writeln!(out, "switchyard_in_flight{{backend=\"{}\"}} {}", escape(u.name()), u.stats.view().in_flight);
         }
+        if let Some(log) = gateway.decision_log() {
+            let _ = writeln!(
+                out,
+                "# HELP switchyard_decision_log_dropped Decision-log records dropped because the writer could not keep up.\n# TYPE switchyard_decision_log_dropped counter\nswitchyard_decision_log_dropped_total {}",
+                log.dropped()
+            );
+        }
         let registry = gateway.registry();
         let _ = writeln!(
             out,

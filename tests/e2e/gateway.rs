@@ -586,3 +586,29 @@ async fn the_decision_log_samples_ordinary_requests_and_keeps_notable_ones() {
     assert_eq!((records.len(), records_now), (2, 2), "{records:?}");
     assert!(records.iter().all(|r| r["status"] == 502 && r["backend"].is_null()), "{records:?}");
 }
+
+/// After an external rotation moved the decision log away, SIGHUP makes the
+/// router write to a new file at the configured path; nothing is lost, and
+/// the dropped-records counter is exported.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reopens_the_decision_log_after_an_external_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[decision_log]\npath = \"decisions.jsonl\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"m\"\nprovider = \"mock\"\n";
+    let router = router(dir.path(), config, &[]);
+    let (path, moved) = (dir.path().join("decisions.jsonl"), dir.path().join("decisions.jsonl.rotated"));
+    assert_eq!(post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await.status, 200);
+    assert_eq!(support::decision_records(&path, 1).await.len(), 1);
+    std::fs::rename(&path, &moved).unwrap();
+    router.hangup();
+    let started = Instant::now();
+    while !router.logs().contains("decision log reopened") {
+        assert!(started.elapsed() < Duration::from_secs(5), "{}", router.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await.status, 200);
+    assert_eq!(support::decision_records(&path, 1).await.len(), 1, "the new file has the new record");
+    assert_eq!(std::fs::read_to_string(&moved).unwrap().lines().count(), 1, "the rotated file keeps the old one");
+    let admin = router.admin_url.clone().unwrap();
+    let metrics = support::client().get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("switchyard_decision_log_dropped_total 0"), "{metrics}");
+}

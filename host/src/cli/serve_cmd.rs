@@ -73,6 +73,15 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
             shutdown_signal().await;
             let _ = stop.send(true);
         });
+        // SIGHUP: reopen the decision log after an external rotation (logrotate).
+        if let Some(log) = gateway.decision_log().cloned() {
+            let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    log.reopen();
+                }
+            });
+        }
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };

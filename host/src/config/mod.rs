@@ -77,6 +77,8 @@ pub struct DecisionLogConfig {
     pub include_prompts: bool,
     /// The file is rotated before it grows past this many MiB.
     pub max_file_mib: u64,
+    /// The file is rotated once it is this many seconds old.
+    pub max_file_age_s: u64,
     /// Rotated files kept (`FILE.1` the newest); older ones are deleted.
     pub keep_files: u32,
     /// Share of ordinary requests logged, 0 to 1; errors, fallbacks,
@@ -86,7 +88,7 @@ pub struct DecisionLogConfig {
 
 impl Default for DecisionLogConfig {
     fn default() -> Self {
-        Self { path: None, include_prompts: false, max_file_mib: 100, keep_files: 5, sample_rate: 1.0 }
+        Self { path: None, include_prompts: false, max_file_mib: 100, max_file_age_s: 86_400, keep_files: 5, sample_rate: 1.0 }
     }
 }
 
@@ -635,6 +637,9 @@ impl Config {
         if d.max_file_mib == 0 || d.max_file_mib > 1 << 20 {
             return Err(("decision_log.max_file_mib".into(), "must be between 1 and 1048576".into()));
         }
+        if d.max_file_age_s == 0 {
+            return Err(("decision_log.max_file_age_s".into(), "must be more than 0".into()));
+        }
         if !(0.0..=1.0).contains(&d.sample_rate) {
             return Err(("decision_log.sample_rate".into(), "must be between 0 and 1".into()));
         }
@@ -863,6 +868,7 @@ mod tests {
             ("[server]\nstream_max_duration_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.stream_max_duration_ms", "more than 0"),
             ("[decision_log]\nsample_rate = 1.5\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "decision_log.sample_rate", "between 0 and 1"),
             ("[decision_log]\nmax_file_mib = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "decision_log.max_file_mib", "between 1 and"),
+            ("[decision_log]\nmax_file_age_s = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "decision_log.max_file_age_s", "more than 0"),
             ("not toml at all", "line 1", ""),
         ];
         for (text, key, problem) in cases {

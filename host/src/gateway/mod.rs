@@ -133,7 +133,12 @@ impl Gateway {
         let decision_log = match &state.config.decision_log.path {
             Some(path) => {
                 let d = &state.config.decision_log;
-                let retention = Retention { max_file_bytes: d.max_file_mib << 20, keep_files: d.keep_files, sample_rate: d.sample_rate };
+                let retention = Retention {
+                    max_file_bytes: d.max_file_mib << 20,
+                    max_file_age: std::time::Duration::from_secs(d.max_file_age_s),
+                    keep_files: d.keep_files,
+                    sample_rate: d.sample_rate,
+                };
                 Some(DecisionLog::open(path, d.include_prompts, retention).map(Arc::new).map_err(|e| ConfigError {
                     file: state.config.source.clone(),
                     key: "decision_log.path".into(),

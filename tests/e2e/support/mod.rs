@@ -68,6 +68,12 @@ impl Proc {
         self.child.wait().unwrap()
     }
 
+    /// Sends SIGHUP (the decision log reopens its file).
+    pub fn hangup(&self) {
+        let status = Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
