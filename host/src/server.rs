@@ -32,6 +32,9 @@ pub struct Limits {
     /// Time from accepting a connection to its first byte (the HTTP/1 or
     /// HTTP/2 sniff), and then to a request's complete headers.
     pub header_timeout: Duration,
+    /// HTTP/2: a ping after this long without frames, and the connection
+    /// closed when its answer takes as long (a peer that went away).
+    pub http2_keepalive: Duration,
 }
 
 /// Serves `handler` on `listener` until `shutdown` resolves, then waits up to
@@ -43,7 +46,12 @@ where
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().max_headers(limits.max_headers).header_read_timeout(limits.header_timeout).timer(hyper_util::rt::TokioTimer::new());
-    builder.http2().max_header_list_size(64 << 10);
+    builder
+        .http2()
+        .max_header_list_size(64 << 10)
+        .keep_alive_interval(limits.http2_keepalive)
+        .keep_alive_timeout(limits.http2_keepalive)
+        .timer(hyper_util::rt::TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);

@@ -612,3 +612,24 @@ async fn sighup_reopens_the_decision_log_after_an_external_rotation() {
     let metrics = support::client().get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("switchyard_decision_log_dropped_total 0"), "{metrics}");
 }
+
+/// An HTTP/2 peer that stops answering (here: never acknowledges a ping) is
+/// closed after `http2_keepalive_ms`, freeing its connection slot.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_http2_peer_is_closed_by_the_keepalive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    // (With the 20 s default the same peer is still connected 5 s later.)
+    let config = "[server]\nhttp2_keepalive_ms = 200\n[[backends]]\nname = \"m\"\nprovider = \"mock\"\n";
+    let router = router(dir.path(), config, &[]);
+    let mut peer = tokio::net::TcpStream::connect(router.url.trim_start_matches("http://")).await.unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame; then silence, whatever the router sends.
+    peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let started = Instant::now();
+    let mut frames = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut frames)).await.is_ok();
+    assert!(closed && started.elapsed() < Duration::from_secs(3), "still open after {:?}", started.elapsed());
+    // Among what it sent before closing: a PING frame (type 6).
+    assert!(frames.windows(4).any(|w| w[3] == 6 && w[0..3] == [0, 0, 8]), "no ping in {frames:?}");
+}

@@ -91,15 +91,25 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
             let (gateway, token) = (gateway.clone(), state.config.admin.token.as_deref().map(Arc::from));
             let handler = move |request| switchyard::admin::handle(gateway.clone(), token.clone(), request);
             // The admin listener: few clients (a scraper, an operator).
-            let limits = Limits { max_headers: 100, max_connections: 64, header_timeout: state.config.server.header_timeout() };
+            let server = &state.config.server;
+            let limits = Limits {
+                max_headers: 100,
+                max_connections: 64,
+                header_timeout: server.header_timeout(),
+                http2_keepalive: server.http2_keepalive(),
+            };
             tokio::spawn(switchyard::server::serve(admin, handler, limits, until_stopped(stopped.clone()), Duration::from_secs(1)));
         }
         // Printed last: scripts (and the tests) wait for this line.
         println!("switchyard listening on http://{addr}");
         tracing::info!(%addr, config = %state.config.source, policies = ?gateway.registry().names(), "serving");
         let server = &state.config.server;
-        let limits =
-            Limits { max_headers: server.max_headers, max_connections: server.max_connections, header_timeout: server.header_timeout() };
+        let limits = Limits {
+            max_headers: server.max_headers,
+            max_connections: server.max_connections,
+            header_timeout: server.header_timeout(),
+            http2_keepalive: server.http2_keepalive(),
+        };
         drop(state);
         let handler = move |request| switchyard::gateway::http::handle(gateway.clone(), request);
         switchyard::server::serve(listener, handler, limits, until_stopped(stopped), grace).await;

@@ -148,6 +148,9 @@ pub struct ServerConfig {
     pub stream_write_timeout_ms: u64,
     /// Longest a stream may run, in ms; then it ends with an error event.
     pub stream_max_duration_ms: u64,
+    /// HTTP/2: a ping after this long without frames, and the connection
+    /// closed when the answer takes as long, in ms.
+    pub http2_keepalive_ms: u64,
 }
 
 impl ServerConfig {
@@ -164,6 +167,11 @@ impl ServerConfig {
     /// `stream_write_timeout_ms`.
     pub fn stream_write_timeout(&self) -> Duration {
         Duration::from_millis(self.stream_write_timeout_ms)
+    }
+
+    /// `http2_keepalive_ms`.
+    pub fn http2_keepalive(&self) -> Duration {
+        Duration::from_millis(self.http2_keepalive_ms)
     }
 
     /// `stream_max_duration_ms`.
@@ -184,6 +192,7 @@ impl Default for ServerConfig {
             body_timeout_ms: 30_000,
             stream_write_timeout_ms: 30_000,
             stream_max_duration_ms: 30 * 60_000,
+            http2_keepalive_ms: 20_000,
         }
     }
 }
@@ -625,6 +634,7 @@ impl Config {
             ("body_timeout_ms", server.body_timeout_ms),
             ("stream_write_timeout_ms", server.stream_write_timeout_ms),
             ("stream_max_duration_ms", server.stream_max_duration_ms),
+            ("http2_keepalive_ms", server.http2_keepalive_ms),
         ] {
             if ms == 0 {
                 return Err((format!("server.{key}"), "must be more than 0".into()));
@@ -866,6 +876,7 @@ mod tests {
             ("[server]\nbody_timeout_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.body_timeout_ms", "more than 0"),
             ("[server]\nstream_write_timeout_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.stream_write_timeout_ms", "more than 0"),
             ("[server]\nstream_max_duration_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.stream_max_duration_ms", "more than 0"),
+            ("[server]\nhttp2_keepalive_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.http2_keepalive_ms", "more than 0"),
             ("[decision_log]\nsample_rate = 1.5\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "decision_log.sample_rate", "between 0 and 1"),
             ("[decision_log]\nmax_file_mib = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "decision_log.max_file_mib", "between 1 and"),
             ("[decision_log]\nmax_file_age_s = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "decision_log.max_file_age_s", "more than 0"),
