@@ -26,22 +26,15 @@ start() { # start NAME ARGS... ; sets $url_NAME from the address the process pri
 
 start mock mock-upstream --listen 127.0.0.1:0 --tokens 16
 start slow mock-upstream --listen 127.0.0.1:0 --tokens 16 --latency-ms 20
+backend() { # backend NAME BASE_URL MODEL -> an OpenAI-compatible [[backends]] entry
+  printf '[[backends]]\nname = "%s"\nprovider = "openai"\nbase_url = "%s"\nmodel = "%s"\n' "$1" "$2" "$3"
+}
 cat >"$work/router.toml" <<TOML
 [[routes]]
 model = "auto"
 policy = "cheapest-healthy"
-
-[[backends]]
-name = "upstream"
-provider = "openai"
-base_url = "$url_mock/v1"
-model = "gpt-bench"
-
-[[backends]]
-name = "slow-upstream"
-provider = "openai"
-base_url = "$url_slow/v1"
-model = "gpt-slow"
+$(backend upstream "$url_mock/v1" gpt-bench)
+$(backend slow-upstream "$url_slow/v1" gpt-slow)
 TOML
 RUST_LOG=warn start router serve --config "$work/router.toml" --listen 127.0.0.1:0
 bin=target/release/bare-proxy start bare 127.0.0.1:0 "$url_mock/v1"
@@ -57,13 +50,20 @@ LUA
   echo "$f"
 }
 
-run() { # run URL MODEL CONNECTIONS [stream] -> "p50_us p99_us rps"
-  local out; out=$(wrk -t1 -c"$3" -d"${secs}s" --latency -s "$(script "$2" "${4:-}")" "$1/v1/chat/completions")
+run_counted() { # run_counted URL MODEL CONNECTIONS [stream] [threads] -> "p50_us p99_us rps non2xx errors"
+  local out; out=$(wrk -t"${5:-1}" -c"$3" -d"${secs}s" --timeout 10s --latency -s "$(script "$2" "${4:-}")" "$1/v1/chat/completions")
   echo "$out" | awk '
     function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return v*1000; if (v ~ /s$/) return v*1000000; return v }
     $1=="50%" {p50=us($2)} $1=="99%" {p99=us($2)} $1=="Requests/sec:" {rps=$2}
-    /Non-2xx/ {bad=$NF}
-    END { if (bad) { print "non-2xx answers: " bad > "/dev/stderr"; exit 1 } printf "%d %d %d\n", p50, p99, rps }'
+    /Non-2xx/ {bad=$NF} /Socket errors/ {gsub(",", ""); errs=$4+$6+$8+$10}
+    END { printf "%d %d %d %d %d\n", p50, p99, rps, bad+0, errs+0 }'
+}
+
+run() { # run URL MODEL CONNECTIONS [stream] -> "p50_us p99_us rps"; non-2xx answers are an error
+  local p50 p99 rps bad errs
+  read -r p50 p99 rps bad errs <<<"$(run_counted "$@")"
+  if [ "$bad" -gt 0 ]; then echo "non-2xx answers: $bad" >&2; return 1; fi
+  echo "$p50 $p99 $rps"
 }
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
@@ -151,29 +151,13 @@ policy = "ab-python"
 [[routes]]
 model = "auto"
 policy = "cheapest-healthy"
-[[backends]]
-name = "upstream"
-provider = "openai"
-base_url = "$url_mock/v1"
-model = "gpt-bench"
-[[backends]]
-name = "upstream-b"
-provider = "openai"
-base_url = "$url_mock/v1"
-model = "gpt-bench-b"
+$(backend upstream "$url_mock/v1" gpt-bench)
+$(backend upstream-b "$url_mock/v1" gpt-bench-b)
 TOML
 RUST_LOG=warn start prouter serve --config "$work/policies.toml" --listen 127.0.0.1:0
 # The second wording is that of routers before fail-closed routes (2026-11-30), for comparisons.
 policy_failures() { grep -c -E "policy could not decide|policy failed, using the default order" "$work/prouter.err" || true; }
 
-run_counted() { # run_counted URL MODEL CONNECTIONS [stream] [threads] -> "p50_us p99_us rps non2xx errors"
-  local out; out=$(wrk -t"${5:-1}" -c"$3" -d"${secs}s" --timeout 10s --latency -s "$(script "$2" "${4:-}")" "$1/v1/chat/completions")
-  echo "$out" | awk '
-    function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return v*1000; if (v ~ /s$/) return v*1000000; return v }
-    $1=="50%" {p50=us($2)} $1=="99%" {p99=us($2)} $1=="Requests/sec:" {rps=$2}
-    /Non-2xx/ {bad=$NF} /Socket errors/ {gsub(",", ""); errs=$4+$6+$8+$10}
-    END { printf "%d %d %d %d %d\n", p50, p99, rps, bad+0, errs+0 }'
-}
 wrk -t1 -c8 -d2s -s "$(script ab-rust)" "$url_prouter/v1/chat/completions" >/dev/null
 read -r ar50 ar99 arrps arbad _ <<<"$(run_counted "$url_prouter" ab-rust 64)"
 ap50=-; ap99=-; aprps=-; apbad=-

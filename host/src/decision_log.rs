@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::contract::{json, BackendStats, Request};
+use crate::contract::{json, Request};
 
 /// Records waiting to be written, at most.
 const QUEUE: usize = 10_000;
@@ -194,11 +194,6 @@ impl LogFile {
 /// not report it.
 pub fn tokens_json(usage: Option<(u64, u64)>) -> Value {
     usage.map_or(Value::Null, |(input, output)| json!({"input": input, "output": output}))
-}
-
-/// Backend stats as JSON, in the form `switchyard policy eval` reads.
-pub fn stats_json(names: &[String], stats: &[BackendStats]) -> Value {
-    json::stats_json(names, stats)
 }
 
 #[cfg(test)]

@@ -234,7 +234,7 @@ struct RequestEnd<'a> {
 fn decision_record(log: &DecisionLog, plan: &Plan, inbound: &InboundRequest, w: RequestEnd<'_>) -> Value {
     let seen = plan.seen.as_ref().map(|(version, stats)| {
         let names: Vec<String> = version.backends().iter().map(|b| b.name.clone()).collect();
-        crate::decision_log::stats_json(&names, stats)
+        crate::contract::json::stats_json(&names, stats)
     });
     let mut decision = match &plan.refusal {
         Some(refusal) => json!({"reject": {"status": refusal.status.as_u16(), "message": refusal.message}}),
