@@ -60,6 +60,17 @@ struct PolicyErrorLabels {
     action: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RescueLabels {
+    /// The backend that was to continue the stream.
+    backend: String,
+    /// `prefill` or `regenerate`.
+    mode: &'static str,
+    /// `rescued`, `failed` (no stream), `diverged` (a regeneration that
+    /// differs from what the client has) or `broke` (it broke too).
+    outcome: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn seconds() -> Histogram {
@@ -84,6 +95,8 @@ pub struct Metrics {
     decision: HistogramFamily<PolicyLabels>,
     policy_errors: Family<PolicyErrorLabels, Counter>,
     stream_failures: Family<BackendLabels, Counter>,
+    rescues: Family<RescueLabels, Counter>,
+    unterminated: Family<BackendLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -108,6 +121,8 @@ impl Metrics {
             decision: Family::new_with_constructor(micros as fn() -> Histogram),
             policy_errors: Family::default(),
             stream_failures: Family::default(),
+            rescues: Family::default(),
+            unterminated: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +156,16 @@ impl Metrics {
             m.policy_errors.clone(),
         );
         registry.register("stream_failures", "Streams that broke after their first byte", m.stream_failures.clone());
+        registry.register(
+            "stream_rescues",
+            "Tries to continue a broken stream, by the backend asked, mode (prefill, regenerate) and outcome",
+            m.rescues.clone(),
+        );
+        registry.register(
+            "streams_unterminated",
+            "Streams whose answer was complete (finished, with the usage asked for) but that closed without [DONE]; finished for the client",
+            m.unterminated.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -190,6 +215,16 @@ impl Metrics {
     /// A stream that broke after it started.
     pub fn stream_failure(&self, backend: &str) {
         self.stream_failures.get_or_create(&BackendLabels { backend: backend.to_owned() }).inc();
+    }
+
+    /// A try to continue a broken stream on `backend`.
+    pub fn rescue(&self, backend: &str, mode: &'static str, outcome: &'static str) {
+        self.rescues.get_or_create(&RescueLabels { backend: backend.to_owned(), mode, outcome }).inc();
+    }
+
+    /// A complete stream that closed without `[DONE]`.
+    pub fn unterminated_stream(&self, backend: &str) {
+        self.unterminated.get_or_create(&BackendLabels { backend: backend.to_owned() }).inc();
     }
 
     /// The text exposition, with the gauges of `gateway`'s live state.

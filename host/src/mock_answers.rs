@@ -15,6 +15,80 @@ pub fn answer_tokens(model: &str, prompt: &str, count: u32) -> Vec<String> {
     (0..count as usize).map(|i| if i == 0 { words[0].to_owned() } else { format!(" {}", words[i % words.len()]) }).collect()
 }
 
+/// What is left of an answer once `prefill` (the start of an assistant turn
+/// given as the last message) is taken off: how a model continues a turn.
+/// An answer that does not start with `prefill` comes whole, as from a
+/// model that ignored it.
+pub fn continuation(tokens: &[String], prefill: &str) -> Vec<String> {
+    if !tokens.concat().starts_with(prefill) {
+        return tokens.to_vec();
+    }
+    let mut skip = prefill.len();
+    let mut rest = Vec::new();
+    for t in tokens {
+        if skip >= t.len() {
+            skip -= t.len();
+            continue;
+        }
+        // `prefill` ends on a character boundary of the answer, and so of `t`.
+        rest.push(t[skip..].to_owned());
+        skip = 0;
+    }
+    rest
+}
+
+/// The assistant turn a chat request ends with, if it does (a prefill).
+pub fn prefill_of(body: &Map<String, Value>) -> Option<String> {
+    let last = body.get("messages")?.as_array()?.last()?;
+    (last.get("role")?.as_str()? == "assistant").then(|| match last.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect(),
+        _ => String::new(),
+    })
+}
+
+/// A mock tool call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// Its id, the same for the same prompt and tool.
+    pub id: String,
+    /// The function called.
+    pub name: String,
+    /// Its arguments, JSON.
+    pub arguments: String,
+}
+
+/// The call a chat request with function tools gets (unless its
+/// `tool_choice` is `"none"`): its first tool, with the prompt's excerpt
+/// as the argument.
+pub fn tool_call(body: &Map<String, Value>, prompt: &str) -> Option<ToolCall> {
+    if body.get("tool_choice").and_then(Value::as_str) == Some("none") {
+        return None;
+    }
+    let name = body.get("tools")?.as_array()?.first()?.get("function")?.get("name")?.as_str()?.to_owned();
+    let excerpt: String = prompt.split_whitespace().take(8).collect::<Vec<_>>().join(" ");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in prompt.bytes().chain(name.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Some(ToolCall { id: format!("call_{h:016x}"), name, arguments: json!({"query": excerpt, "limit": 3}).to_string() })
+}
+
+/// `text` in pieces of about `size` bytes, cut on character boundaries.
+pub fn fragments(text: &str, size: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = size.min(rest.len());
+        while !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        out.push(rest[..end].to_owned());
+        rest = &rest[end..];
+    }
+    out
+}
+
 /// The text the mock answers to: the last user message, or the prompt or
 /// input.
 pub fn prompt_text(surface: ApiSurface, body: &Map<String, Value>) -> String {
@@ -107,6 +181,36 @@ pub fn chunk(surface: ApiSurface, id: &str, model: &str, created: u64, token: Op
             })
         }
     }
+}
+
+/// A streamed chat chunk with `delta` and an optional finish reason.
+pub fn chat_chunk(id: &str, model: &str, created: u64, delta: Value, finish: Option<&str>) -> Value {
+    json!({
+        "id": format!("chatcmpl-{id}"),
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+    })
+}
+
+/// A complete chat answer that calls `call`.
+pub fn tool_call_completion(id: &str, model: &str, created: u64, call: &ToolCall, prompt_tokens: u32) -> Value {
+    json!({
+        "id": format!("chatcmpl-{id}"),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            ]},
+            "logprobs": null,
+            "finish_reason": "tool_calls"
+        }],
+        "usage": usage(prompt_tokens, count_tokens(&call.arguments)),
+    })
 }
 
 /// The final usage chunk of a stream (`stream_options.include_usage`).

@@ -3,16 +3,26 @@
 //! demand. It records what it receives, so tests can check what reached
 //! which upstream; `POST /v1/traces` takes OTLP/HTTP trace exports too.
 //!
+//! Answers are deterministic: the same model and prompt give the same text
+//! (`answer=canonical` leaves the model out, so every backend asked with it
+//! gives the same text; `answer=alternative` starts with another word, and
+//! its tool calls have another id); a chat request with function tools gets a call to
+//! its first tool; a chat request whose last message is an assistant turn
+//! gets the rest of the answer after that turn (prefill).
+//!
 //! A fault is chosen by the requested model, `name?fault=<fault>&delay_ms=N
-//! &chunks=N&retry_after=S`, or by an `x-mock-fault` header:
-//! `429`, `429-bare` (no Retry-After), `500-once` (per model string), `503`,
-//! `reset` (connection closed before headers), `hang` (no response),
-//! `slow-first-token` (waits `delay_ms`), `cut` (stream broken after
-//! `chunks`), `stall` (stream silent after `chunks`), `malformed` (a broken
-//! chunk), `no-done` (stream ends without `[DONE]`), `context-length` and
-//! `content-policy` (400s), `flap` (per model string, `fail` requests
-//! answered 503 then `pass` answered well, over and over), `redirect` (a 307
-//! to the URL in `to`).
+//! &chunks=N&retry_after=S&answer=canonical`, or by an `x-mock-fault` header:
+//! `429`, `429-bare` (no Retry-After), `500-once` or `transient` (per model
+//! string: the first request 500, then healthy), `503`, `reset` (connection
+//! closed before headers), `hang` (no response), `slow-first-token` (waits
+//! `delay_ms`); in a stream after `chunks` events: `cut` (connection
+//! broken), `close` (closed cleanly), `stall` (silence), `malformed` (a
+//! broken chunk), `error-event` (an error event, then closed); `no-done`
+//! (every event but `[DONE]`); `no-prefill` (a 400 for a request whose last
+//! message is an assistant turn); `context-length` and `content-policy`
+//! (400s), `flap` (per model string, `fail` requests answered 503 then
+//! `pass` answered well, over and over), `redirect` (a 307 to the URL in
+//! `to`).
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -110,6 +120,9 @@ struct Fault {
     to: Option<String>,
     fail: u32,
     pass: u32,
+    /// `answer=canonical`: the answer's text does not name the model;
+    /// `answer=alternative`: it starts with another word.
+    answer: Option<String>,
 }
 
 fn fault_of(model: &str, header: Option<&str>) -> Fault {
@@ -124,6 +137,7 @@ fn fault_of(model: &str, header: Option<&str>) -> Fault {
                 Some(("to", v)) => fault.to = Some(v.to_owned()),
                 Some(("fail", v)) => fault.fail = v.parse().unwrap_or(1),
                 Some(("pass", v)) => fault.pass = v.parse().unwrap_or(1),
+                Some(("answer", v)) => fault.answer = Some(v.to_owned()),
                 _ => {}
             }
         }
@@ -206,7 +220,7 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
             }
             return Ok(r);
         }
-        "500-once" if state.count(&model) == 1 => {
+        "500-once" | "transient" if state.count(&model) == 1 => {
             return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "mock: failing once"));
         }
         "flap" => {
@@ -219,6 +233,9 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
         "reset" => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock: reset")),
         "hang" => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        "no-prefill" if answers::prefill_of(&body).is_some() => {
+            return Ok(error(StatusCode::BAD_REQUEST, "invalid_request_error", "mock: the last message must be a user message"));
         }
         "context-length" => {
             return Ok(error(StatusCode::BAD_REQUEST, "context_length_exceeded", "mock: this model's maximum context length is 10 tokens"))
@@ -236,13 +253,24 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
     let id = format!("{:08x}", rand::random::<u32>());
     let created = answers::unix_now();
     let prompt = if anthropic { anthropic_prompt(&body) } else { answers::prompt_text(surface, &body) };
-    let tokens = answers::answer_tokens(&clean_model, &prompt, state.settings.answer_tokens);
+    let named = if fault.answer.as_deref() == Some("canonical") { "the router" } else { clean_model.as_str() };
+    let mut tokens = answers::answer_tokens(named, &prompt, state.settings.answer_tokens);
+    if let Some(first) = tokens.first_mut().filter(|_| fault.answer.as_deref() == Some("alternative")) {
+        *first = "That".into();
+    }
+    if let Some(prefill) = answers::prefill_of(&body).filter(|_| surface == ApiSurface::Chat) {
+        tokens = answers::continuation(&tokens, &prefill);
+    }
+    let mut tool_call = (surface == ApiSurface::Chat && !anthropic).then(|| answers::tool_call(&body, &prompt)).flatten();
+    if let Some(call) = tool_call.as_mut().filter(|_| fault.answer.as_deref() == Some("alternative")) {
+        call.id.push_str("-alt");
+    }
 
     if !stream {
-        let answer = if anthropic {
-            anthropic_message(&id, &clean_model, &prompt, &tokens)
-        } else {
-            answers::complete(surface, &id, &clean_model, created, &body, &tokens)
+        let answer = match (&tool_call, anthropic) {
+            (Some(call), _) => answers::tool_call_completion(&id, &clean_model, created, call, answers::count_tokens(&prompt)),
+            (None, true) => anthropic_message(&id, &clean_model, &prompt, &tokens),
+            (None, false) => answers::complete(surface, &id, &clean_model, created, &body, &tokens),
         };
         return Ok(match fault.name.as_str() {
             "malformed" => raw_response(StatusCode::OK, "application/json", Bytes::from_static(b"{\"choices\": [")),
@@ -260,19 +288,27 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
         if surface == ApiSurface::Chat {
             events.push(sse(&answers::chunk(surface, &id, &clean_model, created, None, true, false)));
         }
-        for t in &tokens {
-            events.push(sse(&answers::chunk(surface, &id, &clean_model, created, Some(t), false, false)));
-        }
-        events.push(sse(&answers::chunk(surface, &id, &clean_model, created, None, false, true)));
+        let completion_tokens = match &tool_call {
+            Some(call) => {
+                let head = json!({"tool_calls": [{"index": 0, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}]});
+                events.push(sse(&answers::chat_chunk(&id, &clean_model, created, head, None)));
+                for part in answers::fragments(&call.arguments, 8) {
+                    let delta = json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]});
+                    events.push(sse(&answers::chat_chunk(&id, &clean_model, created, delta, None)));
+                }
+                events.push(sse(&answers::chat_chunk(&id, &clean_model, created, json!({}), Some("tool_calls"))));
+                answers::count_tokens(&call.arguments)
+            }
+            None => {
+                for t in &tokens {
+                    events.push(sse(&answers::chunk(surface, &id, &clean_model, created, Some(t), false, false)));
+                }
+                events.push(sse(&answers::chunk(surface, &id, &clean_model, created, None, false, true)));
+                tokens.len() as u32
+            }
+        };
         if body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool) == Some(true) {
-            events.push(sse(&answers::usage_chunk(
-                surface,
-                &id,
-                &clean_model,
-                created,
-                answers::count_tokens(&prompt),
-                tokens.len() as u32,
-            )));
+            events.push(sse(&answers::usage_chunk(surface, &id, &clean_model, created, answers::count_tokens(&prompt), completion_tokens)));
         }
         events.push("data: [DONE]\n\n".into());
         events
@@ -291,9 +327,20 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
             events.truncate(fault.chunks);
             End::Stall
         }
+        "close" => {
+            events.truncate(fault.chunks);
+            End::Clean
+        }
         "malformed" => {
             events.truncate(fault.chunks);
             events.push("data: {\"choices\": [{\"delta\": \n\n".into());
+            End::Clean
+        }
+        "error-event" => {
+            events.truncate(fault.chunks);
+            events.push(sse(
+                &json!({"error": {"message": "mock: overloaded mid-stream", "type": "server_error", "param": null, "code": "overloaded"}}),
+            ));
             End::Clean
         }
         "no-done" => {

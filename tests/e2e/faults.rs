@@ -1,8 +1,10 @@
 //! The fault suite: every fault of the mock upstream, driven through the
 //! real router, with a fallback configured and without one. What must hold:
 //! no request outlives its budget; a fault before the first byte is rescued
-//! by a fallback, and after it ends the stream with an error event, never a
-//! clean `[DONE]`; retries are bounded, spaced and honour `Retry-After`; a
+//! by a fallback (after one retry of the same backend when the failure was
+//! transient), and after it, with no fallback, ends the stream with an error
+//! event, never a clean `[DONE]` (tests/e2e/rescue.rs has the rescues);
+//! retries are bounded, spaced and honour `Retry-After`; a
 //! flapping backend's circuit opens and closes again; the model reported is
 //! the one that answered; the router is healthy afterwards.
 
@@ -38,6 +40,7 @@ const FAULTY: &[Faulty] = &[
     Faulty { name: "cut0", query: "fault=cut&chunks=0" },
     Faulty { name: "stall0", query: "fault=stall&chunks=0" },
     Faulty { name: "malformed0", query: "fault=malformed&chunks=0" },
+    Faulty { name: "error-event0", query: "fault=error-event&chunks=0" },
     Faulty { name: "cut3", query: "fault=cut&chunks=3" },
     Faulty { name: "stall3", query: "fault=stall&chunks=3" },
     Faulty { name: "malformed3", query: "fault=malformed&chunks=3" },
@@ -112,17 +115,27 @@ max_targets = 2
     config
 }
 
+/// Faults the same backend is retried once after (`retry.same_backend`):
+/// a 5xx or a broken connection. `500-once` then answers itself.
+const TRANSIENT: &[&str] = &["500-once", "503", "reset", "cut0"];
+
 fn assert_rescued(fault: &str, a: &Answer, stream: bool) {
     assert_eq!(a.status, 200, "{fault} (stream {stream}): {}", a.body);
-    assert_eq!(a.header("x-switchyard-backend"), Some("good"), "{fault} (stream {stream})");
-    assert_eq!(a.header("x-switchyard-attempts"), Some("2"), "{fault} (stream {stream})");
+    let (backend, attempts) = match fault {
+        "500-once" => (format!("bad-{fault}"), "2"),
+        _ if TRANSIENT.contains(&fault) => ("good".to_owned(), "3"),
+        _ => ("good".to_owned(), "2"),
+    };
+    assert_eq!(a.header("x-switchyard-backend"), Some(backend.as_str()), "{fault} (stream {stream})");
+    assert_eq!(a.header("x-switchyard-attempts"), Some(attempts), "{fault} (stream {stream})");
+    let model = if backend == "good" { "good-model".to_owned() } else { backend.clone() };
     if stream {
         let events = a.events();
         assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{fault}: {}", a.body);
         let first: Value = serde_json::from_str(&events[0]).unwrap();
-        assert_eq!(first["model"], "good-model", "{fault}: the model that answered is reported");
+        assert_eq!(first["model"], model, "{fault}: the model that answered is reported");
     } else {
-        assert_eq!(a.json()["model"], "good-model", "{fault}: the model that answered is reported");
+        assert_eq!(a.json()["model"], model, "{fault}: the model that answered is reported");
     }
 }
 
@@ -140,24 +153,36 @@ async fn faults_are_rescued_before_the_first_byte_and_reported_after_it() {
         let a = post(&router.url, "/v1/chat/completions", &chat(&format!("via-{fault}"), false), &[]).await;
         assert_rescued(fault, &a, false);
     }
-    let rescued_stream = ["429", "503", "reset", "slow-first-token", "cut0", "stall0", "malformed0"];
+    let rescued_stream = ["429", "503", "reset", "slow-first-token", "cut0", "stall0", "malformed0", "error-event0"];
     for fault in rescued_stream {
         let a = post(&router.url, "/v1/chat/completions", &chat(&format!("via-{fault}"), true), &[]).await;
         assert_rescued(fault, &a, true);
     }
 
-    // After bytes reached the client, a failure is an SSE error event the
-    // SDKs raise on, and there is no [DONE].
-    for fault in ["cut3", "stall3", "malformed3", "no-done"] {
+    // After bytes reached the client, the fallback's answer continues the
+    // stream: the mock's answers share their first words ("This is a mock
+    // answer from"), so the regeneration splices on where the client's text
+    // ends, and the client has the fallback's whole answer once. (Every
+    // break and fallback kind: tests/e2e/rescue.rs.)
+    let direct = post(&router.url, "/v1/chat/completions", &chat("good", false), &[]).await;
+    let good_text = direct.json()["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    for fault in ["cut3", "stall3", "malformed3"] {
         let a = post(&router.url, "/v1/chat/completions", &chat(&format!("via-{fault}"), true), &[]).await;
         assert_eq!(a.status, 200, "{fault}");
-        assert_eq!(a.header("x-switchyard-backend"), Some(format!("bad-{fault}").as_str()));
+        assert_eq!(a.header("x-switchyard-backend"), Some(format!("bad-{fault}").as_str()), "the backend that started the stream");
         let events = a.events();
-        assert!(!events.iter().any(|e| e == "[DONE]"), "{fault} ended like a success: {}", a.body);
-        let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-        assert_eq!(last["error"]["code"], "stream_interrupted", "{fault}: {}", a.body);
-        assert!(events.len() >= 2, "{fault}: the chunks before the failure were passed on");
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{fault}: {}", a.body);
+        let text: String = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(text, good_text, "{fault}: {}", a.body);
+        assert!(a.body.contains(&format!(": rescued: `bad-{fault}`")), "{fault}: the seam is marked: {}", a.body);
     }
+    // A stream that sent its whole answer but no `[DONE]` is complete.
+    let a = post(&router.url, "/v1/chat/completions", &chat("via-no-done", true), &[]).await;
+    assert_eq!(a.events().last().map(String::as_str), Some("[DONE]"), "{}", a.body);
+    assert_eq!(a.header("x-switchyard-attempts"), Some("1"));
 
     // A refusal that any model would repeat goes to the client as is, once.
     let a = post(&router.url, "/v1/chat/completions", &chat("via-content-policy", false), &[]).await;
@@ -215,14 +240,18 @@ input_price = 9.0
     assert!(started.elapsed() < Duration::from_secs(10), "the router waited {:?}", started.elapsed());
     assert_eq!(a.status, 429, "{}", a.body);
     assert_eq!(a.header("x-should-retry"), Some("false"));
-    assert_eq!(a.header("x-switchyard-attempts"), Some("3"));
+    assert_eq!(a.header("x-switchyard-attempts"), Some("5"));
     let error = &a.json()["error"];
     assert_eq!(error["code"], "upstream_rate_limited");
     for backend in ["a: answered HTTP 503", "b: connection failed", "slow-429: answered HTTP 429"] {
         assert!(error["message"].as_str().unwrap().contains(backend), "{backend} missing in {error}");
     }
     let models: Vec<String> = received(&mock).await.iter().map(|r| r["model"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(models, ["a?fault=503", "b?fault=reset", "c?fault=429&retry_after=30"], "one attempt each, in the policy's order");
+    assert_eq!(
+        models,
+        ["a?fault=503", "a?fault=503", "b?fault=reset", "b?fault=reset", "c?fault=429&retry_after=30"],
+        "in the policy's order; a 503 and a reset retried once on the same backend, a 429 not"
+    );
 }
 
 /// How a request to a faulty backend ends when it has no fallback.
@@ -263,10 +292,12 @@ const ALONE: &[Alone] = &[
     Alone { fault: "cut0", stream: true, status: 502, code: "upstream_failed", attempts: 3, at_least_ms: 150 },
     Alone { fault: "stall0", stream: true, status: 504, code: "upstream_timeout", attempts: 1, at_least_ms: 500 },
     Alone { fault: "malformed0", stream: true, status: 502, code: "upstream_failed", attempts: 3, at_least_ms: 150 },
+    // An error event as the first event: a failure before the first byte.
+    Alone { fault: "error-event0", stream: true, status: 502, code: "upstream_failed", attempts: 3, at_least_ms: 150 },
     Alone { fault: "cut3", stream: true, status: 200, code: "stream_interrupted", attempts: 1, at_least_ms: 0 },
     Alone { fault: "stall3", stream: true, status: 200, code: "stream_interrupted", attempts: 1, at_least_ms: 500 },
     Alone { fault: "malformed3", stream: true, status: 200, code: "stream_interrupted", attempts: 1, at_least_ms: 0 },
-    Alone { fault: "no-done", stream: true, status: 200, code: "stream_interrupted", attempts: 1, at_least_ms: 0 },
+    Alone { fault: "no-done", stream: true, status: 200, code: "", attempts: 1, at_least_ms: 0 },
     Alone { fault: "context-length", stream: true, status: 400, code: "context_length_exceeded", attempts: 1, at_least_ms: 0 },
     Alone { fault: "content-policy", stream: true, status: 400, code: "content_policy_violation", attempts: 1, at_least_ms: 0 },
 ];
@@ -348,6 +379,8 @@ async fn a_flapping_backend_opens_its_circuit_and_closes_it_again() {
     let mock = mock_upstream(dir.path());
     let config = format!(
         r#"
+[retry]
+same_backend = 0
 [circuit]
 failure_threshold = 2
 open_ms = 400

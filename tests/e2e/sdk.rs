@@ -16,6 +16,9 @@ fn the_openai_python_sdk_works_against_the_router() {
     );
     let dir = tempfile::tempdir().unwrap();
     let mock = support::mock_upstream(dir.path());
+    // `rescued`: a stream that breaks mid-answer, continued on `canon`.
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::copy(switchyard_tests::artifacts::CHEAPEST_HEALTHY, dir.path().join("policies/rescue-order.wasm")).unwrap();
     let config = format!(
         r#"
 [[clients]]
@@ -45,6 +48,33 @@ provider = "openai"
 base_url = "{m}/v1"
 model = "broken?fault=503"
 input_price = 5.0
+
+[policies]
+dir = "policies"
+
+[[routes]]
+model = "rescued"
+policy = "rescue-order"
+
+[policies.config.rescue-order]
+require_tag = "rescue"
+
+[[backends]]
+name = "cut-canon"
+provider = "openai"
+base_url = "{m}/v1"
+model = "canon?fault=cut&chunks=4&answer=canonical"
+tags = ["rescue"]
+input_price = 0.5
+
+[[backends]]
+name = "canon"
+provider = "openai"
+base_url = "{m}/v1"
+model = "canon?answer=canonical"
+tags = ["rescue"]
+input_price = 1.0
+capabilities = {{ prefill = true }}
 "#,
         m = mock.url
     );

@@ -10,10 +10,12 @@ use switchyard_tests::artifacts;
 
 /// A router whose `policies/` holds `policy` (as `<policy>.wasm`) serving
 /// model `auto` with `config`, over `backends` (TOML).
+/// The router with `policy` on model `auto`. One attempt per target (no
+/// retry of the same backend), so the upstream calls are the policy's order.
 fn router_with(dir: &std::path::Path, policy: &str, wasm: &str, config: &str, backends: &str) -> Proc {
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::copy(wasm, dir.join("policies").join(format!("{policy}.wasm"))).unwrap();
-    let toml = format!("[policies]\ndir = \"policies\"\n[policies.config.{policy}]\n{config}\n[[routes]]\nmodel = \"auto\"\npolicy = \"{policy}\"\n[circuit]\nfailure_threshold = 1000\n{backends}");
+    let toml = format!("[policies]\ndir = \"policies\"\n[policies.config.{policy}]\n{config}\n[[routes]]\nmodel = \"auto\"\npolicy = \"{policy}\"\n[circuit]\nfailure_threshold = 1000\n[retry]\nsame_backend = 0\n{backends}");
     router(dir, &toml, &[])
 }
 

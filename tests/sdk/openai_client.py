@@ -81,6 +81,21 @@ def _():
     raise AssertionError(f"no error after {len(got)} chunks")
 
 
+@check("a stream cut mid-answer and rescued is a normal, complete stream")
+def _():
+    whole = client.chat.completions.create(model="canon", messages=[{"role": "user", "content": "Rescue me"}])
+    raw = client.chat.completions.with_raw_response.create(
+        model="rescued", stream=True, stream_options={"include_usage": True}, messages=[{"role": "user", "content": "Rescue me"}]
+    )
+    assert raw.headers["x-switchyard-backend"] == "cut-canon", dict(raw.headers)
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content, (text, whole.choices[0].message.content)
+    assert len({c.id for c in chunks}) == 1, {c.id for c in chunks}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage.completion_tokens > 0
+
+
 @check("unknown model is a NotFoundError with OpenAI's code")
 def _():
     try:

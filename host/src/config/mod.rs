@@ -55,6 +55,8 @@ pub struct Config {
     pub retry: RetryConfig,
     /// Circuit breaker settings.
     pub circuit: CircuitConfig,
+    /// Mid-stream rescue.
+    pub rescue: RescueConfig,
     /// Upstream backends, in order.
     pub backends: Vec<BackendConfig>,
     /// Client API keys; empty means no authentication.
@@ -278,6 +280,10 @@ pub struct RouteConfig {
     /// budget, answered nonsense, is quarantined or not loaded).
     #[serde(default)]
     pub on_policy_error: OnPolicyError,
+    /// Whether a stream that breaks mid-answer is continued on the next
+    /// target; unset follows `rescue.enabled`.
+    #[serde(default)]
+    pub rescue: Option<bool>,
 }
 
 /// `routes[].on_policy_error`: `"reject"` or a list of backend names.
@@ -327,11 +333,34 @@ pub struct RetryConfig {
     /// jitter; 0 turns those retries off. Timeouts are not retried: they
     /// already spent their time.
     pub backoff_ms: u64,
+    /// Retries of the same backend after a transient failure before the
+    /// first byte (HTTP 500, 502, 503 without a long `Retry-After`, a broken
+    /// connection), before the next target is tried. Never after a timeout,
+    /// a 4xx or a context-length refusal.
+    pub same_backend: u32,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        Self { max_attempts: 3, total_timeout_ms: 120_000, max_retry_after_ms: 2_000, backoff_ms: 100 }
+        Self { max_attempts: 3, total_timeout_ms: 120_000, max_retry_after_ms: 2_000, backoff_ms: 100, same_backend: 1 }
+    }
+}
+
+/// `[rescue]`: a chat stream that breaks after its first byte is continued
+/// from the next target (by prefill, or by a regeneration spliced where
+/// the client's text ends), never sending a byte twice.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RescueConfig {
+    /// Rescue streams (routes may override with `rescue`).
+    pub enabled: bool,
+    /// Most breaks rescued in one stream.
+    pub max_rescues: u32,
+}
+
+impl Default for RescueConfig {
+    fn default() -> Self {
+        Self { enabled: true, max_rescues: 2 }
     }
 }
 
@@ -386,11 +415,15 @@ pub struct CapabilitiesConfig {
     pub json_mode: bool,
     /// Streaming.
     pub stream: bool,
+    /// Continues an assistant turn given as the last message (assistant
+    /// prefill), which mid-stream rescue uses. Unset: yes for Anthropic and
+    /// `mock` backends, no for OpenAI-compatible ones.
+    pub prefill: Option<bool>,
 }
 
 impl Default for CapabilitiesConfig {
     fn default() -> Self {
-        Self { vision: false, tools: false, json_mode: false, stream: true }
+        Self { vision: false, tools: false, json_mode: false, stream: true, prefill: None }
     }
 }
 
@@ -469,6 +502,11 @@ impl BackendConfig {
         self.model.as_deref().unwrap_or(&self.name)
     }
 
+    /// Whether the backend continues an assistant turn given last.
+    pub fn prefill(&self) -> bool {
+        self.capabilities.prefill.unwrap_or(matches!(self.provider, ProviderKind::Anthropic | ProviderKind::Mock))
+    }
+
     /// The attempt time limit.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
@@ -514,6 +552,8 @@ struct RawConfig {
     retry: RetryConfig,
     #[serde(default)]
     circuit: CircuitConfig,
+    #[serde(default)]
+    rescue: RescueConfig,
     #[serde(default)]
     backends: Vec<BackendConfig>,
     #[serde(default)]
@@ -563,6 +603,7 @@ impl Config {
             routes: raw.routes,
             retry: raw.retry,
             circuit: raw.circuit,
+            rescue: raw.rescue,
             backends: raw.backends,
             clients: raw.clients,
             admin: raw.admin,

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use hyper::StatusCode;
 
 use super::plan::{Plan, Target};
+use super::transcript::ChunkView;
 use crate::config::{Config, RetryConfig};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -31,7 +32,8 @@ pub(super) struct Attempt {
 }
 
 impl Attempt {
-    fn new(stats: &Arc<LiveStats>) -> Self {
+    /// Claims a place in flight on the backend of `stats`.
+    pub(super) fn new(stats: &Arc<LiveStats>) -> Self {
         Self { _in_flight: stats.start(), stats: stats.clone(), started: Instant::now(), settled: false }
     }
 
@@ -60,8 +62,9 @@ impl Drop for Attempt {
 pub(super) enum Outcome {
     /// A complete answer.
     Complete { upstream: Arc<Upstream>, model: String, answer: Answer },
-    /// A stream whose first event has arrived.
-    Stream { upstream: Arc<Upstream>, model: String, first: SseEvent, rest: EventStream, attempt: Attempt },
+    /// A stream whose first event has arrived; `next` is the index of the
+    /// first target not tried, where a rescue would start.
+    Stream { upstream: Arc<Upstream>, model: String, first: SseEvent, rest: EventStream, attempt: Attempt, next: usize },
     /// An upstream refused the request in a way no other target would fix
     /// (a 4xx such as a content-policy refusal): its error goes to the client.
     Refused { upstream: Arc<Upstream>, status: StatusCode, body: Bytes },
@@ -157,7 +160,8 @@ pub(super) async fn run(
                     metrics.attempt(upstream.name(), "ok");
                     metrics.first_token(upstream.name(), attempt.started.elapsed());
                     upstream.stats.record_first_token(attempt.started.elapsed());
-                    let outcome = Outcome::Stream { upstream: upstream.clone(), model: target.model.clone(), first, rest, attempt };
+                    let outcome =
+                        Outcome::Stream { upstream: upstream.clone(), model: target.model.clone(), first, rest, attempt, next: i + 1 };
                     return finish(outcome, attempts, failures, upstream_wait);
                 }
                 Err(failure) => failure,
@@ -178,11 +182,14 @@ pub(super) async fn run(
                 return finish(refused(upstream, failure), attempts, failures, upstream_wait);
             }
             let wait = retry_wait(&failure, &config.retry, retries);
+            // The last target is retried while the budgets allow; an earlier
+            // one, which has a fallback, `retry.same_backend` times after a
+            // transient failure.
+            let retry = is_last || (failure.transient() && retries < config.retry.same_backend);
             last = Some((upstream, failure));
-            // Only the last target is retried: earlier ones have a fallback.
             match wait {
                 Some(wait)
-                    if is_last
+                    if retry
                         && attempts < max_attempts
                         && wait < deadline.saturating_duration_since(Instant::now())
                         && upstream.stats.circuit_state() != crate::contract::CircuitState::Open =>
@@ -227,21 +234,11 @@ fn retry_wait(failure: &AttemptFailure, retry: &RetryConfig, retries: u32) -> Op
 /// the backend's `timeout_ms`, or a stream's first event within its
 /// `first_token_timeout_ms`; both within what is left of the request budget.
 async fn try_target(target: &Target, inbound: &InboundRequest, request_id: &str, remaining: Duration) -> Result<Success, AttemptFailure> {
-    let call = Call { inbound, model: &target.model, request_id };
+    let call = Call { inbound, model: &target.model, request_id, prefill: None };
     let config = &target.upstream.config;
     if inbound.stream {
         let limit = Duration::from_millis(config.first_token_timeout_ms).min(remaining);
-        let first = async {
-            match target.upstream.call(&call).await? {
-                Reply::Stream(mut rest) => match rest.next().await {
-                    Some(Ok(first)) => Ok(Success::Stream(first, rest)),
-                    Some(Err(failure)) => Err(failure),
-                    None => Err(AttemptFailure::Protocol("the stream ended before its first event".into())),
-                },
-                Reply::Complete(_) => Err(AttemptFailure::Protocol("a complete answer to a streaming request".into())),
-            }
-        };
-        tokio::time::timeout(limit, first).await.unwrap_or(Err(AttemptFailure::Timeout("first token")))
+        first_event(&target.upstream, &call, limit).await.map(|(first, rest)| Success::Stream(first, rest))
     } else {
         let limit = config.timeout().min(remaining);
         let answer = async {
@@ -251,6 +248,33 @@ async fn try_target(target: &Target, inbound: &InboundRequest, request_id: &str,
             }
         };
         tokio::time::timeout(limit, answer).await.unwrap_or(Err(AttemptFailure::Timeout("response")))
+    }
+}
+
+/// Calls for a stream and waits for its first event, within `limit`.
+pub(super) async fn first_event(upstream: &Upstream, call: &Call<'_>, limit: Duration) -> Result<(SseEvent, EventStream), AttemptFailure> {
+    let first = async {
+        match upstream.call(call).await? {
+            Reply::Stream(mut rest) => match rest.next().await {
+                Some(Ok(first)) => match error_event(&first) {
+                    // An error event first is a failure before the first byte.
+                    Some(message) => Err(AttemptFailure::ErrorEvent(message)),
+                    None => Ok((first, rest)),
+                },
+                Some(Err(failure)) => Err(failure),
+                None => Err(AttemptFailure::StreamEnded),
+            },
+            Reply::Complete(_) => Err(AttemptFailure::Protocol("a complete answer to a streaming request".into())),
+        }
+    };
+    tokio::time::timeout(limit, first).await.unwrap_or(Err(AttemptFailure::Timeout("first token")))
+}
+
+/// The message of an event that is an error object.
+fn error_event(event: &SseEvent) -> Option<String> {
+    match event {
+        SseEvent::Data(chunk) => ChunkView::read(chunk)?.error(),
+        SseEvent::Done => None,
     }
 }
 

@@ -17,13 +17,15 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::attempts::{self, Finished, Outcome};
-use super::plan::{self, Plan};
+use super::plan::{self, Plan, Target};
 use super::relay::{Relay, StreamLimits};
+use super::rescue::{Leg, Mode, RescueLimits, Rescuer};
 use super::{Gateway, GatewayState};
+use crate::config::Config;
 use crate::contract::ApiSurface;
 use crate::decision_log::DecisionLog;
 use crate::error::GatewayError;
-use crate::metrics::RequestLabels;
+use crate::metrics::{Metrics, RequestLabels};
 use crate::openai::inbound::{self, CallerIdentity, InboundRequest, ViewLimits};
 use crate::telemetry;
 use tracing::Instrument;
@@ -111,7 +113,7 @@ async fn proxy(
     let body = read_body(body, &parts.headers, state.config.server.max_body_bytes, state.config.server.body_timeout()).await?;
     let seed: u64 = rand::random();
     let limits = ViewLimits { text_bytes: state.config.policies.text_budget_bytes, messages: state.config.policies.view_max_messages };
-    let inbound = inbound::parse(surface, &body, &parts.headers, &caller, request_id, limits, seed)?;
+    let inbound = Arc::new(inbound::parse(surface, &body, &parts.headers, &caller, request_id, limits, seed)?);
     let metrics = gateway.metrics();
     let plan = plan::plan(&state, gateway.registry(), metrics, &inbound).await?;
     let finished = match &plan.refusal {
@@ -129,11 +131,14 @@ async fn proxy(
             }
             (json_response(StatusCode::OK, answer.body), Some(upstream.name().to_owned()), Some(model), None)
         }
-        Outcome::Stream { upstream, model, first, rest, attempt } => {
+        Outcome::Stream { upstream, model, first, rest, attempt, next } => {
             let name = upstream.name().to_owned();
-            let server = &state.config.server;
-            let limits = StreamLimits { write_timeout: server.stream_write_timeout(), max_duration: server.stream_max_duration() };
-            let (relay, first_frame, rx) = Relay::new(first, rest, attempt, upstream, limits);
+            let config = &state.config;
+            let limits =
+                StreamLimits { write_timeout: config.server.stream_write_timeout(), max_duration: config.server.stream_max_duration() };
+            let leg = Leg { upstream, attempt, first, rest, mode: Mode::Original };
+            let rescuer = rescuer(config, &plan, next, finished.attempts, &inbound, request_id, metrics);
+            let (relay, first_frame, rx) = Relay::new(leg, limits, inbound.include_usage, rescuer);
             (sse_response(first_frame, rx), Some(name), Some(model), Some(relay))
         }
         Outcome::Refused { upstream, status, body } => (json_response(status, body), Some(upstream.name().to_owned()), None, None),
@@ -214,6 +219,30 @@ async fn proxy(
         ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
     Ok(response)
+}
+
+/// What may rescue a stream: the plan's targets after `next`, when the
+/// route rescues streams and any are left (chat streams only).
+fn rescuer(
+    config: &Config,
+    plan: &Plan,
+    next: usize,
+    attempts: u32,
+    inbound: &Arc<InboundRequest>,
+    request_id: &str,
+    metrics: &Arc<Metrics>,
+) -> Option<Rescuer> {
+    let targets = plan.targets.get(next..).filter(|t| !t.is_empty())?;
+    if !plan.rescue || inbound.surface != ApiSurface::Chat {
+        return None;
+    }
+    let limits = RescueLimits {
+        attempts_left: config.retry.max_attempts.saturating_sub(attempts),
+        max_rescues: config.rescue.max_rescues,
+        budget: std::time::Duration::from_millis(config.retry.total_timeout_ms),
+    };
+    let targets = targets.iter().map(|t| Target { upstream: t.upstream.clone(), model: t.model.clone() }).collect();
+    Some(Rescuer::new(inbound.clone(), request_id, targets, limits, metrics.clone()))
 }
 
 /// What a request came to, for its decision-log record.

@@ -5,11 +5,15 @@
 //! - `plan.rs`: where the policy is called and targets are chosen.
 //! - `attempts.rs`: where an upstream is tried and a failure is retried.
 //! - `relay.rs`: where a stream is passed to the client.
+//! - `rescue.rs`: where a stream broken mid-answer finds its continuation.
+//! - `transcript.rs`: what a stream has said, and the splice rule.
 
 mod attempts;
 pub mod http;
 mod plan;
 mod relay;
+mod rescue;
+mod transcript;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
-use crate::config::{ClientConfig, Config, ConfigError, OnPolicyError, RouteConfig, EMBEDDED_POLICY_NAME};
+use crate::config::{ClientConfig, Config, ConfigError, OnPolicyError, RescueConfig, RouteConfig, EMBEDDED_POLICY_NAME};
 use crate::decision_log::{DecisionLog, Retention};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyRegistry, PolicyRuntime, PolicySources, RescanReport};
@@ -69,16 +73,18 @@ struct RoutePolicy {
     policy: String,
     /// Indices into `upstreams`; empty means reject.
     on_policy_error: Vec<usize>,
+    /// Whether its streams may be rescued.
+    rescue: bool,
 }
 
 impl RoutePolicy {
-    fn new(route: &RouteConfig, by_name: &HashMap<String, usize>) -> Self {
+    fn new(route: &RouteConfig, by_name: &HashMap<String, usize>, rescue: &RescueConfig) -> Self {
         let on_policy_error = match &route.on_policy_error {
             OnPolicyError::Reject => vec![],
             // Validation made sure every name is a backend.
             OnPolicyError::Backends(names) => names.iter().filter_map(|n| by_name.get(n).copied()).collect(),
         };
-        Self { policy: route.policy.clone(), on_policy_error }
+        Self { policy: route.policy.clone(), on_policy_error, rescue: route.rescue.unwrap_or(rescue.enabled) }
     }
 }
 
@@ -272,8 +278,9 @@ fn build_state(
             }
         }
     }
-    let routes = config.routes.iter().filter(|r| r.model != "*").map(|r| (r.model.clone(), RoutePolicy::new(r, &by_name))).collect();
-    let catch_all = config.routes.iter().find(|r| r.model == "*").map(|r| RoutePolicy::new(r, &by_name));
+    let routes =
+        config.routes.iter().filter(|r| r.model != "*").map(|r| (r.model.clone(), RoutePolicy::new(r, &by_name, &config.rescue))).collect();
+    let catch_all = config.routes.iter().find(|r| r.model == "*").map(|r| RoutePolicy::new(r, &by_name, &config.rescue));
     let models = models_body(&config);
     Ok(GatewayState { clients: config.clients.clone(), config: Arc::new(config), upstreams, by_name, routes, catch_all, direct, models })
 }

@@ -30,6 +30,8 @@ pub(super) struct Plan {
     /// The policy could not decide: `targets` are then the route's
     /// `on_policy_error` backends, or `refusal` is a 503.
     pub policy_error: Option<PolicyError>,
+    /// Whether a stream that breaks mid-answer may be continued.
+    pub rescue: bool,
 }
 
 pub(super) struct Target {
@@ -51,7 +53,16 @@ pub(super) async fn plan(
         None => {
             if let Some(indices) = state.direct.get(&inbound.model) {
                 let targets = indices.iter().map(|&i| target(&state.upstreams[i], None)).collect();
-                return Ok(Plan { policy: "direct".into(), targets, labels: vec![], seen: None, refusal: None, policy_error: None });
+                let rescue = state.config.rescue.enabled;
+                return Ok(Plan {
+                    policy: "direct".into(),
+                    targets,
+                    labels: vec![],
+                    seen: None,
+                    refusal: None,
+                    policy_error: None,
+                    rescue,
+                });
             }
             state.catch_all.as_ref().ok_or_else(|| GatewayError::model_not_found(&inbound.model))?
         }
@@ -67,6 +78,7 @@ pub(super) async fn plan(
     let decision = version.decide_async(inbound.view.clone(), stats).instrument(span).await;
     metrics.decision(version.name(), version.version(), started.elapsed());
     let policy = format!("{}@{}", version.name(), version.version());
+    let route_rescue = route.rescue;
     match decision {
         Ok((Decision::Route(route), stats)) => {
             let targets = route
@@ -79,7 +91,15 @@ pub(super) async fn plan(
                     Some(target(upstream, t.model))
                 })
                 .collect();
-            Ok(Plan { policy, targets, labels: route.labels, seen: Some((version, stats)), refusal: None, policy_error: None })
+            Ok(Plan {
+                policy,
+                targets,
+                labels: route.labels,
+                seen: Some((version, stats)),
+                refusal: None,
+                policy_error: None,
+                rescue: route_rescue,
+            })
         }
         Ok((Decision::Reject { status, message }, stats)) => Ok(Plan {
             policy,
@@ -88,6 +108,7 @@ pub(super) async fn plan(
             seen: Some((version, stats)),
             refusal: Some(GatewayError::policy_rejected(status, &message)),
             policy_error: None,
+            rescue: route_rescue,
         }),
         Err(error) => Ok(policy_failed(state, route, metrics, &inbound.view.id, error)),
     }
@@ -110,7 +131,7 @@ fn policy_failed(state: &GatewayState, route: &RoutePolicy, metrics: &Metrics, r
     };
     tracing::warn!(%request_id, action, "policy could not decide: {error}");
     metrics.policy_error(&route.policy, kind, action);
-    Plan { policy: route.policy.clone(), targets, labels, seen: None, refusal, policy_error: Some(error) }
+    Plan { policy: route.policy.clone(), targets, labels, seen: None, refusal, policy_error: Some(error), rescue: route.rescue }
 }
 
 /// Live stats in the order of the version's backends. Fast path: the same

@@ -1,92 +1,93 @@
 //! Where a stream is passed to the client: event by event, checked, with an
-//! idle limit. A stream that breaks after bytes reached the client ends with
-//! an OpenAI-style error event and no `[DONE]`, so SDKs raise an error
-//! instead of taking a cut answer for a whole one.
+//! idle limit. A stream that breaks after bytes reached the client is
+//! continued from the next target when it can be (`rescue.rs` finds the
+//! continuation, `transcript.rs` says what the client has); else it ends
+//! with an OpenAI-style error event and no `[DONE]`, so SDKs raise an error
+//! instead of taking a cut answer for a whole one. No byte reaches the
+//! client twice: a continuation passes only what follows the client's text.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::attempts::Attempt;
+use super::rescue::{Leg, Mode, Rescuer};
+use super::transcript::{rewrite, ChunkView, Part, Piece, Transcript};
 use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
 use crate::openai::sse::{frame, SseEvent, DONE_FRAME};
 use crate::telemetry;
+use crate::upstream::AttemptFailure;
 use crate::upstream::Upstream;
-use crate::upstream::{AttemptFailure, EventStream};
 use tracing::Instrument;
 
-/// What the client has received of a stream so far. A later step continues
-/// a stream cut mid-answer on the next target from here.
+/// What the client has received of a stream so far.
 #[derive(Debug, Default)]
-pub(super) struct StreamedSoFar {
-    /// Text of the choices' content deltas, in order.
-    pub text: String,
+struct StreamedSoFar {
+    /// The pieces received, kept only when the stream may be rescued.
+    transcript: Transcript,
+    keep: bool,
     /// Chunks passed on.
-    pub chunks: u32,
+    chunks: u32,
+    /// The stream's id, which continuations keep.
+    id: Option<String>,
+    /// The first choice finished.
+    finished: bool,
+    /// A usage chunk was passed on.
+    usage_seen: bool,
+    /// Choices other than the first were seen (`n` > 1): not rescued.
+    other_choices: bool,
 }
 
 impl StreamedSoFar {
-    /// Notes a chunk's text; returns its token usage when it carries one.
-    fn note(&mut self, chunk: &[u8]) -> Option<(u64, u64)> {
-        self.chunks += 1;
-        let chunk: ChunkView<'_> = serde_json::from_slice(chunk).ok()?;
-        let first = chunk.choices.as_deref().and_then(<[_]>::first);
-        if let Some(text) = first.and_then(|c| c.delta.as_ref().and_then(|d| d.content.as_deref()).or(c.text.as_deref())) {
-            self.text.push_str(text);
-        }
-        let usage = chunk.usage?;
-        Some((usage.prompt_tokens?, usage.completion_tokens.unwrap_or(0)))
+    /// Whether the answer was complete though the stream did not end well:
+    /// it finished, with the usage the client asked for.
+    fn complete(&self, include_usage: bool) -> bool {
+        self.finished && (self.usage_seen || !include_usage)
     }
 }
 
-// What the relay reads of a chunk, borrowed where it can be; the rest is
-// skipped without being built (a `serde_json::Value` per event was ~8 % of
-// a streaming profile).
-#[derive(Deserialize)]
-struct ChunkView<'a> {
-    #[serde(default, borrow)]
-    choices: Option<Vec<ChoiceView<'a>>>,
-    #[serde(default)]
-    usage: Option<UsageView>,
+/// What the current upstream stream has given.
+#[derive(Default)]
+struct LegCount {
+    /// Bytes of pieces received, including those a splice dropped.
+    bytes: usize,
+    /// Usage the upstream reported.
+    usage: Option<(u64, u64)>,
+    /// Something of it reached the client.
+    passed: bool,
 }
 
-#[derive(Deserialize)]
-struct ChoiceView<'a> {
-    #[serde(default, borrow)]
-    delta: Option<DeltaView<'a>>,
-    #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
+/// An upstream stream that broke, for the usage the client is given.
+struct Broken {
+    upstream: Arc<Upstream>,
+    usage: Option<(u64, u64)>,
+    /// Completion tokens estimated from the bytes it streamed.
+    estimate: u64,
 }
 
-#[derive(Deserialize)]
-struct DeltaView<'a> {
-    #[serde(default, borrow)]
-    content: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct UsageView {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
+/// What a chunk comes to.
+enum Shaped {
+    /// Send this payload; the usage the upstream reported in it.
+    Pass(Bytes, Option<(u64, u64)>),
+    /// Nothing new for the client.
+    Skip,
+    /// The upstream stream cannot go on.
+    Fail(AttemptFailure),
 }
 
 /// A stream ready to be relayed: its first event (already framed for the
 /// client), the rest, the attempt it belongs to, and the sender the rest of
 /// the response body reads from.
 pub(super) struct Relay {
-    first: SseEvent,
-    rest: EventStream,
-    attempt: Attempt,
-    upstream: Arc<Upstream>,
+    leg: Leg,
     tx: mpsc::Sender<Bytes>,
     limits: StreamLimits,
+    include_usage: bool,
+    rescuer: Option<Rescuer>,
 }
 
 /// How long a stream may wait on its client, and run in all.
@@ -98,151 +99,391 @@ pub(super) struct StreamLimits {
     pub max_duration: Duration,
 }
 
+/// How a stream ended, for logs, traces and the decision log.
+struct StreamEnd {
+    chunks: u32,
+    /// Usage as the client was told (summed over rescues).
+    usage: Option<(u64, u64)>,
+    /// `done`, `rescued`, `client_closed`, `client_stalled`, `max_duration`,
+    /// or the failure.
+    end: String,
+    /// Each break and how it was rescued, or not.
+    rescues: Vec<Value>,
+}
+
 impl Relay {
     /// Prepares relaying; returns the first event's frame, which the response
     /// body starts with (so it leaves with the headers, without waiting for
     /// the relay task), and the receiver of the rest.
     /// `limits` end the stream when the client stops taking it, or when it
-    /// has run too long.
+    /// has run too long; `rescuer`, when the stream may be rescued, holds
+    /// the targets that may continue it.
     pub(super) fn new(
-        first: SseEvent,
-        rest: EventStream,
-        attempt: Attempt,
-        upstream: Arc<Upstream>,
+        leg: Leg,
         limits: StreamLimits,
+        include_usage: bool,
+        rescuer: Option<Rescuer>,
     ) -> (Self, Bytes, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(32);
-        let first_frame = match &first {
+        let first_frame = match &leg.first {
             SseEvent::Data(chunk) => frame(chunk),
             SseEvent::Done => Bytes::from_static(DONE_FRAME),
         };
-        (Self { first, rest, attempt, upstream, tx, limits }, first_frame, rx)
+        (Self { leg, tx, limits, include_usage, rescuer }, first_frame, rx)
     }
 
     /// Starts relaying. `record` is the request's decision-log record, if
     /// any, and whether it is notable: written when the stream ends, with
-    /// its tokens and how it ended (a stream that did not end well is notable).
+    /// its tokens and how it ended (a stream that did not end well, or was
+    /// rescued, is notable).
     pub(super) fn start(self, metrics: Arc<Metrics>, request_id: String, record: Option<(Arc<DecisionLog>, Value, bool)>) {
-        let span = telemetry::stream_span(self.upstream.name());
+        let span = telemetry::stream_span(self.leg.upstream.name());
         tokio::spawn(async move {
             let started = Instant::now();
-            let (so_far, usage, end) = self.relay(&metrics, &request_id).instrument(span.clone()).await;
-            telemetry::record_stream_end(&span, so_far.chunks, &end);
+            let end = self.relay(&metrics, &request_id).instrument(span.clone()).await;
+            telemetry::record_stream_end(&span, end.chunks, &end.end);
             if let Some((log, mut record, notable)) = record {
-                record["tokens"] = crate::decision_log::tokens_json(usage);
-                let notable = notable || end != "done";
-                record["stream"] = json!({"chunks": so_far.chunks, "end": end, "ms": started.elapsed().as_secs_f64() * 1000.0});
+                record["tokens"] = crate::decision_log::tokens_json(end.usage);
+                let notable = notable || end.end != "done";
+                record["stream"] = json!({"chunks": end.chunks, "end": end.end, "ms": started.elapsed().as_secs_f64() * 1000.0});
+                if !end.rescues.is_empty() {
+                    record["stream"]["rescues"] = Value::Array(end.rescues);
+                }
                 log.write_sampled(record, notable);
             }
         });
     }
 
-    /// Passes events on until the stream ends; returns what was sent, the
-    /// token usage seen, and how it ended: `done`, `client_closed`,
-    /// `client_stalled` (it stopped reading for `write_timeout`),
-    /// `max_duration`, or the failure. Returning drops the upstream stream and settles the attempt,
-    /// so the upstream connection and the backend's in-flight count are free.
-    async fn relay(self, metrics: &Metrics, request_id: &str) -> (StreamedSoFar, Option<(u64, u64)>, String) {
-        let Self { first, mut rest, attempt, upstream, tx, limits } = self;
+    /// Passes events on until the stream ends. Returning drops the upstream
+    /// stream and settles its attempt, so the upstream connection and the
+    /// backend's in-flight count are free.
+    async fn relay(self, metrics: &Metrics, request_id: &str) -> StreamEnd {
+        let Self { leg, tx, limits, include_usage, mut rescuer } = self;
         let StreamLimits { write_timeout, max_duration } = limits;
         let ends_at = Instant::now() + max_duration;
-        let idle = Duration::from_millis(upstream.config.stream_idle_timeout_ms);
-        let backend = upstream.name();
-        let mut so_far = StreamedSoFar::default();
-        let mut usage = None;
+        let Leg { mut upstream, attempt, first, mut rest, mut mode } = leg;
+        let mut attempt = Some(attempt);
+        let mut so_far = StreamedSoFar { keep: rescuer.is_some(), ..Default::default() };
+        let mut count = LegCount::default();
+        let mut broken: Vec<Broken> = Vec::new();
+        let mut rescues: Vec<Value> = Vec::new();
+        // The seam's comment, sent before the continuation's first byte.
+        let mut seam: Option<String> = None;
+        let end =
+            |so_far: &StreamedSoFar, usage, end: &str, rescues| StreamEnd { chunks: so_far.chunks, usage, end: end.to_owned(), rescues };
         // The first event is in the body already: noted here, not sent.
         let mut next = Some(Ok(first));
-        let mut sent = true;
+        let mut in_body = true;
         loop {
+            let idle = Duration::from_millis(upstream.config.stream_idle_timeout_ms);
             let event = match next.take() {
                 Some(event) => event,
                 None => {
-                    sent = false;
+                    in_body = false;
                     let left = ends_at.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(idle.min(left), rest.next()).await {
                         Ok(Some(event)) => event,
-                        Ok(None) => Err(AttemptFailure::Protocol("the stream ended without [DONE]".into())),
+                        Ok(None) => Err(AttemptFailure::StreamEnded),
                         // The router's own limit, not the backend's fault: the attempt is released, not failed.
                         Err(_) if left <= idle => {
-                            tracing::info!(%request_id, %backend, chunks = so_far.chunks, "stream ended at its maximum duration");
-                            let error = serde_json::json!({"error": {
+                            tracing::info!(%request_id, backend = upstream.name(), chunks = so_far.chunks, "stream ended at its maximum duration");
+                            let error = json!({"error": {
                                 "message": format!("the stream ran for its maximum duration ({} ms) and was ended", max_duration.as_millis()),
                                 "type": "server_error",
                                 "code": "stream_too_long",
                             }});
                             let _ = tokio::time::timeout(write_timeout, tx.send(frame(error.to_string().as_bytes()))).await;
-                            return (so_far, usage, "max_duration".into());
+                            return end(&so_far, client_usage(&count, &broken), "max_duration", rescues);
                         }
                         Err(_) => Err(AttemptFailure::Timeout("stream idle")),
                     }
                 }
             };
-            match event {
-                Ok(SseEvent::Data(chunk)) => {
-                    if let Some((input, output)) = so_far.note(&chunk) {
-                        metrics.tokens(backend, input, output, upstream.config.input_price, upstream.config.output_price);
-                        usage = Some((input, output));
-                    }
-                    if !sent {
-                        match tokio::time::timeout(write_timeout, tx.send(frame(&chunk))).await {
-                            Ok(Ok(())) => {}
-                            // The client went away: not the backend's fault.
-                            Ok(Err(_)) => {
-                                tracing::info!(%request_id, %backend, chunks = so_far.chunks, "client closed the stream");
-                                return (so_far, usage, "client_closed".into());
-                            }
-                            Err(_) => {
-                                tracing::info!(%request_id, %backend, chunks = so_far.chunks, "client stopped reading the stream; ended");
-                                return (so_far, usage, "client_stalled".into());
-                            }
+            let failure = match event {
+                Ok(SseEvent::Data(chunk)) => match shape(&chunk, &mut mode, &mut so_far, &mut count, &broken) {
+                    Shaped::Pass(payload, usage) => {
+                        so_far.chunks += 1;
+                        count.passed = true;
+                        if let Some((input, output)) = usage {
+                            metrics.tokens(upstream.name(), input, output, upstream.config.input_price, upstream.config.output_price);
                         }
+                        if in_body {
+                            continue;
+                        }
+                        let seam = seam.take().map(Bytes::from);
+                        let sent = match seam {
+                            Some(seam) => match send(&tx, seam, write_timeout).await {
+                                Ok(()) => send(&tx, frame(&payload), write_timeout).await,
+                                Err(how) => Err(how),
+                            },
+                            None => send(&tx, frame(&payload), write_timeout).await,
+                        };
+                        if let Err(gone) = sent {
+                            tracing::info!(%request_id, backend = upstream.name(), chunks = so_far.chunks, "{}", gone.describe());
+                            return end(&so_far, client_usage(&count, &broken), gone.as_str(), rescues);
+                        }
+                        continue;
                     }
-                }
-                Ok(SseEvent::Done) => {
-                    if !sent {
-                        let _ = tx.send(Bytes::from_static(DONE_FRAME)).await;
+                    Shaped::Skip => continue,
+                    Shaped::Fail(failure) => failure,
+                },
+                Ok(SseEvent::Done) => match &mode {
+                    Mode::Splice(splicer) if !splicer.covered() => {
+                        AttemptFailure::Diverged("it ended before reaching the end of the client's text".into())
                     }
+                    _ => {
+                        if !in_body {
+                            let _ = send(&tx, Bytes::from_static(DONE_FRAME), write_timeout).await;
+                        }
+                        if let Some(attempt) = attempt.take() {
+                            attempt.succeed();
+                        }
+                        let how = if matches!(mode, Mode::Original) { "done" } else { "rescued" };
+                        settle_rescue(metrics, &upstream, &mode, &mut rescues, "rescued");
+                        account_broken(metrics, &broken, count.usage);
+                        return end(&so_far, client_usage(&count, &broken), how, rescues);
+                    }
+                },
+                Err(failure) => failure,
+            };
+
+            // This upstream stream cannot go on.
+            let backend = upstream.name().to_owned();
+            if so_far.complete(include_usage) && !matches!(failure, AttemptFailure::Diverged(_)) {
+                // Every chunk and the usage asked for arrived: the missing
+                // end is the upstream's slip, not a lost answer.
+                tracing::warn!(%request_id, %backend, "the stream's answer was complete but it {}; finished it", failure.describe());
+                metrics.unterminated_stream(&backend);
+                let _ = send(&tx, Bytes::from_static(DONE_FRAME), write_timeout).await;
+                if let Some(attempt) = attempt.take() {
                     attempt.succeed();
-                    return (so_far, usage, "done".into());
                 }
-                Err(failure) => {
-                    tracing::warn!(%request_id, %backend, chunks = so_far.chunks, chars = so_far.text.len(), "stream failed after it started: {}", failure.describe());
-                    let error = serde_json::json!({"error": {
-                        "message": format!("the upstream stream from backend `{backend}` failed after {} chunks: {}", so_far.chunks, failure.describe()),
-                        "type": "upstream_error",
-                        "code": "stream_interrupted",
-                    }});
-                    let _ = tx.send(frame(error.to_string().as_bytes())).await;
-                    metrics.stream_failure(backend);
+                let how = if matches!(mode, Mode::Original) { "done" } else { "rescued" };
+                settle_rescue(metrics, &upstream, &mode, &mut rescues, "rescued");
+                account_broken(metrics, &broken, count.usage);
+                return end(&so_far, client_usage(&count, &broken), how, rescues);
+            }
+            tracing::warn!(%request_id, %backend, mode = mode.name(), chunks = so_far.chunks, bytes = so_far.transcript.bytes(), "stream failed after it started: {}", failure.describe());
+            if let Some(attempt) = attempt.take() {
+                if failure.counts_against_backend() {
                     attempt.fail();
-                    return (so_far, usage, failure.describe());
                 }
             }
+            if matches!(mode, Mode::Original) {
+                metrics.stream_failure(&backend);
+                rescues.push(json!({"broke": backend, "after_chunks": so_far.chunks, "failure": failure.describe(), "tries": []}));
+            } else {
+                let outcome = if matches!(failure, AttemptFailure::Diverged(_)) { "diverged" } else { "broke" };
+                settle_rescue(metrics, &upstream, &mode, &mut rescues, &failure.describe());
+                metrics.rescue(&backend, mode.name(), outcome);
+                if count.passed {
+                    // A continuation that reached the client and broke is a new break.
+                    rescues.push(json!({"broke": backend, "after_chunks": so_far.chunks, "failure": failure.describe(), "tries": []}));
+                }
+            }
+            broken.push(Broken { upstream: upstream.clone(), usage: count.usage, estimate: (count.bytes as u64).div_ceil(4) });
+
+            let mut tries = Vec::new();
+            let continuation = match rescuer.as_mut() {
+                None => None,
+                Some(_) if so_far.other_choices => {
+                    tries.push(json!({"skipped": "the stream has several choices (n > 1)"}));
+                    None
+                }
+                Some(rescuer) => rescuer.rescue(&so_far.transcript, count.passed || matches!(mode, Mode::Original), &mut tries).await,
+            };
+            if let Some(Value::Array(all)) = rescues.last_mut().map(|r| &mut r["tries"]) {
+                all.extend(tries);
+            }
+            let Some(leg) = continuation else {
+                account_broken(metrics, &broken, None);
+                let message = interrupted_message(&rescues);
+                tracing::warn!(%request_id, "stream not rescued: {message}");
+                let error = json!({"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted"}});
+                let _ = send(&tx, frame(error.to_string().as_bytes()), write_timeout).await;
+                return end(&so_far, client_usage(&count, &broken), &failure.describe(), rescues);
+            };
+            let cause = failure.describe().replace(['\r', '\n'], " ");
+            seam = Some(format!(": rescued: `{backend}` {cause}; continued on `{}` by {}\n\n", leg.upstream.name(), leg.mode.name()));
+            tracing::info!(%request_id, from = %backend, to = leg.upstream.name(), mode = leg.mode.name(), "stream continued");
+            (upstream, attempt, rest, mode) = (leg.upstream, Some(leg.attempt), leg.rest, leg.mode);
+            count = LegCount::default();
+            next = Some(Ok(leg.first));
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::StreamedSoFar;
+/// How a client ended its stream (not the backend's fault).
+#[derive(Debug, Clone, Copy)]
+enum ClientGone {
+    /// It closed the connection.
+    Closed,
+    /// It stopped reading for `stream_write_timeout_ms`.
+    Stalled,
+}
 
-    #[test]
-    fn chunks_give_their_text_and_usage() {
-        let mut so_far = StreamedSoFar::default();
-        let chunks: &[(&str, Option<(u64, u64)>)] = &[
-            (r#"{"id":"x","choices":[{"index":0,"delta":{"role":"assistant","content":""}}],"usage":null}"#, None),
-            (r#"{"id":"x","choices":[{"index":0,"delta":{"content":"Hello, \"w"}}]}"#, None),
-            (r#"{"id":"x","choices":[{"index":0,"text":"orld\u0021"}]}"#, None),
-            (r#"{"id":"x","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#, None),
-            (r#"{"id":"x","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#, Some((7, 3))),
-            (r#"{"id":"x","choices":null,"usage":{"prompt_tokens":7}}"#, Some((7, 0))),
-            ("not json", None),
-            (r#"{"error":{"message":"x"}}"#, None),
-        ];
-        for (chunk, usage) in chunks {
-            assert_eq!(so_far.note(chunk.as_bytes()), *usage, "{chunk}");
+impl ClientGone {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "client_closed",
+            Self::Stalled => "client_stalled",
         }
-        assert_eq!(so_far.text, "Hello, \"world!");
-        assert_eq!(so_far.chunks, chunks.len() as u32);
     }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Closed => "client closed the stream",
+            Self::Stalled => "client stopped reading the stream; ended",
+        }
+    }
+}
+
+/// Sends `bytes` to the client, waiting at most `write_timeout`.
+async fn send(tx: &mpsc::Sender<Bytes>, bytes: Bytes, write_timeout: Duration) -> Result<(), ClientGone> {
+    match tokio::time::timeout(write_timeout, tx.send(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(ClientGone::Closed),
+        Err(_) => Err(ClientGone::Stalled),
+    }
+}
+
+/// Reads a chunk of the current upstream stream and says what the client
+/// gets of it. The first stream's chunks pass as they are; a
+/// continuation's are rewritten to the stream's id and to what is new.
+fn shape(chunk: &Bytes, mode: &mut Mode, so_far: &mut StreamedSoFar, count: &mut LegCount, broken: &[Broken]) -> Shaped {
+    let Some(view) = ChunkView::read(chunk) else {
+        return match mode {
+            Mode::Original => Shaped::Pass(chunk.clone(), None),
+            _ => Shaped::Fail(AttemptFailure::Protocol("a chunk that is not a JSON object".into())),
+        };
+    };
+    if let Some(message) = view.error() {
+        return Shaped::Fail(AttemptFailure::ErrorEvent(message));
+    }
+    so_far.other_choices |= view.other_choices();
+    let usage = view.usage();
+    if usage.is_some() {
+        count.usage = usage;
+    }
+    if let Mode::Original = mode {
+        if so_far.id.is_none() {
+            so_far.id = view.id().map(str::to_owned);
+        }
+        for (part, text) in view.pieces() {
+            count.bytes += text.len();
+            if so_far.keep {
+                so_far.transcript.push(part, &text);
+            }
+        }
+        so_far.finished |= view.finished();
+        so_far.usage_seen |= usage.is_some();
+        return Shaped::Pass(chunk.clone(), usage);
+    }
+    let mut kept = Vec::new();
+    for (part, text) in view.pieces() {
+        count.bytes += text.len();
+        let new = match mode {
+            Mode::Prefill { trim_start } => {
+                if *trim_start && part == Part::Content {
+                    let trimmed = text.trim_start();
+                    *trim_start = trimmed.is_empty();
+                    trimmed
+                } else {
+                    *trim_start = false;
+                    text.as_ref()
+                }
+            }
+            Mode::Splice(splicer) => match splicer.take(part, &text) {
+                Ok(new) => new,
+                Err(why) => return Shaped::Fail(AttemptFailure::Diverged(why)),
+            },
+            Mode::Original => text.as_ref(),
+        };
+        if !new.is_empty() {
+            so_far.transcript.push(part, new);
+            kept.push(Piece { part, text: new.to_owned() });
+        }
+    }
+    if view.finished() {
+        if let Mode::Splice(splicer) = mode {
+            if !splicer.covered() {
+                return Shaped::Fail(AttemptFailure::Diverged("it finished before reaching the end of the client's text".into()));
+            }
+        }
+        so_far.finished = true;
+    }
+    so_far.usage_seen |= usage.is_some();
+    let told = usage.map(|(prompt, completion)| summed(prompt, completion, broken));
+    match rewrite(chunk, so_far.id.as_deref(), &kept, told) {
+        Some(payload) => Shaped::Pass(Bytes::from(payload), usage),
+        None => Shaped::Skip,
+    }
+}
+
+/// The usage the client is told: the last upstream's, plus each broken
+/// one's (as reported, or its prompt as the last one's and its completion
+/// estimated from what it streamed).
+fn summed(prompt: u64, completion: u64, broken: &[Broken]) -> (u64, u64) {
+    broken.iter().fold((prompt, completion), |(p, c), b| match b.usage {
+        Some((bp, bc)) => (p + bp, c + bc),
+        None => (p + prompt, c + b.estimate),
+    })
+}
+
+/// The usage of the whole stream, when the last upstream reported one.
+fn client_usage(count: &LegCount, broken: &[Broken]) -> Option<(u64, u64)> {
+    let (prompt, completion) = count.usage?;
+    Some(summed(prompt, completion, broken))
+}
+
+/// Counts the estimated tokens of broken upstream streams that reported
+/// none, against their backends, with the prompt as `last` reported it.
+fn account_broken(metrics: &Metrics, broken: &[Broken], last: Option<(u64, u64)>) {
+    for b in broken.iter().filter(|b| b.usage.is_none()) {
+        let prompt = last.map_or(0, |(p, _)| p);
+        metrics.tokens(b.upstream.name(), prompt, b.estimate, b.upstream.config.input_price, b.upstream.config.output_price);
+    }
+}
+
+/// Marks the last rescue try `started` on `upstream` with its outcome, and
+/// counts a rescue that completed.
+fn settle_rescue(metrics: &Metrics, upstream: &Upstream, mode: &Mode, rescues: &mut [Value], outcome: &str) {
+    if matches!(mode, Mode::Original) {
+        return;
+    }
+    if outcome == "rescued" {
+        metrics.rescue(upstream.name(), mode.name(), "rescued");
+    }
+    let tries = rescues.last_mut().and_then(|r| r["tries"].as_array_mut());
+    if let Some(try_) = tries.and_then(|t| t.iter_mut().rev().find(|t| t["outcome"] == "started" && t["backend"] == upstream.name())) {
+        try_["outcome"] = json!(outcome);
+    }
+}
+
+/// The client's error when a stream could not be rescued: the original
+/// break and each rescue try.
+fn interrupted_message(rescues: &[Value]) -> String {
+    let mut parts = Vec::new();
+    for r in rescues {
+        parts.push(format!(
+            "the upstream stream from backend `{}` failed after {} chunks: {}",
+            r["broke"].as_str().unwrap_or_default(),
+            r["after_chunks"],
+            r["failure"].as_str().unwrap_or_default()
+        ));
+        for t in r["tries"].as_array().into_iter().flatten() {
+            parts.push(match (t["backend"].as_str(), t["skipped"].as_str()) {
+                (Some(b), Some(why)) => format!("rescue on `{b}` skipped: {why}"),
+                (None, Some(why)) => format!("no rescue: {why}"),
+                (Some(b), None) => {
+                    format!("rescue on `{b}` by {}: {}", t["mode"].as_str().unwrap_or_default(), t["outcome"].as_str().unwrap_or_default())
+                }
+                (None, None) => continue,
+            });
+        }
+    }
+    if rescues.iter().all(|r| r["tries"].as_array().is_none_or(Vec::is_empty)) {
+        parts.push("no other target to continue it".into());
+    }
+    parts.join("; ")
 }

@@ -39,7 +39,11 @@ impl AnthropicClient {
     }
 
     pub(super) async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
-        let body = to_messages_request(&call.inbound.body, call.model, call.inbound.stream)?;
+        let mut body = to_messages_request(&call.inbound.body, call.model, call.inbound.stream)?;
+        if let (Some(prefill), Some(messages)) = (call.prefill, body["messages"].as_array_mut()) {
+            // Anthropic continues a last assistant turn natively.
+            push_block(messages, "assistant", json!({"type": "text", "text": prefill}));
+        }
         let mut request = self
             .http
             .post(&self.url)
@@ -67,7 +71,7 @@ impl AnthropicClient {
                     Ok(SseEvent::Data(data)) => translator.translate(&data),
                     // Anthropic streams end with `message_stop`, not [DONE].
                     Ok(SseEvent::Done) => vec![],
-                    Err(AttemptFailure::Protocol(e)) if e.contains("without [DONE]") && translator.stopped => vec![],
+                    Err(AttemptFailure::StreamEnded) if translator.stopped => vec![],
                     Err(e) => vec![Err(e)],
                 };
                 futures_util::stream::iter(out)
@@ -294,6 +298,11 @@ impl StreamTranslator {
                 }
                 _ => vec![],
             },
+            // Anthropic's mid-stream failure (`overloaded_error` and the like).
+            Some("error") => {
+                let message = event["error"]["message"].as_str().unwrap_or("an error event");
+                vec![Err(AttemptFailure::ErrorEvent(crate::text::cut_at_char_boundary(message, 512).to_owned()))]
+            }
             Some("content_block_stop") => {
                 self.tool_index = None;
                 vec![]

@@ -24,6 +24,13 @@ pub enum AttemptFailure {
     Protocol(String),
     /// The backend cannot serve this kind of request.
     Unsupported(String),
+    /// A stream closed cleanly before `[DONE]`.
+    StreamEnded,
+    /// A stream carried an error event (its message).
+    ErrorEvent(String),
+    /// A regeneration meant to continue a broken stream differs from what
+    /// the client already has (the backend answered; the splice cannot).
+    Diverged(String),
 }
 
 impl AttemptFailure {
@@ -41,9 +48,26 @@ impl AttemptFailure {
     pub fn counts_against_backend(&self) -> bool {
         match self {
             Self::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500,
-            Self::Unsupported(_) => false,
+            Self::Unsupported(_) | Self::Diverged(_) => false,
             _ => true,
         }
+    }
+
+    /// Whether the same backend may answer a moment later: a 500, 502 or
+    /// 503, or a broken connection. Not timeouts (their time is spent),
+    /// rate limits, other 4xx or broken answers.
+    pub fn transient(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => matches!(status, 500 | 502 | 503),
+            Self::Connect(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether a backend refused a request as malformed (400 or 422): for a
+    /// continuation by prefill, that it does not take prefill.
+    pub fn is_bad_request(&self) -> bool {
+        matches!(self, Self::Status { status: 400 | 422, .. })
     }
 
     /// The upstream's error `code`, if its body is an OpenAI-style error.
@@ -61,8 +85,10 @@ impl AttemptFailure {
             Self::Status { status: 429, .. } => "rate_limited",
             Self::Status { status, .. } if *status >= 500 => "server_error",
             Self::Status { .. } => "client_error",
-            Self::Protocol(_) => "bad_answer",
+            Self::Protocol(_) | Self::StreamEnded => "bad_answer",
+            Self::ErrorEvent(_) => "error_event",
             Self::Unsupported(_) => "unsupported",
+            Self::Diverged(_) => "diverged",
         }
     }
 
@@ -74,6 +100,9 @@ impl AttemptFailure {
             Self::Status { status, .. } => format!("answered HTTP {status}"),
             Self::Protocol(e) => format!("sent an answer that cannot be used: {e}"),
             Self::Unsupported(e) => e.clone(),
+            Self::StreamEnded => "closed the stream before [DONE]".into(),
+            Self::ErrorEvent(e) => format!("sent an error event: {e}"),
+            Self::Diverged(e) => format!("regenerated a different answer: {e}"),
         }
     }
 }

@@ -28,7 +28,10 @@ impl MockClient {
         let id = call.request_id.to_owned();
         let created = answers::unix_now();
         let prompt = answers::prompt_text(surface, &inbound.body);
-        let tokens = answers::answer_tokens(&model, &prompt, self.config.answer_tokens);
+        let mut tokens = answers::answer_tokens(&model, &prompt, self.config.answer_tokens);
+        if let Some(prefill) = call.prefill {
+            tokens = answers::continuation(&tokens, prefill);
+        }
         if !inbound.stream {
             sleep_ms(self.config.latency_ms).await;
             let answer = answers::complete(surface, &id, &model, created, &inbound.body, &tokens);

@@ -49,6 +49,9 @@ pub struct Call<'a> {
     pub model: &'a str,
     /// The router's request id, passed on.
     pub request_id: &'a str,
+    /// An assistant turn to continue (chat only): the text a broken stream
+    /// had sent, added as the last message.
+    pub prefill: Option<&'a str>,
 }
 
 /// A configured backend.

@@ -46,9 +46,10 @@ impl OpenAiClient {
             ApiSurface::Completion => &self.urls[1],
             ApiSurface::Embeddings => &self.urls[2],
         };
-        let body = WithModel { body: &call.inbound.body, model: call.model };
+        let body = WithModel { body: &call.inbound.body, model: call.model, prefill: call.prefill };
         // Sized up front: growing by doubling copied the body several times.
-        let mut bytes = Vec::with_capacity(call.inbound.body_len + call.model.len() + 16);
+        let extra = call.prefill.map_or(0, |p| p.len() + 40);
+        let mut bytes = Vec::with_capacity(call.inbound.body_len + call.model.len() + 16 + extra);
         serde_json::to_writer(&mut bytes, &body).map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
         let body = bytes;
         let mut request =
@@ -82,11 +83,12 @@ impl OpenAiClient {
     }
 }
 
-/// The client's body with `model` replaced, serialised without copying the
-/// body first.
+/// The client's body with `model` replaced (and an assistant turn to
+/// continue added to `messages`), serialised without copying the body first.
 struct WithModel<'a> {
     body: &'a serde_json::Map<String, serde_json::Value>,
     model: &'a str,
+    prefill: Option<&'a str>,
 }
 
 impl serde::Serialize for WithModel<'_> {
@@ -94,13 +96,33 @@ impl serde::Serialize for WithModel<'_> {
         use serde::ser::SerializeMap;
         let mut map = s.serialize_map(Some(self.body.len()))?;
         for (key, value) in self.body {
-            if key == "model" {
-                map.serialize_entry(key, self.model)?;
-            } else {
-                map.serialize_entry(key, value)?;
+            match (key.as_str(), self.prefill, value) {
+                ("model", _, _) => map.serialize_entry(key, self.model)?,
+                ("messages", Some(prefill), serde_json::Value::Array(messages)) => {
+                    map.serialize_entry(key, &WithPrefill { messages, prefill })?;
+                }
+                _ => map.serialize_entry(key, value)?,
             }
         }
         map.end()
+    }
+}
+
+/// `messages` and then the assistant's partial turn.
+struct WithPrefill<'a> {
+    messages: &'a [serde_json::Value],
+    prefill: &'a str,
+}
+
+impl serde::Serialize for WithPrefill<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.messages.len() + 1))?;
+        for m in self.messages {
+            seq.serialize_element(m)?;
+        }
+        seq.serialize_element(&serde_json::json!({"role": "assistant", "content": self.prefill}))?;
+        seq.end()
     }
 }
 
@@ -153,7 +175,7 @@ pub(super) fn sse_events(response: reqwest::Response) -> EventStream {
                 }
                 None => {
                     s.finished = true;
-                    return Some((Err(AttemptFailure::Protocol("the stream ended without [DONE]".into())), s));
+                    return Some((Err(AttemptFailure::StreamEnded), s));
                 }
             }
         }
