@@ -199,6 +199,8 @@ Policy failures (budget, backstop or otherwise) logged by that router over all t
 MD
 )
 echo "$table" | tee bench/results.md
+# The quality router's evaluation (bench/quality.sh) keeps its section.
+if [ -f bench/quality.md ]; then printf '\n' >>bench/results.md; cat bench/quality.md >>bench/results.md; fi
 cat >bench/results.json <<JSON
 {"date": "$(date -u +%FT%TZ)", "cores": $(nproc), "seconds_per_run": $secs,
  "c1": {"direct": {"p50_us": $d50, "p99_us": $d99}, "bare_proxy": {"p50_us": $x50, "p99_us": $x99},

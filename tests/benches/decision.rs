@@ -2,6 +2,7 @@
 //!
 //! - `warm/*`: a pooled instance, the production path.
 //! - `fresh/*`: a new instance (and `init`) per decision, the isolation mode.
+//! - `warm/quality-router-2kb`: the learned router on a 2 KB prompt.
 //! - `hostile-trivial`: a guest that returns its first backend without
 //!   looking at anything: the cost of the call boundary alone (lowering the
 //!   request and 8 backends' stats into the guest, lifting the decision, checks).
@@ -42,6 +43,15 @@ fn bench(c: &mut Criterion) {
             report_fuel(&format!("{label}/{name}"), &policy);
         }
     }
+    // The learned router scores the prompt's text: measured on a 2 KB prompt.
+    let runtime = PolicyRuntime::new(RuntimeSettings { cache_dir: None, ..Default::default() }).unwrap();
+    let config = r#"{"strong": "gpt-4o", "cheap": "gpt-4o-mini"}"#;
+    let policy = runtime.load("quality-router", &read(artifacts::QUALITY_ROUTER), config, &fleet.backends).unwrap();
+    let sentence = "Which of the following best explains why the enzyme's activity falls when the temperature rises past its optimum? ";
+    let prompt: String = sentence.repeat(2048 / sentence.len() + 1).chars().take(2048).collect();
+    let long = chat_request("auto", &prompt);
+    group.bench_function("warm/quality-router-2kb", |b| b.iter(|| policy.decide(&long, &fleet.stats).unwrap()));
+    report_fuel("warm/quality-router-2kb", &policy);
     // Policies in other languages, when their toolchain is installed.
     let runtime =
         PolicyRuntime::new(RuntimeSettings { cache_dir: Some(switchyard_tests::test_cache_dir()), ..Default::default() }).unwrap();

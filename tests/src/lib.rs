@@ -5,6 +5,8 @@ use std::path::Path;
 
 use switchyard::contract::*;
 
+pub mod quality;
+
 /// Paths of the guest components built by `build.rs`.
 pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
