@@ -84,13 +84,23 @@ pub struct DecisionLogConfig {
     /// Rotated files kept (`FILE.1` the newest); older ones are deleted.
     pub keep_files: u32,
     /// Share of ordinary requests logged, 0 to 1; errors, fallbacks,
-    /// rejections, policy failures and broken streams always are.
+    /// rejections, policy failures and broken or rescued streams always are.
     pub sample_rate: f64,
+    /// Rotated files are gzipped (`FILE.1.gz`).
+    pub compress: bool,
 }
 
 impl Default for DecisionLogConfig {
     fn default() -> Self {
-        Self { path: None, include_prompts: false, max_file_mib: 100, max_file_age_s: 86_400, keep_files: 5, sample_rate: 1.0 }
+        Self {
+            path: None,
+            include_prompts: false,
+            max_file_mib: 100,
+            max_file_age_s: 86_400,
+            keep_files: 5,
+            sample_rate: 1.0,
+            compress: false,
+        }
     }
 }
 

@@ -144,6 +144,7 @@ impl Gateway {
                     max_file_age: std::time::Duration::from_secs(d.max_file_age_s),
                     keep_files: d.keep_files,
                     sample_rate: d.sample_rate,
+                    compress: d.compress,
                 };
                 Some(DecisionLog::open(path, d.include_prompts, retention).map(Arc::new).map_err(|e| ConfigError {
                     file: state.config.source.clone(),
