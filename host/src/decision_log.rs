@@ -296,8 +296,11 @@ mod tests {
         }
         assert_eq!(names(), ["d.jsonl", "d.jsonl.1.gz", "d.jsonl.2.gz"]);
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(std::fs::File::open(dir.path().join("d.jsonl.1.gz")).unwrap()), &mut text)
-            .unwrap();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(std::fs::File::open(dir.path().join("d.jsonl.1.gz")).unwrap()),
+            &mut text,
+        )
+        .unwrap();
         let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
         assert_eq!(last["n"], 89, "FILE.1.gz holds the records before FILE's");
     }

@@ -1,12 +1,16 @@
 //! The HTTP listener: HTTP/1.1 and HTTP/2 (h2c) on one port, TCP_NODELAY,
-//! header limits, bounded connections and first bytes, and graceful shutdown
-//! that lets requests and streams in flight finish.
+//! header limits, bounded connections and first bytes, idle connections
+//! closed, and graceful shutdown that lets requests and streams in flight
+//! finish.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -14,7 +18,7 @@ use hyper::{Request, Response};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -35,6 +39,10 @@ pub struct Limits {
     /// HTTP/2: a ping after this long without frames, and the connection
     /// closed when its answer takes as long (a peer that went away).
     pub http2_keepalive: Duration,
+    /// A connection with no request in flight this long is closed gracefully
+    /// (an HTTP/2 peer that answers pings but sends nothing would otherwise
+    /// hold its slot for ever).
+    pub idle_timeout: Duration,
 }
 
 /// Serves `handler` on `listener` until `shutdown` resolves, then waits up to
@@ -52,8 +60,9 @@ where
         .keep_alive_interval(limits.http2_keepalive)
         .keep_alive_timeout(limits.http2_keepalive)
         .timer(hyper_util::rt::TokioTimer::new());
-    let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Tells every connection to finish its requests and close.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -73,15 +82,18 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
+                let activity = Arc::new(Activity::new());
+                let seen = activity.clone();
                 let service = service_fn(move |request| {
+                    let guard = seen.start();
                     let response = handler(request);
-                    async move { Ok::<_, std::convert::Infallible>(response.await) }
+                    async move { Ok::<_, std::convert::Infallible>(response.await.map(|body| Tracked { body, _guard: guard }.boxed_unsync())) }
                 });
                 let io = TokioIo::new(FirstByteDeadline::new(stream, limits.header_timeout));
                 let connection = builder.serve_connection(io, service).into_owned();
-                let connection = graceful.watch(connection);
+                let stopping = stopping.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection.await {
+                    if let Err(e) = drive(connection, activity, limits.idle_timeout, stopping).await {
                         tracing::debug!("connection ended with an error: {e}");
                     }
                     drop(slot);
@@ -92,8 +104,113 @@ where
     }
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting up to {grace:?} for requests in flight");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    let _ = stop.send(true);
+    // Every connection holds a slot until it has closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
         tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+/// Runs a connection until it closes: gracefully once it has been idle for
+/// `idle`, or when the server stops.
+async fn drive<C: GracefulConnection>(
+    connection: C,
+    activity: Arc<Activity>,
+    idle: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), C::Error> {
+    tokio::pin!(connection);
+    let mut closing = false;
+    loop {
+        let quiet_until = activity.quiet_until(idle);
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            changed = stopping.changed(), if !closing => {
+                if changed.is_err() || *stopping.borrow() {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            () = tokio::time::sleep_until(quiet_until), if !closing => {
+                if activity.idle_for(idle) {
+                    tracing::debug!("closing a connection idle for {idle:?}");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on a connection, and since when it has had none.
+struct Activity {
+    in_flight: AtomicUsize,
+    opened: Instant,
+    /// When the last request ended, in µs since `opened` (0: none yet).
+    quiet_since_us: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { in_flight: AtomicUsize::new(0), opened: Instant::now(), quiet_since_us: AtomicU64::new(0) }
+    }
+
+    /// A request started; the guard ends it when its response body is done.
+    fn start(self: &Arc<Self>) -> ActivityGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        ActivityGuard(self.clone())
+    }
+
+    /// Whether nothing has been in flight for `idle`.
+    fn idle_for(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0 && self.quiet_since().elapsed() >= idle
+    }
+
+    /// When to look again: when the connection will have been idle for
+    /// `idle` if nothing starts, or an idle period from now while busy.
+    fn quiet_until(&self, idle: Duration) -> tokio::time::Instant {
+        let from = if self.in_flight.load(Ordering::Relaxed) == 0 { self.quiet_since() } else { Instant::now() };
+        tokio::time::Instant::from_std(from + idle)
+    }
+
+    fn quiet_since(&self) -> Instant {
+        self.opened + Duration::from_micros(self.quiet_since_us.load(Ordering::Relaxed))
+    }
+}
+
+/// One request in flight on a connection.
+struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let since = self.0.opened.elapsed().as_micros();
+            self.0.quiet_since_us.store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A response body that ends its request's activity when it is done (or dropped).
+struct Tracked {
+    body: Body,
+    _guard: ActivityGuard,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

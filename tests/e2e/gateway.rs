@@ -633,3 +633,69 @@ async fn a_silent_http2_peer_is_closed_by_the_keepalive() {
     // Among what it sent before closing: a PING frame (type 6).
     assert!(frames.windows(4).any(|w| w[3] == 6 && w[0..3] == [0, 0, 8]), "no ping in {frames:?}");
 }
+
+/// A connection with nothing in flight for `server.idle_timeout_ms` is
+/// closed gracefully: an HTTP/2 peer that acknowledges every ping but never
+/// opens a stream, and an HTTP/1 keep-alive client after its answer. With
+/// the default (2 min) the same peer is still connected seconds later.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP/2 peer that acknowledges SETTINGS and PING frames and does
+    /// nothing else, until the router closes the connection; returns how
+    /// long that took, or `None` if it stayed open for `patience`.
+    async fn polite_h2_peer(url: &str, patience: Duration) -> Option<Duration> {
+        let mut peer = tokio::net::TcpStream::connect(url.trim_start_matches("http://")).await.unwrap();
+        peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout(patience.saturating_sub(started.elapsed()), peer.read(&mut chunk)).await {
+                Err(_) => return None,
+                Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+                Ok(Ok(n)) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            while buf.len() >= 9 {
+                let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                let payload: Vec<u8> = buf[9..9 + len].to_vec();
+                buf.drain(..9 + len);
+                if kind == 4 && flags & 1 == 0 {
+                    peer.write_all(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00").await.unwrap();
+                }
+                if kind == 6 && flags & 1 == 0 {
+                    let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                    ack.extend_from_slice(&payload);
+                    peer.write_all(&ack).await.unwrap();
+                }
+            }
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[server]\nidle_timeout_ms = 400\nhttp2_keepalive_ms = 100\n[[backends]]\nname = \"m\"\nprovider = \"mock\"\n";
+    let router = router(dir.path(), config, &[]);
+    // Pinged every 100 ms and answering, yet closed once idle for 400 ms.
+    let took = polite_h2_peer(&router.url, Duration::from_secs(5)).await.expect("the idle HTTP/2 peer was not closed");
+    assert!(took >= Duration::from_millis(350) && took < Duration::from_secs(2), "closed after {took:?}");
+
+    // HTTP/1 keep-alive: an answer, then silence; closed after the idle timeout.
+    let mut client = tokio::net::TcpStream::connect(router.url.trim_start_matches("http://")).await.unwrap();
+    client.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await.is_ok();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    assert!(closed && started.elapsed() < Duration::from_secs(2), "keep-alive connection open after {:?}", started.elapsed());
+
+    // With the default, the same HTTP/2 peer stays connected.
+    let dir = tempfile::tempdir().unwrap();
+    let router = support::router(dir.path(), "[server]\nhttp2_keepalive_ms = 100\n[[backends]]\nname = \"m\"\nprovider = \"mock\"\n", &[]);
+    assert_eq!(polite_h2_peer(&router.url, Duration::from_secs(2)).await, None, "closed though the default idle timeout is 2 min");
+}

@@ -97,6 +97,7 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
                 max_connections: 64,
                 header_timeout: server.header_timeout(),
                 http2_keepalive: server.http2_keepalive(),
+                idle_timeout: server.idle_timeout(),
             };
             tokio::spawn(switchyard::server::serve(admin, handler, limits, until_stopped(stopped.clone()), Duration::from_secs(1)));
         }
@@ -109,6 +110,7 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
             max_connections: server.max_connections,
             header_timeout: server.header_timeout(),
             http2_keepalive: server.http2_keepalive(),
+            idle_timeout: server.idle_timeout(),
         };
         drop(state);
         let handler = move |request| switchyard::gateway::http::handle(gateway.clone(), request);

@@ -163,6 +163,9 @@ pub struct ServerConfig {
     /// HTTP/2: a ping after this long without frames, and the connection
     /// closed when the answer takes as long, in ms.
     pub http2_keepalive_ms: u64,
+    /// A connection (HTTP/1 keep-alive or HTTP/2) with no request in
+    /// flight for this long is closed gracefully, in ms.
+    pub idle_timeout_ms: u64,
 }
 
 impl ServerConfig {
@@ -186,6 +189,11 @@ impl ServerConfig {
         Duration::from_millis(self.http2_keepalive_ms)
     }
 
+    /// `idle_timeout_ms`.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
     /// `stream_max_duration_ms`.
     pub fn stream_max_duration(&self) -> Duration {
         Duration::from_millis(self.stream_max_duration_ms)
@@ -205,6 +213,7 @@ impl Default for ServerConfig {
             stream_write_timeout_ms: 30_000,
             stream_max_duration_ms: 30 * 60_000,
             http2_keepalive_ms: 20_000,
+            idle_timeout_ms: 120_000,
         }
     }
 }
@@ -686,6 +695,7 @@ impl Config {
             ("stream_write_timeout_ms", server.stream_write_timeout_ms),
             ("stream_max_duration_ms", server.stream_max_duration_ms),
             ("http2_keepalive_ms", server.http2_keepalive_ms),
+            ("idle_timeout_ms", server.idle_timeout_ms),
         ] {
             if ms == 0 {
                 return Err((format!("server.{key}"), "must be more than 0".into()));
