@@ -11,7 +11,8 @@
 //! gets the rest of the answer after that turn (prefill).
 //!
 //! A fault is chosen by the requested model, `name?fault=<fault>&delay_ms=N
-//! &chunks=N&retry_after=S&answer=canonical`, or by an `x-mock-fault` header:
+//! &chunks=N&retry_after=S&answer=canonical&gap_ms=N` (`gap_ms`: the time
+//! between stream events), or by an `x-mock-fault` header:
 //! `429`, `429-bare` (no Retry-After), `500-once` or `transient` (per model
 //! string: the first request 500, then healthy), `503`, `reset` (connection
 //! closed before headers), `hang` (no response), `slow-first-token` (waits
@@ -120,6 +121,8 @@ struct Fault {
     to: Option<String>,
     fail: u32,
     pass: u32,
+    /// `gap_ms`: the time between stream events (default 0.2 ms).
+    gap_ms: Option<u64>,
     /// `answer=canonical`: the answer's text does not name the model;
     /// `answer=alternative`: it starts with another word.
     answer: Option<String>,
@@ -138,6 +141,7 @@ fn fault_of(model: &str, header: Option<&str>) -> Fault {
                 Some(("fail", v)) => fault.fail = v.parse().unwrap_or(1),
                 Some(("pass", v)) => fault.pass = v.parse().unwrap_or(1),
                 Some(("answer", v)) => fault.answer = Some(v.to_owned()),
+                Some(("gap_ms", v)) => fault.gap_ms = v.parse().ok(),
                 _ => {}
             }
         }
@@ -349,14 +353,15 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
         }
         _ => End::Clean,
     };
-    let frames = futures_util::stream::unfold((events.into_iter().enumerate(), Some(end)), |(mut events, end)| async move {
+    let gap = fault.gap_ms.map_or(Duration::from_micros(200), Duration::from_millis);
+    let frames = futures_util::stream::unfold((events.into_iter().enumerate(), Some(end)), move |(mut events, end)| async move {
         if let Some((i, e)) = events.next() {
             // A small gap between events, so that clients see separate
             // chunks; none before the first, which goes with the headers
             // (tokio's timer has 1 ms ticks: a sleep there would blur the
             // time to the first event that benchmarks measure).
             if i > 0 {
-                tokio::time::sleep(Duration::from_micros(200)).await;
+                tokio::time::sleep(gap).await;
             }
             return Some((Ok(Frame::data(Bytes::from(e))), (events, end)));
         }
