@@ -1,5 +1,6 @@
-//! Each example policy through the running router, against a real mock
-//! upstream: what reached which upstream is what the strategy promises.
+//! Each example policy, and each kind of route without one, through the
+//! running router, against a real mock upstream: what reached which
+//! upstream is what the strategy promises.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -146,4 +147,114 @@ async fn content_aware_routes_by_what_the_prompt_holds() {
         let a = post(&router.url, "/v1/chat/completions", &body, &headers).await;
         assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some(expected)), "{body}: {}", a.body);
     }
+}
+
+/// Routes without a policy: `targets` tries its backends in order (the
+/// failing first one, retried once as transient, then the next); `split`
+/// sends each caller to one backend by weight, the same one every time,
+/// with the others as fallbacks.
+#[tokio::test(flavor = "multi_thread")]
+async fn declarative_routes_fall_back_in_order_and_split_by_weight_stickily() {
+    use futures_util::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let config = format!(
+        "[[routes]]\nmodel = \"ordered\"\ntargets = [\"failing\", \"good\"]\n[[routes]]\nmodel = \"ninety-ten\"\nsplit = [{{ backend = \"a\", weight = 90 }}, {{ backend = \"b\", weight = 10 }}]\n{}{}[[backends]]\nname = \"a\"\nprovider = \"mock\"\n[[backends]]\nname = \"b\"\nprovider = \"mock\"\n",
+        backend("failing", &mock, "failing?fault=503", "input_price = 0.1"),
+        backend("good", &mock, "good", "input_price = 9.0"),
+    );
+    let router = router(dir.path(), &config, &[]);
+    let a =
+        post(&router.url, "/v1/chat/completions", &json!({"model": "ordered", "messages": [{"role": "user", "content": "hi"}]}), &[]).await;
+    assert_eq!(
+        (a.status, a.header("x-switchyard-backend"), a.header("x-switchyard-policy")),
+        (200, Some("good"), Some("targets")),
+        "{}",
+        a.body
+    );
+    assert_eq!(models_received(&received(&mock).await), ["failing?fault=503", "failing?fault=503", "good"]);
+
+    // 10,000 callers: about 90 % on `a`.
+    let ask = |user: String| {
+        let url = router.url.clone();
+        async move {
+            let body = json!({"model": "ninety-ten", "user": user, "messages": [{"role": "user", "content": "hi"}]});
+            let a = post(&url, "/v1/chat/completions", &body, &[]).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            assert!(a.header("x-switchyard-labels").unwrap().contains("assignment=sticky"));
+            a.header("x-switchyard-backend").unwrap().to_owned()
+        }
+    };
+    let backends: Vec<String> = futures_util::stream::iter((0..10_000).map(|i| ask(format!("user-{i}")))).buffered(32).collect().await;
+    let on_a = backends.iter().filter(|b| *b == "a").count();
+    // Binomial: 9000 ± 30; 4 standard deviations.
+    assert!((8880..=9120).contains(&on_a), "{on_a} of 10000 callers on `a`");
+    for i in [0, 1, 2, 3, 4, 5, 6, 7] {
+        for _ in 0..3 {
+            assert_eq!(ask(format!("user-{i}")).await, backends[i], "user-{i} kept its backend");
+        }
+    }
+}
+
+/// Two routes share one policy file, each with its own `policy_config`,
+/// and decide differently; a reload that changes one route's config
+/// reloads that route's instance alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_share_a_policy_file_with_their_own_configs_and_reload_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::copy(artifacts::FALLBACK_CHEAPER, dir.path().join("policies/fallback-cheaper.wasm")).unwrap();
+    let config = |first: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"admin-token-0123456789\"\n[policies]\ndir = \"policies\"\n[[routes]]\nmodel = \"one\"\npolicy = \"fallback-cheaper\"\npolicy_config = {{ primary = \"{first}\" }}\n[[routes]]\nmodel = \"two\"\npolicy = \"fallback-cheaper\"\npolicy_config = {{ primary = \"b\" }}\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\ninput_price = 1.0\n[[backends]]\nname = \"b\"\nprovider = \"mock\"\ninput_price = 2.0\n[[backends]]\nname = \"c\"\nprovider = \"mock\"\ninput_price = 3.0\n"
+        )
+    };
+    let router = router(dir.path(), &config("a"), &[]);
+    let first = |model: &'static str| {
+        let url = router.url.clone();
+        async move {
+            let a =
+                post(&url, "/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}), &[]).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            a.header("x-switchyard-backend").unwrap().to_owned()
+        }
+    };
+    assert_eq!((first("one").await, first("two").await), ("a".to_owned(), "b".to_owned()));
+    let admin = router.admin_url.clone().unwrap();
+    let loads = || async {
+        let policies: Value = support::client()
+            .get(format!("{admin}/admin/policies"))
+            .header("authorization", "Bearer admin-token-0123456789")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut loads: Vec<(String, u64)> = policies["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"].as_str().unwrap().starts_with("fallback-cheaper~"))
+            .map(|p| (p["name"].as_str().unwrap().to_owned(), p["loads"].as_u64().unwrap()))
+            .collect();
+        loads.sort();
+        loads
+    };
+    let before = loads().await;
+    assert_eq!(before.len(), 2, "one instance per route config: {before:?}");
+
+    std::fs::write(dir.path().join("switchyard.toml"), config("c")).unwrap();
+    let started = std::time::Instant::now();
+    while first("one").await != "c" {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the new policy_config was not applied");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(first("two").await, "b");
+    let after = loads().await;
+    // Route two's instance is the same one, loaded once; route one's is new.
+    let unchanged: Vec<&(String, u64)> = after.iter().filter(|x| before.contains(x)).collect();
+    assert_eq!(unchanged.len(), 1, "before {before:?}, after {after:?}");
+    assert_eq!(unchanged[0].1, 1);
 }

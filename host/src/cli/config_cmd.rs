@@ -46,7 +46,17 @@ fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
     println!("routes:");
     let mut ok = true;
     for route in &state.config.routes {
-        let serving = match (registry.get(&route.policy), statuses.iter().find(|s| s.name == route.policy)) {
+        let Some(instance) = route.policy_instance() else {
+            let how = if route.targets.is_empty() {
+                let arms: Vec<String> = route.split.iter().map(|a| format!("{} {}", a.backend, a.weight)).collect();
+                format!("split by weight: {}", arms.join(", "))
+            } else {
+                format!("targets in order: {}", route.targets.join(", "))
+            };
+            println!("  {:<20} -> {how} (no policy)", route.model);
+            continue;
+        };
+        let serving = match (registry.get(&instance), statuses.iter().find(|s| s.name == instance)) {
             (Some(version), _) => format!("serving {}", version.version()),
             (None, Some(status)) => {
                 ok = false;
@@ -64,7 +74,8 @@ fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
             OnPolicyError::Reject => "reject".to_owned(),
             OnPolicyError::Backends(names) => names.join(", "),
         };
-        println!("  {:<20} -> {} ({serving}); on policy error: {on_error}", route.model, route.policy);
+        let own = if route.policy_config.is_some() { ", with this route's policy_config" } else { "" };
+        println!("  {:<20} -> {}{own} ({serving}); on policy error: {on_error}", route.model, route.policy);
     }
     println!("backends:");
     for b in &state.config.backends {

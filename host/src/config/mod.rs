@@ -286,15 +286,28 @@ impl Default for PoliciesConfig {
     }
 }
 
-/// `[[routes]]`: a virtual model served by a policy.
+/// `[[routes]]`: a virtual model served by a policy, by an ordered list of
+/// backends (`targets`), or by a weighted split (`split`): exactly one.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The model name clients ask for (`*` matches any model no other route
     /// or backend matches).
     pub model: String,
-    /// The policy that decides.
+    /// The policy that decides (empty for `targets` and `split` routes).
+    #[serde(default)]
     pub policy: String,
+    /// The policy's configuration for this route alone, instead of
+    /// `[policies.config.NAME]`: routes can share one policy file.
+    #[serde(default)]
+    pub policy_config: Option<BTreeMap<String, toml::Value>>,
+    /// Backends tried in this order, no policy.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// Backends chosen by weight, the same one for the same caller (its
+    /// `user`, else its client key), the others as fallbacks; no policy.
+    #[serde(default)]
+    pub split: Vec<SplitArm>,
     /// What happens when the policy cannot decide (it trapped, spent its
     /// budget, answered nonsense, is quarantined or not loaded).
     #[serde(default)]
@@ -303,6 +316,35 @@ pub struct RouteConfig {
     /// target; unset follows `rescue.enabled`.
     #[serde(default)]
     pub rescue: Option<bool>,
+}
+
+/// One backend of a `split` route.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitArm {
+    /// The backend.
+    pub backend: String,
+    /// Its share: weight over the sum of the weights.
+    pub weight: u32,
+}
+
+impl RouteConfig {
+    /// The name of the policy instance that decides this route: the
+    /// policy's own, or, with `policy_config`, `NAME~HASH` (one instance per
+    /// distinct configuration). `None` for `targets` and `split` routes.
+    pub fn policy_instance(&self) -> Option<String> {
+        if self.policy.is_empty() {
+            return None;
+        }
+        Some(match &self.policy_config {
+            None => self.policy.clone(),
+            Some(config) => {
+                let json = serde_json::to_string(config).unwrap_or_default();
+                let hash = blake3::hash(json.as_bytes()).to_hex();
+                format!("{}{}{}", self.policy, crate::policy::INSTANCE_SEPARATOR, &hash[..8])
+            }
+        })
+    }
 }
 
 /// `routes[].on_policy_error`: `"reject"` or a list of backend names.
@@ -771,8 +813,25 @@ impl Config {
             if !models.insert(r.model.as_str()) {
                 return Err((format!("routes[{i}].model"), format!("`{}` is routed twice", r.model)));
             }
-            if r.policy.is_empty() {
-                return Err((format!("routes[{i}].policy"), "must name a policy".into()));
+            let key = |field: &str| format!("routes[{i}].{field}");
+            match (r.policy.is_empty(), r.targets.is_empty(), r.split.is_empty()) {
+                (false, true, true) | (true, false, true) | (true, true, false) => {}
+                (true, true, true) => return Err((key("policy"), "a route needs a `policy`, `targets` or a `split`".into())),
+                _ => return Err((key("policy"), "give one of `policy`, `targets` and `split`, not several".into())),
+            }
+            if r.policy.is_empty() && (r.policy_config.is_some() || r.on_policy_error != OnPolicyError::Reject) {
+                let field = if r.policy_config.is_some() { "policy_config" } else { "on_policy_error" };
+                return Err((key(field), "only for a route with a `policy`".into()));
+            }
+            if r.policy.contains(crate::policy::INSTANCE_SEPARATOR) {
+                return Err((key("policy"), format!("`{}` is reserved in policy names", crate::policy::INSTANCE_SEPARATOR)));
+            }
+            if let Some(unknown) = r.targets.iter().chain(r.split.iter().map(|a| &a.backend)).find(|b| !names.contains(b.as_str())) {
+                let field = if r.targets.is_empty() { "split" } else { "targets" };
+                return Err((key(field), format!("`{unknown}` is not a configured backend")));
+            }
+            if !r.split.is_empty() && r.split.iter().map(|a| u64::from(a.weight)).sum::<u64>() == 0 {
+                return Err((key("split"), "the weights add up to 0".into()));
             }
             if let OnPolicyError::Backends(backends) = &r.on_policy_error {
                 if let Some(unknown) = backends.iter().find(|b| !names.contains(b.as_str())) {
@@ -790,20 +849,26 @@ impl Config {
             }
         }
         for name in p.config.keys() {
-            if !self.routes.iter().any(|r| &r.policy == name) {
+            if !self.routes.iter().any(|r| &r.policy == name && r.policy_config.is_none()) {
                 tracing::warn!(file = %self.source, "policies.config.{name}: no route uses this policy");
             }
         }
         Ok(())
     }
 
-    /// Each policy's configuration as JSON, for `init`.
+    /// Each policy's configuration as JSON, for `init`; a route's own
+    /// `policy_config` under its instance's name (`NAME~HASH`).
     pub fn policy_configs(&self) -> HashMap<String, String> {
-        self.policies
-            .config
-            .iter()
-            .map(|(name, value)| (name.clone(), serde_json::to_string(value).unwrap_or_else(|_| "{}".into())))
-            .collect()
+        fn json<T: serde::Serialize>(value: &T) -> String {
+            serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
+        }
+        let mut configs: HashMap<String, String> = self.policies.config.iter().map(|(name, value)| (name.clone(), json(value))).collect();
+        for r in &self.routes {
+            if let (Some(config), Some(instance)) = (&r.policy_config, r.policy_instance()) {
+                configs.insert(instance, json(config));
+            }
+        }
+        configs
     }
 
     /// The per-call deadline of policies.
@@ -941,8 +1006,29 @@ mod tests {
             ("[decision_log]\nsample_rate = 1.5\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "decision_log.sample_rate", "between 0 and 1"),
             ("[decision_log]\nmax_file_mib = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "decision_log.max_file_mib", "between 1 and"),
             ("[decision_log]\nmax_file_age_s = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "decision_log.max_file_age_s", "more than 0"),
+            ("[server]\nidle_timeout_ms = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "server.idle_timeout_ms", "more than 0"),
             ("not toml at all", "line 1", ""),
         ];
+        let route = |body: &str| format!("[[backends]]\nname = \"a\"\nprovider = \"mock\"\n[[routes]]\nmodel = \"x\"\n{body}\n");
+        #[rustfmt::skip]
+        let routes: &[(&str, &str, &str)] = &[
+            ("", "routes[0].policy", "needs a `policy`, `targets` or a `split`"),
+            ("policy = \"p\"\ntargets = [\"a\"]", "routes[0].policy", "not several"),
+            ("targets = [\"a\"]\nsplit = [{ backend = \"a\", weight = 1 }]", "routes[0].policy", "not several"),
+            ("targets = [\"a\", \"b\"]", "routes[0].targets", "`b` is not a configured backend"),
+            ("split = [{ backend = \"b\", weight = 1 }]", "routes[0].split", "`b` is not a configured backend"),
+            ("split = [{ backend = \"a\", weight = 0 }]", "routes[0].split", "add up to 0"),
+            ("split = [{ backend = \"a\" }]", "routes[0].split", "missing field `weight`"),
+            ("targets = [\"a\"]\npolicy_config = { x = 1 }", "routes[0].policy_config", "only for a route with a `policy`"),
+            ("targets = [\"a\"]\non_policy_error = [\"a\"]", "routes[0].on_policy_error", "only for a route with a `policy`"),
+            ("policy = \"p~1\"", "routes[0].policy", "reserved"),
+        ];
+        for (body, key, problem) in routes {
+            let text = route(body);
+            let e = parse(&text).expect_err(&text);
+            assert!(e.key.starts_with(key), "{text:?}: key {:?}, expected {key:?} ({e})", e.key);
+            assert!(e.problem.contains(problem), "{text:?}: problem {:?}, expected {problem:?}", e.problem);
+        }
         for (text, key, problem) in cases {
             let e = parse(text).expect_err(text);
             assert_eq!(e.file, "test.toml");
@@ -966,6 +1052,22 @@ mod tests {
         let c = Config::parse(text, "switchyard.toml", Path::new("."), &env).unwrap();
         assert_eq!(c.backends.len(), 3);
         assert_eq!(c.backends[1].provider, ProviderKind::Anthropic);
+    }
+
+    #[test]
+    fn routes_with_their_own_policy_config_get_one_instance_per_distinct_config() {
+        let text = format!(
+            "{MINIMAL}[[routes]]\nmodel = \"a\"\npolicy = \"p\"\npolicy_config = {{ primary = \"m\" }}\n[[routes]]\nmodel = \"b\"\npolicy = \"p\"\npolicy_config = {{ primary = \"m\" }}\n[[routes]]\nmodel = \"c\"\npolicy = \"p\"\npolicy_config = {{ primary = \"n\" }}\n[[routes]]\nmodel = \"d\"\npolicy = \"p\"\n[[routes]]\nmodel = \"e\"\ntargets = [\"m\"]\n"
+        );
+        let c = parse(&text).unwrap();
+        let instances: Vec<Option<String>> = c.routes.iter().map(RouteConfig::policy_instance).collect();
+        assert_eq!(instances[0], instances[1], "the same config, one instance");
+        assert_ne!(instances[0], instances[2]);
+        assert!(instances[0].as_deref().unwrap().starts_with("p~"));
+        assert_eq!(instances[3].as_deref(), Some("p"), "no policy_config: the policy's own name and [policies.config.p]");
+        assert_eq!(instances[4], None);
+        let configs = c.policy_configs();
+        assert_eq!(configs[instances[2].as_deref().unwrap()], r#"{"primary":"n"}"#);
     }
 
     #[test]

@@ -59,8 +59,8 @@ pub struct GatewayState {
     /// The backends, in configuration order.
     pub upstreams: Vec<Arc<Upstream>>,
     by_name: HashMap<String, usize>,
-    routes: HashMap<String, RoutePolicy>,
-    catch_all: Option<RoutePolicy>,
+    routes: HashMap<String, Route>,
+    catch_all: Option<Route>,
     /// Backend names and models that bypass policies.
     direct: HashMap<String, Vec<usize>>,
     clients: Vec<ClientConfig>,
@@ -68,23 +68,53 @@ pub struct GatewayState {
     models: Bytes,
 }
 
-/// A route's policy, and what serves its requests when the policy cannot decide.
-struct RoutePolicy {
-    policy: String,
-    /// Indices into `upstreams`; empty means reject.
-    on_policy_error: Vec<usize>,
+/// How a route chooses the targets of its requests.
+struct Route {
+    kind: RouteKind,
     /// Whether its streams may be rescued.
     rescue: bool,
 }
 
-impl RoutePolicy {
+enum RouteKind {
+    /// A policy instance decides.
+    Policy {
+        /// The instance's name in the registry (`NAME`, or `NAME~HASH` for
+        /// a route's own configuration).
+        policy: String,
+        /// What serves when the policy cannot decide: indices into
+        /// `upstreams`; empty means reject.
+        on_policy_error: Vec<usize>,
+    },
+    /// These backends, in order.
+    Targets(Vec<usize>),
+    /// One backend by weight, the same for the same caller; then the others.
+    Split(Vec<(usize, u32)>),
+}
+
+impl Route {
     fn new(route: &RouteConfig, by_name: &HashMap<String, usize>, rescue: &RescueConfig) -> Self {
-        let on_policy_error = match &route.on_policy_error {
-            OnPolicyError::Reject => vec![],
-            // Validation made sure every name is a backend.
-            OnPolicyError::Backends(names) => names.iter().filter_map(|n| by_name.get(n).copied()).collect(),
+        // Validation made sure every name is a backend.
+        let index = |name: &String| by_name.get(name).copied();
+        let kind = if !route.targets.is_empty() {
+            RouteKind::Targets(route.targets.iter().filter_map(index).collect())
+        } else if !route.split.is_empty() {
+            RouteKind::Split(route.split.iter().filter_map(|arm| Some((index(&arm.backend)?, arm.weight))).collect())
+        } else {
+            let on_policy_error = match &route.on_policy_error {
+                OnPolicyError::Reject => vec![],
+                OnPolicyError::Backends(names) => names.iter().filter_map(index).collect(),
+            };
+            RouteKind::Policy { policy: route.policy_instance().unwrap_or_default(), on_policy_error }
         };
-        Self { policy: route.policy.clone(), on_policy_error, rescue: route.rescue.unwrap_or(rescue.enabled) }
+        Self { kind, rescue: route.rescue.unwrap_or(rescue.enabled) }
+    }
+
+    /// The policy instance that decides, if a policy does.
+    fn policy(&self) -> Option<&str> {
+        match &self.kind {
+            RouteKind::Policy { policy, .. } => Some(policy),
+            _ => None,
+        }
     }
 }
 
@@ -181,8 +211,14 @@ impl Gateway {
     /// The virtual models whose policy has no version serving.
     pub fn policies_missing(&self) -> Vec<String> {
         let state = self.state();
-        let mut missing: Vec<String> =
-            state.routes.values().chain(&state.catch_all).map(|r| &r.policy).filter(|p| self.registry.get(p).is_none()).cloned().collect();
+        let mut missing: Vec<String> = state
+            .routes
+            .values()
+            .chain(&state.catch_all)
+            .filter_map(Route::policy)
+            .filter(|p| self.registry.get(p).is_none())
+            .map(str::to_owned)
+            .collect();
         missing.sort();
         missing.dedup();
         missing
@@ -225,7 +261,12 @@ impl Gateway {
 /// (model, policy).
 fn unknown_route_policies(config: &Config, registry: &PolicyRegistry) -> Vec<(String, String)> {
     let known: std::collections::HashSet<String> = registry.statuses().into_iter().map(|s| s.name).collect();
-    config.routes.iter().filter(|r| !known.contains(&r.policy)).map(|r| (r.model.clone(), r.policy.clone())).collect()
+    config
+        .routes
+        .iter()
+        .filter(|r| !r.policy.is_empty() && !known.contains(&r.policy))
+        .map(|r| (r.model.clone(), r.policy.clone()))
+        .collect()
 }
 
 /// Says so, at start and on every reload, for each route whose policy does
@@ -280,8 +321,8 @@ fn build_state(
         }
     }
     let routes =
-        config.routes.iter().filter(|r| r.model != "*").map(|r| (r.model.clone(), RoutePolicy::new(r, &by_name, &config.rescue))).collect();
-    let catch_all = config.routes.iter().find(|r| r.model == "*").map(|r| RoutePolicy::new(r, &by_name, &config.rescue));
+        config.routes.iter().filter(|r| r.model != "*").map(|r| (r.model.clone(), Route::new(r, &by_name, &config.rescue))).collect();
+    let catch_all = config.routes.iter().find(|r| r.model == "*").map(|r| Route::new(r, &by_name, &config.rescue));
     let models = models_body(&config);
     Ok(GatewayState { clients: config.clients.clone(), config: Arc::new(config), upstreams, by_name, routes, catch_all, direct, models })
 }

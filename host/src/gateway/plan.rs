@@ -12,7 +12,7 @@ use crate::policy::{Decision, LoadedPolicy, PolicyError, PolicyErrorKind, Policy
 use crate::telemetry;
 use crate::upstream::Upstream;
 
-use super::{GatewayState, RoutePolicy};
+use super::{GatewayState, Route, RouteKind};
 
 /// The targets of one request, in order.
 pub(super) struct Plan {
@@ -68,9 +68,25 @@ pub(super) async fn plan(
         }
     };
 
-    let Some(version) = registry.get(&route.policy) else {
-        let error = PolicyError::new(PolicyErrorKind::NotFound, &route.policy, "no version of this policy is loaded");
-        return Ok(policy_failed(state, route, metrics, &inbound.view.id, error));
+    let (instance, on_policy_error) = match &route.kind {
+        RouteKind::Policy { policy, on_policy_error } => (policy, on_policy_error),
+        RouteKind::Targets(indices) => {
+            let targets = indices.iter().map(|&i| target(&state.upstreams[i], None)).collect();
+            return Ok(Plan {
+                policy: "targets".into(),
+                targets,
+                labels: vec![],
+                seen: None,
+                refusal: None,
+                policy_error: None,
+                rescue: route.rescue,
+            });
+        }
+        RouteKind::Split(arms) => return Ok(split(state, route, arms, inbound)),
+    };
+    let Some(version) = registry.get(instance) else {
+        let error = PolicyError::new(PolicyErrorKind::NotFound, instance, "no version of this policy is loaded");
+        return Ok(policy_failed(state, instance, on_policy_error, route.rescue, metrics, &inbound.view.id, error));
     };
     let stats = stats_for(state, version.backends());
     let started = std::time::Instant::now();
@@ -110,7 +126,7 @@ pub(super) async fn plan(
             policy_error: None,
             rescue: route_rescue,
         }),
-        Err(error) => Ok(policy_failed(state, route, metrics, &inbound.view.id, error)),
+        Err(error) => Ok(policy_failed(state, instance, on_policy_error, route.rescue, metrics, &inbound.view.id, error)),
     }
 }
 
@@ -121,17 +137,54 @@ fn target(upstream: &Arc<Upstream>, model: Option<String>) -> Target {
 /// What a route does when its policy cannot decide: its `on_policy_error`
 /// backends and no others, or a 503 naming the policy and the failure.
 /// The label says which failure.
-fn policy_failed(state: &GatewayState, route: &RoutePolicy, metrics: &Metrics, request_id: &str, error: PolicyError) -> Plan {
+fn policy_failed(
+    state: &GatewayState,
+    policy: &str,
+    on_policy_error: &[usize],
+    rescue: bool,
+    metrics: &Metrics,
+    request_id: &str,
+    error: PolicyError,
+) -> Plan {
     let kind = error.kind().as_str();
     let labels = vec![("policy_error".to_owned(), kind.to_owned())];
-    let (targets, refusal, action): (Vec<Target>, _, _) = if route.on_policy_error.is_empty() {
-        (vec![], Some(GatewayError::policy_failed(&route.policy, kind, error.is_retryable())), "reject")
+    let (targets, refusal, action): (Vec<Target>, _, _) = if on_policy_error.is_empty() {
+        (vec![], Some(GatewayError::policy_failed(policy, kind, error.is_retryable())), "reject")
     } else {
-        (route.on_policy_error.iter().map(|&i| target(&state.upstreams[i], None)).collect(), None, "fallback")
+        (on_policy_error.iter().map(|&i| target(&state.upstreams[i], None)).collect(), None, "fallback")
     };
     tracing::warn!(%request_id, action, "policy could not decide: {error}");
-    metrics.policy_error(&route.policy, kind, action);
-    Plan { policy: route.policy.clone(), targets, labels, seen: None, refusal, policy_error: Some(error), rescue: route.rescue }
+    metrics.policy_error(policy, kind, action);
+    Plan { policy: policy.to_owned(), targets, labels, seen: None, refusal, policy_error: Some(error), rescue }
+}
+
+/// A `split` route's targets: an arm by weight, chosen by a hash of the
+/// caller (its `user`, else its client key) so that a caller keeps its arm,
+/// or at random for an anonymous one; then the other arms, in order.
+fn split(state: &GatewayState, route: &Route, arms: &[(usize, u32)], inbound: &InboundRequest) -> Plan {
+    let total: u64 = arms.iter().map(|&(_, w)| u64::from(w)).sum();
+    let caller = &inbound.view.caller;
+    let point = match caller.user.as_deref().or(caller.key_name.as_deref()) {
+        Some(who) => u64::from_le_bytes(blake3::hash(who.as_bytes()).as_bytes()[..8].try_into().unwrap_or_default()) % total.max(1),
+        None => inbound.view.seed % total.max(1),
+    };
+    let mut below = 0;
+    let chosen = arms
+        .iter()
+        .position(|&(_, w)| {
+            below += u64::from(w);
+            point < below
+        })
+        .unwrap_or(0);
+    let first = arms[chosen].0;
+    let targets = std::iter::once(first)
+        .chain(arms.iter().map(|&(i, _)| i).filter(|&i| i != first))
+        .map(|i| target(&state.upstreams[i], None))
+        .collect();
+    let arm = state.upstreams[first].name().to_owned();
+    let assignment = if caller.user.is_some() || caller.key_name.is_some() { "sticky" } else { "random" };
+    let labels = vec![("arm".to_owned(), arm), ("assignment".to_owned(), assignment.to_owned())];
+    Plan { policy: "split".into(), targets, labels, seen: None, refusal: None, policy_error: None, rescue: route.rescue }
 }
 
 /// Live stats in the order of the version's backends. Fast path: the same

@@ -81,6 +81,7 @@ pub struct PolicySources {
 }
 
 /// Where one policy's bytes are.
+#[derive(Clone)]
 enum PolicyFile {
     Path(PathBuf),
     Builtin(&'static [u8]),
@@ -88,6 +89,10 @@ enum PolicyFile {
 
 /// Shown as the file of built-in policies.
 const BUILTIN_FILE: &str = "<built-in>";
+
+/// Joins a policy's name and a route configuration's hash into the name of
+/// the policy's instance with that configuration (`fallback-cheaper~1a2b3c4d`).
+pub const INSTANCE_SEPARATOR: char = '~';
 
 /// Policies by name, from a directory and built-in components.
 pub struct PolicyRegistry {
@@ -196,6 +201,12 @@ impl PolicyRegistry {
         for (name, bytes) in &self.sources.builtin {
             files.entry(name.clone()).or_insert(PolicyFile::Builtin(bytes));
         }
+        // `NAME~CONFIG` is NAME's file with a route's own configuration.
+        for instance in state.configs.keys() {
+            if let Some(file) = instance.split_once(INSTANCE_SEPARATOR).and_then(|(base, _)| files.get(base)).cloned() {
+                files.insert(instance.clone(), file);
+            }
+        }
 
         let ReloadState { configs, backends, generation, entries } = &mut *state;
         let generation = *generation;
@@ -300,13 +311,18 @@ fn record_failure(entry: &mut Entry, error: PolicyError) {
 
 /// `NAME.wasm` files of the directory, by name. Hidden files (such as the
 /// `..data` folder of a Kubernetes ConfigMap) are skipped; symlinks are
-/// followed.
+/// followed. Names with [`INSTANCE_SEPARATOR`] are skipped: it names a
+/// policy's instance with a route's configuration.
 fn policy_files(dir: &Path) -> std::io::Result<BTreeMap<String, PolicyFile>> {
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let (Some(stem), Some(ext)) = (path.file_stem().and_then(|s| s.to_str()), path.extension()) else { continue };
         if ext != POLICY_EXTENSION || stem.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        if stem.contains(INSTANCE_SEPARATOR) {
+            tracing::warn!(file = %path.display(), "skipped: `{INSTANCE_SEPARATOR}` in a policy's name is reserved for routes' own configurations");
             continue;
         }
         files.insert(stem.to_owned(), PolicyFile::Path(path));
