@@ -10,8 +10,9 @@
 #    during the storm, direct and through the proxy.
 # 2. Slowloris: 3,000 connections that trickle a header byte now and then
 #    while a normal client (c=8) runs: its p99 against its quiet p99.
-# 3. An invalid-key flood (wrk, c=64, wrong key) while a valid client (c=8)
-#    runs: its p99 against the quiet p99, and the flood's rate.
+# 3. An invalid-key flood (wrk, c=64 paced to about 10,000 requests a
+#    second, wrong key) while a valid client (c=8) runs: its p99 against the
+#    quiet p99, and the flood's rate.
 # 4. Head of line: 4 MiB requests sent in a loop while a small-request
 #    client (c=8) runs: its p99 against the quiet p99.
 # 5. A 100 KB prompt against a 100 B prompt, c=1: the added p50 (router minus
@@ -161,8 +162,10 @@ sleep 2
 read -r l50 l99 _ <<<"$(p50_p99 "$url_router" "$small" 8)"
 kill "$loris" 2>/dev/null || true
 
-# 3. Invalid keys: a flood with a wrong key while a valid client runs.
+# 3. Invalid keys: a flood with a wrong key (about 10,000 requests a second:
+# 64 connections, each pausing 6 ms between requests) while a valid client runs.
 bad=$(lua bad auto false sk-wrong-key-000)
+echo 'function delay() return 6 end' >>"$bad"
 wrk -t1 -c64 -d"$((secs + 2))s" -s "$bad" "$url_router/v1/chat/completions" >"$work/flood.out" 2>&1 &
 flood=$!
 sleep 1
