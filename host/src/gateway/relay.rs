@@ -167,10 +167,12 @@ impl Relay {
         let mut count = LegCount::default();
         let mut broken: Vec<Broken> = Vec::new();
         let mut rescues: Vec<Value> = Vec::new();
-        // The seam's comment, sent before the continuation's first byte.
+        // The seam's comment, sent before the continuation's first byte,
+        // and the break it names.
         let mut seam: Option<String> = None;
+        let mut last_break = String::new();
         let end =
-            |so_far: &StreamedSoFar, usage, end: &str, rescues| StreamEnd { chunks: so_far.chunks, usage, end: end.to_owned(), rescues };
+            |so_far: &StreamedSoFar, usage, how: &str, rescues| StreamEnd { chunks: so_far.chunks, usage, end: how.to_owned(), rescues };
         // The first event is in the body already: noted here, not sent.
         let mut next = Some(Ok(first));
         let mut in_body = true;
@@ -282,6 +284,10 @@ impl Relay {
                 }
             }
             broken.push(Broken { upstream: upstream.clone(), usage: count.usage, estimate: (count.bytes as u64).div_ceil(4) });
+            if count.passed || matches!(mode, Mode::Original) {
+                // The break the client would see: what the seam comment names.
+                last_break = format!("`{backend}` {}", failure.describe().replace(['\r', '\n'], " "));
+            }
 
             let mut tries = Vec::new();
             let continuation = match rescuer.as_mut() {
@@ -303,8 +309,7 @@ impl Relay {
                 let _ = send(&tx, frame(error.to_string().as_bytes()), write_timeout).await;
                 return end(&so_far, client_usage(&count, &broken), &failure.describe(), rescues);
             };
-            let cause = failure.describe().replace(['\r', '\n'], " ");
-            seam = Some(format!(": rescued: `{backend}` {cause}; continued on `{}` by {}\n\n", leg.upstream.name(), leg.mode.name()));
+            seam = Some(format!(": rescued: {last_break}; continued on `{}` by {}\n\n", leg.upstream.name(), leg.mode.name()));
             tracing::info!(%request_id, from = %backend, to = leg.upstream.name(), mode = leg.mode.name(), "stream continued");
             (upstream, attempt, rest, mode) = (leg.upstream, Some(leg.attempt), leg.rest, leg.mode);
             count = LegCount::default();
