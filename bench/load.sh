@@ -7,6 +7,7 @@
 # Prints a Markdown table and writes it to bench/results.md and bench/results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/wrk-stats.sh
 secs=${1:-10}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
@@ -51,12 +52,7 @@ LUA
 }
 
 run_counted() { # run_counted URL MODEL CONNECTIONS [stream] [threads] -> "p50_us p99_us rps non2xx errors"
-  local out; out=$(wrk -t"${5:-1}" -c"$3" -d"${secs}s" --timeout 10s --latency -s "$(script "$2" "${4:-}")" "$1/v1/chat/completions")
-  echo "$out" | awk '
-    function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return v*1000; if (v ~ /s$/) return v*1000000; return v }
-    $1=="50%" {p50=us($2)} $1=="99%" {p99=us($2)} $1=="Requests/sec:" {rps=$2}
-    /Non-2xx/ {bad=$NF} /Socket errors/ {gsub(",", ""); errs=$4+$6+$8+$10}
-    END { printf "%d %d %d %d %d\n", p50, p99, rps, bad+0, errs+0 }'
+  wrk -t"${5:-1}" -c"$3" -d"${secs}s" --timeout 10s --latency -s "$(script "$2" "${4:-}")" "$1/v1/chat/completions" | wrk_stats
 }
 
 run() { # run URL MODEL CONNECTIONS [stream] -> "p50_us p99_us rps"; non-2xx answers are an error

@@ -21,6 +21,7 @@
 # Prints a Markdown table and writes it to bench/stress.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/wrk-stats.sh
 secs=${1:-8}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 ulimit -n 20000 2>/dev/null || true
@@ -67,11 +68,8 @@ wrk.body = '{"model":"$2","stream":$3,"messages":[{"role":"user","content":"' ..
 LUA
   echo "$f"
 }
-p50_p99() { # p50_p99 URL SCRIPT CONNECTIONS [SECONDS] -> "p50_us p99_us rps"
-  wrk -t1 -c"$3" -d"${4:-$secs}s" --timeout 10s --latency -s "$2" "$1/v1/chat/completions" | awk '
-    function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return v*1000; if (v ~ /s$/) return v*1000000; return v }
-    $1=="50%" {p50=us($2)} $1=="99%" {p99=us($2)} $1=="Requests/sec:" {rps=$2}
-    END { printf "%d %d %d\n", p50, p99, rps }'
+p50_p99() { # p50_p99 URL SCRIPT CONNECTIONS [SECONDS] -> "p50_us p99_us rps non2xx errors"
+  wrk -t1 -c"$3" -d"${4:-$secs}s" --timeout 10s --latency -s "$2" "$1/v1/chat/completions" | wrk_stats
 }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 first_event_us() { # first_event_us URL MODEL N -> p50 time to the first SSE event, µs

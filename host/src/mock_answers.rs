@@ -172,13 +172,7 @@ pub fn chunk(surface: ApiSurface, id: &str, model: &str, created: u64, token: Op
             } else if first {
                 delta.insert("content".into(), json!(""));
             }
-            json!({
-                "id": format!("chatcmpl-{id}"),
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": if finish { json!("stop") } else { Value::Null }}],
-            })
+            chat_chunk(id, model, created, Value::Object(delta), finish.then_some("stop"))
         }
     }
 }

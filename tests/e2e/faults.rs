@@ -407,15 +407,7 @@ input_price = 1.0
     let router = router(dir.path(), &config, &[]);
     let admin = router.admin_url.clone().unwrap();
     let circuit = || async {
-        let backends: Value = support::client()
-            .get(format!("{admin}/admin/backends"))
-            .header("authorization", "Bearer admin-token-0123456789")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let backends = support::admin_json(&admin, "/admin/backends", "admin-token-0123456789").await;
         let flaky = backends["backends"].as_array().unwrap().iter().find(|b| b["name"] == "flaky").unwrap().clone();
         flaky["circuit"].as_str().unwrap().to_owned()
     };

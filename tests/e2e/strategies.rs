@@ -223,15 +223,7 @@ async fn routes_share_a_policy_file_with_their_own_configs_and_reload_alone() {
     assert_eq!((first("one").await, first("two").await), ("a".to_owned(), "b".to_owned()));
     let admin = router.admin_url.clone().unwrap();
     let loads = || async {
-        let policies: Value = support::client()
-            .get(format!("{admin}/admin/policies"))
-            .header("authorization", "Bearer admin-token-0123456789")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let policies = support::admin_json(&admin, "/admin/policies", "admin-token-0123456789").await;
         let mut loads: Vec<(String, u64)> = policies["policies"]
             .as_array()
             .unwrap()

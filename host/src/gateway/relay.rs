@@ -201,7 +201,8 @@ impl Relay {
                     }
                 }
             };
-            let failure = match event {
+            // `Ok`: the upstream stream ended well; `Err`: it cannot go on.
+            let ended = match event {
                 Ok(SseEvent::Data(chunk)) => match shape(&chunk, &mut mode, &mut so_far, &mut count, &broken) {
                     Shaped::Pass(payload, usage) => {
                         so_far.chunks += 1;
@@ -227,44 +228,38 @@ impl Relay {
                         continue;
                     }
                     Shaped::Skip => continue,
-                    Shaped::Fail(failure) => failure,
+                    Shaped::Fail(failure) => Err(failure),
                 },
                 Ok(SseEvent::Done) => match &mode {
                     Mode::Splice(splicer) if !splicer.covered() => {
-                        AttemptFailure::Diverged("it ended before reaching the end of the client's text".into())
+                        Err(AttemptFailure::Diverged("it ended before reaching the end of the client's text".into()))
                     }
-                    _ => {
-                        if !in_body {
-                            let _ = send(&tx, Bytes::from_static(DONE_FRAME), write_timeout).await;
-                        }
-                        if let Some(attempt) = attempt.take() {
-                            attempt.succeed();
-                        }
-                        let how = if matches!(mode, Mode::Original) { "done" } else { "rescued" };
-                        settle_rescue(metrics, &upstream, &mode, &mut rescues, "rescued");
-                        account_broken(metrics, &broken, count.usage);
-                        return end(&so_far, client_usage(&count, &broken), how, rescues);
-                    }
+                    _ => Ok(()),
                 },
-                Err(failure) => failure,
+                Err(failure) => Err(failure),
             };
-
-            // This upstream stream cannot go on.
             let backend = upstream.name().to_owned();
-            if so_far.complete(include_usage) && !matches!(failure, AttemptFailure::Diverged(_)) {
-                // Every chunk and the usage asked for arrived: the missing
-                // end is the upstream's slip, not a lost answer.
-                tracing::warn!(%request_id, %backend, "the stream's answer was complete but it {}; finished it", failure.describe());
-                metrics.unterminated_stream(&backend);
-                let _ = send(&tx, Bytes::from_static(DONE_FRAME), write_timeout).await;
-                if let Some(attempt) = attempt.take() {
-                    attempt.succeed();
+            let failure = match ended {
+                Err(failure) if !so_far.complete(include_usage) || matches!(failure, AttemptFailure::Diverged(_)) => failure,
+                // Ended well, or every chunk and the usage asked for arrived:
+                // a missing end is then the upstream's slip, not a lost answer.
+                ended => {
+                    if let Err(failure) = &ended {
+                        tracing::warn!(%request_id, %backend, "the stream's answer was complete but it {}; finished it", failure.describe());
+                        metrics.unterminated_stream(&backend);
+                    }
+                    if !in_body {
+                        let _ = send(&tx, Bytes::from_static(DONE_FRAME), write_timeout).await;
+                    }
+                    if let Some(attempt) = attempt.take() {
+                        attempt.succeed();
+                    }
+                    let how = if matches!(mode, Mode::Original) { "done" } else { "rescued" };
+                    settle_rescue(metrics, &upstream, &mode, &mut rescues, "rescued");
+                    account_broken(metrics, &broken, count.usage);
+                    return end(&so_far, client_usage(&count, &broken), how, rescues);
                 }
-                let how = if matches!(mode, Mode::Original) { "done" } else { "rescued" };
-                settle_rescue(metrics, &upstream, &mode, &mut rescues, "rescued");
-                account_broken(metrics, &broken, count.usage);
-                return end(&so_far, client_usage(&count, &broken), how, rescues);
-            }
+            };
             tracing::warn!(%request_id, %backend, mode = mode.name(), chunks = so_far.chunks, bytes = so_far.transcript.bytes(), "stream failed after it started: {}", failure.describe());
             if let Some(attempt) = attempt.take() {
                 if failure.counts_against_backend() {

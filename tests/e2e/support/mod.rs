@@ -147,6 +147,12 @@ pub async fn post(url: &str, path: &str, body: &serde_json::Value, headers: &[(&
     Answer { status: response.status().as_u16(), headers: response.headers().clone(), body: response.text().await.unwrap_or_default() }
 }
 
+/// The JSON of an admin API `path`, with the admin token the tests configure.
+pub async fn admin_json(admin: &str, path: &str, token: &str) -> serde_json::Value {
+    let response = client().get(format!("{admin}{path}")).header("authorization", format!("Bearer {token}")).send().await.unwrap();
+    response.json().await.unwrap()
+}
+
 /// What the mock upstream received.
 pub async fn received(mock: &Proc) -> Vec<serde_json::Value> {
     client().get(format!("{}/mock/requests", mock.url)).send().await.unwrap().json().await.unwrap()
