@@ -7,7 +7,7 @@
 # Prints a Markdown table and writes it to bench/results.md and bench/results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. bench/wrk-stats.sh
+. bench/common.sh
 secs=${1:-10}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
@@ -66,26 +66,6 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 router_pid=$(pgrep -f "serve --config $work/router.toml" | head -1)
 rss_idle=$(rss_kb "$router_pid")
 
-ttft() { # ttft URL MODEL -> p50 time to the first SSE event over 200 streamed requests, in µs
-  python3 - "$1" "$2" <<'PY'
-import http.client, json, sys, time, urllib.parse
-url, model = urllib.parse.urlparse(sys.argv[1]), sys.argv[2]
-body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
-times = []
-for _ in range(200):
-    conn = http.client.HTTPConnection(url.hostname, url.port)
-    start = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
-    response = conn.getresponse()
-    while not response.readline().startswith(b"data:"):
-        pass
-    times.append(time.perf_counter() - start)
-    response.read()
-    conn.close()
-times.sort()
-print(int(times[len(times) // 2] * 1e6))
-PY
-}
 
 # Warm up connections, caches and the policy's instances.
 wrk -t1 -c8 -d2s -s "$(script auto)" "$url_router/v1/chat/completions" >/dev/null
@@ -116,8 +96,8 @@ t0=$(cpu_ticks "$router_pid")
 read -r sr50 _ srrps <<<"$(run "$url_router" upstream 64 stream)"
 stream_cpu=$(cpu_us_per_request "$router_pid" "$t0" "$srrps")
 chunks=19 # role chunk, 16 tokens, finish chunk, [DONE]
-ttft_direct=$(ttft "$url_mock" gpt-bench)
-ttft_router=$(ttft "$url_router" upstream)
+ttft_direct=$(first_event_us "$url_mock" gpt-bench 200)
+ttft_router=$(first_event_us "$url_router" upstream 200)
 per_event=$(( (sr50 - sd50) / chunks ))
 if [ "$per_event" -gt 0 ]; then per_event="+${per_event} µs per event"; else per_event="no added time per event measurable"; fi
 

@@ -21,7 +21,7 @@
 # Prints a Markdown table and writes it to bench/stress.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. bench/wrk-stats.sh
+. bench/common.sh
 secs=${1:-8}
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 ulimit -n 20000 2>/dev/null || true
@@ -72,26 +72,6 @@ p50_p99() { # p50_p99 URL SCRIPT CONNECTIONS [SECONDS] -> "p50_us p99_us rps non
   wrk -t1 -c"$3" -d"${4:-$secs}s" --timeout 10s --latency -s "$2" "$1/v1/chat/completions" | wrk_stats
 }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-first_event_us() { # first_event_us URL MODEL N -> p50 time to the first SSE event, µs
-  python3 - "$1" "$2" "$3" <<'PY'
-import http.client, json, sys, time, urllib.parse
-url, model, n = urllib.parse.urlparse(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
-headers = {"content-type": "application/json", "authorization": "Bearer sk-bench-valid-key"}
-times = []
-for _ in range(n):
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-    start = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", body, headers)
-    response = conn.getresponse()
-    while not response.readline().startswith(b"data:"):
-        pass
-    times.append(time.perf_counter() - start)
-    conn.close()
-times.sort()
-print(int(times[len(times) // 2] * 1e6))
-PY
-}
 
 small=$(lua small auto false sk-bench-valid-key)
 wrk -t1 -c8 -d2s -s "$small" "$url_router/v1/chat/completions" >/dev/null
@@ -124,7 +104,7 @@ storm() { # storm PID URL NAME -> "idle_kib peak_kib after_kib streams ttft_dire
   local wrk_pid=$!
   sleep 6
   direct=$(first_event_us "$url_mock" "gpt-slow?gap_ms=1000" 40)
-  proxied=$(first_event_us "$2" "auto" 40)
+  proxied=$(first_event_us "$2" "auto" 40 sk-bench-valid-key)
   wait "$wrk_pid" || true
   # The kernel's high-water mark of the proxy's resident memory.
   peak=$(awk '/VmHWM/ {print $2}' "/proc/$1/status")

@@ -1,0 +1,35 @@
+# Sourced by the bench scripts.
+
+# wrk's --latency output on stdin -> "p50_us p99_us requests_per_second non2xx socket_errors".
+wrk_stats() {
+  awk '
+    function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return v*1000; if (v ~ /s$/) return v*1000000; return v }
+    $1=="50%" {p50=us($2)} $1=="99%" {p99=us($2)} $1=="Requests/sec:" {rps=$2}
+    /Non-2xx/ {bad=$NF} /Socket errors/ {gsub(",", ""); errs=$4+$6+$8+$10}
+    END { printf "%d %d %d %d %d\n", p50, p99, rps, bad+0, errs+0 }'
+}
+
+# first_event_us URL MODEL N [KEY] -> the p50 time to the first SSE event of
+# N streamed requests, one connection each, in µs (a Python client).
+first_event_us() {
+  python3 - "$1" "$2" "$3" "${4:-}" <<'PY'
+import http.client, json, sys, time, urllib.parse
+url, model, n, key = urllib.parse.urlparse(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+headers = {"content-type": "application/json"}
+if key:
+    headers["authorization"] = f"Bearer {key}"
+times = []
+for _ in range(n):
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    start = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body, headers)
+    response = conn.getresponse()
+    while not response.readline().startswith(b"data:"):
+        pass
+    times.append(time.perf_counter() - start)
+    conn.close()
+times.sort()
+print(int(times[len(times) // 2] * 1e6))
+PY
+}
