@@ -178,7 +178,10 @@ async fn streams_broken_mid_answer_are_rescued_exactly_or_end_with_an_error() {
     for tools in [false, true] {
         let kind = if tools { "tool-call stream" } else { "text stream" };
         // The canonical answer, from a backend asked directly.
-        let canonical = assemble(&post(&router.url, "/v1/chat/completions", &request("fb-regenerate", tools), &[]).await).0;
+        let (canonical, _, _, canonical_usage) =
+            assemble(&post(&router.url, "/v1/chat/completions", &request("fb-regenerate", tools), &[]).await);
+        let canonical_usage = canonical_usage.expect("usage asked for");
+        let tokens = |u: &Value, k: &str| u[k].as_u64().unwrap();
         assert!(if tools { canonical.calls.len() == 1 && canonical.text.is_empty() } else { canonical.text.len() > 40 }, "{canonical:?}");
 
         for (brk, _) in BREAKS {
@@ -219,11 +222,13 @@ async fn streams_broken_mid_answer_are_rescued_exactly_or_end_with_an_error() {
                     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{case}: {}", a.body);
                     assert!(ids.iter().all(|id| *id == ids[0]), "{case}: one stream id: {ids:?}");
                     assert_eq!(finishes, [if tools { "tool_calls" } else { "stop" }], "{case}: one finish");
+                    // Usage adds up every upstream stream: the broken one's prompt
+                    // counted again, its completion estimated from what it sent.
                     let usage = usage.unwrap_or_else(|| panic!("{case}: no usage: {}", a.body));
-                    assert!(
-                        usage["completion_tokens"].as_u64().unwrap() > 0 && usage["prompt_tokens"].as_u64().unwrap() > 0,
-                        "{case}: {usage}"
-                    );
+                    let streams = if *brk == "no-done" { 1 } else { 2 };
+                    assert_eq!(tokens(&usage, "prompt_tokens"), streams * tokens(&canonical_usage, "prompt_tokens"), "{case}: {usage}");
+                    assert!(tokens(&usage, "completion_tokens") >= tokens(&canonical_usage, "completion_tokens"), "{case}: {usage}");
+                    assert_eq!(tokens(&usage, "total_tokens"), tokens(&usage, "prompt_tokens") + tokens(&usage, "completion_tokens"));
                     assert_eq!(seams, usize::from(*brk != "no-done"), "{case}: seam comments: {}", a.body);
                 } else {
                     assert!(!events.iter().any(|e| e == "[DONE]"), "{case} ended like a success: {}", a.body);
