@@ -199,7 +199,8 @@ async fn declarative_routes_fall_back_in_order_and_split_by_weight_stickily() {
 
 /// Two routes share one policy file, each with its own `policy_config`,
 /// and decide differently; a reload that changes one route's config
-/// reloads that route's instance alone.
+/// reloads that route's instance alone, and a config the policy refuses
+/// leaves the last good one serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn routes_share_a_policy_file_with_their_own_configs_and_reload_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -245,8 +246,20 @@ async fn routes_share_a_policy_file_with_their_own_configs_and_reload_alone() {
     }
     assert_eq!(first("two").await, "b");
     let after = loads().await;
-    // Route two's instance is the same one, loaded once; route one's is new.
-    let unchanged: Vec<&(String, u64)> = after.iter().filter(|x| before.contains(x)).collect();
-    assert_eq!(unchanged.len(), 1, "before {before:?}, after {after:?}");
-    assert_eq!(unchanged[0].1, 1);
+    // Route two's instance is the same one, loaded once; route one's was reloaded.
+    assert_eq!(after, [("fallback-cheaper~one".to_owned(), 2), ("fallback-cheaper~two".to_owned(), 1)], "before {before:?}");
+
+    // A config the policy refuses (no such primary): route one keeps its last good one.
+    std::fs::write(dir.path().join("switchyard.toml"), config("nope")).unwrap();
+    let failed = || async {
+        let policies = support::admin_json(&admin, "/admin/policies", "admin-token-0123456789").await;
+        let one = policies["policies"].as_array().unwrap().iter().find(|p| p["name"] == "fallback-cheaper~one").cloned().unwrap();
+        one["failed_loads"].as_u64().unwrap()
+    };
+    let started = std::time::Instant::now();
+    while failed().await == 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the refused policy_config was never tried");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!((first("one").await, first("two").await), ("c".to_owned(), "b".to_owned()), "the last good config serves");
 }

@@ -330,19 +330,17 @@ pub struct SplitArm {
 
 impl RouteConfig {
     /// The name of the policy instance that decides this route: the
-    /// policy's own, or, with `policy_config`, `NAME~HASH` (one instance per
-    /// distinct configuration). `None` for `targets` and `split` routes.
+    /// policy's own, or, with `policy_config`, `NAME~MODEL`: the route's
+    /// own instance, whose name a reload keeps, so that a configuration the
+    /// policy refuses leaves the last good one serving, as for any policy.
+    /// `None` for `targets` and `split` routes.
     pub fn policy_instance(&self) -> Option<String> {
         if self.policy.is_empty() {
             return None;
         }
         Some(match &self.policy_config {
             None => self.policy.clone(),
-            Some(config) => {
-                let json = serde_json::to_string(config).unwrap_or_default();
-                let hash = blake3::hash(json.as_bytes()).to_hex();
-                format!("{}{}{}", self.policy, crate::policy::INSTANCE_SEPARATOR, &hash[..8])
-            }
+            Some(_) => format!("{}{}{}", self.policy, crate::policy::INSTANCE_SEPARATOR, self.model),
         })
     }
 }
@@ -857,7 +855,7 @@ impl Config {
     }
 
     /// Each policy's configuration as JSON, for `init`; a route's own
-    /// `policy_config` under its instance's name (`NAME~HASH`).
+    /// `policy_config` under its instance's name (`NAME~MODEL`).
     pub fn policy_configs(&self) -> HashMap<String, String> {
         fn json<T: serde::Serialize>(value: &T) -> String {
             serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
@@ -1055,15 +1053,14 @@ mod tests {
     }
 
     #[test]
-    fn routes_with_their_own_policy_config_get_one_instance_per_distinct_config() {
+    fn routes_with_their_own_policy_config_get_their_own_instance() {
         let text = format!(
             "{MINIMAL}[[routes]]\nmodel = \"a\"\npolicy = \"p\"\npolicy_config = {{ primary = \"m\" }}\n[[routes]]\nmodel = \"b\"\npolicy = \"p\"\npolicy_config = {{ primary = \"m\" }}\n[[routes]]\nmodel = \"c\"\npolicy = \"p\"\npolicy_config = {{ primary = \"n\" }}\n[[routes]]\nmodel = \"d\"\npolicy = \"p\"\n[[routes]]\nmodel = \"e\"\ntargets = [\"m\"]\n"
         );
         let c = parse(&text).unwrap();
         let instances: Vec<Option<String>> = c.routes.iter().map(RouteConfig::policy_instance).collect();
-        assert_eq!(instances[0], instances[1], "the same config, one instance");
-        assert_ne!(instances[0], instances[2]);
-        assert!(instances[0].as_deref().unwrap().starts_with("p~"));
+        assert_eq!(instances[0].as_deref(), Some("p~a"), "named by the route, so a reload keeps the name");
+        assert_eq!(instances[1].as_deref(), Some("p~b"));
         assert_eq!(instances[3].as_deref(), Some("p"), "no policy_config: the policy's own name and [policies.config.p]");
         assert_eq!(instances[4], None);
         let configs = c.policy_configs();

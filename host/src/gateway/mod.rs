@@ -78,7 +78,7 @@ struct Route {
 enum RouteKind {
     /// A policy instance decides.
     Policy {
-        /// The instance's name in the registry (`NAME`, or `NAME~HASH` for
+        /// The instance's name in the registry (`NAME`, or `NAME~MODEL` for
         /// a route's own configuration).
         policy: String,
         /// What serves when the policy cannot decide: indices into

@@ -90,8 +90,8 @@ enum PolicyFile {
 /// Shown as the file of built-in policies.
 const BUILTIN_FILE: &str = "<built-in>";
 
-/// Joins a policy's name and a route configuration's hash into the name of
-/// the policy's instance with that configuration (`fallback-cheaper~1a2b3c4d`).
+/// Joins a policy's name and a route's model into the name of the policy's
+/// instance with that route's own configuration (`fallback-cheaper~eu`).
 pub const INSTANCE_SEPARATOR: char = '~';
 
 /// Policies by name, from a directory and built-in components.
@@ -201,7 +201,7 @@ impl PolicyRegistry {
         for (name, bytes) in &self.sources.builtin {
             files.entry(name.clone()).or_insert(PolicyFile::Builtin(bytes));
         }
-        // `NAME~CONFIG` is NAME's file with a route's own configuration.
+        // `NAME~MODEL` is NAME's file with a route's own configuration.
         for instance in state.configs.keys() {
             if let Some(file) = instance.split_once(INSTANCE_SEPARATOR).and_then(|(base, _)| files.get(base)).cloned() {
                 files.insert(instance.clone(), file);
