@@ -587,6 +587,42 @@ async fn the_decision_log_samples_ordinary_requests_and_keeps_notable_ones() {
     assert!(records.iter().all(|r| r["status"] == 502 && r["backend"].is_null()), "{records:?}");
 }
 
+/// With `compress`, a decision log rotated at its size is gzipped
+/// (`FILE.1.gz`), and the gzipped file holds the records before the current
+/// file's.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_decision_logs_are_gzipped_when_asked() {
+    use std::io::Read;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[decision_log]\npath = \"decisions.jsonl\"\ninclude_prompts = true\nmax_file_mib = 1\ncompress = true\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"m\"\nprovider = \"mock\"\n";
+    let router = router(dir.path(), config, &[]);
+    // Records of about 16 KiB each (the prompt, as the policy's view keeps it): 1 MiB in some 70.
+    let long = "lorem ipsum ".repeat(1500);
+    for i in 0..100 {
+        let body = serde_json::json!({"model": "auto", "user": format!("u{i}"), "messages": [{"role": "user", "content": long}]});
+        assert_eq!(post(&router.url, "/v1/chat/completions", &body, &[]).await.status, 200);
+    }
+    let gz = dir.path().join("decisions.jsonl.1.gz");
+    let started = Instant::now();
+    while !gz.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no {} in {:?}",
+            gz.display(),
+            std::fs::read_dir(dir.path()).unwrap().collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!dir.path().join("decisions.jsonl.1").exists(), "the plain rotated file is removed once gzipped");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&gz).unwrap()).read_to_string(&mut text).unwrap();
+    let users: Vec<String> =
+        text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["request"]["user"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(users.first().map(String::as_str), Some("u0"), "the first records are in FILE.1.gz");
+    assert!(users.len() > 40 && text.len() <= 1 << 20, "{} records, {} bytes", users.len(), text.len());
+}
+
 /// After an external rotation moved the decision log away, SIGHUP makes the
 /// router write to a new file at the configured path; nothing is lost, and
 /// the dropped-records counter is exported.
