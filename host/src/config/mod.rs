@@ -384,13 +384,14 @@ pub struct RetryConfig {
     pub max_attempts: u32,
     /// Total time budget of a request, in ms (streams: until the first token).
     pub total_timeout_ms: u64,
-    /// The longest `Retry-After` the router waits for on the last target,
-    /// in ms; longer ones fail the attempt.
+    /// The longest `Retry-After` the router waits for before retrying a
+    /// target, in ms; after a longer one it moves on (or, on the last
+    /// target, fails).
     pub max_retry_after_ms: u64,
-    /// The wait before retrying the last target after a transient failure
-    /// that came without a `Retry-After`, in ms; doubled on each retry, with
-    /// jitter; 0 turns those retries off. Timeouts are not retried: they
-    /// already spent their time.
+    /// The wait before retrying a target after a failure that came without
+    /// a `Retry-After`, in ms; doubled on each retry, with jitter; 0 turns
+    /// those retries off. Timeouts are not retried: they already spent
+    /// their time.
     pub backoff_ms: u64,
     /// Retries of the same backend after a transient failure before the
     /// first byte (HTTP 500, 502, 503 without a long `Retry-After`, a broken
