@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::attempts::{self, Finished, Outcome};
-use super::plan::{self, Plan, Target};
+use super::plan::{self, Plan};
 use super::relay::{Relay, StreamLimits};
 use super::rescue::{Leg, Mode, RescueLimits, Rescuer};
 use super::{Gateway, GatewayState};
@@ -241,8 +241,7 @@ fn rescuer(
         max_rescues: config.rescue.max_rescues,
         budget: std::time::Duration::from_millis(config.retry.total_timeout_ms),
     };
-    let targets = targets.iter().map(|t| Target { upstream: t.upstream.clone(), model: t.model.clone() }).collect();
-    Some(Rescuer::new(inbound.clone(), request_id, targets, limits, metrics.clone()))
+    Some(Rescuer::new(inbound.clone(), request_id, targets.to_vec(), limits, metrics.clone()))
 }
 
 /// What a request came to, for its decision-log record.

@@ -34,6 +34,7 @@ pub(super) struct Plan {
     pub rescue: bool,
 }
 
+#[derive(Clone)]
 pub(super) struct Target {
     pub upstream: Arc<Upstream>,
     pub model: String,
