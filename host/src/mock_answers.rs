@@ -127,19 +127,10 @@ pub fn complete(surface: ApiSurface, id: &str, model: &str, created: u64, body: 
     let text: String = tokens.concat();
     let (p, c) = (count_tokens(&prompt), tokens.len() as u32);
     match surface {
-        ApiSurface::Chat => json!({
-            "id": format!("chatcmpl-{id}"),
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": null},
-                "logprobs": null,
-                "finish_reason": "stop"
-            }],
-            "usage": usage(p, c),
-        }),
+        ApiSurface::Chat => {
+            let message = json!({"role": "assistant", "content": text, "refusal": null});
+            chat_completion(id, model, created, message, "stop", usage(p, c))
+        }
         ApiSurface::Completion => json!({
             "id": format!("cmpl-{id}"),
             "object": "text_completion",
@@ -190,20 +181,21 @@ pub fn chat_chunk(id: &str, model: &str, created: u64, delta: Value, finish: Opt
 
 /// A complete chat answer that calls `call`.
 pub fn tool_call_completion(id: &str, model: &str, created: u64, call: &ToolCall, prompt_tokens: u32) -> Value {
+    let message = json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+        {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    ]});
+    chat_completion(id, model, created, message, "tool_calls", usage(prompt_tokens, count_tokens(&call.arguments)))
+}
+
+/// A `chat.completion` with one choice.
+fn chat_completion(id: &str, model: &str, created: u64, message: Value, finish: &str, usage: Value) -> Value {
     json!({
         "id": format!("chatcmpl-{id}"),
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": [
-                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
-            ]},
-            "logprobs": null,
-            "finish_reason": "tool_calls"
-        }],
-        "usage": usage(prompt_tokens, count_tokens(&call.arguments)),
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+        "usage": usage,
     })
 }
 
