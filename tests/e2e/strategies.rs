@@ -263,3 +263,23 @@ async fn routes_share_a_policy_file_with_their_own_configs_and_reload_alone() {
     }
     assert_eq!((first("one").await, first("two").await), ("c".to_owned(), "b".to_owned()), "the last good config serves");
 }
+
+/// The learned router through the router: the score and the reason are
+/// labelled, and the threshold decides which model answers first.
+#[tokio::test(flavor = "multi_thread")]
+async fn quality_router_sends_a_prompt_by_its_score() {
+    let question = "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\nA. 0\nB. 4\nC. 2\nD. 6\nAnswer:";
+    for (share, first, reason) in [("1.0", "strong", "predicted-benefit"), ("0.0", "cheap", "below-threshold")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mock = mock_upstream(dir.path());
+        let backends =
+            backend("strong", &mock, "strong-model", "input_price = 10.0") + &backend("cheap", &mock, "cheap-model", "input_price = 0.5");
+        let config = format!("strong = \"strong\"\ncheap = \"cheap\"\nstrong_share = {share}");
+        let router = router_with(dir.path(), "quality-router", artifacts::QUALITY_ROUTER, &config, &backends);
+        let a = post(&router.url, "/v1/chat/completions", &ask(question), &[]).await;
+        assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some(first)), "share {share}: {}", a.body);
+        let labels = a.header("x-switchyard-labels").unwrap();
+        assert!(labels.contains(&format!("reason={reason}")) && labels.contains("score=") && labels.contains("model="), "{labels}");
+        assert_eq!(models_received(&received(&mock).await), [format!("{first}-model")]);
+    }
+}
