@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod anthropic;
 pub mod config;
 pub mod contract;
 mod debounce;

@@ -58,14 +58,23 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
-/// The call a chat request with function tools gets (unless its
-/// `tool_choice` is `"none"`): its first tool, with the prompt's excerpt
-/// as the argument.
+/// The call a chat (or Messages API) request with tools gets, unless its
+/// `tool_choice` is none or it ends with a tool's result: its first tool,
+/// with the prompt's excerpt as the argument.
 pub fn tool_call(body: &Map<String, Value>, prompt: &str) -> Option<ToolCall> {
-    if body.get("tool_choice").and_then(Value::as_str) == Some("none") {
+    let choice = body.get("tool_choice");
+    if choice.and_then(Value::as_str) == Some("none") || choice.and_then(|c| c.get("type")).and_then(Value::as_str) == Some("none") {
         return None;
     }
-    let name = body.get("tools")?.as_array()?.first()?.get("function")?.get("name")?.as_str()?.to_owned();
+    let last = body.get("messages")?.as_array()?.last()?;
+    let is_result = |b: &Value| b.get("type").and_then(Value::as_str) == Some("tool_result");
+    if last.get("role").and_then(Value::as_str) == Some("tool")
+        || last.get("content").and_then(Value::as_array).is_some_and(|c| c.iter().any(is_result))
+    {
+        return None;
+    }
+    let tool = body.get("tools")?.as_array()?.first()?;
+    let name = tool.get("function").unwrap_or(tool).get("name")?.as_str()?.to_owned();
     let excerpt: String = prompt.split_whitespace().take(8).collect::<Vec<_>>().join(" ");
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in prompt.bytes().chain(name.bytes()) {

@@ -178,7 +178,7 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
         return Ok(raw_response(StatusCode::OK, "application/x-protobuf", Bytes::new()));
     }
     let surface = match path.as_str() {
-        "/v1/chat/completions" | "/v1/messages" => ApiSurface::Chat,
+        "/v1/chat/completions" | "/v1/messages" | "/v1/messages/count_tokens" => ApiSurface::Chat,
         "/v1/completions" => ApiSurface::Completion,
         "/v1/embeddings" => ApiSurface::Embeddings,
         _ => {
@@ -188,7 +188,7 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
             ))
         }
     };
-    let anthropic = path == "/v1/messages";
+    let anthropic = path.starts_with("/v1/messages");
     let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(json_response(
@@ -198,16 +198,30 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
     };
     let model = body.get("model").and_then(Value::as_str).unwrap_or("mock").to_owned();
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    state.remember(json!({
+    let mut record = json!({
         "path": path, "model": model, "body": body,
         "authorization": header("authorization"), "x_api_key": header("x-api-key"), "x_request_id": header("x-request-id"),
         "traceparent": header("traceparent"), "peer": peer.to_string(),
-    }));
+    });
+    if anthropic {
+        // What a pass-through must keep: the bytes and the API headers.
+        record["raw"] = json!(String::from_utf8_lossy(&bytes));
+        record["anthropic_version"] = json!(header("anthropic-version"));
+        record["anthropic_beta"] = json!(header("anthropic-beta"));
+    }
+    state.remember(record);
+    if path == "/v1/messages/count_tokens" {
+        return Ok(json_response(StatusCode::OK, json!({"input_tokens": answers::count_tokens(&anthropic_prompt(&body))})));
+    }
     let fault = fault_of(&model, header("x-mock-fault").as_deref());
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let delay = Duration::from_millis(state.settings.latency_ms + if fault.name == "slow-first-token" { fault.delay_ms } else { 0 });
 
     let error = |status: StatusCode, code: &str, message: &str| {
+        if anthropic {
+            let kind = crate::anthropic::error_type(status.as_u16());
+            return json_response(status, json!({"type": "error", "error": {"type": kind, "message": message}}));
+        }
         json_response(status, json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}))
     };
     match fault.name.as_str() {
@@ -265,14 +279,15 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
     if let Some(prefill) = answers::prefill_of(&body).filter(|_| surface == ApiSurface::Chat) {
         tokens = answers::continuation(&tokens, &prefill);
     }
-    let mut tool_call = (surface == ApiSurface::Chat && !anthropic).then(|| answers::tool_call(&body, &prompt)).flatten();
+    let mut tool_call = (surface == ApiSurface::Chat).then(|| answers::tool_call(&body, &prompt)).flatten();
     if let Some(call) = tool_call.as_mut().filter(|_| fault.answer.as_deref() == Some("alternative")) {
         call.id.push_str("-alt");
     }
 
     if !stream {
         let answer = match (&tool_call, anthropic) {
-            (Some(call), _) => answers::tool_call_completion(&id, &clean_model, created, call, answers::count_tokens(&prompt)),
+            (Some(call), true) => anthropic_tool_use(&id, &clean_model, &prompt, call),
+            (Some(call), false) => answers::tool_call_completion(&id, &clean_model, created, call, answers::count_tokens(&prompt)),
             (None, true) => anthropic_message(&id, &clean_model, &prompt, &tokens),
             (None, false) => answers::complete(surface, &id, &clean_model, created, &body, &tokens),
         };
@@ -286,7 +301,7 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
 
     // Stream events, then the fault's ending.
     let mut events: Vec<String> = if anthropic {
-        anthropic_events(&id, &clean_model, &prompt, &tokens)
+        anthropic_events(&id, &clean_model, &prompt, &tokens, tool_call.as_ref())
     } else {
         let mut events = vec![];
         if surface == ApiSurface::Chat {
@@ -342,9 +357,12 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
         }
         "error-event" => {
             events.truncate(fault.chunks);
-            events.push(sse(
-                &json!({"error": {"message": "mock: overloaded mid-stream", "type": "server_error", "param": null, "code": "overloaded"}}),
-            ));
+            events.push(if anthropic {
+                let error = json!({"type": "error", "error": {"type": "overloaded_error", "message": "mock: overloaded mid-stream"}});
+                format!("event: error\ndata: {error}\n\n")
+            } else {
+                sse(&json!({"error": {"message": "mock: overloaded mid-stream", "type": "server_error", "param": null, "code": "overloaded"}}))
+            });
             End::Clean
         }
         "no-done" => {
@@ -436,24 +454,52 @@ fn anthropic_message(id: &str, model: &str, prompt: &str, tokens: &[String]) -> 
     })
 }
 
-fn anthropic_events(id: &str, model: &str, prompt: &str, tokens: &[String]) -> Vec<String> {
+/// A Messages API answer that calls `call`.
+fn anthropic_tool_use(id: &str, model: &str, prompt: &str, call: &answers::ToolCall) -> Value {
+    let input: Value = serde_json::from_str(&call.arguments).unwrap_or_default();
+    json!({
+        "id": format!("msg_{id}"), "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "tool_use", "id": call.id, "name": call.name, "input": input}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": answers::count_tokens(prompt), "output_tokens": answers::count_tokens(&call.arguments)},
+    })
+}
+
+fn anthropic_events(id: &str, model: &str, prompt: &str, tokens: &[String], call: Option<&answers::ToolCall>) -> Vec<String> {
     let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
     let mut events = vec![
         event(
             "message_start",
             json!({"type": "message_start", "message": {"id": format!("msg_{id}"), "type": "message", "role": "assistant", "model": model, "content": [], "usage": {"input_tokens": answers::count_tokens(prompt), "output_tokens": 1}}}),
         ),
-        event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
         event("ping", json!({"type": "ping"})),
     ];
-    for t in tokens {
-        events.push(event(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
-        ));
-    }
+    let (stop_reason, output_tokens) = match call {
+        Some(call) => {
+            let start = json!({"type": "tool_use", "id": call.id, "name": call.name, "input": {}});
+            events.push(event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": start})));
+            for part in answers::fragments(&call.arguments, 8) {
+                let delta = json!({"type": "input_json_delta", "partial_json": part});
+                events.push(event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": delta})));
+            }
+            ("tool_use", answers::count_tokens(&call.arguments) as usize)
+        }
+        None => {
+            events.push(event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ));
+            for t in tokens {
+                events.push(event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}}),
+                ));
+            }
+            ("end_turn", tokens.len())
+        }
+    };
     events.push(event("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
-    events.push(event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": tokens.len()}})));
+    events.push(event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": output_tokens}})));
     events.push(event("message_stop", json!({"type": "message_stop"})));
     events
 }

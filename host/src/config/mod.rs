@@ -536,6 +536,12 @@ pub struct BackendConfig {
     /// Context window in tokens.
     #[serde(default = "default_context_window")]
     pub context_window: u32,
+    /// The most tokens the model writes in one answer: what Anthropic
+    /// backends are asked for when an OpenAI client sets no limit (their API
+    /// requires one). Default 8192 (the smallest limit of current Claude
+    /// models); raise it for models that write longer answers.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
     /// Capabilities.
     #[serde(default)]
     pub capabilities: CapabilitiesConfig,

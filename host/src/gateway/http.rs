@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::attempts::{self, Finished, Outcome};
+use super::framing::Framing;
 use super::plan::{self, Plan};
 use super::relay::{Relay, StreamLimits};
 use super::rescue::{Leg, Mode, RescueLimits, Rescuer};
@@ -26,8 +27,9 @@ use crate::contract::ApiSurface;
 use crate::decision_log::DecisionLog;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RequestLabels};
-use crate::openai::inbound::{self, CallerIdentity, InboundRequest, ViewLimits};
+use crate::openai::inbound::{self, CallerIdentity, InboundRequest, ParseContext, ViewLimits};
 use crate::telemetry;
+use crate::upstream::AnswerShape;
 use tracing::Instrument;
 
 /// Response body: complete, or streamed.
@@ -41,8 +43,19 @@ const ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
 const LABELS: HeaderName = HeaderName::from_static("x-switchyard-labels");
 const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 const OVERHEAD: HeaderName = HeaderName::from_static("x-switchyard-overhead-ms");
+const TOKEN_COUNT: HeaderName = HeaderName::from_static("x-switchyard-token-count");
 
-/// Answers one request. Never fails: errors become OpenAI-style JSON.
+/// The API a request came in on: the shape of its answers and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ingress {
+    /// The OpenAI-compatible APIs.
+    OpenAi(ApiSurface),
+    /// The Anthropic Messages API.
+    Messages,
+}
+
+/// Answers one request. Never fails: errors become the called API's error
+/// JSON.
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id(request.headers());
@@ -52,7 +65,12 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
         Ok(response) => response,
         Err(error) => {
             tracing::info!(%request_id, %method, %path, status = error.status.as_u16(), source = error.source.as_str(), "{}", error.message);
-            error_response(&error)
+            let messages_api = api_path(&path).starts_with("/messages");
+            if messages_api {
+                messages_error_response(&error)
+            } else {
+                error_response(&error)
+            }
         }
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -69,18 +87,19 @@ async fn dispatch(
     started: Instant,
 ) -> Result<Response<Body>, GatewayError> {
     let full_path = request.uri().path();
-    // Clients configured with a bare host (no `/v1`) reach the same endpoints.
-    let path = full_path.strip_prefix("/v1").filter(|p| p.starts_with('/')).unwrap_or(full_path);
+    let path = api_path(full_path);
     let surface = match path {
-        "/chat/completions" => Some(ApiSurface::Chat),
-        "/completions" => Some(ApiSurface::Completion),
-        "/embeddings" => Some(ApiSurface::Embeddings),
+        "/chat/completions" => Some(Ingress::OpenAi(ApiSurface::Chat)),
+        "/completions" => Some(Ingress::OpenAi(ApiSurface::Completion)),
+        "/embeddings" => Some(Ingress::OpenAi(ApiSurface::Embeddings)),
+        "/messages" => Some(Ingress::Messages),
         _ => None,
     };
     let method = request.method();
     let model_id = path.strip_prefix("/models/").filter(|id| !id.is_empty());
     match (surface, path, model_id) {
-        (Some(surface), _, _) if method == Method::POST => proxy(gateway, request, surface, request_id, started).await,
+        (Some(ingress), _, _) if method == Method::POST => proxy(gateway, request, ingress, request_id, started).await,
+        (None, "/messages/count_tokens", _) if method == Method::POST => count_tokens(gateway, request, request_id).await,
         (None, "/models", _) if method == Method::GET => {
             let state = gateway.state();
             authenticate(&state, request.headers())?;
@@ -93,27 +112,49 @@ async fn dispatch(
             Ok(json_response(StatusCode::OK, Bytes::from(model.to_string())))
         }
         (None, "/healthz", _) if method == Method::GET => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))),
-        (Some(_), _, _) | (None, "/models" | "/healthz", _) | (None, _, Some(_)) => {
+        (Some(_), _, _) | (None, "/models" | "/healthz" | "/messages/count_tokens", _) | (None, _, Some(_)) => {
             Err(GatewayError::method_not_allowed(method.as_str(), full_path))
         }
         (None, _, None) => Err(GatewayError::unknown_url(method.as_str(), full_path)),
     }
 }
 
+/// The path without `/v1`: clients configured with a bare host (no `/v1`)
+/// reach the same endpoints.
+fn api_path(full_path: &str) -> &str {
+    full_path.strip_prefix("/v1").filter(|p| p.starts_with('/')).unwrap_or(full_path)
+}
+
+/// Authenticates, reads and parses a request to be routed (`count_only`:
+/// a Messages API token count, which has no `max_tokens`).
+async fn read_request(
+    state: &GatewayState,
+    request: Request<Incoming>,
+    ingress: Ingress,
+    request_id: &str,
+    count_only: bool,
+) -> Result<InboundRequest, GatewayError> {
+    let caller = authenticate(state, request.headers())?;
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, &parts.headers, state.config.server.max_body_bytes, state.config.server.body_timeout()).await?;
+    let limits = ViewLimits { text_bytes: state.config.policies.text_budget_bytes, messages: state.config.policies.view_max_messages };
+    let cx = ParseContext { headers: &parts.headers, caller: &caller, request_id, limits, seed: rand::random(), api: None };
+    match ingress {
+        Ingress::OpenAi(surface) => inbound::parse(surface, &body, cx),
+        Ingress::Messages => crate::anthropic::inbound::parse(&body, cx, count_only),
+    }
+}
+
 async fn proxy(
     gateway: &Arc<Gateway>,
     request: Request<Incoming>,
-    surface: ApiSurface,
+    ingress: Ingress,
     request_id: &str,
     started: Instant,
 ) -> Result<Response<Body>, GatewayError> {
     let state = gateway.state();
-    let caller = authenticate(&state, request.headers())?;
-    let (parts, body) = request.into_parts();
-    let body = read_body(body, &parts.headers, state.config.server.max_body_bytes, state.config.server.body_timeout()).await?;
-    let seed: u64 = rand::random();
-    let limits = ViewLimits { text_bytes: state.config.policies.text_budget_bytes, messages: state.config.policies.view_max_messages };
-    let inbound = Arc::new(inbound::parse(surface, &body, &parts.headers, &caller, request_id, limits, seed)?);
+    let inbound = Arc::new(read_request(&state, request, ingress, request_id, false).await?);
+    let messages_api = ingress == Ingress::Messages;
     let metrics = gateway.metrics();
     let plan = plan::plan(&state, gateway.registry(), metrics, &inbound).await?;
     let finished = match &plan.refusal {
@@ -129,7 +170,18 @@ async fn proxy(
             if let Some((input, output)) = answer.usage {
                 metrics.tokens(upstream.name(), input, output, upstream.config.input_price, upstream.config.output_price);
             }
-            (json_response(StatusCode::OK, answer.body), Some(upstream.name().to_owned()), Some(model), None)
+            let response = match (messages_api, answer.shape) {
+                (true, AnswerShape::Chat) => match messages_answer(&answer.body) {
+                    Ok(body) => json_response(StatusCode::OK, body),
+                    Err(error) => {
+                        let response = messages_error_response(&error);
+                        error_message = Some(error.message);
+                        response
+                    }
+                },
+                _ => json_response(StatusCode::OK, answer.body),
+            };
+            (response, Some(upstream.name().to_owned()), Some(model), None)
         }
         Outcome::Stream { upstream, model, first, rest, attempt, next } => {
             let name = upstream.name().to_owned();
@@ -138,12 +190,15 @@ async fn proxy(
                 StreamLimits { write_timeout: config.server.stream_write_timeout(), max_duration: config.server.stream_max_duration() };
             let leg = Leg { upstream, attempt, first, rest, mode: Mode::Original };
             let rescuer = rescuer(config, &plan, next, finished.attempts, &inbound, request_id, metrics);
-            let (relay, first_frame, rx) = Relay::new(leg, limits, inbound.include_usage, rescuer);
+            let (relay, first_frame, rx) = Relay::new(leg, limits, inbound.include_usage, rescuer, Framing::of(&inbound));
             (sse_response(first_frame, rx), Some(name), Some(model), Some(relay))
         }
-        Outcome::Refused { upstream, status, body } => (json_response(status, body), Some(upstream.name().to_owned()), None, None),
+        Outcome::Refused { upstream, status, body } => {
+            let body = if messages_api { crate::anthropic::answer::upstream_error(status.as_u16(), &body) } else { body };
+            (json_response(status, body), Some(upstream.name().to_owned()), None, None)
+        }
         Outcome::Failed(error) => {
-            let response = error_response(&error);
+            let response = if messages_api { messages_error_response(&error) } else { error_response(&error) };
             error_message = Some(error.message);
             (response, None, None, None)
         }
@@ -218,6 +273,46 @@ async fn proxy(
         attempts = finished.attempts, status = status.as_u16(), stream = inbound.stream,
         ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
+    Ok(response)
+}
+
+/// An OpenAI chat completion as a Messages API answer.
+fn messages_answer(completion: &[u8]) -> Result<Bytes, GatewayError> {
+    let invalid = |why: String| GatewayError::upstream(StatusCode::BAD_GATEWAY, "invalid_answer", why);
+    let completion: Value = serde_json::from_slice(completion).map_err(|e| invalid(format!("the upstream's answer is not JSON: {e}")))?;
+    let message = crate::anthropic::answer::message_from_completion(&completion).map_err(invalid)?;
+    Ok(Bytes::from(message.to_string()))
+}
+
+/// `POST /v1/messages/count_tokens`: the policy decides as for the message
+/// itself; the first Anthropic backend among its targets counts, else the
+/// router estimates (and says so in `x-switchyard-token-count: estimate`).
+async fn count_tokens(gateway: &Arc<Gateway>, request: Request<Incoming>, request_id: &str) -> Result<Response<Body>, GatewayError> {
+    let state = gateway.state();
+    let inbound = read_request(&state, request, Ingress::Messages, request_id, true).await?;
+    let plan = plan::plan(&state, gateway.registry(), gateway.metrics(), &inbound).await?;
+    if let Some(refusal) = plan.refusal {
+        return Err(refusal);
+    }
+    for target in &plan.targets {
+        match target.upstream.count_tokens(&inbound, &target.model, request_id).await {
+            None => continue,
+            Some(Ok(answer)) => {
+                let mut response = json_response(StatusCode::OK, answer.body);
+                response.headers_mut().insert(TOKEN_COUNT, HeaderValue::from_static("upstream"));
+                if let Ok(v) = HeaderValue::from_str(target.upstream.name()) {
+                    response.headers_mut().insert(BACKEND, v);
+                }
+                return Ok(response);
+            }
+            Some(Err(failure)) => {
+                tracing::info!(%request_id, backend = target.upstream.name(), "count_tokens failed: {}", failure.describe());
+            }
+        }
+    }
+    let body = json!({"input_tokens": inbound.view.input_tokens});
+    let mut response = json_response(StatusCode::OK, Bytes::from(body.to_string()));
+    response.headers_mut().insert(TOKEN_COUNT, HeaderValue::from_static("estimate"));
     Ok(response)
 }
 
@@ -342,6 +437,15 @@ pub fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
 /// The OpenAI-style error response for `error`.
 pub fn error_response(error: &GatewayError) -> Response<Body> {
     let mut response = json_response(error.status, error.body());
+    if !error.retryable {
+        response.headers_mut().insert(SHOULD_RETRY, HeaderValue::from_static("false"));
+    }
+    response
+}
+
+/// The Messages API's error response for `error`.
+fn messages_error_response(error: &GatewayError) -> Response<Body> {
+    let mut response = json_response(error.status, Bytes::from(crate::anthropic::answer::error_json(error).to_string()));
     if !error.retryable {
         response.headers_mut().insert(SHOULD_RETRY, HeaderValue::from_static("false"));
     }

@@ -5,10 +5,12 @@
 //! - `plan.rs`: where the policy is called and targets are chosen.
 //! - `attempts.rs`: where an upstream is tried and a failure is retried.
 //! - `relay.rs`: where a stream is passed to the client.
+//! - `framing.rs`: how its events are framed for the client's API.
 //! - `rescue.rs`: where a stream broken mid-answer finds its continuation.
 //! - `transcript.rs`: what a stream has said, and the splice rule.
 
 mod attempts;
+mod framing;
 pub mod http;
 mod plan;
 mod relay;

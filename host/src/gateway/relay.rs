@@ -14,11 +14,12 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::framing::Framing;
 use super::rescue::{Leg, Mode, Rescuer};
 use super::transcript::{rewrite, ChunkView, Part, Piece, Transcript};
 use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
-use crate::openai::sse::{frame, SseEvent, DONE_FRAME};
+use crate::openai::sse::SseEvent;
 use crate::telemetry;
 use crate::upstream::AttemptFailure;
 use crate::upstream::Upstream;
@@ -88,6 +89,7 @@ pub(super) struct Relay {
     limits: StreamLimits,
     include_usage: bool,
     rescuer: Option<Rescuer>,
+    framing: Framing,
 }
 
 /// How long a stream may wait on its client, and run in all.
@@ -118,18 +120,20 @@ impl Relay {
     /// `limits` end the stream when the client stops taking it, or when it
     /// has run too long; `rescuer`, when the stream may be rescued, holds
     /// the targets that may continue it.
+    /// `framing` is the client's stream format.
     pub(super) fn new(
         leg: Leg,
         limits: StreamLimits,
         include_usage: bool,
         rescuer: Option<Rescuer>,
+        mut framing: Framing,
     ) -> (Self, Bytes, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(32);
         let first_frame = match &leg.first {
-            SseEvent::Data(chunk) => frame(chunk),
-            SseEvent::Done => Bytes::from_static(DONE_FRAME),
+            SseEvent::Data(chunk) => framing.chunk(chunk),
+            SseEvent::Done => framing.done(),
         };
-        (Self { leg, tx, limits, include_usage, rescuer }, first_frame, rx)
+        (Self { leg, tx, limits, include_usage, rescuer, framing }, first_frame, rx)
     }
 
     /// Starts relaying. `record` is the request's decision-log record, if
@@ -158,7 +162,7 @@ impl Relay {
     /// stream and settles its attempt, so the upstream connection and the
     /// backend's in-flight count are free.
     async fn relay(self, metrics: &Metrics, request_id: &str) -> StreamEnd {
-        let Self { leg, tx, limits, include_usage, mut rescuer } = self;
+        let Self { leg, tx, limits, include_usage, mut rescuer, mut framing } = self;
         let StreamLimits { write_timeout, max_duration } = limits;
         let ends_at = Instant::now() + max_duration;
         let Leg { mut upstream, attempt, first, mut rest, mut mode } = leg;
@@ -194,7 +198,7 @@ impl Relay {
                                 "type": "server_error",
                                 "code": "stream_too_long",
                             }});
-                            let _ = tokio::time::timeout(write_timeout, tx.send(frame(error.to_string().as_bytes()))).await;
+                            let _ = tokio::time::timeout(write_timeout, tx.send(framing.error(&error))).await;
                             return end(&so_far, client_usage(&count, &broken), "max_duration", rescues);
                         }
                         Err(_) => Err(AttemptFailure::Timeout("stream idle")),
@@ -213,13 +217,17 @@ impl Relay {
                         if in_body {
                             continue;
                         }
+                        let framed = framing.chunk(&payload);
+                        if framed.is_empty() {
+                            continue;
+                        }
                         let seam = seam.take().map(Bytes::from);
                         let sent = match seam {
                             Some(seam) => match send(&tx, seam, write_timeout).await {
-                                Ok(()) => send(&tx, frame(&payload), write_timeout).await,
+                                Ok(()) => send(&tx, framed, write_timeout).await,
                                 Err(how) => Err(how),
                             },
-                            None => send(&tx, frame(&payload), write_timeout).await,
+                            None => send(&tx, framed, write_timeout).await,
                         };
                         if let Err(gone) = sent {
                             tracing::info!(%request_id, backend = upstream.name(), chunks = so_far.chunks, "{}", gone.describe());
@@ -248,8 +256,9 @@ impl Relay {
                         tracing::warn!(%request_id, %backend, "the stream's answer was complete but it {}; finished it", failure.describe());
                         metrics.unterminated_stream(&backend);
                     }
-                    if !in_body {
-                        let _ = send(&tx, Bytes::from_static(DONE_FRAME), write_timeout).await;
+                    let done = framing.done();
+                    if !in_body && !done.is_empty() {
+                        let _ = send(&tx, done, write_timeout).await;
                     }
                     if let Some(attempt) = attempt.take() {
                         attempt.succeed();
@@ -301,7 +310,7 @@ impl Relay {
                 let message = interrupted_message(&rescues);
                 tracing::warn!(%request_id, "stream not rescued: {message}");
                 let error = json!({"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted"}});
-                let _ = send(&tx, frame(error.to_string().as_bytes()), write_timeout).await;
+                let _ = send(&tx, framing.error(&error), write_timeout).await;
                 return end(&so_far, client_usage(&count, &broken), &failure.describe(), rescues);
             };
             seam = Some(format!(": rescued: {last_break}; continued on `{}` by {}\n\n", leg.upstream.name(), leg.mode.name()));

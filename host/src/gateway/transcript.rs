@@ -312,6 +312,8 @@ impl Splicer {
 /// when given. `None` when the chunk has nothing left to say.
 pub(super) fn rewrite(chunk: &[u8], id: Option<&str>, kept: &[Piece], usage: Option<(u64, u64)>) -> Option<Vec<u8>> {
     let Ok(Value::Object(mut chunk)) = serde_json::from_slice::<Value>(chunk) else { return None };
+    // A continuation's own events are not the client's stream.
+    chunk.remove(crate::anthropic::stream::NATIVE_EVENT_FIELD);
     if let Some(id) = id {
         chunk.insert("id".into(), json!(id));
     }

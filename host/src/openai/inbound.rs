@@ -56,6 +56,9 @@ pub struct InboundRequest {
     pub include_usage: bool,
     /// What the policy sees (shared with the policy thread that decides).
     pub view: Arc<Request>,
+    /// The request as sent, when it came in on the Anthropic Messages API
+    /// (`body` is then its OpenAI translation).
+    pub anthropic: Option<crate::anthropic::inbound::NativeRequest>,
 }
 
 /// Who sent the request, from authentication.
@@ -65,22 +68,47 @@ pub struct CallerIdentity {
     pub key_name: Option<String>,
 }
 
-/// Parses a body for `surface`; `limits` bound the policy's view of it.
-pub fn parse(
-    surface: ApiSurface,
-    body: &[u8],
-    headers: &HeaderMap,
-    caller: &CallerIdentity,
-    request_id: &str,
-    limits: ViewLimits,
-    seed: u64,
-) -> Result<InboundRequest, GatewayError> {
-    let body_len = body.len();
+/// What parsing a request needs besides its body.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseContext<'a> {
+    /// The request's headers (`x-switchyard-*` become tags).
+    pub headers: &'a HeaderMap,
+    /// Who sent it.
+    pub caller: &'a CallerIdentity,
+    /// The router's id for it.
+    pub request_id: &'a str,
+    /// How much of it the policy sees.
+    pub limits: ViewLimits,
+    /// Its random bits.
+    pub seed: u64,
+    /// The API it came in on, when the surface does not say it: the value
+    /// of the router's `switchyard.api` tag.
+    pub api: Option<&'static str>,
+}
+
+/// Parses a body for `surface`; `cx.limits` bound the policy's view of it.
+pub fn parse(surface: ApiSurface, body: &[u8], cx: ParseContext<'_>) -> Result<InboundRequest, GatewayError> {
+    from_body(surface, json_object(body)?, body.len(), cx)
+}
+
+/// The body as a JSON object, or the client's error.
+pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, GatewayError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| GatewayError::bad_request(format!("the request body is not valid JSON: {e}"), None))?;
-    let Value::Object(body) = value else {
-        return Err(GatewayError::bad_request("the request body must be a JSON object", None));
-    };
+    match value {
+        Value::Object(body) => Ok(body),
+        _ => Err(GatewayError::bad_request("the request body must be a JSON object", None)),
+    }
+}
+
+/// Reads an OpenAI-shaped body for `surface` (`body_len`: its size as sent).
+pub fn from_body(
+    surface: ApiSurface,
+    body: Map<String, Value>,
+    body_len: usize,
+    cx: ParseContext<'_>,
+) -> Result<InboundRequest, GatewayError> {
+    let ParseContext { headers, caller, request_id, limits, seed, api } = cx;
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         Some(_) => return Err(GatewayError::bad_request("`model` must be a non-empty string", Some("model"))),
@@ -144,6 +172,9 @@ pub fn parse(
     if message_count > messages.len() {
         tags.push(Tag { key: MESSAGE_COUNT_TAG.to_owned(), value: message_count.to_string() });
     }
+    if let Some(api) = api {
+        tags.push(Tag { key: crate::anthropic::API_TAG.to_owned(), value: api.to_owned() });
+    }
 
     let view = Request {
         id: request_id.to_owned(),
@@ -160,7 +191,7 @@ pub fn parse(
         tags,
         seed,
     };
-    Ok(InboundRequest { surface, body, body_len, model, stream, include_usage, view: Arc::new(view) })
+    Ok(InboundRequest { surface, body, body_len, model, stream, include_usage, view: Arc::new(view), anthropic: None })
 }
 
 /// A name as a policy sees it: cut to [`MAX_VIEW_NAME_BYTES`].
@@ -312,16 +343,21 @@ fn tags(body: &Map<String, Value>, headers: &HeaderMap) -> Vec<Tag> {
 mod tests {
     use super::*;
 
+    fn cx(headers: &HeaderMap, limits: ViewLimits) -> ParseContext<'_> {
+        const NOBODY: CallerIdentity = CallerIdentity { key_name: None };
+        ParseContext { headers, caller: &NOBODY, request_id: "r", limits, seed: 1, api: None }
+    }
+
     fn parse_chat(body: &str, headers: &HeaderMap, budget: usize) -> Result<InboundRequest, GatewayError> {
-        parse(
-            ApiSurface::Chat,
-            body.as_bytes(),
+        let cx = ParseContext {
             headers,
-            &CallerIdentity::default(),
-            "r1",
-            ViewLimits { text_bytes: budget, messages: 256 },
-            7,
-        )
+            caller: &CallerIdentity::default(),
+            request_id: "r1",
+            limits: ViewLimits { text_bytes: budget, messages: 256 },
+            seed: 7,
+            api: None,
+        };
+        parse(ApiSurface::Chat, body.as_bytes(), cx)
     }
 
     #[test]
@@ -378,8 +414,7 @@ mod tests {
             "metadata": {"switchyard.message-count": "1", "team": "a"},
         });
         let limits = ViewLimits { text_bytes: 1000, messages: 4 };
-        let r =
-            parse(ApiSurface::Chat, body.to_string().as_bytes(), &HeaderMap::new(), &CallerIdentity::default(), "r", limits, 1).unwrap();
+        let r = parse(ApiSurface::Chat, body.to_string().as_bytes(), cx(&HeaderMap::new(), limits)).unwrap();
         let v = &r.view;
         // The newest 4 messages; the dropped image still shows; the full count and text bytes are reported.
         assert_eq!(v.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["m5", "m6", "m7", "m8"]);
@@ -418,33 +453,21 @@ mod tests {
         let r = parse(
             ApiSurface::Embeddings,
             br#"{"model": "e", "input": ["a", "bb"]}"#,
-            &HeaderMap::new(),
-            &CallerIdentity::default(),
-            "r",
-            ViewLimits { text_bytes: 100, messages: 256 },
-            1,
+            cx(&HeaderMap::new(), ViewLimits { text_bytes: 100, messages: 256 }),
         )
         .unwrap();
         assert_eq!(r.view.messages.len(), 2);
         let e = parse(
             ApiSurface::Embeddings,
             br#"{"model": "e", "input": "x", "stream": true}"#,
-            &HeaderMap::new(),
-            &CallerIdentity::default(),
-            "r",
-            ViewLimits { text_bytes: 100, messages: 256 },
-            1,
+            cx(&HeaderMap::new(), ViewLimits { text_bytes: 100, messages: 256 }),
         )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("stream"));
         let r = parse(
             ApiSurface::Completion,
             br#"{"model": "c", "prompt": "Say hi"}"#,
-            &HeaderMap::new(),
-            &CallerIdentity::default(),
-            "r",
-            ViewLimits { text_bytes: 100, messages: 256 },
-            1,
+            cx(&HeaderMap::new(), ViewLimits { text_bytes: 100, messages: 256 }),
         )
         .unwrap();
         assert_eq!(r.view.messages[0].text, "Say hi");

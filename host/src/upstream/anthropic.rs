@@ -1,6 +1,15 @@
-//! Anthropic's Messages API behind the OpenAI chat API: requests are
-//! translated to `/v1/messages`, answers and stream events back to OpenAI's
-//! shapes.
+//! Anthropic's Messages API upstreams. A Messages API client's request goes
+//! as it was sent (only `model` replaced) and a complete answer comes back
+//! as it is; an OpenAI chat request is translated to `/v1/messages`, its
+//! answer back. Stream events become OpenAI chunks either way (the relay
+//! works on those; `anthropic::stream` frames them again for Messages API
+//! clients).
+//!
+//! What the translation from chat cannot honour is refused (`n` > 1,
+//! `response_format` JSON modes, `logprobs`, tool arguments that are not
+//! JSON), so that the next target serves it; `seed` is dropped (a best-effort
+//! hint in OpenAI's API too); `temperature` above 1 (Anthropic's maximum)
+//! becomes 1.
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -10,18 +19,24 @@ use serde_json::{json, Map, Value};
 use super::failure::{from_reqwest, redirected, retry_after};
 use super::openai::sse_events;
 use super::openai::{read_capped, MAX_ANSWER, MAX_ERROR_BODY};
-use super::{http_client, Answer, AttemptFailure, Call, Reply};
+use super::{http_client, Answer, AnswerShape, AttemptFailure, Call, Reply};
 use crate::config::BackendConfig;
 use crate::mock_answers::unix_now;
+use crate::openai::inbound::InboundRequest;
 use crate::openai::sse::SseEvent;
 
 const API_VERSION: &str = "2023-06-01";
-const DEFAULT_MAX_TOKENS: u64 = 4096;
+/// `max_tokens` when neither the client nor the backend's configuration
+/// gives one: the smallest output limit of current Claude models.
+const DEFAULT_MAX_TOKENS: u32 = 8192;
 
 pub(super) struct AnthropicClient {
     http: reqwest::Client,
     url: String,
+    count_url: String,
     key: Option<HeaderValue>,
+    /// `max_tokens` for chat requests that set none.
+    max_tokens: u32,
 }
 
 impl AnthropicClient {
@@ -35,22 +50,26 @@ impl AnthropicClient {
             }
             None => None,
         };
-        Ok(Self { http: http_client(config)?, url: format!("{base}/messages"), key })
+        Ok(Self {
+            http: http_client(config)?,
+            url: format!("{base}/messages"),
+            count_url: format!("{base}/messages/count_tokens"),
+            key,
+            max_tokens: config.max_output_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        })
     }
 
-    pub(super) async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
-        let mut body = to_messages_request(&call.inbound.body, call.model, call.inbound.stream)?;
-        if let (Some(prefill), Some(messages)) = (call.prefill, body["messages"].as_array_mut()) {
-            // Anthropic continues a last assistant turn natively.
-            push_block(messages, "assistant", json!({"type": "text", "text": prefill}));
+    /// Posts `body` to `url` with the client's Anthropic headers, if it sent
+    /// any; a non-2xx answer is a failure with its body as it came.
+    async fn post(&self, url: &str, body: Bytes, inbound: &InboundRequest, request_id: &str) -> Result<reqwest::Response, AttemptFailure> {
+        let mut request = self.http.post(url).header(CONTENT_TYPE, "application/json").header("x-request-id", request_id).body(body);
+        let passed = inbound.anthropic.as_ref().map(|n| n.headers.as_slice()).unwrap_or_default();
+        if !passed.iter().any(|(name, _)| name == "anthropic-version") {
+            request = request.header("anthropic-version", API_VERSION);
         }
-        let mut request = self
-            .http
-            .post(&self.url)
-            .header(CONTENT_TYPE, "application/json")
-            .header("anthropic-version", API_VERSION)
-            .header("x-request-id", call.request_id)
-            .body(body.to_string());
+        for (name, value) in passed {
+            request = request.header(name, value);
+        }
         if let Some(key) = &self.key {
             request = request.header("x-api-key", key.clone());
         }
@@ -62,10 +81,48 @@ impl AnthropicClient {
         if !status.is_success() {
             let retry_after = retry_after(response.headers());
             let body = read_capped(response, MAX_ERROR_BODY).await.unwrap_or_default();
-            return Err(AttemptFailure::Status { status: status.as_u16(), retry_after, body: to_openai_error(&body) });
+            return Err(AttemptFailure::Status { status: status.as_u16(), retry_after, body });
         }
+        Ok(response)
+    }
+
+    /// `POST /v1/messages/count_tokens` for a Messages API request.
+    pub(super) async fn count_tokens(&self, inbound: &InboundRequest, model: &str, request_id: &str) -> Result<Answer, AttemptFailure> {
+        let native =
+            inbound.anthropic.as_ref().ok_or_else(|| AttemptFailure::Unsupported("count_tokens takes a Messages API request".into()))?;
+        let response = self.post(&self.count_url, native.with_model(model), inbound, request_id).await?;
+        let body = read_capped(response, MAX_ERROR_BODY).await?;
+        serde_json::from_slice::<Map<String, Value>>(&body)
+            .map_err(|_| AttemptFailure::Protocol("the answer is not a JSON object".into()))?;
+        Ok(Answer { body, usage: None, shape: AnswerShape::Messages })
+    }
+
+    pub(super) async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
+        let native = call.inbound.anthropic.as_ref();
+        let body = match native {
+            Some(native) => match call.prefill {
+                Some(prefill) => native.with_prefill(call.model, prefill),
+                None => native.with_model(call.model),
+            },
+            None => {
+                let mut body = to_messages_request(&call.inbound.body, call.model, call.inbound.stream, self.max_tokens)?;
+                if let (Some(prefill), Some(messages)) = (call.prefill, body["messages"].as_array_mut()) {
+                    // Anthropic continues a last assistant turn natively.
+                    push_block(messages, "assistant", json!({"type": "text", "text": prefill}));
+                }
+                Bytes::from(body.to_string())
+            }
+        };
+        let response = match self.post(&self.url, body, call.inbound, call.request_id).await {
+            // A Messages API client gets Anthropic's error as it is.
+            Err(AttemptFailure::Status { status, retry_after, body }) if native.is_none() => {
+                return Err(AttemptFailure::Status { status, retry_after, body: to_openai_error(&body) })
+            }
+            other => other?,
+        };
         if call.inbound.stream {
-            let mut translator = StreamTranslator { include_usage: call.inbound.include_usage, ..Default::default() };
+            let mut translator =
+                StreamTranslator { include_usage: call.inbound.include_usage, native: native.is_some(), ..Default::default() };
             let events = sse_events(response).flat_map(move |item| {
                 let out: Vec<Result<SseEvent, AttemptFailure>> = match item {
                     Ok(SseEvent::Data(data)) => translator.translate(&data),
@@ -80,18 +137,33 @@ impl AnthropicClient {
         }
         let body = read_capped(response, MAX_ANSWER).await?;
         let message: Value = serde_json::from_slice(&body).map_err(|_| AttemptFailure::Protocol("the answer is not JSON".into()))?;
+        if native.is_some() {
+            let usage = crate::anthropic::answer::usage_counts(&message["usage"]);
+            return Ok(Reply::Complete(Answer { body, usage, shape: AnswerShape::Messages }));
+        }
         let answer = to_chat_completion(&message);
         let usage = crate::openai::usage(&answer);
-        Ok(Reply::Complete(Answer { body: Bytes::from(answer.to_string()), usage }))
+        Ok(Reply::Complete(Answer { body: Bytes::from(answer.to_string()), usage, shape: AnswerShape::Chat }))
     }
 }
 
-/// OpenAI chat request → Anthropic Messages request.
-fn to_messages_request(body: &Map<String, Value>, model: &str, stream: bool) -> Result<Value, AttemptFailure> {
+/// OpenAI chat request → Anthropic Messages request; `max_tokens` when the
+/// client sets none.
+fn to_messages_request(body: &Map<String, Value>, model: &str, stream: bool, max_tokens: u32) -> Result<Value, AttemptFailure> {
     let unsupported = |what: &str| AttemptFailure::Unsupported(format!("Anthropic backends cannot take {what}"));
+    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err(unsupported("`n` > 1"));
+    }
+    if body.get("logprobs").and_then(Value::as_bool) == Some(true) {
+        return Err(unsupported("`logprobs`"));
+    }
+    match body.get("response_format").and_then(|f| f.get("type")).and_then(Value::as_str) {
+        None | Some("text") => {}
+        Some(other) => return Err(unsupported(&format!("`response_format` `{other}`"))),
+    }
     let mut system = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
-    for m in body.get("messages").and_then(Value::as_array).into_iter().flatten() {
+    for (i, m) in body.get("messages").and_then(Value::as_array).into_iter().flatten().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
         match role {
             "system" | "developer" => system.push(text_of(m.get("content"))),
@@ -103,10 +175,11 @@ fn to_messages_request(body: &Map<String, Value>, model: &str, stream: bool) -> 
                 for block in content_blocks(m.get("content"))? {
                     push_block(&mut messages, role, block);
                 }
-                for call in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                for (j, call) in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten().enumerate() {
                     let f = &call["function"];
-                    let input: Value =
-                        f.get("arguments").and_then(Value::as_str).and_then(|a| serde_json::from_str(a).ok()).unwrap_or_else(|| json!({}));
+                    let arguments = f.get("arguments").and_then(Value::as_str).filter(|a| !a.trim().is_empty()).unwrap_or("{}");
+                    let input: Value = serde_json::from_str(arguments)
+                        .map_err(|_| unsupported(&format!("messages[{i}].tool_calls[{j}].function.arguments that are not JSON")))?;
                     push_block(
                         &mut messages,
                         "assistant",
@@ -118,15 +191,17 @@ fn to_messages_request(body: &Map<String, Value>, model: &str, stream: bool) -> 
         }
     }
     let max_tokens =
-        body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_TOKENS);
+        body.get("max_completion_tokens").or_else(|| body.get("max_tokens")).and_then(Value::as_u64).unwrap_or(u64::from(max_tokens));
     let mut out = json!({"model": model, "messages": messages, "max_tokens": max_tokens, "stream": stream});
     if !system.is_empty() {
         out["system"] = json!(system.join("\n\n"));
     }
-    for key in ["temperature", "top_p"] {
-        if let Some(v) = body.get(key) {
-            out[key] = v.clone();
-        }
+    // OpenAI's temperature runs to 2, Anthropic's to 1.
+    if let Some(t) = body.get("temperature").and_then(Value::as_f64) {
+        out["temperature"] = json!(t.min(1.0));
+    }
+    if let Some(v) = body.get("top_p") {
+        out["top_p"] = v.clone();
     }
     match body.get("stop") {
         Some(Value::String(s)) => out["stop_sequences"] = json!([s]),
@@ -151,6 +226,12 @@ fn to_messages_request(body: &Map<String, Value>, model: &str, stream: bool) -> 
             }
             _ => {}
         }
+        if body.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
+            if out.get("tool_choice").is_none() {
+                out["tool_choice"] = json!({"type": "auto"});
+            }
+            out["tool_choice"]["disable_parallel_tool_use"] = json!(true);
+        }
     }
     if let Some(user) = body.get("user").and_then(Value::as_str) {
         out["metadata"] = json!({"user_id": user});
@@ -169,9 +250,12 @@ fn text_of(content: Option<&Value>) -> String {
 fn content_blocks(content: Option<&Value>) -> Result<Vec<Value>, AttemptFailure> {
     match content {
         None | Some(Value::Null) => Ok(vec![]),
+        // Anthropic refuses empty text blocks (chat has `""` beside tool calls).
+        Some(Value::String(s)) if s.is_empty() => Ok(vec![]),
         Some(Value::String(s)) => Ok(vec![json!({"type": "text", "text": s})]),
         Some(Value::Array(parts)) => parts
             .iter()
+            .filter(|p| p.get("type").and_then(Value::as_str) != Some("text") || p["text"].as_str().is_some_and(|t| !t.is_empty()))
             .map(|p| match p.get("type").and_then(Value::as_str) {
                 Some("text") => Ok(json!({"type": "text", "text": p["text"]})),
                 Some("image_url") => {
@@ -204,13 +288,23 @@ fn push_block(messages: &mut Vec<Value>, role: &str, block: Value) {
     messages.push(json!({"role": role, "content": [block]}));
 }
 
+/// OpenAI's `finish_reason` for Anthropic's `stop_reason`. A paused turn
+/// (`pause_turn`, a server tool's long run) is not a whole answer: `length`.
 fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     match stop_reason {
-        Some("max_tokens") => "length",
+        Some("max_tokens" | "model_context_window_exceeded" | "pause_turn") => "length",
         Some("tool_use") => "tool_calls",
         Some("refusal") => "content_filter",
         _ => "stop",
     }
+}
+
+/// Anthropic `usage` → OpenAI `usage`: cache reads and writes are prompt
+/// tokens, the reads also `cached_tokens`.
+fn chat_usage(usage: &Value) -> Value {
+    let (prompt, completion) = crate::anthropic::answer::usage_counts(usage).unwrap_or((0, 0));
+    let cached = usage["cache_read_input_tokens"].as_u64().unwrap_or(0);
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion, "prompt_tokens_details": {"cached_tokens": cached}})
 }
 
 /// Anthropic message → OpenAI chat completion.
@@ -226,14 +320,17 @@ fn to_chat_completion(m: &Value) -> Value {
     if !tool_calls.is_empty() {
         message["tool_calls"] = json!(tool_calls);
     }
-    let (input, output) = (m["usage"]["input_tokens"].as_u64().unwrap_or(0), m["usage"]["output_tokens"].as_u64().unwrap_or(0));
+    let thinking: String = blocks.iter().filter(|b| b["type"] == "thinking").filter_map(|b| b["thinking"].as_str()).collect();
+    if !thinking.is_empty() {
+        message["reasoning_content"] = json!(thinking);
+    }
     json!({
         "id": m["id"],
         "object": "chat.completion",
         "created": unix_now(),
         "model": m["model"],
         "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(m["stop_reason"].as_str())}],
-        "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output},
+        "usage": chat_usage(&m["usage"]),
     })
 }
 
@@ -252,8 +349,11 @@ struct StreamTranslator {
     model: String,
     created: u64,
     include_usage: bool,
-    input_tokens: u64,
-    output_tokens: u64,
+    /// Each chunk carries the event it came from, for a Messages API client
+    /// (`anthropic::stream` passes it as it is).
+    native: bool,
+    /// Usage as `message_start` and `message_delta` reported it.
+    usage: Map<String, Value>,
     /// Index of the current tool call among tool calls, per content block.
     tool_index: Option<usize>,
     tool_calls: usize,
@@ -270,6 +370,26 @@ impl StreamTranslator {
     }
 
     fn translate(&mut self, data: &[u8]) -> Vec<Result<SseEvent, AttemptFailure>> {
+        let mut out = self.translate_event(data);
+        if self.native && out.iter().all(Result::is_ok) {
+            // The event rides on its first chunk, or on one of its own.
+            let at = match out.iter().position(|e| matches!(e, Ok(SseEvent::Data(_)))) {
+                Some(at) => at,
+                None => {
+                    let bare = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": []});
+                    let at = out.iter().position(|e| matches!(e, Ok(SseEvent::Done))).unwrap_or(out.len());
+                    out.insert(at, Ok(SseEvent::Data(Bytes::from(bare.to_string()))));
+                    at
+                }
+            };
+            if let Some(Ok(SseEvent::Data(chunk))) = out.get_mut(at) {
+                *chunk = with_native_event(chunk, data);
+            }
+        }
+        out
+    }
+
+    fn translate_event(&mut self, data: &[u8]) -> Vec<Result<SseEvent, AttemptFailure>> {
         let Ok(event) = serde_json::from_slice::<Value>(data) else {
             return vec![Err(AttemptFailure::Protocol("a malformed event".into()))];
         };
@@ -279,7 +399,9 @@ impl StreamTranslator {
                 self.id = m["id"].as_str().unwrap_or("msg").to_owned();
                 self.model = m["model"].as_str().unwrap_or_default().to_owned();
                 self.created = unix_now();
-                self.input_tokens = m["usage"]["input_tokens"].as_u64().unwrap_or(0);
+                if let Some(usage) = m["usage"].as_object() {
+                    self.usage.extend(usage.clone());
+                }
                 vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
             }
             Some("content_block_start") if event["content_block"]["type"] == "tool_use" => {
@@ -291,6 +413,7 @@ impl StreamTranslator {
             }
             Some("content_block_delta") => match event["delta"]["type"].as_str() {
                 Some("text_delta") => vec![self.chunk(json!({"content": event["delta"]["text"]}), None)],
+                Some("thinking_delta") => vec![self.chunk(json!({"reasoning_content": event["delta"]["thinking"]}), None)],
                 Some("input_json_delta") => {
                     let index = self.tool_index.unwrap_or(0);
                     vec![self
@@ -308,7 +431,10 @@ impl StreamTranslator {
                 vec![]
             }
             Some("message_delta") => {
-                self.output_tokens = event["usage"]["output_tokens"].as_u64().unwrap_or(self.output_tokens);
+                // Later counts replace earlier ones (output grows; input may come late).
+                if let Some(usage) = event["usage"].as_object() {
+                    self.usage.extend(usage.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())));
+                }
                 vec![self.chunk(json!({}), Some(finish_reason(event["delta"]["stop_reason"].as_str())))]
             }
             Some("message_stop") => {
@@ -317,7 +443,7 @@ impl StreamTranslator {
                 if self.include_usage {
                     let usage = json!({
                         "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": [],
-                        "usage": {"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens, "total_tokens": self.input_tokens + self.output_tokens},
+                        "usage": chat_usage(&Value::Object(self.usage.clone())),
                     });
                     out.push(Ok(SseEvent::Data(Bytes::from(usage.to_string()))));
                 }
@@ -327,6 +453,18 @@ impl StreamTranslator {
             _ => vec![], // ping, content_block_start of text
         }
     }
+}
+
+/// `chunk` (a JSON object) with `event` added as it came.
+fn with_native_event(chunk: &[u8], event: &[u8]) -> Bytes {
+    let body = chunk.strip_suffix(b"}").unwrap_or(chunk);
+    let field = crate::anthropic::stream::NATIVE_EVENT_FIELD;
+    let mut out = Vec::with_capacity(chunk.len() + event.len() + field.len() + 4);
+    out.extend_from_slice(body);
+    out.extend_from_slice(format!(",\"{field}\":").as_bytes());
+    out.extend_from_slice(event.trim_ascii());
+    out.push(b'}');
+    Bytes::from(out)
 }
 
 #[cfg(test)]
@@ -347,7 +485,7 @@ mod tests {
             "tool_choice": "required",
         }))
         .unwrap();
-        let out = to_messages_request(&body, "claude-x", true).unwrap();
+        let out = to_messages_request(&body, "claude-x", true, 8192).unwrap();
         assert_eq!(out["model"], "claude-x");
         assert_eq!(out["system"], "Be brief.");
         assert_eq!(out["max_tokens"], 100);
@@ -356,6 +494,89 @@ mod tests {
         assert_eq!(out["messages"][0]["content"][1]["source"], json!({"type": "base64", "media_type": "image/png", "data": "AAAA"}));
         assert_eq!(out["messages"][1]["content"][0], json!({"type": "tool_use", "id": "c1", "name": "look", "input": {"q": 1}}));
         assert_eq!(out["messages"][2]["content"][0]["type"], "tool_result");
+    }
+
+    #[test]
+    fn what_anthropic_cannot_honour_is_refused_and_the_rest_adjusted() {
+        let user = json!([{"role": "user", "content": "hi"}]);
+        let refused = [
+            (json!({"n": 2}), "`n` > 1"),
+            (json!({"logprobs": true}), "`logprobs`"),
+            (json!({"response_format": {"type": "json_object"}}), "`response_format` `json_object`"),
+            (
+                json!({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{oops"}}]}]}),
+                "messages[0].tool_calls[0].function.arguments that are not JSON",
+            ),
+        ];
+        for (extra, what) in refused {
+            let mut body: Map<String, Value> = serde_json::from_value(json!({"messages": user})).unwrap();
+            body.extend(extra.as_object().unwrap().clone());
+            match to_messages_request(&body, "c", false, 100) {
+                Err(AttemptFailure::Unsupported(message)) => assert!(message.contains(what), "{message}"),
+                other => panic!("{what}: {:?}", other.map(|v| v.to_string())),
+            }
+        }
+        let body: Map<String, Value> = serde_json::from_value(json!({
+            "temperature": 1.7, "seed": 3, "parallel_tool_calls": false, "response_format": {"type": "text"},
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": ""}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "ok"},
+            ],
+        }))
+        .unwrap();
+        let out = to_messages_request(&body, "c", false, 1234).unwrap();
+        assert_eq!(out["temperature"], 1.0);
+        assert_eq!(out["max_tokens"], 1234, "the backend's max_output_tokens when the client sets none");
+        assert!(out.get("seed").is_none());
+        assert_eq!(out["tool_choice"], json!({"type": "auto", "disable_parallel_tool_use": true}));
+        assert_eq!(
+            out["messages"][1]["content"],
+            json!([{"type": "tool_use", "id": "c", "name": "f", "input": {}}]),
+            "no empty text block"
+        );
+    }
+
+    #[test]
+    fn stop_reasons_and_cache_usage_reach_openai_clients() {
+        for (stop, finish) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("max_tokens", "length"),
+            ("pause_turn", "length"),
+            ("model_context_window_exceeded", "length"),
+            ("tool_use", "tool_calls"),
+            ("refusal", "content_filter"),
+        ] {
+            assert_eq!(finish_reason(Some(stop)), finish, "{stop}");
+        }
+        let usage =
+            chat_usage(&json!({"input_tokens": 10, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 5, "output_tokens": 7}));
+        assert_eq!(
+            usage,
+            json!({"prompt_tokens": 115, "completion_tokens": 7, "total_tokens": 122, "prompt_tokens_details": {"cached_tokens": 100}})
+        );
+    }
+
+    #[test]
+    fn a_messages_client_gets_each_event_on_its_chunk() {
+        let mut t = StreamTranslator { include_usage: true, native: true, ..Default::default() };
+        let events = [
+            r#"{"type":"message_start","message":{"id":"msg_1","model":"claude-x","usage":{"input_tokens":7}}}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"c2ln"}}"#,
+            r#"{"type":"message_stop"}"#,
+        ];
+        for e in events {
+            let out: Vec<SseEvent> = t.translate(e.as_bytes()).into_iter().map(Result::unwrap).collect();
+            let carried: Vec<Value> = out
+                .iter()
+                .filter_map(|e| if let SseEvent::Data(d) = e { serde_json::from_slice::<Value>(d).ok() } else { None })
+                .filter_map(|c| c.get(crate::anthropic::stream::NATIVE_EVENT_FIELD).cloned())
+                .collect();
+            assert_eq!(carried, [serde_json::from_str::<Value>(e).unwrap()], "{e}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Answer, AttemptFailure, Call, Reply};
+use super::{Answer, AnswerShape, AttemptFailure, Call, Reply};
 use crate::config::{BackendConfig, MockConfig};
 use crate::contract::ApiSurface;
 use crate::mock_answers as answers;
@@ -36,7 +36,7 @@ impl MockClient {
             sleep_ms(self.config.latency_ms).await;
             let answer = answers::complete(surface, &id, &model, created, &inbound.body, &tokens);
             let usage = crate::openai::usage(&answer);
-            return Ok(Reply::Complete(Answer { body: Bytes::from(answer.to_string()), usage }));
+            return Ok(Reply::Complete(Answer { body: Bytes::from(answer.to_string()), usage, shape: AnswerShape::Chat }));
         }
         if surface == ApiSurface::Embeddings {
             return Err(AttemptFailure::Unsupported("embeddings cannot be streamed".into()));

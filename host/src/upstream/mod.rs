@@ -25,12 +25,25 @@ use crate::stats::LiveStats;
 /// [`SseEvent::Done`] or with an error.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<SseEvent, AttemptFailure>> + Send>>;
 
-/// A complete, OpenAI-shaped JSON answer.
+/// A complete JSON answer.
 pub struct Answer {
     /// The body, as the client gets it.
     pub body: Bytes,
     /// `(prompt_tokens, completion_tokens)`, when the answer reports them.
     pub usage: Option<(u64, u64)>,
+    /// Its API's shape.
+    pub shape: AnswerShape,
+}
+
+/// Which API's shape an answer has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerShape {
+    /// OpenAI's (chat, completions, embeddings): what every provider gives
+    /// for OpenAI clients.
+    Chat,
+    /// The Messages API's: an Anthropic backend's own answer to a Messages
+    /// API client, passed as it is.
+    Messages,
 }
 
 /// What an upstream answered.
@@ -98,10 +111,24 @@ impl Upstream {
 
     /// Sends the request. For streams, returns once the upstream accepted it.
     pub async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
+        if let Some(what) = call.inbound.anthropic.as_ref().and_then(|n| n.anthropic_only.as_deref()) {
+            if !matches!(self.client, Client::Anthropic(_)) {
+                return Err(AttemptFailure::Unsupported(format!("only Anthropic backends can take {what}")));
+            }
+        }
         match &self.client {
             Client::OpenAi(c) => c.call(call).await,
             Client::Anthropic(c) => c.call(call).await,
             Client::Mock(c) => c.call(call).await,
+        }
+    }
+
+    /// Counts a Messages API request's input tokens, when this backend can
+    /// (Anthropic backends); `None` when it cannot.
+    pub async fn count_tokens(&self, inbound: &InboundRequest, model: &str, request_id: &str) -> Option<Result<Answer, AttemptFailure>> {
+        match &self.client {
+            Client::Anthropic(c) => Some(c.count_tokens(inbound, model, request_id).await),
+            _ => None,
         }
     }
 

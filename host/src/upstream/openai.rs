@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
 use super::failure::{from_reqwest, redirected, retry_after};
-use super::{http_client, Answer, AttemptFailure, Call, EventStream, Reply};
+use super::{http_client, Answer, AnswerShape, AttemptFailure, Call, EventStream, Reply};
 use crate::config::BackendConfig;
 use crate::contract::ApiSurface;
 use crate::openai::sse::{SseEvent, SseParser};
@@ -79,7 +79,7 @@ impl OpenAiClient {
         let parsed: UsageOf =
             serde_json::from_slice(&body).map_err(|_| AttemptFailure::Protocol("the answer is not a JSON object".into()))?;
         let usage = parsed.usage.as_ref().and_then(crate::openai::usage_counts);
-        Ok(Reply::Complete(Answer { body, usage }))
+        Ok(Reply::Complete(Answer { body, usage, shape: AnswerShape::Chat }))
     }
 }
 
