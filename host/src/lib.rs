@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod mock_answers;
 pub mod mock_upstream;
+pub mod native;
 pub mod openai;
 pub mod policy;
 pub mod reload;

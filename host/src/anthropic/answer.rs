@@ -9,10 +9,9 @@ use crate::error::GatewayError;
 pub fn message_from_completion(completion: &Value) -> Result<Value, String> {
     let choice = &completion["choices"][0];
     let message = &choice["message"];
+    // Reasoning is left out: a `thinking` block needs Anthropic's signature
+    // (see `stream.rs`).
     let mut content = Vec::new();
-    if let Some(thinking) = message.get("reasoning_content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
-        content.push(json!({"type": "thinking", "thinking": thinking, "signature": ""}));
-    }
     if let Some(text) = message.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -25,7 +24,12 @@ pub fn message_from_completion(completion: &Value) -> Result<Value, String> {
             .map_err(|_| format!("the upstream's tool call `{}` has arguments that are not JSON", call["function"]["name"]))?;
         content.push(json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": input}));
     }
-    let stop_reason = choice.get("finish_reason").and_then(Value::as_str).map(super::stop_reason);
+    let called = content.iter().any(|b| b["type"] == "tool_use");
+    let stop_reason =
+        choice
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .map(|f| if called && f != "length" { "tool_use" } else { super::stop_reason(f) });
     let id = completion["id"].as_str().unwrap_or_default();
     Ok(json!({
         "id": if id.starts_with("msg_") { id.to_owned() } else { format!("msg_{id}") },

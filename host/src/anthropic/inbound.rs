@@ -1,94 +1,48 @@
 //! A Messages API request: kept as sent for Anthropic backends, translated
 //! to an OpenAI chat body for everything else.
 
-use std::ops::Range;
-
 use bytes::Bytes;
-use hyper::header::{HeaderName, HeaderValue};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use hyper::header::HeaderName;
 use serde_json::{json, Map, Value};
 
 use crate::contract::ApiSurface;
 use crate::error::GatewayError;
+use crate::native::{NativeApi, NativeRequest};
 use crate::openai::inbound::{self, InboundRequest, ParseContext};
 
 /// Client headers an Anthropic backend gets as they are.
 const PASSED_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
 
-/// A Messages API request as the client sent it.
-#[derive(Debug, Clone)]
-pub struct NativeRequest {
-    /// The body, byte for byte.
-    bytes: Bytes,
-    /// Where the top-level `model` value is in `bytes`.
-    model_span: Range<usize>,
-    /// `anthropic-version` and `anthropic-beta`, as sent.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// What in it has no OpenAI translation (server tools, say): only
-    /// Anthropic backends can serve it.
-    pub anthropic_only: Option<String>,
-}
-
-impl NativeRequest {
-    /// The body as sent, with `model` replaced and nothing else touched.
-    pub fn with_model(&self, model: &str) -> Bytes {
-        let model = Value::String(model.to_owned()).to_string();
-        let mut out = Vec::with_capacity(self.bytes.len() + model.len());
-        out.extend_from_slice(&self.bytes[..self.model_span.start]);
-        out.extend_from_slice(model.as_bytes());
-        out.extend_from_slice(&self.bytes[self.model_span.end..]);
-        Bytes::from(out)
-    }
-
-    /// The body with `model` replaced and `prefill` (the text a broken
-    /// stream had sent) added as the start of the assistant's turn.
-    pub fn with_prefill(&self, model: &str, prefill: &str) -> Bytes {
-        let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&self.bytes) else {
-            return self.with_model(model); // Parsed once already: cannot happen.
-        };
-        body.insert("model".into(), json!(model));
-        if let Some(Value::Array(messages)) = body.get_mut("messages") {
-            let block = json!({"type": "text", "text": prefill});
-            match messages.last_mut() {
-                Some(last) if last["role"] == "assistant" => match &mut last["content"] {
-                    Value::Array(blocks) => blocks.push(block),
-                    content => {
-                        let text = content.as_str().unwrap_or_default().to_owned();
-                        *content = json!([{"type": "text", "text": text}, block]);
-                    }
-                },
-                _ => messages.push(json!({"role": "assistant", "content": [block]})),
-            }
+/// The body with `model` replaced and `prefill` (the text a broken stream
+/// had sent) added as the start of the assistant's turn.
+pub fn with_prefill(native: &NativeRequest, model: &str, prefill: &str) -> Bytes {
+    let mut body = native.json_with_model(model);
+    if let Some(Value::Array(messages)) = body.get_mut("messages") {
+        let block = json!({"type": "text", "text": prefill});
+        match messages.last_mut() {
+            Some(last) if last["role"] == "assistant" => match &mut last["content"] {
+                Value::Array(blocks) => blocks.push(block),
+                content => {
+                    let text = content.as_str().unwrap_or_default().to_owned();
+                    *content = json!([{"type": "text", "text": text}, block]);
+                }
+            },
+            _ => messages.push(json!({"role": "assistant", "content": [block]})),
         }
-        Bytes::from(Value::Object(body).to_string())
     }
-}
-
-#[derive(Deserialize)]
-struct ModelField<'a> {
-    #[serde(borrow)]
-    model: Option<&'a RawValue>,
+    Bytes::from(Value::Object(body).to_string())
 }
 
 /// Parses a `/v1/messages` body (`count_only`: a `/count_tokens` one, which
 /// has no `max_tokens`).
 pub fn parse(body: &Bytes, cx: ParseContext<'_>, count_only: bool) -> Result<InboundRequest, GatewayError> {
     let native = inbound::json_object(body)?;
-    let model_span = match serde_json::from_slice::<ModelField<'_>>(body) {
-        Ok(ModelField { model: Some(raw) }) => {
-            // `raw` borrows from `body`: its offset there is where `model` is.
-            let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
-            start..start + raw.get().len()
-        }
-        Ok(ModelField { model: None }) => return Err(GatewayError::bad_request("model: Field required", Some("model"))),
-        Err(e) => return Err(GatewayError::bad_request(format!("the request body cannot be read: {e}"), None)),
-    };
     let translated = to_chat_body(&native, count_only)?;
     let passed = PASSED_HEADERS.iter().filter_map(|name| Some((HeaderName::from_static(name), cx.headers.get(*name)?.clone()))).collect();
-    let cx = ParseContext { api: Some("messages"), ..cx };
+    let native = NativeRequest::new(NativeApi::Messages, body, passed, translated.anthropic_only)?;
+    let cx = ParseContext { api: Some(NativeApi::Messages.as_str()), ..cx };
     let mut request = inbound::from_body(ApiSurface::Chat, translated.body, body.len(), cx)?;
-    request.anthropic = Some(NativeRequest { bytes: body.clone(), model_span, headers: passed, anthropic_only: translated.anthropic_only });
+    request.native = Some(native);
     Ok(request)
 }
 
@@ -123,11 +77,12 @@ pub fn to_chat_body(body: &Map<String, Value>, count_only: bool) -> Result<ChatB
             let mut parts = Vec::new();
             for (i, b) in blocks.iter().enumerate() {
                 match (b.get("type").and_then(Value::as_str), b.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(text)) => parts.push(json!({"type": "text", "text": text})),
+                    (Some("text"), Some(text)) => parts.push(text),
                     _ => return Err(bad(&format!("system.{i}"), "system blocks must be text blocks")),
                 }
             }
-            messages.push(json!({"role": "system", "content": parts}));
+            // One string: some OpenAI-compatible servers take no parts here.
+            messages.push(json!({"role": "system", "content": parts.join("\n\n")}));
         }
         Some(_) => return Err(bad("system", "must be a string or a list of text blocks")),
     }
@@ -241,19 +196,35 @@ fn user_turn(param: &str, blocks: &[Value], messages: &mut Vec<Value>, note: &mu
                 let id = b.get("tool_use_id").and_then(Value::as_str).ok_or_else(|| {
                     GatewayError::bad_request(format!("{at}.tool_use_id: Field required"), Some(&format!("{at}.tool_use_id")))
                 })?;
-                let text = match b.get("content") {
+                let mut text = match b.get("content") {
                     None | Some(Value::Null) => String::new(),
                     Some(Value::String(s)) => s.clone(),
                     Some(Value::Array(inner)) => {
-                        if inner.iter().any(|p| p.get("type").and_then(Value::as_str) != Some("text")) {
-                            note("a tool result with images or documents".into());
+                        let mut texts = Vec::new();
+                        for (k, p) in inner.iter().enumerate() {
+                            let inner_at = format!("{at}.content.{k}");
+                            match block_type(&inner_at, p)? {
+                                "text" => texts.push(text_of(&inner_at, p)?),
+                                // A chat tool message holds text only: its images
+                                // follow in the user message after the results.
+                                "image" => parts.push(image_part(&inner_at, p, note)?),
+                                "document" => match document_part(p) {
+                                    Some(part) => parts.push(part),
+                                    None => note("a document that is not base64 PDF or plain text".into()),
+                                },
+                                other => note(format!("`{other}` blocks in tool results")),
+                            }
                         }
-                        inner.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n")
+                        texts.join("\n")
                     }
                     Some(_) => {
                         return Err(GatewayError::bad_request(format!("{at}.content: must be a string or a list of blocks"), Some(&at)))
                     }
                 };
+                if b.get("is_error").and_then(Value::as_bool) == Some(true) {
+                    // Chat has no error flag on tool results: the model reads it.
+                    text = format!("Error: {text}");
+                }
                 messages.push(json!({"role": "tool", "tool_call_id": id, "content": text}));
             }
             "text" => parts.push(json!({"type": "text", "text": text_of(&at, b)?})),
@@ -370,7 +341,7 @@ mod tests {
         }));
         assert_eq!(out.anthropic_only, None);
         let b = Value::Object(out.body);
-        assert_eq!(b["messages"][0], json!({"role": "system", "content": [{"type": "text", "text": "You are Claude Code."}]}));
+        assert_eq!(b["messages"][0], json!({"role": "system", "content": "You are Claude Code."}));
         assert_eq!(b["messages"][1]["content"][1], json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}));
         assert_eq!(b["messages"][2]["content"], "Reading.");
         assert_eq!(b["messages"][2]["tool_calls"][0]["function"], json!({"name": "Read", "arguments": "{\"path\":\"a.txt\"}"}));
@@ -389,6 +360,23 @@ mod tests {
             "messages": [{"role": "user", "content": "hi"}]}));
         assert_eq!(out.anthropic_only.as_deref(), Some("the server tool `web_search_20250305`"));
         assert!(out.body.get("tools").is_none());
+    }
+
+    #[test]
+    fn a_failed_tool_and_a_screenshot_in_a_tool_result_reach_chat() {
+        let image = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}});
+        let out = chat(json!({"model": "m", "max_tokens": 5, "messages": [
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Shot", "input": {}}, {"type": "tool_use", "id": "t2", "name": "Run", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": "taken"}, image]},
+                {"type": "tool_result", "tool_use_id": "t2", "is_error": true, "content": "permission denied"},
+            ]},
+        ]}));
+        assert_eq!(out.anthropic_only, None);
+        let m = &Value::Object(out.body)["messages"];
+        assert_eq!(m[1], json!({"role": "tool", "tool_call_id": "t1", "content": "taken"}));
+        assert_eq!(m[2], json!({"role": "tool", "tool_call_id": "t2", "content": "Error: permission denied"}));
+        assert_eq!(m[3], json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}));
     }
 
     #[test]
@@ -423,14 +411,14 @@ mod tests {
         let limits = inbound::ViewLimits { text_bytes: 100, messages: 10 };
         let cx = ParseContext { headers: &headers, caller: &caller, request_id: "r", limits, seed: 1, api: None };
         let r = parse(&raw, cx, false).unwrap();
-        let native = r.anthropic.as_ref().unwrap();
+        let native = r.native.as_ref().unwrap();
         assert_eq!(
             &native.with_model("claude-x")[..],
             br#"{ "unknown_field":{"model":"inner"}, "model" : "claude-x" ,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#
         );
         assert_eq!(r.model, "auto");
         assert!(r.view.tags.iter().any(|t| t.key == crate::anthropic::API_TAG && t.value == "messages"));
-        let prefilled: Value = serde_json::from_slice(&native.with_prefill("c", "Hel")).unwrap();
+        let prefilled: Value = serde_json::from_slice(&with_prefill(native, "c", "Hel")).unwrap();
         assert_eq!(prefilled["messages"][1], json!({"role": "assistant", "content": [{"type": "text", "text": "Hel"}]}));
     }
 }

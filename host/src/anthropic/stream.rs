@@ -5,24 +5,16 @@
 //! to receive, across rescues.
 //!
 //! A chunk translated from an Anthropic backend's event for a Messages API
-//! client carries that event as it came ([`NATIVE_EVENT_FIELD`]): it is
+//! client carries that event as it came (`native::NATIVE_EVENT_FIELD`): it is
 //! passed as it is (thinking signatures, citations and blocks the router
 //! does not know survive), and only noted so that a rescue's continuation,
 //! encoded from chunks, carries on the same blocks.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-/// The chunk field that carries an Anthropic backend's own event.
-pub const NATIVE_EVENT_FIELD: &str = "x_switchyard_native";
-
-#[derive(Deserialize)]
-struct NativeOf<'a> {
-    #[serde(borrow, rename = "x_switchyard_native")]
-    native: Option<&'a RawValue>,
-}
+use crate::native::native_event;
 
 /// The kind of the content block being streamed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +38,9 @@ pub struct StreamEncoder {
     next_index: u64,
     stop_reason: Option<String>,
     usage: Option<Value>,
-    /// Tool-use blocks passed as they came (their OpenAI index is this count).
-    native_tools: u64,
+    /// Tool-use blocks opened (a passed one's OpenAI index is the count
+    /// before it).
+    tools: u64,
     /// `message_delta` was passed as it came.
     delta_sent: bool,
     /// `message_stop` was passed as it came.
@@ -60,10 +53,12 @@ impl StreamEncoder {
         Self { input_estimate, ..Self::default() }
     }
 
-    /// The events for one chunk (possibly none).
-    pub fn chunk(&mut self, payload: &[u8]) -> Bytes {
+    /// The events for one chunk (possibly none). `trusted`: the chunk comes
+    /// from an Anthropic backend's own stream, so the event it carries may
+    /// pass as it came (from any other upstream the field is ignored).
+    pub fn chunk(&mut self, payload: &[u8], trusted: bool) -> Bytes {
         let mut out = BytesMut::new();
-        if let Ok(NativeOf { native: Some(raw) }) = serde_json::from_slice(payload) {
+        if let Some(raw) = native_event(payload).filter(|_| trusted) {
             self.pass(&mut out, raw);
             return out.freeze();
         }
@@ -76,14 +71,9 @@ impl StreamEncoder {
             return out.freeze();
         };
         let delta = &choice["delta"];
-        for key in ["reasoning_content", "reasoning"] {
-            if let Some(text) = delta.get(key).and_then(Value::as_str).filter(|t| !t.is_empty()) {
-                let index = self.block(&mut out, Block::Thinking, json!({"type": "thinking", "thinking": "", "signature": ""}));
-                let delta = json!({"type": "thinking_delta", "thinking": text});
-                event(&mut out, "content_block_delta", &json!({"type": "content_block_delta", "index": index, "delta": delta}));
-                break;
-            }
-        }
+        // Reasoning from other models is left out: a `thinking` block needs
+        // Anthropic's signature, and clients send blocks back (an unsigned
+        // one would fail the next turn on an Anthropic backend).
         for key in ["content", "refusal"] {
             if let Some(text) = delta.get(key).and_then(Value::as_str).filter(|t| !t.is_empty()) {
                 let index = self.block(&mut out, Block::Text, json!({"type": "text", "text": ""}));
@@ -101,25 +91,27 @@ impl StreamEncoder {
             }
         }
         if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
-            self.stop_reason = Some(super::stop_reason(finish).to_owned());
+            // Some backends finish a tool-calling turn with `stop`.
+            let called = self.tools > 0 || finish == "tool_calls";
+            self.stop_reason = Some(if called && finish != "length" { "tool_use" } else { super::stop_reason(finish) }.to_owned());
         }
         out.freeze()
     }
 
     /// Passes a backend's own event, noting what it opens and closes.
     fn pass(&mut self, out: &mut BytesMut, raw: &RawValue) {
-        let Ok(event) = serde_json::from_str::<Value>(raw.get()) else { return };
-        let Some(kind) = event["type"].as_str() else { return };
+        let Ok(native) = serde_json::from_str::<Value>(raw.get()) else { return };
+        let Some(kind) = native["type"].as_str().filter(|k| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')) else { return };
         match kind {
             "message_start" => self.started = true,
             "content_block_start" => {
-                let index = event["index"].as_u64().unwrap_or(self.next_index);
-                let block = match event["content_block"]["type"].as_str() {
+                let index = native["index"].as_u64().unwrap_or(self.next_index);
+                let block = match native["content_block"]["type"].as_str() {
                     Some("text") => Block::Text,
                     Some("thinking") => Block::Thinking,
                     Some("tool_use") => {
-                        self.native_tools += 1;
-                        Block::Tool(self.native_tools - 1)
+                        self.tools += 1;
+                        Block::Tool(self.tools - 1)
                     }
                     _ => Block::Other,
                 };
@@ -129,10 +121,15 @@ impl StreamEncoder {
             "content_block_stop" => self.open = None,
             "message_delta" => {
                 self.delta_sent = true;
-                self.stop_reason = event["delta"]["stop_reason"].as_str().map(str::to_owned);
+                self.stop_reason = native["delta"]["stop_reason"].as_str().map(str::to_owned);
             }
             "message_stop" => self.stopped = true,
             _ => {}
+        }
+        if raw.get().contains(['\n', '\r']) {
+            // One `data:` line: SSE would split on a line break.
+            event(out, kind, &native);
+            return;
         }
         out.put_slice(b"event: ");
         out.put_slice(kind.as_bytes());
@@ -167,6 +164,9 @@ impl StreamEncoder {
             }
         }
         self.close(out);
+        if let Block::Tool(_) = kind {
+            self.tools += 1;
+        }
         let index = self.next_index;
         self.next_index += 1;
         self.open = Some((kind, index));
@@ -248,19 +248,18 @@ mod tests {
         ];
         let mut all = BytesMut::new();
         for c in &chunks {
-            all.put(e.chunk(c.to_string().as_bytes()));
+            all.put(e.chunk(c.to_string().as_bytes(), false));
         }
         all.put(e.end());
         let got = events(&all);
         let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        // The reasoning chunk gives nothing: an unsigned thinking block would
+        // fail the client's next turn on an Anthropic backend.
         assert_eq!(
             names,
             [
                 "message_start",
                 "ping",
-                "content_block_start",
-                "content_block_delta",
-                "content_block_stop",
                 "content_block_start",
                 "content_block_delta",
                 "content_block_delta",
@@ -274,13 +273,13 @@ mod tests {
         );
         assert_eq!(got[0].1["message"]["id"], "msg_c1");
         assert_eq!(got[0].1["message"]["usage"]["input_tokens"], 12);
-        assert_eq!(got[2].1["content_block"]["type"], "thinking");
-        assert_eq!(got[5].1["index"], 1);
-        assert_eq!(got[9].1["content_block"], json!({"type": "tool_use", "id": "call_1", "name": "f", "input": {}}));
-        assert_eq!(got[10].1["delta"], json!({"type": "input_json_delta", "partial_json": "{\"a\":1}"}));
-        assert_eq!(got[12].1["delta"]["stop_reason"], "tool_use");
-        assert_eq!(got[12].1["usage"]["output_tokens"], 3);
-        assert_eq!(got[12].1["usage"]["input_tokens"], 9);
+        assert_eq!(got[2].1["content_block"]["type"], "text");
+        assert_eq!(got[6].1["index"], 1);
+        assert_eq!(got[6].1["content_block"], json!({"type": "tool_use", "id": "call_1", "name": "f", "input": {}}));
+        assert_eq!(got[7].1["delta"], json!({"type": "input_json_delta", "partial_json": "{\"a\":1}"}));
+        assert_eq!(got[9].1["delta"]["stop_reason"], "tool_use");
+        assert_eq!(got[9].1["usage"]["output_tokens"], 3);
+        assert_eq!(got[9].1["usage"]["input_tokens"], 9);
     }
 
     #[test]
@@ -293,13 +292,14 @@ mod tests {
         let text = r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#;
         let mut all = BytesMut::new();
         for event in [start, thinking, signature, r#"{"type":"content_block_stop","index":0}"#, text] {
-            let out = e.chunk(native(event).as_bytes());
+            let out = e.chunk(native(event).as_bytes(), true);
             assert!(std::str::from_utf8(&out).unwrap().contains(event), "passed verbatim: {event}");
             all.put(out);
         }
         // A rescue's continuation, from chunks: the open text block goes on.
         all.put(e.chunk(
             json!({"id": "m", "choices": [{"index": 0, "delta": {"content": "rest"}, "finish_reason": "stop"}]}).to_string().as_bytes(),
+            false,
         ));
         all.put(e.end());
         let got = events(&all);
@@ -322,10 +322,14 @@ mod tests {
         assert_eq!(got[6].1["index"], 1);
         // A stream whose own end was passed gets no second one.
         let mut e = StreamEncoder::new(1);
-        e.chunk(native(start).as_bytes());
-        e.chunk(native(r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}}"#).as_bytes());
-        e.chunk(native(r#"{"type":"message_stop"}"#).as_bytes());
+        e.chunk(native(start).as_bytes(), true);
+        e.chunk(native(r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}}"#).as_bytes(), true);
+        e.chunk(native(r#"{"type":"message_stop"}"#).as_bytes(), true);
         assert!(e.end().is_empty());
+        // From any other upstream the field is ignored: no injected events.
+        let mut e = StreamEncoder::new(1);
+        let injected = e.chunk(native(r#"{"type":"message_stop"}"#).as_bytes(), false);
+        assert!(!std::str::from_utf8(&injected).unwrap().contains("message_stop"));
     }
 
     #[test]

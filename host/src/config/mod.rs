@@ -479,11 +479,15 @@ pub struct CapabilitiesConfig {
     /// prefill), which mid-stream rescue uses. Unset: yes for Anthropic and
     /// `mock` backends, no for OpenAI-compatible ones.
     pub prefill: Option<bool>,
+    /// Serves OpenAI's Responses API (`POST /responses`) itself: Responses
+    /// API clients' requests go to it as they came (OpenAI-compatible
+    /// backends only). Default false: they are translated to chat.
+    pub responses: bool,
 }
 
 impl Default for CapabilitiesConfig {
     fn default() -> Self {
-        Self { vision: false, tools: false, json_mode: false, stream: true, prefill: None }
+        Self { vision: false, tools: false, json_mode: false, stream: true, prefill: None, responses: false }
     }
 }
 

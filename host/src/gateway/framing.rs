@@ -6,8 +6,10 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::anthropic::stream::StreamEncoder;
+use crate::native::NativeApi;
 use crate::openai::inbound::InboundRequest;
 use crate::openai::sse::{frame, DONE_FRAME};
+use crate::upstream::Upstream;
 
 /// The client's stream format.
 pub(super) enum Framing {
@@ -20,17 +22,20 @@ pub(super) enum Framing {
 impl Framing {
     /// The format of `inbound`'s answer.
     pub(super) fn of(inbound: &InboundRequest) -> Self {
-        match inbound.anthropic {
-            Some(_) => Self::Messages(Box::new(StreamEncoder::new(u64::from(inbound.view.input_tokens)))),
-            None => Self::OpenAi,
+        match inbound.native.as_ref().map(|n| n.api) {
+            Some(NativeApi::Messages) => Self::Messages(Box::new(StreamEncoder::new(u64::from(inbound.view.input_tokens)))),
+            Some(NativeApi::Responses) | None => Self::OpenAi,
         }
     }
 
-    /// What the client gets for a chunk; may be empty.
-    pub(super) fn chunk(&mut self, payload: &[u8]) -> Bytes {
+    /// What the client gets for a chunk from `upstream`; may be empty.
+    /// `original`: the chunk is of the stream's first upstream (not a
+    /// rescue's continuation), whose own events may then pass as they came
+    /// when it speaks the client's API.
+    pub(super) fn chunk(&mut self, payload: &[u8], upstream: &Upstream, original: bool) -> Bytes {
         match self {
             Self::OpenAi => frame(payload),
-            Self::Messages(encoder) => encoder.chunk(payload),
+            Self::Messages(encoder) => encoder.chunk(payload, original && upstream.serves_natively(NativeApi::Messages)),
         }
     }
 

@@ -305,6 +305,13 @@ async fn count_tokens(gateway: &Arc<Gateway>, request: Request<Incoming>, reques
                 }
                 return Ok(response);
             }
+            // The request's own fault (auth, a bad field) is the client's to see, not estimated over.
+            Some(Err(crate::upstream::AttemptFailure::Status { status, body, .. }))
+                if (400..500).contains(&status) && status != 408 && status != 429 =>
+            {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                return Ok(json_response(status, crate::anthropic::answer::upstream_error(status.as_u16(), &body)));
+            }
             Some(Err(failure)) => {
                 tracing::info!(%request_id, backend = target.upstream.name(), "count_tokens failed: {}", failure.describe());
             }

@@ -130,7 +130,7 @@ impl Relay {
     ) -> (Self, Bytes, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(32);
         let first_frame = match &leg.first {
-            SseEvent::Data(chunk) => framing.chunk(chunk),
+            SseEvent::Data(chunk) => framing.chunk(chunk, &leg.upstream, true),
             SseEvent::Done => framing.done(),
         };
         (Self { leg, tx, limits, include_usage, rescuer, framing }, first_frame, rx)
@@ -217,7 +217,7 @@ impl Relay {
                         if in_body {
                             continue;
                         }
-                        let framed = framing.chunk(&payload);
+                        let framed = framing.chunk(&payload, &upstream, matches!(mode, Mode::Original));
                         if framed.is_empty() {
                             continue;
                         }

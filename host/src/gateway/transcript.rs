@@ -313,7 +313,7 @@ impl Splicer {
 pub(super) fn rewrite(chunk: &[u8], id: Option<&str>, kept: &[Piece], usage: Option<(u64, u64)>) -> Option<Vec<u8>> {
     let Ok(Value::Object(mut chunk)) = serde_json::from_slice::<Value>(chunk) else { return None };
     // A continuation's own events are not the client's stream.
-    chunk.remove(crate::anthropic::stream::NATIVE_EVENT_FIELD);
+    chunk.remove(crate::native::NATIVE_EVENT_FIELD);
     if let Some(id) = id {
         chunk.insert("id".into(), json!(id));
     }

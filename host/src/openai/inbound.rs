@@ -56,9 +56,9 @@ pub struct InboundRequest {
     pub include_usage: bool,
     /// What the policy sees (shared with the policy thread that decides).
     pub view: Arc<Request>,
-    /// The request as sent, when it came in on the Anthropic Messages API
-    /// (`body` is then its OpenAI translation).
-    pub anthropic: Option<crate::anthropic::inbound::NativeRequest>,
+    /// The request as sent, when it came in on another API than OpenAI's
+    /// chat, completions or embeddings (`body` is then its translation).
+    pub native: Option<crate::native::NativeRequest>,
 }
 
 /// Who sent the request, from authentication.
@@ -191,7 +191,7 @@ pub fn from_body(
         tags,
         seed,
     };
-    Ok(InboundRequest { surface, body, body_len, model, stream, include_usage, view: Arc::new(view), anthropic: None })
+    Ok(InboundRequest { surface, body, body_len, model, stream, include_usage, view: Arc::new(view), native: None })
 }
 
 /// A name as a policy sees it: cut to [`MAX_VIEW_NAME_BYTES`].

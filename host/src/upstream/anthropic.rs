@@ -22,6 +22,7 @@ use super::openai::{read_capped, MAX_ANSWER, MAX_ERROR_BODY};
 use super::{http_client, Answer, AnswerShape, AttemptFailure, Call, Reply};
 use crate::config::BackendConfig;
 use crate::mock_answers::unix_now;
+use crate::native::{NativeApi, NativeRequest};
 use crate::openai::inbound::InboundRequest;
 use crate::openai::sse::SseEvent;
 
@@ -63,7 +64,7 @@ impl AnthropicClient {
     /// any; a non-2xx answer is a failure with its body as it came.
     async fn post(&self, url: &str, body: Bytes, inbound: &InboundRequest, request_id: &str) -> Result<reqwest::Response, AttemptFailure> {
         let mut request = self.http.post(url).header(CONTENT_TYPE, "application/json").header("x-request-id", request_id).body(body);
-        let passed = inbound.anthropic.as_ref().map(|n| n.headers.as_slice()).unwrap_or_default();
+        let passed = messages_request(inbound).map(|n| n.headers.as_slice()).unwrap_or_default();
         if !passed.iter().any(|(name, _)| name == "anthropic-version") {
             request = request.header("anthropic-version", API_VERSION);
         }
@@ -89,7 +90,7 @@ impl AnthropicClient {
     /// `POST /v1/messages/count_tokens` for a Messages API request.
     pub(super) async fn count_tokens(&self, inbound: &InboundRequest, model: &str, request_id: &str) -> Result<Answer, AttemptFailure> {
         let native =
-            inbound.anthropic.as_ref().ok_or_else(|| AttemptFailure::Unsupported("count_tokens takes a Messages API request".into()))?;
+            messages_request(inbound).ok_or_else(|| AttemptFailure::Unsupported("count_tokens takes a Messages API request".into()))?;
         let response = self.post(&self.count_url, native.with_model(model), inbound, request_id).await?;
         let body = read_capped(response, MAX_ERROR_BODY).await?;
         serde_json::from_slice::<Map<String, Value>>(&body)
@@ -98,10 +99,10 @@ impl AnthropicClient {
     }
 
     pub(super) async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
-        let native = call.inbound.anthropic.as_ref();
+        let native = messages_request(call.inbound);
         let body = match native {
             Some(native) => match call.prefill {
-                Some(prefill) => native.with_prefill(call.model, prefill),
+                Some(prefill) => crate::anthropic::inbound::with_prefill(native, call.model, prefill),
                 None => native.with_model(call.model),
             },
             None => {
@@ -145,6 +146,11 @@ impl AnthropicClient {
         let usage = crate::openai::usage(&answer);
         Ok(Reply::Complete(Answer { body: Bytes::from(answer.to_string()), usage, shape: AnswerShape::Chat }))
     }
+}
+
+/// The client's own request, when it came in on the Messages API.
+fn messages_request(inbound: &InboundRequest) -> Option<&NativeRequest> {
+    inbound.native.as_ref().filter(|n| n.api == NativeApi::Messages)
 }
 
 /// OpenAI chat request → Anthropic Messages request; `max_tokens` when the
@@ -197,11 +203,11 @@ fn to_messages_request(body: &Map<String, Value>, model: &str, stream: bool, max
         out["system"] = json!(system.join("\n\n"));
     }
     // OpenAI's temperature runs to 2, Anthropic's to 1.
-    if let Some(t) = body.get("temperature").and_then(Value::as_f64) {
-        out["temperature"] = json!(t.min(1.0));
-    }
-    if let Some(v) = body.get("top_p") {
-        out["top_p"] = v.clone();
+    // Newer Claude models refuse both together; temperature wins.
+    match (body.get("temperature").and_then(Value::as_f64), body.get("top_p").filter(|v| !v.is_null())) {
+        (Some(t), _) => out["temperature"] = json!(t.min(1.0)),
+        (None, Some(p)) => out["top_p"] = p.clone(),
+        (None, None) => {}
     }
     match body.get("stop") {
         Some(Value::String(s)) => out["stop_sequences"] = json!([s]),
@@ -226,7 +232,7 @@ fn to_messages_request(body: &Map<String, Value>, model: &str, stream: bool, max
             }
             _ => {}
         }
-        if body.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) {
+        if body.get("parallel_tool_calls").and_then(Value::as_bool) == Some(false) && out["tool_choice"]["type"] != "none" {
             if out.get("tool_choice").is_none() {
                 out["tool_choice"] = json!({"type": "auto"});
             }
@@ -383,7 +389,7 @@ impl StreamTranslator {
                 }
             };
             if let Some(Ok(SseEvent::Data(chunk))) = out.get_mut(at) {
-                *chunk = with_native_event(chunk, data);
+                *chunk = crate::native::with_native_event(chunk, data);
             }
         }
         out
@@ -414,11 +420,13 @@ impl StreamTranslator {
             Some("content_block_delta") => match event["delta"]["type"].as_str() {
                 Some("text_delta") => vec![self.chunk(json!({"content": event["delta"]["text"]}), None)],
                 Some("thinking_delta") => vec![self.chunk(json!({"reasoning_content": event["delta"]["thinking"]}), None)],
-                Some("input_json_delta") => {
-                    let index = self.tool_index.unwrap_or(0);
-                    vec![self
-                        .chunk(json!({"tool_calls": [{"index": index, "function": {"arguments": event["delta"]["partial_json"]}}]}), None)]
-                }
+                // Only a `tool_use` block's input is a tool call's arguments
+                // (server tools stream input too).
+                Some("input_json_delta") => match self.tool_index {
+                    Some(index) => vec![self
+                        .chunk(json!({"tool_calls": [{"index": index, "function": {"arguments": event["delta"]["partial_json"]}}]}), None)],
+                    None => vec![],
+                },
                 _ => vec![],
             },
             // Anthropic's mid-stream failure (`overloaded_error` and the like).
@@ -435,11 +443,9 @@ impl StreamTranslator {
                 if let Some(usage) = event["usage"].as_object() {
                     self.usage.extend(usage.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())));
                 }
-                vec![self.chunk(json!({}), Some(finish_reason(event["delta"]["stop_reason"].as_str())))]
-            }
-            Some("message_stop") => {
-                self.stopped = true;
-                let mut out = Vec::new();
+                let mut out = vec![self.chunk(json!({}), Some(finish_reason(event["delta"]["stop_reason"].as_str())))];
+                // The counts are final here: a break before `message_stop`
+                // then finds the answer complete, and is not rescued.
                 if self.include_usage {
                     let usage = json!({
                         "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": [],
@@ -447,24 +453,15 @@ impl StreamTranslator {
                     });
                     out.push(Ok(SseEvent::Data(Bytes::from(usage.to_string()))));
                 }
-                out.push(Ok(SseEvent::Done));
                 out
+            }
+            Some("message_stop") => {
+                self.stopped = true;
+                vec![Ok(SseEvent::Done)]
             }
             _ => vec![], // ping, content_block_start of text
         }
     }
-}
-
-/// `chunk` (a JSON object) with `event` added as it came.
-fn with_native_event(chunk: &[u8], event: &[u8]) -> Bytes {
-    let body = chunk.strip_suffix(b"}").unwrap_or(chunk);
-    let field = crate::anthropic::stream::NATIVE_EVENT_FIELD;
-    let mut out = Vec::with_capacity(chunk.len() + event.len() + field.len() + 4);
-    out.extend_from_slice(body);
-    out.extend_from_slice(format!(",\"{field}\":").as_bytes());
-    out.extend_from_slice(event.trim_ascii());
-    out.push(b'}');
-    Bytes::from(out)
 }
 
 #[cfg(test)]
@@ -573,7 +570,7 @@ mod tests {
             let carried: Vec<Value> = out
                 .iter()
                 .filter_map(|e| if let SseEvent::Data(d) = e { serde_json::from_slice::<Value>(d).ok() } else { None })
-                .filter_map(|c| c.get(crate::anthropic::stream::NATIVE_EVENT_FIELD).cloned())
+                .filter_map(|c| c.get(crate::native::NATIVE_EVENT_FIELD).cloned())
                 .collect();
             assert_eq!(carried, [serde_json::from_str::<Value>(e).unwrap()], "{e}");
         }

@@ -17,6 +17,7 @@ pub use failure::AttemptFailure;
 
 use crate::config::{BackendConfig, ProviderKind};
 use crate::contract::{self, ApiSurface};
+use crate::native::NativeApi;
 use crate::openai::inbound::InboundRequest;
 use crate::openai::sse::SseEvent;
 use crate::stats::LiveStats;
@@ -111,15 +112,28 @@ impl Upstream {
 
     /// Sends the request. For streams, returns once the upstream accepted it.
     pub async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
-        if let Some(what) = call.inbound.anthropic.as_ref().and_then(|n| n.anthropic_only.as_deref()) {
-            if !matches!(self.client, Client::Anthropic(_)) {
-                return Err(AttemptFailure::Unsupported(format!("only Anthropic backends can take {what}")));
+        if let Some(native) = &call.inbound.native {
+            if let Some(what) = native.only_native.as_deref().filter(|_| !self.serves_natively(native.api)) {
+                let backends = match native.api {
+                    NativeApi::Messages => "Anthropic backends",
+                    NativeApi::Responses => "backends that serve the Responses API",
+                };
+                return Err(AttemptFailure::Unsupported(format!("only {backends} can take {what}")));
             }
         }
         match &self.client {
             Client::OpenAi(c) => c.call(call).await,
             Client::Anthropic(c) => c.call(call).await,
             Client::Mock(c) => c.call(call).await,
+        }
+    }
+
+    /// Whether this backend takes requests in `api` as they came.
+    pub fn serves_natively(&self, api: NativeApi) -> bool {
+        match (api, &self.client) {
+            (NativeApi::Messages, Client::Anthropic(_)) => true,
+            (NativeApi::Responses, Client::OpenAi(_)) => self.config.capabilities.responses,
+            _ => false,
         }
     }
 
