@@ -47,6 +47,13 @@ pub fn prefill_of(body: &Map<String, Value>) -> Option<String> {
     })
 }
 
+/// Whether a request asks for JSON output: chat's `response_format` or the
+/// Responses API's `text.format` of type `json_object` or `json_schema`.
+pub fn wants_json(body: &Map<String, Value>) -> bool {
+    let format = body.get("response_format").or_else(|| body.get("text").and_then(|t| t.get("format")));
+    format.and_then(|f| f.get("type")).and_then(Value::as_str).is_some_and(|t| t == "json_object" || t == "json_schema")
+}
+
 /// A mock tool call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {
@@ -66,12 +73,16 @@ pub fn tool_call(body: &Map<String, Value>, prompt: &str) -> Option<ToolCall> {
     if choice.and_then(Value::as_str) == Some("none") || choice.and_then(|c| c.get("type")).and_then(Value::as_str) == Some("none") {
         return None;
     }
-    let last = body.get("messages")?.as_array()?.last()?;
-    let is_result = |b: &Value| b.get("type").and_then(Value::as_str) == Some("tool_result");
-    if last.get("role").and_then(Value::as_str) == Some("tool")
-        || last.get("content").and_then(Value::as_array).is_some_and(|c| c.iter().any(is_result))
-    {
-        return None;
+    // Chat and Messages API `messages`, Responses API `input` items.
+    let items = body.get("messages").or_else(|| body.get("input")).and_then(Value::as_array);
+    if let Some(last) = items.and_then(|items| items.last()) {
+        let is_result = |b: &Value| b.get("type").and_then(Value::as_str) == Some("tool_result");
+        if last.get("role").and_then(Value::as_str) == Some("tool")
+            || last.get("type").and_then(Value::as_str) == Some("function_call_output")
+            || last.get("content").and_then(Value::as_array).is_some_and(|c| c.iter().any(is_result))
+        {
+            return None;
+        }
     }
     let tool = body.get("tools")?.as_array()?.first()?;
     let name = tool.get("function").unwrap_or(tool).get("name")?.as_str()?.to_owned();

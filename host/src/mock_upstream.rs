@@ -1,14 +1,17 @@
-//! `switchyard mock-upstream`: a real OpenAI-compatible (and Anthropic
-//! Messages) HTTP server for tests, demos and benchmarks, with faults on
-//! demand. It records what it receives, so tests can check what reached
-//! which upstream; `POST /v1/traces` takes OTLP/HTTP trace exports too.
+//! `switchyard mock-upstream`: a real OpenAI-compatible (chat, completions,
+//! embeddings, Responses) and Anthropic Messages HTTP server for tests,
+//! demos and benchmarks, with faults on demand. It records what it receives
+//! (for the Messages and Responses APIs also the bytes and API headers), so
+//! tests can check what reached which upstream; `POST /v1/traces` takes
+//! OTLP/HTTP trace exports too.
 //!
 //! Answers are deterministic: the same model and prompt give the same text
 //! (`answer=canonical` leaves the model out, so every backend asked with it
 //! gives the same text; `answer=alternative` starts with another word, and
-//! its tool calls have another id); a chat request with function tools gets a call to
-//! its first tool; a chat request whose last message is an assistant turn
-//! gets the rest of the answer after that turn (prefill).
+//! its tool calls have another id); a request with tools gets a call to its
+//! first tool unless it ends with a tool's result; a request for JSON output
+//! gets `{"answer": <text>}`; a chat request whose last message is an
+//! assistant turn gets the rest of the answer after that turn (prefill).
 //!
 //! A fault is chosen by the requested model, `name?fault=<fault>&delay_ms=N
 //! &chunks=N&retry_after=S&answer=canonical&gap_ms=N` (`gap_ms`: the time
@@ -178,7 +181,7 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
         return Ok(raw_response(StatusCode::OK, "application/x-protobuf", Bytes::new()));
     }
     let surface = match path.as_str() {
-        "/v1/chat/completions" | "/v1/messages" | "/v1/messages/count_tokens" => ApiSurface::Chat,
+        "/v1/chat/completions" | "/v1/messages" | "/v1/messages/count_tokens" | "/v1/responses" => ApiSurface::Chat,
         "/v1/completions" => ApiSurface::Completion,
         "/v1/embeddings" => ApiSurface::Embeddings,
         _ => {
@@ -189,6 +192,7 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
         }
     };
     let anthropic = path.starts_with("/v1/messages");
+    let responses = path == "/v1/responses";
     let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&bytes) else {
         return Ok(json_response(
@@ -203,7 +207,7 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
         "authorization": header("authorization"), "x_api_key": header("x-api-key"), "x_request_id": header("x-request-id"),
         "traceparent": header("traceparent"), "peer": peer.to_string(),
     });
-    if anthropic {
+    if anthropic || responses {
         // What a pass-through must keep: the bytes and the API headers.
         record["raw"] = json!(String::from_utf8_lossy(&bytes));
         record["anthropic_version"] = json!(header("anthropic-version"));
@@ -270,7 +274,13 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
     let clean_model = model.split('?').next().unwrap_or(&model).to_owned();
     let id = format!("{:08x}", rand::random::<u32>());
     let created = answers::unix_now();
-    let prompt = if anthropic { anthropic_prompt(&body) } else { answers::prompt_text(surface, &body) };
+    let prompt = if anthropic {
+        anthropic_prompt(&body)
+    } else if responses {
+        responses_prompt(&body)
+    } else {
+        answers::prompt_text(surface, &body)
+    };
     let named = if fault.answer.as_deref() == Some("canonical") { "the router" } else { clean_model.as_str() };
     let mut tokens = answers::answer_tokens(named, &prompt, state.settings.answer_tokens);
     if let Some(first) = tokens.first_mut().filter(|_| fault.answer.as_deref() == Some("alternative")) {
@@ -279,6 +289,9 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
     if let Some(prefill) = answers::prefill_of(&body).filter(|_| surface == ApiSurface::Chat) {
         tokens = answers::continuation(&tokens, &prefill);
     }
+    if answers::wants_json(&body) {
+        tokens = answers::fragments(&json!({"answer": tokens.concat()}).to_string(), 8);
+    }
     let mut tool_call = (surface == ApiSurface::Chat).then(|| answers::tool_call(&body, &prompt)).flatten();
     if let Some(call) = tool_call.as_mut().filter(|_| fault.answer.as_deref() == Some("alternative")) {
         call.id.push_str("-alt");
@@ -286,6 +299,7 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
 
     if !stream {
         let answer = match (&tool_call, anthropic) {
+            _ if responses => responses_answer(&id, &clean_model, &prompt, &tokens, tool_call.as_ref()),
             (Some(call), true) => anthropic_tool_use(&id, &clean_model, &prompt, call),
             (Some(call), false) => answers::tool_call_completion(&id, &clean_model, created, call, answers::count_tokens(&prompt)),
             (None, true) => anthropic_message(&id, &clean_model, &prompt, &tokens),
@@ -300,7 +314,9 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
     }
 
     // Stream events, then the fault's ending.
-    let mut events: Vec<String> = if anthropic {
+    let mut events: Vec<String> = if responses {
+        responses_events(&id, &clean_model, &prompt, &tokens, tool_call.as_ref())
+    } else if anthropic {
         anthropic_events(&id, &clean_model, &prompt, &tokens, tool_call.as_ref())
     } else {
         let mut events = vec![];
@@ -359,6 +375,9 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
             events.truncate(fault.chunks);
             events.push(if anthropic {
                 let error = json!({"type": "error", "error": {"type": "overloaded_error", "message": "mock: overloaded mid-stream"}});
+                format!("event: error\ndata: {error}\n\n")
+            } else if responses {
+                let error = json!({"type": "error", "code": "server_error", "message": "mock: overloaded mid-stream", "param": null, "sequence_number": fault.chunks});
                 format!("event: error\ndata: {error}\n\n")
             } else {
                 sse(&json!({"error": {"message": "mock: overloaded mid-stream", "type": "server_error", "param": null, "code": "overloaded"}}))
@@ -430,6 +449,101 @@ fn stalled_body() -> Response<Body> {
     let mut r = Response::new(StreamBody::new(frames).boxed_unsync());
     r.headers_mut().insert("content-type", "application/json".parse().unwrap());
     r
+}
+
+/// The last user message of a Responses API request.
+fn responses_prompt(body: &Map<String, Value>) -> String {
+    match body.get("input") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) => {
+            let last_user = items.iter().rev().find(|i| i["role"] == "user");
+            match last_user.map(|m| &m["content"]) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(parts)) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join(" "),
+                _ => String::new(),
+            }
+        }
+        _ => String::new(),
+    }
+}
+
+/// A Responses API `response` object: the answer's text, or a call.
+fn responses_answer(id: &str, model: &str, prompt: &str, tokens: &[String], call: Option<&answers::ToolCall>) -> Value {
+    let output = match call {
+        Some(call) => {
+            json!([{"type": "function_call", "id": format!("fc_{id}"), "call_id": call.id, "name": call.name, "arguments": call.arguments, "status": "completed"}])
+        }
+        None => json!([{"type": "message", "id": format!("msg_{id}"), "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": tokens.concat(), "annotations": []}]}]),
+    };
+    let output_tokens = call.map_or(tokens.len(), |c| answers::count_tokens(&c.arguments) as usize);
+    let input_tokens = answers::count_tokens(prompt);
+    json!({
+        "id": format!("resp_{id}"), "object": "response", "created_at": answers::unix_now(), "status": "completed", "model": model,
+        "output": output, "error": null, "incomplete_details": null,
+        "usage": {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": input_tokens as usize + output_tokens},
+    })
+}
+
+/// The Responses API's stream of the same answer.
+fn responses_events(id: &str, model: &str, prompt: &str, tokens: &[String], call: Option<&answers::ToolCall>) -> Vec<String> {
+    let done = responses_answer(id, model, prompt, tokens, call);
+    let mut started = done.clone();
+    started["status"] = json!("in_progress");
+    started["output"] = json!([]);
+    started["usage"] = Value::Null;
+    let item = done["output"][0].clone();
+    let item_id = item["id"].clone();
+    let mut events: Vec<(&str, Value)> =
+        vec![("response.created", json!({"response": started})), ("response.in_progress", json!({"response": started}))];
+    match call {
+        Some(call) => {
+            let mut added = item.clone();
+            added["arguments"] = json!("");
+            added["status"] = json!("in_progress");
+            events.push(("response.output_item.added", json!({"output_index": 0, "item": added})));
+            for part in answers::fragments(&call.arguments, 8) {
+                events.push(("response.function_call_arguments.delta", json!({"item_id": item_id, "output_index": 0, "delta": part})));
+            }
+            events.push((
+                "response.function_call_arguments.done",
+                json!({"item_id": item_id, "output_index": 0, "name": call.name, "arguments": call.arguments}),
+            ));
+        }
+        None => {
+            let added = json!({"type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []});
+            events.push(("response.output_item.added", json!({"output_index": 0, "item": added})));
+            let part = json!({"type": "output_text", "text": "", "annotations": []});
+            events.push(("response.content_part.added", json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part})));
+            for t in tokens {
+                events.push((
+                    "response.output_text.delta",
+                    json!({"item_id": item_id, "output_index": 0, "content_index": 0, "delta": t, "logprobs": []}),
+                ));
+            }
+            let text = tokens.concat();
+            events.push((
+                "response.output_text.done",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+            ));
+            events.push((
+                "response.content_part.done",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": item["content"][0]}),
+            ));
+        }
+    }
+    events.push(("response.output_item.done", json!({"output_index": 0, "item": item})));
+    events.push(("response.completed", json!({"response": done})));
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(n, (name, mut data))| {
+            data["type"] = json!(name);
+            data["sequence_number"] = json!(n);
+            format!("event: {name}\ndata: {data}\n\n")
+        })
+        .collect()
 }
 
 fn anthropic_prompt(body: &Map<String, Value>) -> String {

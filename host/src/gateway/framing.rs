@@ -1,5 +1,6 @@
 //! How a stream's events are framed for the API the client called: OpenAI
-//! `data:` events ending in `[DONE]`, or the Messages API's named events.
+//! `data:` events ending in `[DONE]`, or the Messages or Responses API's
+//! named events.
 //! The relay works on OpenAI chunks either way.
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use crate::anthropic::stream::StreamEncoder;
 use crate::native::NativeApi;
 use crate::openai::inbound::InboundRequest;
 use crate::openai::sse::{frame, DONE_FRAME};
+use crate::responses::stream::ResponsesEncoder;
 use crate::upstream::Upstream;
 
 /// The client's stream format.
@@ -17,14 +19,19 @@ pub(super) enum Framing {
     OpenAi,
     /// The Anthropic Messages API's stream.
     Messages(Box<StreamEncoder>),
+    /// The OpenAI Responses API's stream.
+    Responses(Box<ResponsesEncoder>),
 }
 
 impl Framing {
     /// The format of `inbound`'s answer.
     pub(super) fn of(inbound: &InboundRequest) -> Self {
-        match inbound.native.as_ref().map(|n| n.api) {
-            Some(NativeApi::Messages) => Self::Messages(Box::new(StreamEncoder::new(u64::from(inbound.view.input_tokens)))),
-            Some(NativeApi::Responses) | None => Self::OpenAi,
+        match &inbound.native {
+            Some(native) if native.api == NativeApi::Messages => {
+                Self::Messages(Box::new(StreamEncoder::new(u64::from(inbound.view.input_tokens))))
+            }
+            Some(native) => Self::Responses(Box::new(ResponsesEncoder::new(&native.json_with_model(&inbound.model)))),
+            None => Self::OpenAi,
         }
     }
 
@@ -36,6 +43,7 @@ impl Framing {
         match self {
             Self::OpenAi => frame(payload),
             Self::Messages(encoder) => encoder.chunk(payload, original && upstream.serves_natively(NativeApi::Messages)),
+            Self::Responses(encoder) => encoder.chunk(payload, original && upstream.serves_natively(NativeApi::Responses)),
         }
     }
 
@@ -44,6 +52,7 @@ impl Framing {
         match self {
             Self::OpenAi => Bytes::from_static(DONE_FRAME),
             Self::Messages(encoder) => encoder.end(),
+            Self::Responses(encoder) => encoder.end(),
         }
     }
 
@@ -53,6 +62,7 @@ impl Framing {
         match self {
             Self::OpenAi => frame(error.to_string().as_bytes()),
             Self::Messages(encoder) => encoder.error(error),
+            Self::Responses(encoder) => encoder.error(error),
         }
     }
 }

@@ -52,6 +52,8 @@ enum Ingress {
     OpenAi(ApiSurface),
     /// The Anthropic Messages API.
     Messages,
+    /// The OpenAI Responses API.
+    Responses,
 }
 
 /// Answers one request. Never fails: errors become the called API's error
@@ -93,6 +95,7 @@ async fn dispatch(
         "/completions" => Some(Ingress::OpenAi(ApiSurface::Completion)),
         "/embeddings" => Some(Ingress::OpenAi(ApiSurface::Embeddings)),
         "/messages" => Some(Ingress::Messages),
+        "/responses" => Some(Ingress::Responses),
         _ => None,
     };
     let method = request.method();
@@ -142,6 +145,7 @@ async fn read_request(
     match ingress {
         Ingress::OpenAi(surface) => inbound::parse(surface, &body, cx),
         Ingress::Messages => crate::anthropic::inbound::parse(&body, cx, count_only),
+        Ingress::Responses => crate::responses::inbound::parse(&body, cx),
     }
 }
 
@@ -170,11 +174,19 @@ async fn proxy(
             if let Some((input, output)) = answer.usage {
                 metrics.tokens(upstream.name(), input, output, upstream.config.input_price, upstream.config.output_price);
             }
-            let response = match (messages_api, answer.shape) {
-                (true, AnswerShape::Chat) => match messages_answer(&answer.body) {
+            let response = match (ingress, answer.shape) {
+                (Ingress::Messages, AnswerShape::Chat) => match messages_answer(&answer.body) {
                     Ok(body) => json_response(StatusCode::OK, body),
                     Err(error) => {
                         let response = messages_error_response(&error);
+                        error_message = Some(error.message);
+                        response
+                    }
+                },
+                (Ingress::Responses, AnswerShape::Chat) => match responses_answer(&answer.body, &inbound) {
+                    Ok(body) => json_response(StatusCode::OK, body),
+                    Err(error) => {
+                        let response = error_response(&error);
                         error_message = Some(error.message);
                         response
                     }
@@ -282,6 +294,17 @@ fn messages_answer(completion: &[u8]) -> Result<Bytes, GatewayError> {
     let completion: Value = serde_json::from_slice(completion).map_err(|e| invalid(format!("the upstream's answer is not JSON: {e}")))?;
     let message = crate::anthropic::answer::message_from_completion(&completion).map_err(invalid)?;
     Ok(Bytes::from(message.to_string()))
+}
+
+/// An OpenAI chat completion as a Responses API `response`.
+fn responses_answer(completion: &[u8], inbound: &InboundRequest) -> Result<Bytes, GatewayError> {
+    let completion: Value = serde_json::from_slice(completion).map_err(|e| {
+        GatewayError::upstream(StatusCode::BAD_GATEWAY, "invalid_answer", format!("the upstream's answer is not JSON: {e}"))
+    })?;
+    let request = inbound.native.as_ref().map(|n| n.json_with_model(&inbound.model)).unwrap_or_default();
+    let created = crate::mock_answers::unix_now();
+    let response = crate::responses::answer::response_from_completion(&completion, crate::responses::answer::skeleton(&request, created));
+    Ok(Bytes::from(response.to_string()))
 }
 
 /// `POST /v1/messages/count_tokens`: the policy decides as for the message

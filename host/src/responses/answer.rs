@@ -7,6 +7,8 @@ use serde_json::{json, Map, Value};
 pub fn skeleton(request: &Map<String, Value>, created_at: u64) -> Map<String, Value> {
     let get = |key: &str, default: Value| request.get(key).filter(|v| !v.is_null()).cloned().unwrap_or(default);
     let mut r = Map::new();
+    // Set when known; first here so that they lead the object.
+    r.insert("id".into(), json!(""));
     r.insert("object".into(), json!("response"));
     r.insert("created_at".into(), json!(created_at));
     r.insert("status".into(), json!("in_progress"));
@@ -16,6 +18,7 @@ pub fn skeleton(request: &Map<String, Value>, created_at: u64) -> Map<String, Va
     r.insert("instructions".into(), get("instructions", Value::Null));
     r.insert("max_output_tokens".into(), get("max_output_tokens", Value::Null));
     r.insert("metadata".into(), get("metadata", json!({})));
+    r.insert("model".into(), get("model", Value::Null));
     r.insert("output".into(), json!([]));
     r.insert("parallel_tool_calls".into(), get("parallel_tool_calls", json!(true)));
     r.insert("previous_response_id".into(), Value::Null);
@@ -122,12 +125,24 @@ mod tests {
             "role": "assistant", "content": "Let me look.", "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "look", "arguments": "{\"q\":1}"}}]}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 4}}});
         let r = response_from_completion(&c, skeleton(&request, 7));
-        assert_eq!((r["id"].as_str(), r["object"].as_str(), r["status"].as_str()), (Some("resp_chatcmpl1"), Some("response"), Some("completed")));
-        assert_eq!((r["instructions"].as_str(), r["temperature"].as_f64(), r["created_at"].as_u64()), (Some("Be terse."), Some(0.3), Some(7)));
+        assert_eq!(
+            (r["id"].as_str(), r["object"].as_str(), r["status"].as_str()),
+            (Some("resp_chatcmpl1"), Some("response"), Some("completed"))
+        );
+        assert_eq!(
+            (r["instructions"].as_str(), r["temperature"].as_f64(), r["created_at"].as_u64()),
+            (Some("Be terse."), Some(0.3), Some(7))
+        );
         assert_eq!(r["output"][0]["content"][0]["text"], "Let me look.");
         assert_eq!(r["output"][1], function_item("fc_call1", "call_1", "look", "{\"q\":1}"));
-        assert_eq!(r["usage"], json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 15}));
-        let cut = response_from_completion(&json!({"choices": [{"finish_reason": "length", "message": {"content": "cu"}}]}), skeleton(&request, 1));
+        assert_eq!(
+            r["usage"],
+            json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 15})
+        );
+        let cut = response_from_completion(
+            &json!({"choices": [{"finish_reason": "length", "message": {"content": "cu"}}]}),
+            skeleton(&request, 1),
+        );
         assert_eq!((cut["status"].as_str(), cut["incomplete_details"]["reason"].as_str()), (Some("incomplete"), Some("max_output_tokens")));
     }
 }

@@ -42,15 +42,24 @@ fn bad(param: &str, what: &str) -> GatewayError {
 /// `only_native`.
 pub fn to_chat_body(body: &Map<String, Value>) -> Result<ChatBody, GatewayError> {
     for (field, what) in [
-        ("previous_response_id", "continuing a stored response needs a response store, which this router does not keep; send the whole conversation in `input`"),
-        ("conversation", "stored conversations need a response store, which this router does not keep; send the whole conversation in `input`"),
+        (
+            "previous_response_id",
+            "continuing a stored response needs a response store, which this router does not keep; send the whole conversation in `input`",
+        ),
+        (
+            "conversation",
+            "stored conversations need a response store, which this router does not keep; send the whole conversation in `input`",
+        ),
     ] {
         if body.get(field).is_some_and(|v| !v.is_null()) {
             return Err(bad(field, what));
         }
     }
     if body.get("store").and_then(Value::as_bool) == Some(true) {
-        return Err(bad("store", "this router does not store responses; send `store: false` (or leave it out) and the whole conversation in `input`"));
+        return Err(bad(
+            "store",
+            "this router does not store responses; send `store: false` (or leave it out) and the whole conversation in `input`",
+        ));
     }
     if body.get("background").and_then(Value::as_bool) == Some(true) {
         return Err(bad("background", "background responses need a response store, which this router does not keep"));
@@ -158,7 +167,9 @@ pub fn to_chat_body(body: &Map<String, Value>) -> Result<ChatBody, GatewayError>
     if let Some(choice) = body.get("tool_choice").filter(|c| !c.is_null()) {
         let chosen = match (choice.as_str(), choice.get("type").and_then(Value::as_str)) {
             (Some(mode @ ("auto" | "none" | "required")), _) => json!(mode),
-            (None, Some("function")) => json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(Value::Null)}}),
+            (None, Some("function")) => {
+                json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(Value::Null)}})
+            }
             (None, Some(kind)) => {
                 note(format!("`tool_choice` `{kind}`"));
                 json!("auto")
@@ -222,7 +233,9 @@ fn input_item(at: &str, item: &Value, messages: &mut Vec<Value>, note: &mut impl
             };
             let output = match item.get("output") {
                 Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n"),
+                Some(Value::Array(parts)) => {
+                    parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n")
+                }
                 _ => return Err(bad(&format!("{at}.output"), "must be a string or a list of content parts")),
             };
             messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
@@ -303,14 +316,23 @@ mod tests {
         assert_eq!(out.only_native, None);
         let b = Value::Object(out.body);
         assert_eq!(b["messages"][0], json!({"role": "system", "content": "Be terse."}));
-        assert_eq!(b["messages"][1]["content"][1], json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}}));
+        assert_eq!(
+            b["messages"][1]["content"][1],
+            json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}})
+        );
         assert_eq!(b["messages"][2]["content"], "Looking.");
         assert_eq!(b["messages"][2]["tool_calls"].as_array().unwrap().len(), 2, "calls join the assistant turn");
         assert_eq!(b["messages"][4], json!({"role": "tool", "tool_call_id": "call_2", "content": "two"}));
         assert_eq!(b["response_format"]["json_schema"]["name"], "answer");
-        assert_eq!(b["tools"][0]["function"], json!({"name": "lookup", "description": "Looks up", "parameters": {"type": "object"}, "strict": true}));
+        assert_eq!(
+            b["tools"][0]["function"],
+            json!({"name": "lookup", "description": "Looks up", "parameters": {"type": "object"}, "strict": true})
+        );
         assert_eq!(b["tool_choice"], json!({"type": "function", "function": {"name": "lookup"}}));
-        assert_eq!((b["max_tokens"].clone(), b["user"].clone(), b["parallel_tool_calls"].clone()), (json!(300), json!("user-9"), json!(false)));
+        assert_eq!(
+            (b["max_tokens"].clone(), b["user"].clone(), b["parallel_tool_calls"].clone()),
+            (json!(300), json!("user-9"), json!(false))
+        );
         assert!(b.get("reasoning").is_none());
         let plain = Value::Object(chat(json!({"model": "m", "input": "Hi"})).unwrap().body);
         assert_eq!(plain["messages"], json!([{"role": "user", "content": "Hi"}]));

@@ -6,6 +6,7 @@ mod anthropic;
 mod failure;
 mod mock;
 mod openai;
+mod responses;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub enum AnswerShape {
     /// The Messages API's: an Anthropic backend's own answer to a Messages
     /// API client, passed as it is.
     Messages,
+    /// The Responses API's: a Responses backend's own answer to a Responses
+    /// API client, passed as it is.
+    Responses,
 }
 
 /// What an upstream answered.

@@ -10,6 +10,7 @@ use super::failure::{from_reqwest, redirected, retry_after};
 use super::{http_client, Answer, AnswerShape, AttemptFailure, Call, EventStream, Reply};
 use crate::config::BackendConfig;
 use crate::contract::ApiSurface;
+use crate::native::NativeApi;
 use crate::openai::sse::{SseEvent, SseParser};
 
 /// Most bytes of an upstream error body kept.
@@ -21,6 +22,8 @@ pub(super) struct OpenAiClient {
     http: reqwest::Client,
     /// Endpoint URLs, parsed once: chat, completions, embeddings.
     urls: [reqwest::Url; 3],
+    /// `/responses`, when the backend serves the Responses API itself.
+    responses_url: Option<reqwest::Url>,
     auth: Option<HeaderValue>,
 }
 
@@ -37,23 +40,19 @@ impl OpenAiClient {
             }
             None => None,
         };
-        Ok(Self { http: http_client(config)?, urls, auth })
+        let responses_url = if config.capabilities.responses { Some(url("/responses")?) } else { None };
+        Ok(Self { http: http_client(config)?, urls, responses_url, auth })
     }
 
-    pub(super) async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
-        let url = match call.inbound.surface {
-            ApiSurface::Chat => &self.urls[0],
-            ApiSurface::Completion => &self.urls[1],
-            ApiSurface::Embeddings => &self.urls[2],
-        };
-        let body = WithModel { body: &call.inbound.body, model: call.model, prefill: call.prefill };
-        // Sized up front: growing by doubling copied the body several times.
-        let extra = call.prefill.map_or(0, |p| p.len() + 40);
-        let mut bytes = Vec::with_capacity(call.inbound.body_len + call.model.len() + 16 + extra);
-        serde_json::to_writer(&mut bytes, &body).map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
-        let body = bytes;
+    /// Posts `body`; a non-2xx answer is a failure with its body.
+    async fn post(
+        &self,
+        url: &reqwest::Url,
+        body: impl Into<reqwest::Body>,
+        request_id: &str,
+    ) -> Result<reqwest::Response, AttemptFailure> {
         let mut request =
-            self.http.post(url.clone()).header(CONTENT_TYPE, "application/json").header("x-request-id", call.request_id).body(body);
+            self.http.post(url.clone()).header(CONTENT_TYPE, "application/json").header("x-request-id", request_id).body(body);
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
@@ -67,6 +66,30 @@ impl OpenAiClient {
             let body = read_capped(response, MAX_ERROR_BODY).await.unwrap_or_default();
             return Err(AttemptFailure::Status { status: status.as_u16(), retry_after, body });
         }
+        Ok(response)
+    }
+
+    pub(super) async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
+        let native = call.inbound.native.as_ref().filter(|n| n.api == NativeApi::Responses);
+        if let (Some(native), Some(url)) = (native, &self.responses_url) {
+            // A Responses API client's own request, to a backend that serves the API.
+            let response = self.post(url, super::responses::body(native, call.model, call.prefill), call.request_id).await?;
+            if call.inbound.stream {
+                return Ok(Reply::Stream(super::responses::events(response, call.inbound.include_usage)));
+            }
+            return Ok(Reply::Complete(super::responses::answer(response).await?));
+        }
+        let url = match call.inbound.surface {
+            ApiSurface::Chat => &self.urls[0],
+            ApiSurface::Completion => &self.urls[1],
+            ApiSurface::Embeddings => &self.urls[2],
+        };
+        let body = WithModel { body: &call.inbound.body, model: call.model, prefill: call.prefill };
+        // Sized up front: growing by doubling copied the body several times.
+        let extra = call.prefill.map_or(0, |p| p.len() + 40);
+        let mut bytes = Vec::with_capacity(call.inbound.body_len + call.model.len() + 16 + extra);
+        serde_json::to_writer(&mut bytes, &body).map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
+        let response = self.post(url, bytes, call.request_id).await?;
         if call.inbound.stream {
             return Ok(Reply::Stream(sse_events(response)));
         }
