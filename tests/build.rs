@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// Guest workspaces and the components each produces.
 const WORKSPACES: &[(&str, &[&str])] = &[
     ("policies", &["cheapest-healthy", "fallback-cheaper", "private-data", "ab-test", "adaptive", "content-aware", "quality-router"]),
-    ("tests/guests", &["hostile", "other-world"]),
+    ("tests/guests", &["hostile", "observer", "other-world"]),
 ];
 
 fn main() {

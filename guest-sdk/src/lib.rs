@@ -24,10 +24,15 @@
 //! switchyard_policy::export_policy!(FirstHealthy);
 //! ```
 //!
-//! The types mirror `wit/policy.wit`, whose comments document every field.
-//! One difference: the contract passes a backend's configuration to `init`
-//! and its live stats to each `route` call; this crate joins the two, so a
+//! The types mirror `wit/policy.wit` (contract `switchyard:policy@0.2.0`),
+//! whose comments document every field. One difference: the contract passes
+//! a backend's configuration to `init` and serves its live stats from the
+//! `host` interface; this crate joins the two before each `route`, so a
 //! policy sees each [`Backend`] whole, `stats` included.
+//!
+//! A policy that learns from what its decisions came to sets
+//! [`Policy::OBSERVES`] and implements [`Policy::observe`], and keeps what
+//! it learns in [`state`] (instances come and go; state stays).
 
 extern crate self as switchyard_policy;
 
@@ -50,7 +55,8 @@ pub mod bindings {
 
 pub use bindings::switchyard::policy::host::LogLevel;
 pub use bindings::switchyard::policy::types::{
-    ApiSurface, BackendStats, Caller, Capabilities, CircuitState, Decision, Message, Rejection, Request, Role, Route, Tag, Target,
+    ApiSurface, BackendStats, Caller, Capabilities, CircuitState, Decision, FailedAttempt, Features, Message, Outcome, Rejection, Request,
+    Role, Route, Tag, Target,
 };
 
 /// A configured backend with its live stats.
@@ -105,8 +111,8 @@ pub use select::{cheapest, fastest, hash_bucket, rank_by_cost, weighted_choice, 
 /// Everything a policy usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        cheapest, fastest, hash_bucket, log, rank_by_cost, reject, route, weighted_choice, ApiSurface, Backend, BackendExt, CircuitState,
-        Decision, LogLevel, Message, Policy, Request, RequestExt, Role, SeedRng,
+        cheapest, fastest, hash_bucket, log, rank_by_cost, reject, route, state, weighted_choice, ApiSurface, Backend, BackendExt,
+        CircuitState, Decision, LogLevel, Message, Outcome, Policy, Request, RequestExt, Role, SeedRng,
     };
 }
 
@@ -126,6 +132,39 @@ pub trait Policy: Sized + 'static {
     /// Decides where `request` goes. `backends` lists every configured
     /// backend with its live stats.
     fn route(&self, request: &Request, backends: &[Backend]) -> Decision;
+
+    /// Whether the router should call [`Policy::observe`] with the outcome
+    /// of every request this policy decided.
+    const OBSERVES: bool = false;
+
+    /// Takes the outcome of a request this policy decided (when
+    /// [`Policy::OBSERVES`]): after its answer ended, off the request's
+    /// path, on any instance. Keep what it teaches in [`state`].
+    fn observe(&self, _outcome: &Outcome) {}
+}
+
+/// Policy state: small values the router keeps for this policy, shared by
+/// all its instances (and versions) on the node. Keys at most 256 bytes,
+/// values at most 64 KiB, 10 000 keys and 16 MiB in all.
+pub mod state {
+    use crate::bindings::switchyard::policy::host;
+
+    /// The value at `key`, if set and not expired.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        host::state_get(key)
+    }
+
+    /// Sets `key` to `value`, expiring after `ttl_ms` if given; fails over
+    /// the bounds.
+    pub fn set(key: &str, value: &[u8], ttl_ms: Option<u32>) -> Result<(), String> {
+        host::state_set(key, value, ttl_ms)
+    }
+
+    /// Adds `delta` to the counter at `key` (0 when unset) and answers the
+    /// new value.
+    pub fn add(key: &str, delta: i64) -> Result<i64, String> {
+        host::state_add(key, delta)
+    }
 }
 
 /// Writes a line to the router's log (rate-limited by the router).
@@ -144,11 +183,14 @@ macro_rules! export_policy {
                 fn init(
                     config: ::std::string::String,
                     backends: ::std::vec::Vec<$crate::__private::ContractBackend>,
-                ) -> ::std::result::Result<(), ::std::string::String> {
+                ) -> ::std::result::Result<$crate::Features, ::std::string::String> {
                     $crate::__private::init::<$policy>(&config, backends)
                 }
-                fn route(request: $crate::Request, stats: ::std::vec::Vec<$crate::BackendStats>) -> $crate::Decision {
-                    $crate::__private::route::<$policy>(&request, stats)
+                fn route(request: $crate::Request) -> $crate::Decision {
+                    $crate::__private::route::<$policy>(&request)
+                }
+                fn observe(outcome: $crate::Outcome) {
+                    $crate::__private::observe::<$policy>(&outcome)
                 }
             }
     $crate::bindings::__export_policy_world!(__SwitchyardExport with_types_in $crate::bindings);
@@ -166,7 +208,8 @@ pub mod __private {
     pub use crate::bindings::Guest;
     pub use wit_bindgen;
 
-    use crate::{reject, Backend, BackendStats, Decision, Policy, Request};
+    use crate::bindings::switchyard::policy::host;
+    use crate::{reject, Backend, Decision, Features, Outcome, Policy, Request};
 
     struct Instance {
         policy: Box<dyn Any>,
@@ -178,14 +221,24 @@ pub mod __private {
         static INSTANCE: RefCell<Option<Instance>> = const { RefCell::new(None) };
     }
 
-    pub fn init<P: Policy>(config: &str, backends: Vec<ContractBackend>) -> Result<(), String> {
+    pub fn init<P: Policy>(config: &str, backends: Vec<ContractBackend>) -> Result<Features, String> {
         let backends: Vec<Backend> = backends.into_iter().map(Backend::from_contract).collect();
         let policy = P::init(config, &backends)?;
         INSTANCE.with(|cell| *cell.borrow_mut() = Some(Instance { policy: Box::new(policy), backends }));
-        Ok(())
+        Ok(if P::OBSERVES { Features::OBSERVE } else { Features::empty() })
     }
 
-    pub fn route<P: Policy>(request: &Request, stats: Vec<BackendStats>) -> Decision {
+    pub fn observe<P: Policy>(outcome: &Outcome) {
+        INSTANCE.with(|cell| {
+            if let Some(policy) = cell.borrow().as_ref().and_then(|i| i.policy.downcast_ref::<P>()) {
+                policy.observe(outcome);
+            }
+        })
+    }
+
+    pub fn route<P: Policy>(request: &Request) -> Decision {
+        // One host call: every backend's stats, joined to its configuration.
+        let stats = host::all_stats();
         INSTANCE.with(|cell| {
             let mut cell = cell.borrow_mut();
             let Some(instance) = cell.as_mut() else { return reject(500, "policy called before init") };

@@ -116,12 +116,15 @@ fn policies(gateway: &Gateway) -> serde_json::Value {
             let calls = registry.get(&s.name).map(|p| {
                 let c = p.call_stats();
                 let failures: serde_json::Map<String, serde_json::Value> = c.failures.iter().map(|(k, n)| (k.as_str().to_owned(), json!(n))).collect();
-                json!({"calls": c.calls, "failures": failures, "instances_created": c.instances_created, "fuel_used": c.fuel_used, "log_lines_dropped": c.log_lines_dropped, "quarantined": c.quarantined})
+                json!({"calls": c.calls, "failures": failures, "instances_created": c.instances_created, "fuel_used": c.fuel_used, "log_lines_dropped": c.log_lines_dropped, "quarantined": c.quarantined,
+                    "observed": c.observed, "observe_failures": c.observe_failures, "observe_dropped": c.observe_dropped})
             });
+            let world = registry.get(&s.name).map(|p| p.world());
             json!({
                 "name": s.name,
                 "file": s.file.display().to_string(),
                 "version": s.version,
+                "world": world,
                 "loaded_at": unix(s.loaded_at),
                 "loads": s.loads,
                 "failed_loads": s.failed_loads,

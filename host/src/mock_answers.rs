@@ -120,7 +120,7 @@ pub fn prompt_text(surface: ApiSurface, body: &Map<String, Value>) -> String {
         _ => String::new(),
     };
     match surface {
-        ApiSurface::Chat => body
+        ApiSurface::Chat | ApiSurface::Messages | ApiSurface::Responses => body
             .get("messages")
             .and_then(Value::as_array)
             .and_then(|m| m.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user")))
@@ -147,7 +147,7 @@ pub fn complete(surface: ApiSurface, id: &str, model: &str, created: u64, body: 
     let text: String = tokens.concat();
     let (p, c) = (count_tokens(&prompt), tokens.len() as u32);
     match surface {
-        ApiSurface::Chat => {
+        ApiSurface::Chat | ApiSurface::Messages | ApiSurface::Responses => {
             let message = json!({"role": "assistant", "content": text, "refusal": null});
             chat_completion(id, model, created, message, "stop", usage(p, c))
         }

@@ -41,9 +41,14 @@ fn check_reports_world_imports_and_init() {
     let out = switchyard(&["policy", "check", artifacts::CHEAPEST_HEALTHY, "--backends", &fixture("backends.json")]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("fits switchyard:policy/policy@0.1.0"), "{stdout}");
-    assert!(stdout.contains("switchyard:policy/types@0.1.0") && stdout.contains("wasi:cli/stdout"), "{stdout}");
+    assert!(stdout.contains("fits switchyard:policy/policy@0.2.0"), "{stdout}");
+    assert!(stdout.contains("switchyard:policy/types@0.2.0") && stdout.contains("wasi:cli/stdout"), "{stdout}");
     assert!(stdout.contains("accepted its config"), "{stdout}");
+    // A component built against 0.1 is checked against its own world.
+    let old = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/contract-0.1/cheapest-healthy.wasm");
+    let out = switchyard(&["policy", "check", old, "--backends", &fixture("backends.json")]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success() && stdout.contains("fits switchyard:policy/policy@0.1.0"), "{stdout}{stderr}");
 }
 
 #[test]
@@ -90,7 +95,7 @@ fn every_wrong_input_gets_a_clear_error() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["policy", "check", "/no/such/file.wasm"], "cannot read policy file /no/such/file.wasm"),
         (vec!["policy", "check", &not_wasm], "not a WebAssembly file"),
-        (vec!["policy", "check", artifacts::OTHER_WORLD], "does not fit the `switchyard:policy/policy@0.1.0` world"),
+        (vec!["policy", "check", artifacts::OTHER_WORLD], "does not fit the `switchyard:policy/policy@0.2.0` world"),
         (vec!["policy", "check", p, "--config", &bad_json], "is not valid JSON"),
         (vec!["policy", "check", p, "--config", &refused], "config refused: invalid config: `max_targets` must be at least 1"),
         (vec!["policy", "eval", p, "--request", &typo_request, "--backends", &backends], "unknown field `modle`"),

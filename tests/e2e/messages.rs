@@ -210,7 +210,7 @@ async fn the_policy_sees_a_messages_request_and_decides_it() {
     assert_eq!(a.json()["type"], "message");
     let records = support::decision_records(&dir.path().join("decisions.jsonl"), 1).await;
     let request = &records.last().unwrap()["request"];
-    assert_eq!(request["surface"], "chat");
+    assert_eq!(request["surface"], "messages", "a 0.2 policy sees the API; a 0.1 one `chat` and the tag");
     assert_eq!(request["tags"]["switchyard.api"], "messages", "{request}");
     assert_eq!(request["tags"]["team"], "blue", "{request}");
     assert_eq!(request["user"], "user-7", "{request}");

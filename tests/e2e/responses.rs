@@ -153,6 +153,7 @@ async fn the_policy_sees_a_responses_request_and_built_in_tools_skip_chat_backen
     assert_eq!(a.json()["object"], "response");
     let records = support::decision_records(&dir.path().join("decisions.jsonl"), 1).await;
     let request = &records.last().unwrap()["request"];
+    assert_eq!(request["surface"], "responses", "{request}");
     assert_eq!(request["tags"]["switchyard.api"], "responses", "{request}");
     assert_eq!(request["tags"]["team"], "blue", "{request}");
     assert_eq!((request["user"].as_str(), request["max_output_tokens"].as_u64()), (Some("user-7"), Some(20)), "{request}");

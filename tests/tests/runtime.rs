@@ -331,7 +331,7 @@ fn files_that_are_not_policies_are_refused_clearly() {
             "other-world",
             read(artifacts::OTHER_WORLD),
             PolicyErrorKind::WrongWorld,
-            "does not fit the `switchyard:policy/policy@0.1.0` world",
+            "does not fit the `switchyard:policy/policy@0.2.0` world (nor the earlier `switchyard:policy/policy@0.1.0`)",
         ),
     ];
     for (name, bytes, kind, message) in cases {

@@ -40,7 +40,7 @@ pub fn parse(body: &Bytes, cx: ParseContext<'_>, count_only: bool) -> Result<Inb
     let translated = to_chat_body(&native, count_only)?;
     let passed = PASSED_HEADERS.iter().filter_map(|name| Some((HeaderName::from_static(name), cx.headers.get(*name)?.clone()))).collect();
     let native = NativeRequest::new(NativeApi::Messages, body, passed, translated.anthropic_only)?;
-    let cx = ParseContext { api: Some(NativeApi::Messages.as_str()), ..cx };
+    let cx = ParseContext { api: Some(NativeApi::Messages), ..cx };
     let mut request = inbound::from_body(ApiSurface::Chat, translated.body, body.len(), cx)?;
     request.native = Some(native);
     Ok(request)

@@ -128,7 +128,7 @@ fn check(file: &Path, backends: Option<&Path>, common: &CommonArgs) -> anyhow::R
     let started = Instant::now();
     let report = runtime.inspect(&name, &bytes)?;
     let compiled_in = started.elapsed();
-    println!("{}: fits {}", file.display(), switchyard::contract::WORLD);
+    println!("{}: fits {}", file.display(), report.world);
     println!("  version  {}", report.hash);
     println!("  size     {} bytes (compiled or loaded from cache in {:.1?})", report.size, compiled_in);
     println!("  imports  {}", report.imports.join("\n           "));

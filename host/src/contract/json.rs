@@ -53,6 +53,8 @@ enum SurfaceJson {
     Chat,
     Completion,
     Embeddings,
+    Messages,
+    Responses,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -271,7 +273,7 @@ macro_rules! json_enum {
         }
     };
 }
-json_enum!(SurfaceJson <-> contract::ApiSurface { Chat, Completion, Embeddings });
+json_enum!(SurfaceJson <-> contract::ApiSurface { Chat, Completion, Embeddings, Messages, Responses });
 json_enum!(RoleJson <-> contract::Role { System, Developer, User, Assistant, Tool });
 json_enum!(CircuitJson <-> contract::CircuitState { Closed, HalfOpen, Open });
 

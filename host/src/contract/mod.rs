@@ -13,7 +13,7 @@ pub mod json;
 mod generated {
     wasmtime::component::bindgen!({
         path: "../wit",
-        interfaces: "import switchyard:policy/types@0.1.0;",
+        interfaces: "import switchyard:policy/types@0.2.0;",
         additional_derives: [PartialEq],
     });
 }
@@ -24,11 +24,15 @@ mod generated {
 pub use generated::switchyard::policy::types as wit_types;
 
 pub use generated::switchyard::policy::types::{
-    ApiSurface, Backend, BackendStats, Caller, Capabilities, CircuitState, Decision, Message, Rejection, Request, Role, Route, Tag, Target,
+    ApiSurface, Backend, BackendStats, Caller, Capabilities, CircuitState, Decision, FailedAttempt, Features, Message, Outcome, Rejection,
+    Request, Role, Route, Tag, Target,
 };
 
-/// The package and world a policy component must target.
-pub const WORLD: &str = "switchyard:policy/policy@0.1.0";
+/// The package and world a policy component targets (the current one).
+pub const WORLD: &str = "switchyard:policy/policy@0.2.0";
+
+/// The earlier world the router still serves, unchanged.
+pub const WORLD_0_1: &str = "switchyard:policy/policy@0.1.0";
 
 /// Stats of a backend that has not served anything yet.
 pub fn idle_stats() -> BackendStats {

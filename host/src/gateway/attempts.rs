@@ -79,6 +79,8 @@ pub(super) struct Finished {
     pub attempts: u32,
     /// `backend: what went wrong`, for each failed or skipped target.
     pub failures: Vec<String>,
+    /// The upstream calls that failed, for the policy's `observe`.
+    pub failed: Vec<crate::contract::FailedAttempt>,
     /// Time spent waiting on upstreams (and on their `Retry-After`): the
     /// rest of a request's time is the router's own overhead.
     pub upstream_wait: Duration,
@@ -87,7 +89,7 @@ pub(super) struct Finished {
 impl Finished {
     /// No upstream was called (the policy refused the request).
     pub(super) fn without_attempts(error: GatewayError) -> Self {
-        Self { outcome: Outcome::Failed(error), attempts: 0, failures: Vec::new(), upstream_wait: Duration::ZERO }
+        Self { outcome: Outcome::Failed(error), attempts: 0, failures: Vec::new(), failed: Vec::new(), upstream_wait: Duration::ZERO }
     }
 }
 
@@ -113,7 +115,8 @@ pub(super) async fn run(
     // Models that refused the request in a way that would repeat (context length).
     let mut refused_models: Vec<&str> = Vec::new();
     let mut upstream_wait = Duration::ZERO;
-    let finish = |outcome, attempts, failures, upstream_wait| Finished { outcome, attempts, failures, upstream_wait };
+    let mut failed = Vec::new();
+    let finish = |outcome, attempts, failures, failed, upstream_wait| Finished { outcome, attempts, failures, failed, upstream_wait };
 
     'targets: for (i, target) in plan.targets.iter().enumerate() {
         let upstream = &target.upstream;
@@ -154,7 +157,7 @@ pub(super) async fn run(
                     metrics.attempt(upstream.name(), "ok");
                     attempt.succeed();
                     let outcome = Outcome::Complete { upstream: upstream.clone(), model: target.model.clone(), answer };
-                    return finish(outcome, attempts, failures, upstream_wait);
+                    return finish(outcome, attempts, failures, failed, upstream_wait);
                 }
                 Ok(Success::Stream(first, rest)) => {
                     metrics.attempt(upstream.name(), "ok");
@@ -162,7 +165,7 @@ pub(super) async fn run(
                     upstream.stats.record_first_token(attempt.started.elapsed());
                     let outcome =
                         Outcome::Stream { upstream: upstream.clone(), model: target.model.clone(), first, rest, attempt, next: i + 1 };
-                    return finish(outcome, attempts, failures, upstream_wait);
+                    return finish(outcome, attempts, failures, failed, upstream_wait);
                 }
                 Err(failure) => failure,
             };
@@ -172,6 +175,14 @@ pub(super) async fn run(
             }
             tracing::info!(request_id, backend = upstream.name(), model = %target.model, "attempt failed: {}", failure.describe());
             failures.push(format!("{}: {}", upstream.name(), failure.describe()));
+            failed.push(crate::contract::FailedAttempt {
+                backend: upstream.name().to_owned(),
+                kind: failure.outcome().to_owned(),
+                status: match &failure {
+                    AttemptFailure::Status { status, .. } => Some(*status),
+                    _ => None,
+                },
+            });
             if !failure.retryable() {
                 if is_context_length(&failure) {
                     // Another model may have a larger context; this one never will.
@@ -179,7 +190,7 @@ pub(super) async fn run(
                     last = Some((upstream, failure));
                     break;
                 }
-                return finish(refused(upstream, failure), attempts, failures, upstream_wait);
+                return finish(refused(upstream, failure), attempts, failures, failed, upstream_wait);
             }
             let wait = retry_wait(&failure, &config.retry, retries);
             // The last target is retried while the budgets allow; an earlier
@@ -207,7 +218,7 @@ pub(super) async fn run(
         Some((upstream, failure)) if is_context_length(&failure) => refused(upstream, failure),
         last => Outcome::Failed(no_answer(last.as_ref().map(|(_, failure)| failure), attempts, &failures)),
     };
-    finish(outcome, attempts, failures, upstream_wait)
+    finish(outcome, attempts, failures, failed, upstream_wait)
 }
 
 /// How long to wait before retrying a target after `failure`, or `None`

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use super::attempts::{self, Finished, Outcome};
 use super::framing::Framing;
+use super::outcome::Observation;
 use super::plan::{self, Plan};
 use super::relay::{Relay, StreamLimits};
 use super::rescue::{Leg, Mode, RescueLimits, Rescuer};
@@ -168,6 +169,11 @@ async fn proxy(
 
     let mut usage = None;
     let mut error_message = None;
+    let answered = match &finished.outcome {
+        Outcome::Complete { upstream, .. } | Outcome::Stream { upstream, .. } | Outcome::Refused { upstream, .. } => Some(upstream),
+        Outcome::Failed(_) => None,
+    };
+    let mut observation = Observation::start(&plan, &inbound, answered, &finished.failed, started);
     let (mut response, backend, model, relay) = match finished.outcome {
         Outcome::Complete { upstream, model, answer } => {
             usage = answer.usage;
@@ -196,6 +202,9 @@ async fn proxy(
             (response, Some(upstream.name().to_owned()), Some(model), None)
         }
         Outcome::Stream { upstream, model, first, rest, attempt, next } => {
+            if let Some(o) = observation.as_mut() {
+                o.first_byte(started.elapsed());
+            }
             let name = upstream.name().to_owned();
             let config = &state.config;
             let limits =
@@ -263,12 +272,16 @@ async fn proxy(
     });
     match (relay, record) {
         // A stream's record is written when the stream ends, with its tokens.
-        (Some(relay), record) => relay.start(metrics.clone(), request_id.to_owned(), record),
-        (None, Some((log, mut record, notable))) => {
-            record["tokens"] = crate::decision_log::tokens_json(usage);
-            log.write_sampled(record, notable);
+        (Some(relay), record) => relay.start(metrics.clone(), request_id.to_owned(), record, observation),
+        (None, record) => {
+            if let Some((log, mut record, notable)) = record {
+                record["tokens"] = crate::decision_log::tokens_json(usage);
+                log.write_sampled(record, notable);
+            }
+            if let Some(o) = observation {
+                o.finish(status.as_u16(), usage, false);
+            }
         }
-        (None, None) => {}
     }
     if telemetry::enabled() {
         let span = tracing::Span::current();

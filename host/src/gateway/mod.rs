@@ -6,12 +6,14 @@
 //! - `attempts.rs`: where an upstream is tried and a failure is retried.
 //! - `relay.rs`: where a stream is passed to the client.
 //! - `framing.rs`: how its events are framed for the client's API.
+//! - `outcome.rs`: what a request came to, for the policy's `observe`.
 //! - `rescue.rs`: where a stream broken mid-answer finds its continuation.
 //! - `transcript.rs`: what a stream has said, and the splice rule.
 
 mod attempts;
 mod framing;
 pub mod http;
+mod outcome;
 mod plan;
 mod relay;
 mod rescue;

@@ -81,9 +81,10 @@ pub struct ParseContext<'a> {
     pub limits: ViewLimits,
     /// Its random bits.
     pub seed: u64,
-    /// The API it came in on, when the surface does not say it: the value
-    /// of the router's `switchyard.api` tag.
-    pub api: Option<&'static str>,
+    /// The API it came in on, when that is not OpenAI's `surface` (whose
+    /// body it then is a translation of): the policy's surface, and the
+    /// router's `switchyard.api` tag (for 0.1 policies, which see `chat`).
+    pub api: Option<crate::native::NativeApi>,
 }
 
 /// Parses a body for `surface`; `cx.limits` bound the policy's view of it.
@@ -125,7 +126,7 @@ pub fn from_body(
     let include_usage = body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
 
     let mut messages = match surface {
-        ApiSurface::Chat => chat_messages(&body)?,
+        ApiSurface::Chat | ApiSurface::Messages | ApiSurface::Responses => chat_messages(&body)?,
         ApiSurface::Completion => input_texts(&body, "prompt")?,
         ApiSurface::Embeddings => input_texts(&body, "input")?,
     };
@@ -173,13 +174,17 @@ pub fn from_body(
         tags.push(Tag { key: MESSAGE_COUNT_TAG.to_owned(), value: message_count.to_string() });
     }
     if let Some(api) = api {
-        tags.push(Tag { key: crate::anthropic::API_TAG.to_owned(), value: api.to_owned() });
+        tags.push(Tag { key: crate::anthropic::API_TAG.to_owned(), value: api.as_str().to_owned() });
     }
 
     let view = Request {
         id: request_id.to_owned(),
         model: view_name(&model),
-        surface,
+        surface: match api {
+            Some(crate::native::NativeApi::Messages) => ApiSurface::Messages,
+            Some(crate::native::NativeApi::Responses) => ApiSurface::Responses,
+            None => surface,
+        },
         stream,
         input_tokens: (total_text_bytes / 4 + message_count as u64 * 4 + image_tokens).min(u64::from(u32::MAX)) as u32,
         messages,

@@ -1,9 +1,10 @@
-//! The `policy` world's bindings: what the runtime instantiates and calls.
-//! The world's data types are the router's [`crate::contract`] types;
-//! everything generated here stays inside the policy runtime.
+//! The `policy` worlds' bindings: what the runtime instantiates and calls.
+//! The current world's (0.2) data types are the router's
+//! [`crate::contract`] types; the 0.1 world keeps its own, converted in
+//! `compat.rs`. Everything generated here stays inside the policy runtime.
 
 #[allow(missing_docs)]
-mod generated {
+mod current {
     wasmtime::component::bindgen!({
         world: "policy",
         path: "../wit",
@@ -11,5 +12,16 @@ mod generated {
     });
 }
 
-pub(crate) use generated::switchyard::policy::host::{Host as HostImports, LogLevel};
-pub(crate) use generated::{Policy as PolicyBindings, PolicyPre as PolicyBindingsPre};
+#[allow(missing_docs)]
+pub(crate) mod v0_1 {
+    wasmtime::component::bindgen!({
+        world: "policy",
+        path: "../wit/v0.1",
+    });
+
+    pub(crate) use self::switchyard::policy::host::{Host as HostImports, LogLevel};
+    pub(crate) use self::switchyard::policy::types;
+}
+
+pub(crate) use current::switchyard::policy::host::{Host as HostImports, LogLevel};
+pub(crate) use current::{Policy as PolicyBindings, PolicyPre as PolicyBindingsPre};

@@ -9,8 +9,8 @@ pub enum PolicyErrorKind {
     Io,
     /// The file is not a WebAssembly component, or wasmtime rejected it.
     Compile,
-    /// The component does not target `switchyard:policy/policy@0.1.0`, or
-    /// imports something the router does not provide.
+    /// The component targets neither `switchyard:policy/policy@0.2.0` nor
+    /// 0.1.0, or imports something the router does not provide.
     WrongWorld,
     /// The instance could not be created (pool exhausted, start function
     /// trapped, initial memory over the cap).

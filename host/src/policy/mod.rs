@@ -9,6 +9,7 @@
 //! wasmtime types do not leave this module.
 
 mod bindings;
+mod compat;
 mod decision;
 mod error;
 mod guest_log;
@@ -16,6 +17,7 @@ mod instance_state;
 mod registry;
 mod runtime;
 mod settings;
+pub mod state;
 mod threads;
 mod version;
 mod watch;

@@ -10,13 +10,17 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::{PolicyBindings, PolicyBindingsPre};
+use super::bindings::{v0_1, PolicyBindings, PolicyBindingsPre};
 use super::error::{PolicyError, PolicyErrorKind};
 use super::instance_state::InstanceState;
 use super::settings::RuntimeSettings;
+use super::state::PolicyState;
 use super::threads::PolicyThreads;
-use super::version::LoadedPolicy;
-use crate::contract::{Backend, WORLD};
+use super::version::{LoadedPolicy, Pre};
+use crate::contract::{Backend, WORLD, WORLD_0_1};
+
+/// Outcomes waiting for the observe thread, all policies together.
+const OBSERVE_QUEUE: usize = 256;
 
 /// How often the epoch advances; the unit of every deadline.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -33,9 +37,13 @@ pub(crate) struct RuntimeInner {
     pub(crate) settings: RuntimeSettings,
     /// Where the decisions of [`LoadedPolicy::decide_async`] run.
     pub(crate) threads: PolicyThreads,
+    /// Where [`LoadedPolicy::observe`] runs.
+    pub(crate) observe_thread: PolicyThreads,
     /// Key of compiled artifacts for this engine's settings.
     engine_key: u64,
     ticker_stop: Arc<AtomicBool>,
+    /// Each policy's state, by policy name: kept across versions.
+    states: std::sync::Mutex<std::collections::HashMap<String, Arc<PolicyState>>>,
 }
 
 impl Drop for RuntimeInner {
@@ -55,6 +63,8 @@ pub struct ComponentReport {
     pub imports: Vec<String>,
     /// The component's exports.
     pub exports: Vec<String>,
+    /// The contract world it targets.
+    pub world: &'static str,
 }
 
 impl PolicyRuntime {
@@ -72,6 +82,7 @@ impl PolicyRuntime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_err)?;
         PolicyBindings::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s).map_err(runtime_err)?;
+        v0_1::Policy::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s).map_err(runtime_err)?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -80,9 +91,13 @@ impl PolicyRuntime {
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let thread_err = |e: std::io::Error| PolicyError::new(PolicyErrorKind::Runtime, "-", format!("cannot start a thread: {e}"));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone()).map_err(thread_err)?;
-        let threads = PolicyThreads::start(settings.threads, settings.queue).map_err(thread_err)?;
+        let threads = PolicyThreads::start("policy", settings.threads, settings.queue).map_err(thread_err)?;
+        // Outcomes get a thread of their own: a slow `observe` never holds
+        // up a decision queued behind it.
+        let observe_thread = PolicyThreads::start("policy-observe", 1, OBSERVE_QUEUE).map_err(thread_err)?;
 
-        Ok(Self { inner: Arc::new(RuntimeInner { engine, linker, settings, threads, engine_key, ticker_stop }) })
+        let states = std::sync::Mutex::default();
+        Ok(Self { inner: Arc::new(RuntimeInner { engine, linker, settings, threads, observe_thread, engine_key, ticker_stop, states }) })
     }
 
     /// The settings this runtime was built with.
@@ -98,7 +113,7 @@ impl PolicyRuntime {
         let hash = content_hash(bytes);
         let component = self.compile(name, bytes, &hash)?;
         let pre = self.link(name, &component)?;
-        let policy = Arc::new(LoadedPolicy::new(self.clone(), name, hash, config, backends, pre));
+        let policy = Arc::new(LoadedPolicy::new(self.clone(), name, hash, config, backends, pre, self.state_of(name)));
         policy.probe_and_warm()?;
         Ok(policy)
     }
@@ -110,14 +125,13 @@ impl PolicyRuntime {
         let component = self.compile(name, bytes, &hash)?;
         let ty = component.component_type();
         let engine = &self.inner.engine;
-        let report = ComponentReport {
-            hash,
-            size: bytes.len(),
-            imports: ty.imports(engine).map(|(n, _)| n.to_owned()).collect(),
-            exports: ty.exports(engine).map(|(n, _)| n.to_owned()).collect(),
+        let imports = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
+        let exports = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+        let world = match self.link(name, &component)? {
+            Pre::Current(_) => WORLD,
+            Pre::V0_1(_) => WORLD_0_1,
         };
-        self.link(name, &component)?;
-        Ok(report)
+        Ok(ComponentReport { hash, size: bytes.len(), imports, exports, world })
     }
 
     fn compile(&self, name: &str, bytes: &[u8], hash: &str) -> Result<Component, PolicyError> {
@@ -146,12 +160,28 @@ impl PolicyRuntime {
         artifact_cache::from_bytes(engine, &artifact).map_err(compile_err)
     }
 
-    fn link(&self, name: &str, component: &Component) -> Result<PolicyBindingsPre<InstanceState>, PolicyError> {
+    /// Links `component` against the current world, else the 0.1 one.
+    fn link(&self, name: &str, component: &Component) -> Result<Pre, PolicyError> {
         let wrong_world = |e: wasmtime::Error| {
-            PolicyError::new(PolicyErrorKind::WrongWorld, name, format!("the component does not fit the `{WORLD}` world: {e:#}"))
+            PolicyError::new(
+                PolicyErrorKind::WrongWorld,
+                name,
+                format!("the component does not fit the `{WORLD}` world (nor the earlier `{WORLD_0_1}`): {e:#}"),
+            )
         };
         let pre = self.inner.linker.instantiate_pre(component).map_err(wrong_world)?;
-        PolicyBindingsPre::new(pre).map_err(wrong_world)
+        match PolicyBindingsPre::new(pre.clone()) {
+            Ok(current) => Ok(Pre::Current(current)),
+            Err(current_error) => v0_1::PolicyPre::new(pre).map(Pre::V0_1).map_err(|_| wrong_world(current_error)),
+        }
+    }
+
+    /// The state of the policy `name` (a route's instance `NAME~MODEL`
+    /// shares its policy's).
+    fn state_of(&self, name: &str) -> Arc<PolicyState> {
+        let base = name.split(super::INSTANCE_SEPARATOR).next().unwrap_or(name);
+        let mut states = self.inner.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        states.entry(base.to_owned()).or_default().clone()
     }
 }
 

@@ -25,12 +25,13 @@ pub(crate) struct PolicyThreads {
 pub(crate) struct QueueFull;
 
 impl PolicyThreads {
-    /// Starts `threads` threads (at least one) behind a queue of `queue` jobs.
-    pub(crate) fn start(threads: usize, queue: usize) -> std::io::Result<Self> {
+    /// Starts `threads` threads (at least one, named `name-N`) behind a
+    /// queue of `queue` jobs.
+    pub(crate) fn start(name: &str, threads: usize, queue: usize) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(queue.max(1));
         for i in 0..threads.max(1) {
             let rx = rx.clone();
-            std::thread::Builder::new().name(format!("policy-{i}")).spawn(move || work(&rx))?;
+            std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || work(&rx))?;
         }
         Ok(Self { jobs: tx })
     }
@@ -60,7 +61,7 @@ mod tests {
 
     #[test]
     fn jobs_run_off_the_calling_thread_and_a_full_queue_refuses() {
-        let threads = PolicyThreads::start(1, 1).unwrap();
+        let threads = PolicyThreads::start("policy", 1, 1).unwrap();
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
         let (done_tx, done_rx) = mpsc::channel();
         let caller = std::thread::current().id();
@@ -86,7 +87,7 @@ mod tests {
 
     #[test]
     fn a_panicking_job_leaves_the_thread_serving() {
-        let threads = PolicyThreads::start(1, 4).unwrap();
+        let threads = PolicyThreads::start("policy", 1, 4).unwrap();
         threads.submit(Box::new(|| panic!("on purpose"))).unwrap();
         let (tx, rx) = mpsc::channel();
         threads.submit(Box::new(move || tx.send(7).unwrap())).unwrap();

@@ -1,21 +1,40 @@
 //! One loaded version of a policy: its linked component, its warm instances,
 //! and the call that turns a request into a decision.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
 use wasmtime::{Store, Trap};
 
-use super::bindings::{PolicyBindings, PolicyBindingsPre};
+use super::bindings::{v0_1, PolicyBindings, PolicyBindingsPre};
+use super::compat;
 use super::decision::{validate, Decision};
 use super::error::{PolicyError, PolicyErrorKind};
 use super::guest_log::GuestLog;
 use super::instance_state::InstanceState;
 use super::runtime::{deadline_ticks, PolicyRuntime};
 use super::settings::InstanceMode;
-use crate::contract::{self, idle_stats, Backend, BackendStats, Request};
+use super::state::PolicyState;
+use crate::contract::{self, idle_stats, Backend, BackendStats, Outcome, Request};
+
+/// A linked component, ready to instantiate: of the current world, or of
+/// 0.1 (served through `compat.rs`).
+pub(crate) enum Pre {
+    Current(PolicyBindingsPre<InstanceState>),
+    V0_1(v0_1::PolicyPre<InstanceState>),
+}
+
+/// An instance's exports, of its world.
+enum Bindings {
+    Current(PolicyBindings),
+    V0_1(v0_1::Policy),
+}
+
+/// Most outcomes waiting for, or in, a policy thread per version: past it
+/// they are dropped (and counted), so `observe` never crowds out decisions.
+const MAX_OUTCOMES_QUEUED: u32 = 64;
 
 /// A policy version that passed compilation, `init` and the probe call.
 ///
@@ -27,9 +46,17 @@ pub struct LoadedPolicy {
     version: String,
     config: String,
     backends: Vec<Backend>,
+    /// `backends` as a 0.1 component takes them (empty for current ones).
+    backends_0_1: Vec<v0_1::types::Backend>,
     loaded_at: SystemTime,
-    pre: PolicyBindingsPre<InstanceState>,
+    pre: Pre,
     log: Arc<GuestLog>,
+    state: Arc<PolicyState>,
+    /// `init` asked for outcomes (`features.observe`).
+    observes: AtomicBool,
+    /// The instance `observe` runs on (on the observe thread only): apart
+    /// from the warm pool, so decisions never wait for it.
+    observer: std::sync::Mutex<Option<WarmInstance>>,
     /// What the guests' WASI random returns, derived from the version.
     random: Vec<u8>,
     warm: ArrayQueue<WarmInstance>,
@@ -56,6 +83,12 @@ pub struct PolicyCallStats {
     pub log_lines_dropped: u64,
     /// The version is quarantined right now.
     pub quarantined: bool,
+    /// Outcomes given to `observe`.
+    pub observed: u64,
+    /// `observe` calls that failed (never fatal).
+    pub observe_failures: u64,
+    /// Outcomes dropped because too many were waiting.
+    pub observe_dropped: u64,
 }
 
 const COUNTED_KINDS: [PolicyErrorKind; 8] = [
@@ -78,6 +111,11 @@ struct Counters {
     consecutive_timeouts: AtomicU32,
     /// Milliseconds since `quarantine_epoch` until which calls are refused.
     quarantined_until_ms: AtomicU64,
+    observed: AtomicU64,
+    observe_failures: AtomicU64,
+    observe_dropped: AtomicU64,
+    /// Outcomes queued or being observed now.
+    observing: AtomicU32,
 }
 
 impl LoadedPolicy {
@@ -87,7 +125,8 @@ impl LoadedPolicy {
         version: String,
         config: &str,
         backends: &[Backend],
-        pre: PolicyBindingsPre<InstanceState>,
+        pre: Pre,
+        state: Arc<PolicyState>,
     ) -> Self {
         let settings = runtime.settings();
         let log = Arc::new(GuestLog::new(name, &version, settings.log_lines_per_second, settings.log_line_max_bytes));
@@ -103,9 +142,16 @@ impl LoadedPolicy {
             version,
             config: config.to_owned(),
             backends: backends.to_vec(),
+            backends_0_1: match pre {
+                Pre::V0_1(_) => backends.iter().map(compat::backend).collect(),
+                Pre::Current(_) => Vec::new(),
+            },
             loaded_at: SystemTime::now(),
             pre,
             log,
+            state,
+            observes: AtomicBool::new(false),
+            observer: std::sync::Mutex::new(None),
             counters: Counters::default(),
         }
     }
@@ -134,6 +180,64 @@ impl LoadedPolicy {
     /// When this version was loaded.
     pub fn loaded_at(&self) -> SystemTime {
         self.loaded_at
+    }
+
+    /// The contract world the component targets.
+    pub fn world(&self) -> &'static str {
+        match self.pre {
+            Pre::Current(_) => contract::WORLD,
+            Pre::V0_1(_) => contract::WORLD_0_1,
+        }
+    }
+
+    /// Whether the policy asked for outcomes (`observe`).
+    pub fn observes(&self) -> bool {
+        self.observes.load(Ordering::Relaxed)
+    }
+
+    /// Hands `outcome` to the policy's `observe` on a policy thread, when it
+    /// asked for outcomes; returns at once. Dropped (and counted) when too
+    /// many are waiting or the threads' queue is full; a failure is counted
+    /// and the instance dropped, never more.
+    pub fn observe(self: &Arc<Self>, outcome: Outcome) {
+        if !self.observes() {
+            return;
+        }
+        let c = &self.counters;
+        if c.observing.fetch_add(1, Ordering::AcqRel) >= MAX_OUTCOMES_QUEUED {
+            c.observing.fetch_sub(1, Ordering::AcqRel);
+            c.observe_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let version = self.clone();
+        let job = Box::new(move || {
+            version.observe_here(&outcome);
+            version.counters.observing.fetch_sub(1, Ordering::AcqRel);
+        });
+        if self.runtime.inner.observe_thread.submit(job).is_err() {
+            c.observing.fetch_sub(1, Ordering::AcqRel);
+            c.observe_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One `observe` call on the observer instance (a new one after a
+    /// failure), under the call's fuel and backstop.
+    fn observe_here(&self, outcome: &Outcome) {
+        self.counters.observed.fetch_add(1, Ordering::Relaxed);
+        let mut slot = self.observer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let instance = match slot.take() {
+            Some(instance) => Ok(instance),
+            None => self.probed_instance(),
+        };
+        let result = instance.and_then(|mut instance| {
+            instance.observe(&self.name, outcome, self.call_ticks, self.call_fuel)?;
+            *slot = Some(instance);
+            Ok(())
+        });
+        if let Err(e) = result {
+            self.counters.observe_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(policy = %self.name, version = %self.version, "observe failed: {e}");
+        }
     }
 
     /// Asks the policy where `request` should go, given the live `stats` of
@@ -256,18 +360,46 @@ impl LoadedPolicy {
             fuel_used: c.fuel_used.load(Ordering::Relaxed),
             log_lines_dropped: self.log.dropped(),
             quarantined: now_ms() < c.quarantined_until_ms.load(Ordering::Relaxed),
+            observed: c.observed.load(Ordering::Relaxed),
+            observe_failures: c.observe_failures.load(Ordering::Relaxed),
+            observe_dropped: c.observe_dropped.load(Ordering::Relaxed),
         }
     }
 
     fn instantiate(&self) -> Result<WarmInstance, PolicyError> {
         self.counters.instances_created.fetch_add(1, Ordering::Relaxed);
         let settings = self.runtime.settings();
-        let mut store = Store::new(&self.runtime.inner.engine, InstanceState::new(self.log.clone(), settings.memory_limit, &self.random));
+        let idle = vec![idle_stats(); self.backends.len()];
+        let state = InstanceState::new(self.log.clone(), settings.memory_limit, &self.random, idle, self.state.clone());
+        let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|state| state);
         store.set_epoch_deadline(self.init_ticks);
         store.set_fuel(self.init_fuel).map_err(|e| classify(&self.name, &store, e, PolicyErrorKind::Runtime))?;
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| classify(&self.name, &store, e, PolicyErrorKind::Instantiate))?;
-        match bindings.call_init(&mut store, &self.config, &self.backends) {
+        let (bindings, init) = match &self.pre {
+            Pre::Current(pre) => {
+                let bindings = match pre.instantiate(&mut store) {
+                    Ok(bindings) => bindings,
+                    Err(e) => return Err(classify(&self.name, &store, e, PolicyErrorKind::Instantiate)),
+                };
+                let init = bindings.call_init(&mut store, &self.config, &self.backends).map(|r| {
+                    r.map(|features| {
+                        if features.contains(contract::Features::OBSERVE) {
+                            self.observes.store(true, Ordering::Relaxed);
+                        }
+                    })
+                });
+                (Bindings::Current(bindings), init)
+            }
+            Pre::V0_1(pre) => {
+                let bindings = match pre.instantiate(&mut store) {
+                    Ok(bindings) => bindings,
+                    Err(e) => return Err(classify(&self.name, &store, e, PolicyErrorKind::Instantiate)),
+                };
+                let init = bindings.call_init(&mut store, &self.config, &self.backends_0_1);
+                (Bindings::V0_1(bindings), init)
+            }
+        };
+        match init {
             Ok(Ok(())) => Ok(WarmInstance { store, bindings, calls: 0 }),
             Ok(Err(refusal)) => Err(PolicyError::new(PolicyErrorKind::ConfigRefused, &self.name, refusal)),
             Err(e) => Err(classify(&self.name, &store, e, PolicyErrorKind::Trap)),
@@ -321,7 +453,7 @@ fn now_ms() -> u64 {
 /// One instantiated policy with its store.
 struct WarmInstance {
     store: Store<InstanceState>,
-    bindings: PolicyBindings,
+    bindings: Bindings,
     calls: u64,
 }
 
@@ -336,16 +468,44 @@ impl WarmInstance {
         ticks: u64,
         fuel: u64,
     ) -> Result<(contract::Decision, u64), PolicyError> {
+        self.prepare(name, ticks, fuel)?;
+        let decision = match &self.bindings {
+            Bindings::Current(bindings) => {
+                // The `host` imports read this call's snapshot.
+                let snapshot = &mut self.store.data_mut().stats;
+                snapshot.clear();
+                snapshot.extend_from_slice(stats);
+                bindings.call_route(&mut self.store, request)
+            }
+            Bindings::V0_1(bindings) => {
+                let stats: Vec<_> = stats.iter().map(compat::stats).collect();
+                bindings.call_route(&mut self.store, &compat::request(request), &stats).map(compat::decision)
+            }
+        };
+        let decision = decision.map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))?;
+        let left = self.store.get_fuel().unwrap_or(fuel);
+        Ok((decision, fuel.saturating_sub(left)))
+    }
+
+    /// One `observe` call (current-world instances only).
+    fn observe(&mut self, name: &str, outcome: &Outcome, ticks: u64, fuel: u64) -> Result<(), PolicyError> {
+        self.prepare(name, ticks, fuel)?;
+        match &self.bindings {
+            Bindings::Current(bindings) => {
+                bindings.call_observe(&mut self.store, outcome).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))
+            }
+            Bindings::V0_1(_) => Ok(()),
+        }
+    }
+
+    /// Resets the per-call state: a reused store keeps its old deadline and
+    /// fuel, so both are set before every call.
+    fn prepare(&mut self, name: &str, ticks: u64, fuel: u64) -> Result<(), PolicyError> {
         self.calls += 1;
         self.store.data_mut().memory_limit_hit = false;
         self.store.data().stderr_tail.clear();
-        // A reused store keeps its old deadline and fuel: set both before every call.
         self.store.set_epoch_deadline(ticks);
-        self.store.set_fuel(fuel).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Runtime))?;
-        let decision =
-            self.bindings.call_route(&mut self.store, request, stats).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))?;
-        let left = self.store.get_fuel().unwrap_or(fuel);
-        Ok((decision, fuel.saturating_sub(left)))
+        self.store.set_fuel(fuel).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Runtime))
     }
 }
 

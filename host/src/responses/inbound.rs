@@ -14,7 +14,7 @@ pub fn parse(body: &Bytes, cx: ParseContext<'_>) -> Result<InboundRequest, Gatew
     let native_body = inbound::json_object(body)?;
     let translated = to_chat_body(&native_body)?;
     let native = NativeRequest::new(NativeApi::Responses, body, Vec::new(), translated.only_native)?;
-    let cx = ParseContext { api: Some(NativeApi::Responses.as_str()), ..cx };
+    let cx = ParseContext { api: Some(NativeApi::Responses), ..cx };
     let mut request = inbound::from_body(ApiSurface::Chat, translated.body, body.len(), cx)?;
     request.native = Some(native);
     Ok(request)

@@ -80,7 +80,8 @@ impl OpenAiClient {
             return Ok(Reply::Complete(super::responses::answer(response).await?));
         }
         let url = match call.inbound.surface {
-            ApiSurface::Chat => &self.urls[0],
+            // The Messages and Responses APIs arrive translated to chat.
+            ApiSurface::Chat | ApiSurface::Messages | ApiSurface::Responses => &self.urls[0],
             ApiSurface::Completion => &self.urls[1],
             ApiSurface::Embeddings => &self.urls[2],
         };

@@ -55,9 +55,11 @@ export function init(config, backends) {
   const total = arms.reduce((s, a) => s + a.weight, 0);
   if (total <= 0) throw "invalid config: the arms' weights add up to 0";
   state = { arms, total, sticky: cfg.sticky ?? true };
+  // No features asked for: `observe` is never called.
+  return {};
 }
 
-export function route(request, stats) {
+export function route(request) {
   const { arms, total, sticky } = state;
   const identity = request.caller.user ?? request.caller.keyName;
   let chosen, how;
@@ -73,3 +75,5 @@ export function route(request, stats) {
   const labels = [{ key: 'arm', value: arm.name }, { key: 'assignment', value: how }];
   return { tag: 'route', val: { targets, labels } };
 }
+
+export function observe(outcome) {}

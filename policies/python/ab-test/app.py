@@ -68,8 +68,9 @@ class WitWorld(wit_world.WitWorld):
         if total <= 0:
             raise Err("invalid config: the arms' weights add up to 0")
         STATE.update(arms=arms, total=total, sticky=cfg.get("sticky", True), backends=list(backends))
+        return types.Features(0)
 
-    def route(self, request, stats):
+    def route(self, request):
         arms, total = STATE["arms"], STATE["total"]
         identity = request.caller.user or request.caller.key_name
         if STATE["sticky"] and identity:
@@ -81,3 +82,6 @@ class WitWorld(wit_world.WitWorld):
         targets += [types.Target(a["backend"], None) for a in arms if a["backend"] != arm["backend"]]
         labels = [types.Tag("arm", arm["name"]), types.Tag("assignment", how)]
         return types.Decision_Route(types.Route(targets, labels))
+
+    def observe(self, outcome) -> None:
+        """Not asked for (init answers no features): never called."""

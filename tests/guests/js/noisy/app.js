@@ -10,9 +10,10 @@ export function init(config, backends) {
   console.log('noisy-js init on stdout');
   console.error('noisy-js init on stderr');
   first = backends[0].name;
+  return {};
 }
 
-export function route(request, stats) {
+export function route(request) {
   console.log(`noisy-js route ${request.model}`);
   console.error(`noisy-js route ${request.model} on stderr`);
   if (request.model === 'throw') throw new Error('noisy-js throws on purpose');
@@ -22,3 +23,5 @@ export function route(request, stats) {
   }
   return { tag: 'route', val: { targets: [{ backend: first }], labels: [{ key: 'fixture', value: 'noisy' }] } };
 }
+
+export function observe(outcome) {}

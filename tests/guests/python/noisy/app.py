@@ -18,8 +18,9 @@ class WitWorld(wit_world.WitWorld):
         print("noisy-python init on stdout")
         print("noisy-python init on stderr", file=sys.stderr)
         STATE["first"] = backends[0].name
+        return types.Features(0)
 
-    def route(self, request, stats):
+    def route(self, request):
         print(f"noisy-python route {request.model}")
         print(f"noisy-python route {request.model} on stderr", file=sys.stderr)
         if request.model == "throw":
@@ -29,3 +30,6 @@ class WitWorld(wit_world.WitWorld):
             raise RuntimeError("noisy-python traps after printing")
         target = types.Target(STATE["first"], None)
         return types.Decision_Route(types.Route([target], [types.Tag("fixture", "noisy")]))
+
+    def observe(self, outcome) -> None:
+        pass
