@@ -7,7 +7,20 @@ use std::path::PathBuf;
 
 /// Guest workspaces and the components each produces.
 const WORKSPACES: &[(&str, &[&str])] = &[
-    ("policies", &["cheapest-healthy", "fallback-cheaper", "private-data", "ab-test", "adaptive", "content-aware", "quality-router"]),
+    (
+        "policies",
+        &[
+            "cheapest-healthy",
+            "fallback-cheaper",
+            "private-data",
+            "ab-test",
+            "adaptive",
+            "content-aware",
+            "quality-router",
+            "bandit",
+            "sticky-session",
+        ],
+    ),
     ("tests/guests", &["hostile", "observer", "other-world"]),
 ];
 

@@ -45,10 +45,52 @@ pub async fn handle(gateway: Arc<Gateway>, token: Option<Arc<str>>, request: Req
                 (Method::GET, "/admin/policies") => json_response(StatusCode::OK, Bytes::from(policies(&gateway).to_string())),
                 (Method::GET, "/admin/backends") => json_response(StatusCode::OK, Bytes::from(backends(&gateway).to_string())),
                 (Method::POST, "/admin/reload") => reload(gateway).await,
+                (Method::POST, path) if path.starts_with("/admin/policies/") => {
+                    let query = request.uri().query().unwrap_or_default().to_owned();
+                    policy_action(gateway, path.trim_start_matches("/admin/policies/"), &query).await
+                }
                 (method, path) => error_response(&GatewayError::unknown_url(method.as_str(), path)),
             }
         }
         (method, path) => error_response(&GatewayError::unknown_url(method.as_str(), path)),
+    }
+}
+
+/// `POST /admin/policies/NAME/promote` (the canary replaces NAME),
+/// `/rollback` (the canary serves nothing until its file changes) and
+/// `/activate?version=V` (a kept version of NAME serves again).
+async fn policy_action(gateway: Arc<Gateway>, rest: &str, query: &str) -> Response<Body> {
+    let Some((name, action)) = rest.rsplit_once('/') else {
+        return error_response(&GatewayError::unknown_url("POST", &format!("/admin/policies/{rest}")));
+    };
+    let (name, action, query) = (name.to_owned(), action.to_owned(), query.to_owned());
+    let result = tokio::task::spawn_blocking(move || match action.as_str() {
+        "promote" => gateway.promote(&name).map(|v| json!({"promoted": name, "serving": v})),
+        "rollback" => {
+            let canary = crate::policy::Candidate::Canary.name_for(&name);
+            if gateway.candidates().roll_back(&canary, "rolled back through the admin API") {
+                gateway.metrics().canary_transition(&canary, "rolled_back");
+                tracing::warn!(%canary, "canary rolled back through the admin API");
+                Ok(json!({"rolled_back": canary}))
+            } else {
+                Err(format!("`{name}` has no canary serving"))
+            }
+        }
+        "activate" => {
+            let version = query.split('&').find_map(|kv| kv.strip_prefix("version=")).unwrap_or_default().to_owned();
+            gateway.registry().activate(&name, &version).map(|p| json!({"activated": name, "serving": p.version()}))
+        }
+        other => Err(format!("unknown action `{other}`: promote, rollback or activate?version=V")),
+    })
+    .await;
+    match result {
+        Ok(Ok(body)) => json_response(StatusCode::OK, Bytes::from(body.to_string())),
+        Ok(Err(message)) => {
+            let mut error = GatewayError::bad_request(message, None);
+            error.status = StatusCode::CONFLICT;
+            error_response(&error)
+        }
+        Err(e) => error_response(&GatewayError::internal(format!("policy action failed: {e}"))),
     }
 }
 
@@ -131,6 +173,8 @@ fn policies(gateway: &Gateway) -> serde_json::Value {
                 "last_error": s.last_error.map(|e| json!({"kind": e.kind().as_str(), "message": e.message()})),
                 "failed_at": unix(s.failed_at),
                 "stats": calls,
+                "kept_versions": s.kept,
+                "candidates": crate::gateway::candidates::admin_json(gateway.candidates(), &s.name),
             })
         })
         .collect();

@@ -23,6 +23,7 @@ pub mod native;
 pub mod openai;
 pub mod policy;
 pub mod reload;
+pub mod replay;
 pub mod responses;
 pub mod server;
 pub mod stats;

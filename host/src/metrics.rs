@@ -61,6 +61,15 @@ struct PolicyErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CandidateLabels {
+    /// The candidate (`NAME.shadow`, `NAME.canary`).
+    policy: String,
+    /// Shadow: `agreed`, `differed`, `failed`, `dropped`; canary: the
+    /// transition (`rolled_back`, `promoted`).
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RescueLabels {
     /// The backend that was to continue the stream.
     backend: String,
@@ -97,6 +106,8 @@ pub struct Metrics {
     stream_failures: Family<BackendLabels, Counter>,
     rescues: Family<RescueLabels, Counter>,
     unterminated: Family<BackendLabels, Counter>,
+    shadow: Family<CandidateLabels, Counter>,
+    canary: Family<CandidateLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -123,6 +134,8 @@ impl Metrics {
             stream_failures: Family::default(),
             rescues: Family::default(),
             unterminated: Family::default(),
+            shadow: Family::default(),
+            canary: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -166,7 +179,23 @@ impl Metrics {
             "Streams whose answer was complete (finished, with the usage asked for) but that closed without [DONE]; finished for the client",
             m.unterminated.clone(),
         );
+        registry.register(
+            "shadow_decisions",
+            "Decisions of shadow candidates, off the request path: agreed or differed with the served one, failed, or dropped under load",
+            m.shadow.clone(),
+        );
+        registry.register("canary_transitions", "Canary candidates rolled back or promoted", m.canary.clone());
         Self { registry, ..m }
+    }
+
+    /// A shadow candidate's decision.
+    pub fn shadow_decision(&self, policy: &str, result: &'static str) {
+        self.shadow.get_or_create(&CandidateLabels { policy: policy.to_owned(), result }).inc();
+    }
+
+    /// A canary candidate rolled back or promoted.
+    pub fn canary_transition(&self, policy: &str, result: &'static str) {
+        self.canary.get_or_create(&CandidateLabels { policy: policy.to_owned(), result }).inc();
     }
 
     /// One answered request.

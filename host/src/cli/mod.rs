@@ -2,6 +2,7 @@
 
 mod config_cmd;
 mod policy_cmd;
+mod replay_cmd;
 mod scaffold;
 mod serve_cmd;
 
@@ -40,6 +41,9 @@ enum Command {
     /// Check a configuration file, or print the embedded default.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Run a decision log through a candidate policy: agreement, changed
+    /// decisions, rejections, errors, cost and decision time.
+    Replay(replay_cmd::ReplayArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -58,6 +62,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(cmd) => {
             init_logging(cli.log_format, None);
             config_cmd::run(cmd)
+        }
+        Command::Replay(args) => {
+            init_logging(cli.log_format, None);
+            replay_cmd::run(args)
         }
     }
 }

@@ -265,6 +265,48 @@ pub struct PoliciesConfig {
     pub direct_backend_models: bool,
     /// Per-policy configuration, handed to `init` as JSON.
     pub config: BTreeMap<String, toml::Value>,
+    /// How a `NAME.canary.wasm` candidate serves and is judged.
+    pub canary: CanaryConfig,
+}
+
+/// `[policies.canary]`: a candidate `NAME.canary.wasm` serves `share`
+/// percent of NAME's requests (the same callers: by `user` or client key),
+/// and is compared with NAME over windows of `min_requests` on each side:
+/// rolled back when its error rate is `max_error_rate_increase` above, or
+/// its mean latency or cost per request `max_latency_increase` /
+/// `max_cost_increase` (fractions) above NAME's; promoted after a clean
+/// window when `auto_promote`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanaryConfig {
+    /// Percent of requests the canary decides, 0 to 100.
+    pub share: f64,
+    /// Requests on each side before a window is judged.
+    pub min_requests: u64,
+    /// Error rate above the stable version's that rolls back (0.05: five
+    /// points).
+    pub max_error_rate_increase: f64,
+    /// Mean latency above the stable version's, as a fraction, that rolls
+    /// back.
+    pub max_latency_increase: f64,
+    /// Mean cost per request above the stable version's, as a fraction,
+    /// that rolls back.
+    pub max_cost_increase: f64,
+    /// Promote after a clean window (the canary file replaces NAME's).
+    pub auto_promote: bool,
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        Self {
+            share: 10.0,
+            min_requests: 100,
+            max_error_rate_increase: 0.05,
+            max_latency_increase: 0.5,
+            max_cost_increase: 0.25,
+            auto_promote: false,
+        }
+    }
 }
 
 impl Default for PoliciesConfig {
@@ -282,6 +324,7 @@ impl Default for PoliciesConfig {
             text_budget_bytes: 16 << 10,
             direct_backend_models: true,
             config: BTreeMap::new(),
+            canary: CanaryConfig::default(),
         }
     }
 }
@@ -724,6 +767,22 @@ impl Config {
         if p.queue == 0 {
             return Err(("policies.queue".into(), "must be at least 1".into()));
         }
+        let canary = &self.policies.canary;
+        if !(0.0..=100.0).contains(&canary.share) {
+            return Err(("policies.canary.share".into(), format!("must be a percentage from 0 to 100, not {}", canary.share)));
+        }
+        if canary.min_requests == 0 {
+            return Err(("policies.canary.min_requests".into(), "must be at least 1".into()));
+        }
+        for (key, value) in [
+            ("max_error_rate_increase", canary.max_error_rate_increase),
+            ("max_latency_increase", canary.max_latency_increase),
+            ("max_cost_increase", canary.max_cost_increase),
+        ] {
+            if !(value >= 0.0 && value.is_finite()) {
+                return Err((format!("policies.canary.{key}"), format!("must be a number 0 or above, not {value}")));
+            }
+        }
         if p.view_max_messages == 0 {
             return Err(("policies.view_max_messages".into(), "must be at least 1".into()));
         }
@@ -991,6 +1050,8 @@ mod tests {
             ("[policies]\ncall_fuel = 5\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.call_fuel", "at least 10000"),
             ("[policies]\nthreads = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.threads", "between 1 and 256"),
             ("[policies]\nqueue = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.queue", "at least 1"),
+            ("[policies.canary]\nshare = 120.0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.canary.share", "percentage"),
+            ("[policies.canary]\nmax_cost_increase = -1.0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.canary.max_cost_increase", "0 or above"),
             ("[policies]\nview_max_messages = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.view_max_messages", "at least 1"),
             (
                 "[[backends]]\nname = \"a\"\nprovider = \"mock\"\n[[routes]]\nmodel = \"x\"\npolicy = \"p\"\non_policy_error = \"open\"\n",

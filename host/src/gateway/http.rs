@@ -17,18 +17,20 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::attempts::{self, Finished, Outcome};
+use super::candidates::{self, CanaryArm, ShadowRun, Verdict};
 use super::framing::Framing;
 use super::outcome::Observation;
 use super::plan::{self, Plan};
 use super::relay::{Relay, StreamLimits};
 use super::rescue::{Leg, Mode, RescueLimits, Rescuer};
 use super::{Gateway, GatewayState};
-use crate::config::Config;
+use crate::config::{CanaryConfig, Config};
 use crate::contract::ApiSurface;
 use crate::decision_log::DecisionLog;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::openai::inbound::{self, CallerIdentity, InboundRequest, ParseContext, ViewLimits};
+use crate::policy::Candidate;
 use crate::telemetry;
 use crate::upstream::AnswerShape;
 use tracing::Instrument;
@@ -161,7 +163,12 @@ async fn proxy(
     let inbound = Arc::new(read_request(&state, request, ingress, request_id, false).await?);
     let messages_api = ingress == Ingress::Messages;
     let metrics = gateway.metrics();
-    let plan = plan::plan(&state, gateway.registry(), metrics, &inbound).await?;
+    let plan = plan::plan(&state, gateway.registry(), metrics, gateway.candidates(), &inbound).await?;
+    if let Some(shadow) = plan.instance.as_ref().and_then(|i| gateway.registry().get(&Candidate::Shadow.name_for(i))) {
+        let run =
+            ShadowRun { shadow, metrics: metrics.clone(), log: gateway.decision_log().cloned(), candidates: gateway.candidates().clone() };
+        candidates::shadow(run, &plan, &inbound);
+    }
     let finished = match &plan.refusal {
         Some(refusal) => Finished::without_attempts(refusal.clone()),
         None => attempts::run(&state.config, metrics, &plan, &inbound, request_id, started).await,
@@ -174,6 +181,7 @@ async fn proxy(
         Outcome::Failed(_) => None,
     };
     let mut observation = Observation::start(&plan, &inbound, answered, &finished.failed, started);
+    let answered_prices = answered.map(|u| (u.config.input_price, u.config.output_price));
     let (mut response, backend, model, relay) = match finished.outcome {
         Outcome::Complete { upstream, model, answer } => {
             usage = answer.usage;
@@ -287,6 +295,14 @@ async fn proxy(
         let span = tracing::Span::current();
         telemetry::record_request(&span, &inbound.model, &plan.policy, backend.as_deref(), model.as_deref(), finished.attempts);
     }
+    if let Some(arm) = &plan.canary {
+        let cost = match (usage, answered_prices) {
+            (Some((input, output)), Some((i, o))) => (input as f64 * i + output as f64 * o) / 1e6,
+            _ => 0.0,
+        };
+        let failed = plan.policy_error.is_some() || status.is_server_error();
+        judge_canary(gateway, arm, failed, total, cost, &state.config.policies.canary);
+    }
     let backend_label = backend.clone().unwrap_or_else(|| "none".into());
     metrics.request(
         RequestLabels { model: state.model_label(&inbound.model).to_owned(), backend: backend_label, policy, status: status.as_u16(), arm },
@@ -299,6 +315,29 @@ async fn proxy(
         ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
     Ok(response)
+}
+
+/// Records a canary-side request; rolls the canary back when its window is
+/// worse than the stable one's, and promotes it after a clean window when
+/// configured.
+fn judge_canary(gateway: &Arc<Gateway>, arm: &CanaryArm, failed: bool, total: std::time::Duration, cost: f64, config: &CanaryConfig) {
+    match gateway.candidates().record(arm, failed, total, cost, config) {
+        Some(Verdict::RollBack(reason)) => {
+            tracing::warn!(canary = %arm.canary, version = %arm.version, "canary rolled back: {reason}");
+            gateway.metrics().canary_transition(&arm.canary, "rolled_back");
+        }
+        Some(Verdict::Clean) if config.auto_promote => {
+            let base = crate::policy::Candidate::base_of(&arm.canary).unwrap_or_default();
+            let gateway = gateway.clone();
+            // Promotion reloads the policy: off the async workers.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = gateway.promote(&base) {
+                    tracing::error!(policy = %base, "canary not promoted: {e}");
+                }
+            });
+        }
+        _ => {}
+    }
 }
 
 /// An OpenAI chat completion as a Messages API answer.
@@ -326,7 +365,7 @@ fn responses_answer(completion: &[u8], inbound: &InboundRequest) -> Result<Bytes
 async fn count_tokens(gateway: &Arc<Gateway>, request: Request<Incoming>, request_id: &str) -> Result<Response<Body>, GatewayError> {
     let state = gateway.state();
     let inbound = read_request(&state, request, Ingress::Messages, request_id, true).await?;
-    let plan = plan::plan(&state, gateway.registry(), gateway.metrics(), &inbound).await?;
+    let plan = plan::plan(&state, gateway.registry(), gateway.metrics(), gateway.candidates(), &inbound).await?;
     if let Some(refusal) = plan.refusal {
         return Err(refusal);
     }

@@ -7,10 +7,12 @@
 //! - `relay.rs`: where a stream is passed to the client.
 //! - `framing.rs`: how its events are framed for the client's API.
 //! - `outcome.rs`: what a request came to, for the policy's `observe`.
+//! - `candidates.rs`: shadow and canary policies beside a serving one.
 //! - `rescue.rs`: where a stream broken mid-answer finds its continuation.
 //! - `transcript.rs`: what a stream has said, and the splice rule.
 
 mod attempts;
+pub mod candidates;
 mod framing;
 pub mod http;
 mod outcome;
@@ -44,6 +46,8 @@ pub struct Gateway {
     decision_log: Option<Arc<DecisionLog>>,
     /// Where the configuration came from, for reloads.
     file: Option<ConfigFile>,
+    /// Shadow and canary candidates' books.
+    candidates: Arc<candidates::Candidates>,
 }
 
 /// The configuration file being served, and the command-line override that
@@ -189,7 +193,16 @@ impl Gateway {
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
-        Ok(Arc::new(Self { state: ArcSwap::from_pointee(state), registry: Arc::new(registry), stats, metrics, decision_log, file }))
+        let candidates = Arc::default();
+        Ok(Arc::new(Self {
+            state: ArcSwap::from_pointee(state),
+            registry: Arc::new(registry),
+            stats,
+            metrics,
+            decision_log,
+            file,
+            candidates,
+        }))
     }
 
     /// The state serving now.
@@ -210,6 +223,26 @@ impl Gateway {
     /// The decision log, when configured (opened at start; a new path needs a restart).
     pub fn decision_log(&self) -> Option<&Arc<DecisionLog>> {
         self.decision_log.as_ref()
+    }
+
+    /// The shadow and canary candidates' books.
+    pub fn candidates(&self) -> &Arc<candidates::Candidates> {
+        &self.candidates
+    }
+
+    /// Promotes the canary beside `name`: its file replaces NAME's (so the
+    /// promotion survives a restart), and NAME reloads from it. Answers the
+    /// version now serving.
+    pub fn promote(&self, name: &str) -> Result<String, String> {
+        let canary = crate::policy::Candidate::Canary.name_for(name);
+        let from = self.registry.file_of(&canary).ok_or_else(|| format!("`{name}` has no canary file"))?;
+        let to = self.registry.file_of(name).ok_or_else(|| format!("`{name}` is not a policy file to replace"))?;
+        std::fs::rename(&from, &to).map_err(|e| format!("cannot move {} to {}: {e}", from.display(), to.display()))?;
+        self.registry.rescan();
+        let serving = self.registry.get(name).map(|p| p.version().to_owned()).unwrap_or_default();
+        tracing::warn!(policy = %name, version = %serving, "canary promoted");
+        self.metrics.canary_transition(&canary, "promoted");
+        Ok(serving)
     }
 
     /// The virtual models whose policy has no version serving.

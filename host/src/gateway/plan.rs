@@ -12,6 +12,7 @@ use crate::policy::{Decision, LoadedPolicy, PolicyError, PolicyErrorKind, Policy
 use crate::telemetry;
 use crate::upstream::Upstream;
 
+use super::candidates::{on_canary_side, CanaryArm, Candidates};
 use super::{GatewayState, Route, RouteKind};
 
 /// The targets of one request, in order.
@@ -32,6 +33,10 @@ pub(super) struct Plan {
     pub policy_error: Option<PolicyError>,
     /// Whether a stream that breaks mid-answer may be continued.
     pub rescue: bool,
+    /// The policy instance the route names, when a policy route served.
+    pub instance: Option<String>,
+    /// The side of a canary the request was on, when the policy has one.
+    pub canary: Option<CanaryArm>,
 }
 
 #[derive(Clone)]
@@ -47,6 +52,7 @@ pub(super) async fn plan(
     state: &GatewayState,
     registry: &PolicyRegistry,
     metrics: &Metrics,
+    candidates: &Candidates,
     inbound: &InboundRequest,
 ) -> Result<Plan, GatewayError> {
     let route = match state.routes.get(&inbound.model) {
@@ -63,6 +69,8 @@ pub(super) async fn plan(
                     refusal: None,
                     policy_error: None,
                     rescue,
+                    instance: None,
+                    canary: None,
                 });
             }
             state.catch_all.as_ref().ok_or_else(|| GatewayError::model_not_found(&inbound.model))?
@@ -81,13 +89,24 @@ pub(super) async fn plan(
                 refusal: None,
                 policy_error: None,
                 rescue: route.rescue,
+                instance: None,
+                canary: None,
             });
         }
         RouteKind::Split(arms) => return Ok(split(state, route, arms, inbound)),
     };
-    let Some(version) = registry.get(instance) else {
+    let Some(stable) = registry.get(instance) else {
         let error = PolicyError::new(PolicyErrorKind::NotFound, instance, "no version of this policy is loaded");
         return Ok(policy_failed(state, instance, on_policy_error, route.rescue, metrics, &inbound.view.id, error));
+    };
+    // A canary beside the policy decides its share of requests.
+    let (version, canary) = match candidates.canary(registry, instance) {
+        Some(canary) => {
+            let candidate = on_canary_side(inbound, canary.version(), state.config.policies.canary.share);
+            let arm = CanaryArm { canary: canary.name().to_owned(), version: canary.version().to_owned(), candidate };
+            (if candidate { canary } else { stable }, Some(arm))
+        }
+        None => (stable, None),
     };
     let stats = stats_for(state, version.backends());
     let started = std::time::Instant::now();
@@ -97,7 +116,10 @@ pub(super) async fn plan(
     let policy = format!("{}@{}", version.name(), version.version());
     let route_rescue = route.rescue;
     match decision {
-        Ok((Decision::Route(route), stats)) => {
+        Ok((Decision::Route(mut route), stats)) => {
+            if let Some(arm) = &canary {
+                route.labels.push(("canary".into(), if arm.candidate { "candidate" } else { "stable" }.into()));
+            }
             let targets = route
                 .targets
                 .into_iter()
@@ -116,6 +138,8 @@ pub(super) async fn plan(
                 refusal: None,
                 policy_error: None,
                 rescue: route_rescue,
+                instance: Some(instance.clone()),
+                canary,
             })
         }
         Ok((Decision::Reject { status, message }, stats)) => Ok(Plan {
@@ -126,8 +150,15 @@ pub(super) async fn plan(
             refusal: Some(GatewayError::policy_rejected(status, &message)),
             policy_error: None,
             rescue: route_rescue,
+            instance: Some(instance.clone()),
+            canary,
         }),
-        Err(error) => Ok(policy_failed(state, instance, on_policy_error, route.rescue, metrics, &inbound.view.id, error)),
+        Err(error) => {
+            let mut plan = policy_failed(state, instance, on_policy_error, route.rescue, metrics, &inbound.view.id, error);
+            plan.instance = Some(instance.clone());
+            plan.canary = canary;
+            Ok(plan)
+        }
     }
 }
 
@@ -156,7 +187,17 @@ fn policy_failed(
     };
     tracing::warn!(%request_id, action, "policy could not decide: {error}");
     metrics.policy_error(policy, kind, action);
-    Plan { policy: policy.to_owned(), targets, labels, seen: None, refusal, policy_error: Some(error), rescue }
+    Plan {
+        policy: policy.to_owned(),
+        targets,
+        labels,
+        seen: None,
+        refusal,
+        policy_error: Some(error),
+        rescue,
+        instance: None,
+        canary: None,
+    }
 }
 
 /// A `split` route's targets: an arm by weight, chosen by a hash of the
@@ -185,7 +226,17 @@ fn split(state: &GatewayState, route: &Route, arms: &[(usize, u32)], inbound: &I
     let arm = state.upstreams[first].name().to_owned();
     let assignment = if caller.user.is_some() || caller.key_name.is_some() { "sticky" } else { "random" };
     let labels = vec![("arm".to_owned(), arm), ("assignment".to_owned(), assignment.to_owned())];
-    Plan { policy: "split".into(), targets, labels, seen: None, refusal: None, policy_error: None, rescue: route.rescue }
+    Plan {
+        policy: "split".into(),
+        targets,
+        labels,
+        seen: None,
+        refusal: None,
+        policy_error: None,
+        rescue: route.rescue,
+        instance: None,
+        canary: None,
+    }
 }
 
 /// Live stats in the order of the version's backends. Fast path: the same

@@ -24,7 +24,9 @@ mod watch;
 
 pub use decision::{ChosenTarget, Decision, RoutePlan};
 pub use error::{PolicyError, PolicyErrorKind};
-pub use registry::{PolicyRegistry, PolicySources, PolicyStatus, RescanReport, EMPTY_CONFIG, INSTANCE_SEPARATOR, POLICY_EXTENSION};
+pub use registry::{
+    Candidate, PolicyRegistry, PolicySources, PolicyStatus, RescanReport, EMPTY_CONFIG, INSTANCE_SEPARATOR, KEPT_VERSIONS, POLICY_EXTENSION,
+};
 pub use runtime::{ComponentReport, PolicyRuntime};
 pub use settings::{default_cache_dir, default_threads, InstanceMode, RuntimeSettings, DEFAULT_CALL_DEADLINE_MS, DEFAULT_CALL_FUEL};
 pub use version::{LoadedPolicy, PolicyCallStats};

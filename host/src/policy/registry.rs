@@ -1,6 +1,11 @@
 //! The registry of loaded policies: one current version per policy name,
 //! swapped atomically when its file changes, and a status per name that says
-//! what is serving and what last failed.
+//! what is serving and what last failed. The last versions of each name are
+//! kept (without warm instances) for an instant rollback.
+//!
+//! Candidates sit beside a policy as files: `NAME.shadow.wasm` (decides
+//! every request off its path, to compare) and `NAME.canary.wasm` (serves a
+//! share); they take NAME's configuration unless given their own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -40,6 +45,9 @@ pub struct PolicyStatus {
     pub loads: u64,
     /// Loads that failed since start.
     pub failed_loads: u64,
+    /// Earlier versions, newest first, that [`PolicyRegistry::activate`]
+    /// can bring back.
+    pub kept: Vec<String>,
 }
 
 /// What one rescan of the directory did.
@@ -69,6 +77,8 @@ struct Entry {
     /// What was last tried (loaded or failed): the bytes' hash, the config,
     /// and the generation of the backend list.
     tried: Option<(String, String, u64)>,
+    /// Earlier versions, newest first, without warm instances.
+    kept: std::collections::VecDeque<Arc<LoadedPolicy>>,
 }
 
 /// Where policies come from.
@@ -93,6 +103,49 @@ const BUILTIN_FILE: &str = "<built-in>";
 /// Joins a policy's name and a route's model into the name of the policy's
 /// instance with that route's own configuration (`fallback-cheaper~eu`).
 pub const INSTANCE_SEPARATOR: char = '~';
+
+/// Earlier versions kept per name for a rollback.
+pub const KEPT_VERSIONS: usize = 10;
+
+/// The two kinds of candidate beside a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Candidate {
+    /// `NAME.shadow`: decides every request off its path, for comparison.
+    Shadow,
+    /// `NAME.canary`: serves a share of requests, watched against NAME.
+    Canary,
+}
+
+impl Candidate {
+    /// The file-name suffix (`shadow`, `canary`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shadow => "shadow",
+            Self::Canary => "canary",
+        }
+    }
+
+    /// The name of the candidate beside `instance` (`NAME` or `NAME~MODEL`).
+    pub fn name_for(self, instance: &str) -> String {
+        match instance.split_once(INSTANCE_SEPARATOR) {
+            Some((base, model)) => format!("{base}.{}{INSTANCE_SEPARATOR}{model}", self.as_str()),
+            None => format!("{instance}.{}", self.as_str()),
+        }
+    }
+
+    /// The policy a candidate's name stands beside, when it is one.
+    pub fn base_of(name: &str) -> Option<String> {
+        let (file, model) = match name.split_once(INSTANCE_SEPARATOR) {
+            Some((file, model)) => (file, Some(model)),
+            None => (name, None),
+        };
+        let base = file.strip_suffix(".shadow").or_else(|| file.strip_suffix(".canary"))?;
+        Some(match model {
+            Some(model) => format!("{base}{INSTANCE_SEPARATOR}{model}"),
+            None => base.to_owned(),
+        })
+    }
+}
 
 /// Policies by name, from a directory and built-in components.
 pub struct PolicyRegistry {
@@ -166,6 +219,41 @@ impl PolicyRegistry {
         self.lock().entries.values().map(|e| e.status.clone()).collect()
     }
 
+    /// Serves `version` of `name` again: the current one or one of the
+    /// [`KEPT_VERSIONS`] before it, warmed first. Until the file changes.
+    pub fn activate(&self, name: &str, version: &str) -> Result<Arc<LoadedPolicy>, String> {
+        let mut state = self.lock();
+        let entry = state.entries.get_mut(name).ok_or_else(|| format!("no policy `{name}`"))?;
+        let current = self.serving.load().get(name).cloned();
+        if let Some(current) = current.as_ref().filter(|c| c.version() == version) {
+            return Ok(current.clone());
+        }
+        let at = entry.kept.iter().position(|p| p.version() == version).ok_or_else(|| {
+            let kept: Vec<&str> = entry.kept.iter().map(|p| p.version()).collect();
+            format!("`{name}` has no kept version {version} (kept: {})", kept.join(", "))
+        })?;
+        let chosen = entry.kept[at].clone();
+        chosen.probe_and_warm().map_err(|e| format!("version {version} cannot serve again: {e}"))?;
+        entry.kept.remove(at);
+        if let Some(current) = current {
+            current.cool();
+            entry.kept.push_front(current);
+        }
+        entry.status.version = Some(chosen.version().to_owned());
+        entry.status.loaded_at = Some(chosen.loaded_at());
+        entry.status.kept = entry.kept.iter().map(|p| p.version().to_owned()).collect();
+        let mut serving = (**self.serving.load()).clone();
+        serving.insert(name.to_owned(), chosen.clone());
+        self.serving.store(Arc::new(serving));
+        tracing::warn!(policy = %name, version, "policy version activated by hand (until its file changes)");
+        Ok(chosen)
+    }
+
+    /// The file a policy was loaded from, when it is a file.
+    pub fn file_of(&self, name: &str) -> Option<PathBuf> {
+        self.lock().entries.get(name).map(|e| e.status.file.clone()).filter(|f| f.as_os_str() != BUILTIN_FILE)
+    }
+
     /// Replaces the backends and the policies' configurations, and reloads
     /// every policy whose inputs changed (all of them when the backends
     /// differ). A refused configuration leaves the previous version serving.
@@ -201,10 +289,17 @@ impl PolicyRegistry {
         for (name, bytes) in &self.sources.builtin {
             files.entry(name.clone()).or_insert(PolicyFile::Builtin(bytes));
         }
-        // `NAME~MODEL` is NAME's file with a route's own configuration.
+        // `NAME~MODEL` is NAME's file with a route's own configuration
+        // (and so are its candidates').
         for instance in state.configs.keys() {
             if let Some(file) = instance.split_once(INSTANCE_SEPARATOR).and_then(|(base, _)| files.get(base)).cloned() {
                 files.insert(instance.clone(), file);
+            }
+            for candidate in [Candidate::Shadow, Candidate::Canary] {
+                let Some((base, _)) = instance.split_once(INSTANCE_SEPARATOR) else { continue };
+                if let Some(file) = files.get(&candidate.name_for(base)).cloned() {
+                    files.insert(candidate.name_for(instance), file);
+                }
             }
         }
 
@@ -214,7 +309,9 @@ impl PolicyRegistry {
         let mut changed = false;
 
         for (name, file) in &files {
-            let config = configs.get(name).map_or(EMPTY_CONFIG, String::as_str);
+            // A candidate takes its policy's configuration unless it has its own.
+            let own = configs.get(name).or_else(|| Candidate::base_of(name).and_then(|base| configs.get(&base)));
+            let config = own.map_or(EMPTY_CONFIG, String::as_str);
             let path = match file {
                 PolicyFile::Path(path) => path.clone(),
                 PolicyFile::Builtin(_) => PathBuf::from(BUILTIN_FILE),
@@ -229,9 +326,11 @@ impl PolicyRegistry {
                     failed_at: None,
                     loads: 0,
                     failed_loads: 0,
+                    kept: Vec::new(),
                 },
                 stamp: None,
                 tried: None,
+                kept: std::collections::VecDeque::new(),
             });
             entry.status.file = path.clone();
             let stamp = match file {
@@ -268,7 +367,13 @@ impl PolicyRegistry {
                     entry.status.last_error = None;
                     entry.status.failed_at = None;
                     entry.status.loads += 1;
-                    serving.insert(name.clone(), policy);
+                    if let Some(previous) = serving.insert(name.clone(), policy) {
+                        previous.cool();
+                        entry.kept.retain(|p| p.version() != previous.version());
+                        entry.kept.push_front(previous);
+                        entry.kept.truncate(KEPT_VERSIONS);
+                        entry.status.kept = entry.kept.iter().map(|p| p.version().to_owned()).collect();
+                    }
                     changed = true;
                     report.loaded.push(name.clone());
                 }

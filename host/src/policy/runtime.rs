@@ -19,8 +19,8 @@ use super::threads::PolicyThreads;
 use super::version::{LoadedPolicy, Pre};
 use crate::contract::{Backend, WORLD, WORLD_0_1};
 
-/// Outcomes waiting for the observe thread, all policies together.
-const OBSERVE_QUEUE: usize = 256;
+/// Jobs waiting for the background thread, all policies together.
+const BACKGROUND_QUEUE: usize = 256;
 
 /// How often the epoch advances; the unit of every deadline.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -37,8 +37,9 @@ pub(crate) struct RuntimeInner {
     pub(crate) settings: RuntimeSettings,
     /// Where the decisions of [`LoadedPolicy::decide_async`] run.
     pub(crate) threads: PolicyThreads,
-    /// Where [`LoadedPolicy::observe`] runs.
-    pub(crate) observe_thread: PolicyThreads,
+    /// Where [`LoadedPolicy::observe`] and
+    /// [`LoadedPolicy::decide_in_background`] run.
+    pub(crate) background: PolicyThreads,
     /// Key of compiled artifacts for this engine's settings.
     engine_key: u64,
     ticker_stop: Arc<AtomicBool>,
@@ -92,12 +93,12 @@ impl PolicyRuntime {
         let thread_err = |e: std::io::Error| PolicyError::new(PolicyErrorKind::Runtime, "-", format!("cannot start a thread: {e}"));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone()).map_err(thread_err)?;
         let threads = PolicyThreads::start("policy", settings.threads, settings.queue).map_err(thread_err)?;
-        // Outcomes get a thread of their own: a slow `observe` never holds
-        // up a decision queued behind it.
-        let observe_thread = PolicyThreads::start("policy-observe", 1, OBSERVE_QUEUE).map_err(thread_err)?;
+        // Outcomes and shadow decisions get a thread of their own: a slow
+        // one never holds up a decision queued behind it.
+        let background = PolicyThreads::start("policy-background", 1, BACKGROUND_QUEUE).map_err(thread_err)?;
 
         let states = std::sync::Mutex::default();
-        Ok(Self { inner: Arc::new(RuntimeInner { engine, linker, settings, threads, observe_thread, engine_key, ticker_stop, states }) })
+        Ok(Self { inner: Arc::new(RuntimeInner { engine, linker, settings, threads, background, engine_key, ticker_stop, states }) })
     }
 
     /// The settings this runtime was built with.

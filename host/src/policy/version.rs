@@ -32,9 +32,10 @@ enum Bindings {
     V0_1(v0_1::Policy),
 }
 
-/// Most outcomes waiting for, or in, a policy thread per version: past it
-/// they are dropped (and counted), so `observe` never crowds out decisions.
-const MAX_OUTCOMES_QUEUED: u32 = 64;
+/// Most background jobs (outcomes, shadow decisions) waiting for, or on,
+/// the background thread per version: past it they are dropped (and
+/// counted).
+const MAX_BACKGROUND_QUEUED: u32 = 64;
 
 /// A policy version that passed compilation, `init` and the probe call.
 ///
@@ -114,8 +115,8 @@ struct Counters {
     observed: AtomicU64,
     observe_failures: AtomicU64,
     observe_dropped: AtomicU64,
-    /// Outcomes queued or being observed now.
-    observing: AtomicU32,
+    /// Background jobs queued or running now.
+    background: Arc<AtomicU32>,
 }
 
 impl LoadedPolicy {
@@ -203,21 +204,49 @@ impl LoadedPolicy {
         if !self.observes() {
             return;
         }
-        let c = &self.counters;
-        if c.observing.fetch_add(1, Ordering::AcqRel) >= MAX_OUTCOMES_QUEUED {
-            c.observing.fetch_sub(1, Ordering::AcqRel);
-            c.observe_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         let version = self.clone();
-        let job = Box::new(move || {
-            version.observe_here(&outcome);
-            version.counters.observing.fetch_sub(1, Ordering::AcqRel);
-        });
-        if self.runtime.inner.observe_thread.submit(job).is_err() {
-            c.observing.fetch_sub(1, Ordering::AcqRel);
-            c.observe_dropped.fetch_add(1, Ordering::Relaxed);
+        if !self.in_background(move || version.observe_here(&outcome)) {
+            self.counters.observe_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Decides `request` on the background thread and hands the result to
+    /// `done` there: a shadow's decision, never on a request's path.
+    /// Returns false, without deciding, when too many are waiting.
+    pub fn decide_in_background(
+        self: &Arc<Self>,
+        request: Arc<Request>,
+        stats: Vec<BackendStats>,
+        done: impl FnOnce(Result<Decision, PolicyError>) + Send + 'static,
+    ) -> bool {
+        let version = self.clone();
+        self.in_background(move || done(version.decide_here(&request, &stats)))
+    }
+
+    /// Runs `job` on the background thread, within this version's bound.
+    fn in_background(&self, job: impl FnOnce() + Send + 'static) -> bool {
+        let waiting = &self.counters.background;
+        if waiting.fetch_add(1, Ordering::AcqRel) >= MAX_BACKGROUND_QUEUED {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let counters = self.counters.background.clone();
+        let job = Box::new(move || {
+            job();
+            counters.fetch_sub(1, Ordering::AcqRel);
+        });
+        if self.runtime.inner.background.submit(job).is_err() {
+            waiting.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Drops the warm instances (a version kept for a rollback holds none:
+    /// [`Self::probe_and_warm`] makes them again).
+    pub fn cool(&self) {
+        while self.warm.pop().is_some() {}
+        *self.observer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// One `observe` call on the observer instance (a new one after a

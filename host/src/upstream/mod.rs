@@ -152,22 +152,26 @@ impl Upstream {
 
     /// The backend as `init` sees it.
     pub fn contract(&self) -> contract::Backend {
-        let c = &self.config;
-        contract::Backend {
-            name: c.name.clone(),
-            provider: c.provider.as_str().to_owned(),
-            model: c.model().to_owned(),
-            tags: c.tags.clone(),
-            input_price: c.input_price,
-            output_price: c.output_price,
-            context_window: c.context_window,
-            capabilities: contract::Capabilities {
-                vision: c.capabilities.vision,
-                tools: c.capabilities.tools,
-                json_mode: c.capabilities.json_mode,
-                stream: c.capabilities.stream,
-            },
-        }
+        contract_backend(&self.config)
+    }
+}
+
+/// A configured backend as a policy's `init` sees it.
+pub fn contract_backend(c: &BackendConfig) -> contract::Backend {
+    contract::Backend {
+        name: c.name.clone(),
+        provider: c.provider.as_str().to_owned(),
+        model: c.model().to_owned(),
+        tags: c.tags.clone(),
+        input_price: c.input_price,
+        output_price: c.output_price,
+        context_window: c.context_window,
+        capabilities: contract::Capabilities {
+            vision: c.capabilities.vision,
+            tools: c.capabilities.tools,
+            json_mode: c.capabilities.json_mode,
+            stream: c.capabilities.stream,
+        },
     }
 }
 
