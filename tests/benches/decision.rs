@@ -6,6 +6,9 @@
 //! - `hostile-trivial`: a guest that returns its first backend without
 //!   looking at anything: the cost of the call boundary alone (lowering the
 //!   request and 8 backends' stats into the guest, lifting the decision, checks).
+//! - `contract-0.1/*`, `contract-0.2/*`: `cheapest-healthy` as built against
+//!   contract 0.1 (stats as `route`'s argument, records converted) and 0.2
+//!   (stats from one `all-stats` host call), over 8 and 200 backends.
 
 use std::time::Duration;
 
@@ -41,6 +44,19 @@ fn bench(c: &mut Criterion) {
             let policy = runtime.load(name, &read(path), config, &fleet.backends).unwrap();
             group.bench_function(format!("{label}/{name}"), |b| b.iter(|| policy.decide(&request, &fleet.stats).unwrap()));
             report_fuel(&format!("{label}/{name}"), &policy);
+        }
+    }
+    // The same strategy built against each contract version, 8 and 200 backends.
+    let runtime = PolicyRuntime::new(RuntimeSettings { cache_dir: None, ..Default::default() }).unwrap();
+    let old = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/contract-0.1/cheapest-healthy.wasm");
+    let many = (0..200)
+        .fold(switchyard_tests::Fleet::default(), |fleet, i| fleet.with(&format!("backend-{i}"), 0.1 + f64::from(i) * 0.01, |_, _| {}));
+    for (size, backends) in [(8, &fleet), (200, &many)] {
+        for (version, path) in [("0.2", artifacts::CHEAPEST_HEALTHY), ("0.1", old)] {
+            let policy = runtime.load("cheapest-healthy", &read(path), "{}", &backends.backends).unwrap();
+            let name = format!("contract-{version}/cheapest-healthy-{size}");
+            group.bench_function(&name, |b| b.iter(|| policy.decide(&request, &backends.stats).unwrap()));
+            report_fuel(&name, &policy);
         }
     }
     // The learned router scores the prompt's text: measured on a 2 KB prompt.
