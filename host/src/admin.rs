@@ -68,13 +68,7 @@ async fn policy_action(gateway: Arc<Gateway>, rest: &str, query: &str) -> Respon
         "promote" => gateway.promote(&name).map(|v| json!({"promoted": name, "serving": v})),
         "rollback" => {
             let canary = crate::policy::Candidate::Canary.name_for(&name);
-            if gateway.candidates().roll_back(&canary, "rolled back through the admin API") {
-                gateway.metrics().canary_transition(&canary, "rolled_back");
-                tracing::warn!(%canary, "canary rolled back through the admin API");
-                Ok(json!({"rolled_back": canary}))
-            } else {
-                Err(format!("`{name}` has no canary serving"))
-            }
+            gateway.roll_back(&canary, "rolled back through the admin API").map(|()| json!({"rolled_back": canary}))
         }
         "activate" => {
             let version = query.split('&').find_map(|kv| kv.strip_prefix("version=")).unwrap_or_default().to_owned();

@@ -22,7 +22,8 @@ pub struct ReplayReport {
     /// Records decided by a policy and replayed.
     pub replayed: u64,
     /// Records not decided by a policy (`direct`, `targets`, `split`
-    /// routes, or a policy that failed), skipped.
+    /// routes, a policy that failed, shadow records), or by another policy
+    /// than `--name`'s, skipped.
     pub skipped: u64,
     /// Lines that are not decision-log records.
     pub unreadable: u64,
@@ -39,7 +40,8 @@ pub struct ReplayReport {
     pub errors: BTreeMap<String, u64>,
     /// Records with token usage, on which costs are compared.
     pub costed: u64,
-    /// Cost of the logged (or second candidate's) first targets, USD.
+    /// Cost of the logged (or second candidate's) first targets for the
+    /// logged tokens, USD.
     pub cost_before: f64,
     /// Cost of the candidate's first targets for the same tokens, USD.
     pub cost_after: f64,
@@ -69,6 +71,8 @@ pub struct Candidates<'a> {
     pub against: Option<&'a LoadedPolicy>,
     /// The backends both were loaded with (the router's configuration).
     pub backends: &'a [Backend],
+    /// Only records decided by this policy (`policy` = `NAME@version`).
+    pub name: Option<&'a str>,
 }
 
 /// Replays every record of `log`; `progress` is told the records read.
@@ -92,13 +96,18 @@ pub fn replay(log: impl BufRead, candidates: &Candidates<'_>, mut progress: impl
             report.unreadable += 1;
             continue;
         };
+        if record.get("shadow").is_some() {
+            report.skipped += 1;
+            continue;
+        }
         let Some(Ok(request)) = record.get("request").map(|r| json::parse_request(&r.to_string())) else {
             report.unreadable += 1;
             continue;
         };
         // Only a policy's own decisions: a failed policy's targets were the route's.
         let decided = record["backends"].is_array() && record["decision"].get("policy_error").is_none();
-        if !decided {
+        let named = candidates.name.is_none_or(|name| record["policy"].as_str().and_then(|p| p.split('@').next()) == Some(name));
+        if !decided || !named {
             report.skipped += 1;
             continue;
         }
@@ -108,7 +117,13 @@ pub fn replay(log: impl BufRead, candidates: &Candidates<'_>, mut progress: impl
         }
         let stats = stats_for(&record["backends"], candidates.backends);
         let before = match candidates.against {
-            Some(against) => first_target(&against.decide(&request, &stats)),
+            Some(against) => match against.decide(&request, &stats) {
+                Ok(decision) => first_target(&Ok(decision)),
+                Err(e) => {
+                    *report.errors.entry(format!("against: {}", e.kind().as_str())).or_default() += 1;
+                    continue;
+                }
+            },
             None => logged_first_target(&record["decision"]),
         };
         let started = Instant::now();
@@ -132,9 +147,9 @@ pub fn replay(log: impl BufRead, candidates: &Candidates<'_>, mut progress: impl
         }
         if let (Some(tokens), Some(before), Some(after)) = (record.get("tokens").filter(|t| t.is_object()), &before, &after) {
             let (input, output) = (tokens["input"].as_u64().unwrap_or(0), tokens["output"].as_u64().unwrap_or(0));
-            // The logged cost is the backend that served, when one did.
-            let served = record["backend"].as_str().filter(|_| candidates.against.is_none()).unwrap_or(before);
-            if let (Some(b), Some(a)) = (price(candidates.backends, served), price(candidates.backends, after)) {
+            // First target against first target, for the same tokens: the
+            // policies' choices compared, not the failovers that followed.
+            if let (Some(b), Some(a)) = (price(candidates.backends, before), price(candidates.backends, after)) {
                 report.costed += 1;
                 report.cost_before += cost(b, input, output);
                 report.cost_after += cost(a, input, output);

@@ -161,6 +161,9 @@ async fn a_worse_canary_is_rolled_back_on_its_numbers() {
         i += 1;
     }
     assert!(on_canary >= 20, "the canary served its share: {on_canary} of {i}");
+    // Its file is parked, so that a restart does not bring it back.
+    assert!(dir.path().join("policies/cheapest.canary.wasm.rolled-back").exists());
+    assert!(!dir.path().join("policies/cheapest.canary.wasm").exists());
     // Rolled back: everything is the stable version's again.
     for j in 0..20 {
         let a = post(&router.url, "/v1/chat/completions", &ask(&format!("u{j}")), &[]).await;
@@ -198,7 +201,8 @@ async fn a_clean_canary_is_promoted_and_a_kept_version_comes_back() {
     assert_eq!(status, 409);
     assert!(body["error"]["message"].as_str().unwrap().contains("no kept version 0000"), "{body}");
     let (status, body) = admin_post(&router, "/admin/policies/cheapest/rollback").await;
-    assert_eq!((status, body["error"]["message"].as_str()), (409, Some("`cheapest` has no canary serving")), "{body}");
+    assert_eq!((status, body["error"]["message"].as_str()), (409, Some("no canary `cheapest.canary` is serving")), "{body}");
+    assert_eq!(policy(&router, "cheapest").await["candidates"]["canary"]["state"], "promoted");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -69,6 +69,7 @@ capabilities = {{ tools = true }}
         ("observed", "observer"),
         ("observe-trap", "observer"),
         ("observe-loop", "observer"),
+        ("state-bounds", "observer"),
     ] {
         config.push_str(&format!("\n[[routes]]\nmodel = \"{model}\"\npolicy = \"{policy}\"\n"));
     }
@@ -161,6 +162,12 @@ async fn a_0_2_policy_sees_the_surface_and_learns_from_outcomes_in_its_state() {
     }
     let observer = policies(&router).await.into_iter().find(|p| p["name"] == "observer").unwrap();
     assert!(observer["stats"]["observed"].as_u64().unwrap() >= before + 2, "{observer}");
+    // State bounds, through the running router: an oversized value is
+    // refused, the largest allowed one kept, a value is not a counter.
+    let a =
+        post(&router.url, "/v1/chat/completions", &json!({"model": "state-bounds", "messages": [{"role": "user", "content": "hi"}]}), &[])
+            .await;
+    assert_eq!(label(&a, "bounds").as_deref(), Some("true/true/true"), "{}", a.body);
     assert_eq!(observer["stats"]["observe_failures"], 0, "{observer}");
 }
 
@@ -169,26 +176,31 @@ async fn a_failing_observe_never_touches_a_request() {
     let dir = tempfile::tempdir().unwrap();
     let mock = support::mock_upstream(dir.path());
     let router = contract_router(dir.path(), &mock);
-    for model in ["observe-trap", "observe-loop"] {
-        for _ in 0..5 {
-            let a =
-                post(&router.url, "/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}), &[])
-                    .await;
-            assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some("cheap")), "{model}: {}", a.body);
-            assert!(a.json()["choices"][0]["message"]["content"].as_str().unwrap().starts_with("This is a mock answer"));
-        }
+    // Three traps and two loops: five failures in a row bench the policy's
+    // background calls, so the next five outcomes are dropped, not run.
+    let models = ["observe-trap", "observe-trap", "observe-trap", "observe-loop", "observe-loop"];
+    for model in models.iter().chain(&models) {
+        let a =
+            post(&router.url, "/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}), &[]).await;
+        assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some("cheap")), "{model}: {}", a.body);
+        assert!(a.json()["choices"][0]["message"]["content"].as_str().unwrap().starts_with("This is a mock answer"));
+        // One at a time: the outcome reaches the policy before the next request.
+        tokio::time::sleep(Duration::from_millis(if model.ends_with("loop") { 400 } else { 50 })).await;
     }
     let started = Instant::now();
-    let failures = loop {
+    let stats = loop {
         let observer = policies(&router).await.into_iter().find(|p| p["name"] == "observer").unwrap();
-        let failures = observer["stats"]["observe_failures"].as_u64().unwrap();
-        if failures >= 10 || started.elapsed() > Duration::from_secs(10) {
-            break failures;
+        let stats = observer["stats"].clone();
+        if stats["observe_failures"].as_u64().unwrap() + stats["observe_dropped"].as_u64().unwrap() >= 10
+            || started.elapsed() > Duration::from_secs(10)
+        {
+            break stats;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(failures, 10, "every failing observe is counted: {}", router.logs());
-    // The policy still decides, and still learns from the requests that go well.
+    assert_eq!((stats["observe_failures"].as_u64(), stats["observe_dropped"].as_u64()), (Some(5), Some(5)), "{stats}\n{}", router.logs());
+    assert!(router.logs().contains("failed 5 times in a row: benched for 30 s"), "{}", router.logs());
+    // The policy still decides (its learning resumes after the bench).
     let a = post(&router.url, "/v1/chat/completions", &json!({"model": "observed", "messages": [{"role": "user", "content": "hi"}]}), &[])
         .await;
     assert_eq!(a.status, 200);

@@ -61,6 +61,29 @@ fn a_log_of_ten_thousand_records_replays_to_exact_numbers() {
     for _ in 0..7 {
         writeln!(file, "not json").unwrap();
     }
+    // Edge cases: logged rejections (replayed), a failed policy's fallback
+    // (skipped), a backend the configuration no longer has, without tokens
+    // (replayed, not costed), shadow records (skipped).
+    for i in 0..10 {
+        let mut r = record(i);
+        r["decision"] = json!({"reject": {"status": 403, "message": "no"}});
+        writeln!(file, "{r}").unwrap();
+    }
+    for i in 0..5 {
+        let mut r = record(i);
+        r["decision"]["policy_error"] = json!({"kind": "trap", "message": "x"});
+        writeln!(file, "{r}").unwrap();
+    }
+    for i in 0..5 {
+        let mut r = record(i);
+        r["decision"] = json!({"targets": [{"backend": "gone"}], "labels": {}});
+        r["tokens"] = Value::Null;
+        writeln!(file, "{r}").unwrap();
+    }
+    for i in 0..3 {
+        writeln!(file, "{}", json!({"ts_ms": 1, "request_id": format!("r{i}"), "policy": "p@x", "shadow": {"result": "differed"}}))
+            .unwrap();
+    }
     drop(file);
 
     let policy = artifacts::CHEAPEST_HEALTHY;
@@ -69,14 +92,14 @@ fn a_log_of_ten_thousand_records_replays_to_exact_numbers() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     // cheapest-healthy picks `cheap` every time: it agrees with the 6 666
     // records logged on `cheap` and moves the 3 334 logged on `dear`.
-    assert_eq!(report["records"], 10_107);
+    assert_eq!(report["records"], 10_130);
     assert_eq!(
         (report["replayed"].as_u64(), report["skipped"].as_u64(), report["unreadable"].as_u64()),
-        (Some(10_000), Some(100), Some(7))
+        (Some(10_015), Some(108), Some(7))
     );
-    assert_eq!(report["without_prompts"], 50);
+    assert_eq!(report["without_prompts"], 50 + 10 + 5, "the edge cases reuse the first records' requests");
     assert_eq!(report["agreed"], 6_666);
-    assert_eq!(report["changed"], json!({"dear -> cheap": 3_334}));
+    assert_eq!(report["changed"], json!({"dear -> cheap": 3_334, "gone -> cheap": 5, "reject -> cheap": 10}));
     assert_eq!((report["rejected"].as_u64(), report["errors"].clone()), (Some(0), json!({})));
     assert_eq!(report["costed"], 10_000);
     // 100 in, 50 out: $0.0002 on cheap, $0.001 on dear.
@@ -101,7 +124,12 @@ fn a_log_of_ten_thousand_records_replays_to_exact_numbers() {
         "--json",
     ]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((report["agreed"].as_u64(), report["changed"].clone()), (Some(10_000), json!({})));
+    assert_eq!((report["agreed"].as_u64(), report["changed"].clone()), (Some(10_015), json!({})));
+    assert_eq!(report["cost_before"], report["cost_after"], "the same choices cost the same");
+    // Only one policy's records: none here are `other`'s.
+    let args = ["replay", log.to_str().unwrap(), "--policy", policy, "--config", config.to_str().unwrap(), "--name", "other", "--json"];
+    let report: Value = serde_json::from_slice(&switchyard(&args).stdout).unwrap();
+    assert_eq!((report["replayed"].as_u64(), report["skipped"].as_u64()), (Some(0), Some(10_123)));
 
     // The human report says the same, and a gzipped log reads the same.
     let gz = dir.path().join("decisions.jsonl.gz");
@@ -111,9 +139,9 @@ fn a_log_of_ten_thousand_records_replays_to_exact_numbers() {
     let out = switchyard(&["replay", gz.to_str().unwrap(), "--policy", policy, "--config", config.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("agreement     66.66% (6666 of 10000)"), "{text}");
+    assert!(text.contains("agreement     66.56% (6666 of 10015)"), "{text}");
     assert!(text.contains("3334  dear -> cheap"), "{text}");
-    assert!(text.contains("without prompts 50"), "{text}");
+    assert!(text.contains("without prompts 65"), "{text}");
     assert!(text.contains("cost          $4.6672 -> $2.0000"), "{text}");
 }
 

@@ -47,6 +47,10 @@ model = "cut"
 targets = ["oai-cut"]
 
 [[routes]]
+model = "resp-cut"
+targets = ["resp-cut"]
+
+[[routes]]
 model = "canon"
 targets = ["oai-canon"]
 
@@ -80,6 +84,14 @@ provider = "openai"
 base_url = "{m}/v1"
 model = "cut?fault=cut&chunks=6"
 input_price = 9.0
+
+[[backends]]
+name = "resp-cut"
+provider = "openai"
+base_url = "{m}/v1"
+model = "cut?fault=cut&chunks=6"
+input_price = 9.0
+capabilities = {{ responses = true }}
 
 [[backends]]
 name = "resp-cut-canon"

@@ -154,18 +154,21 @@ def _():
             assert e.status_code == 400 and e.body["param"] == param, e.body
 
 
-@check("errors: an upstream failing mid-stream ends with response.failed, never completed")
-def _():
-    kinds = []
-    with client.responses.stream(model="cut", input="Hello") as stream:
-        for event in stream:
-            kinds.append(event.type)
-        try:
-            stream.get_final_response()
-            raise AssertionError("a final response from a failed stream")
-        except RuntimeError:
-            pass
-    assert "response.output_text.delta" in kinds and kinds[-2:] == ["error", "response.failed"], kinds
+for model in ["cut", "resp-cut"]:
+
+    @check(f"errors: an upstream failing mid-stream ends with response.failed, never completed ({model})")
+    def _(model=model):
+        kinds = []
+        with client.responses.stream(model=model, input="Hello") as stream:
+            for event in stream:
+                kinds.append(event.type)
+            try:
+                stream.get_final_response()
+                raise AssertionError("a final response from a failed stream")
+            except RuntimeError:
+                pass
+        assert "response.output_text.delta" in kinds and kinds[-2:] == ["error", "response.failed"], kinds
+        assert "response.completed" not in kinds, kinds
 
 
 @check("a stream cut mid-answer is rescued on another backend, seamlessly")

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use switchyard::config::Config;
 use switchyard::contract::Backend;
-use switchyard::policy::{LoadedPolicy, PolicyRuntime, RuntimeSettings, EMPTY_CONFIG};
+use switchyard::policy::{LoadedPolicy, PolicyRuntime, EMPTY_CONFIG};
 use switchyard::replay::{replay, Candidates, ReplayReport};
 use switchyard::upstream::contract_backend;
 
@@ -30,6 +30,10 @@ pub struct ReplayArgs {
     /// Compare with this policy's decisions instead of the logged ones.
     #[arg(long)]
     against: Option<PathBuf>,
+    /// Only the records decided by this policy (as the log names it), when
+    /// the log holds several routes' decisions.
+    #[arg(long)]
+    name: Option<String>,
     /// The report as JSON.
     #[arg(long)]
     json: bool,
@@ -39,7 +43,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
     let backends: Vec<Backend> = config.backends.iter().map(contract_backend).collect();
     let configs = config.policy_configs();
-    let runtime = PolicyRuntime::new(RuntimeSettings::default())?;
+    // The router's own limits (fuel, memory, backstop) for the candidates.
+    let runtime = PolicyRuntime::new(super::serve_cmd::runtime_settings(&config))?;
     let load = |file: &Path, own: Option<&Path>| -> anyhow::Result<std::sync::Arc<LoadedPolicy>> {
         let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("policy").to_owned();
         let policy_config = match own {
@@ -53,7 +58,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let against = args.against.as_deref().map(|f| load(f, None)).transpose()?;
     let log = open(&args.log)?;
     let bar = progress_bar();
-    let candidates = Candidates { policy: &policy, against: against.as_deref(), backends: &backends };
+    let candidates = Candidates { policy: &policy, against: against.as_deref(), backends: &backends, name: args.name.as_deref() };
     let report = replay(log, &candidates, |n| bar.set_position(n));
     bar.finish_and_clear();
     if args.json {

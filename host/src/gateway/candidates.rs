@@ -82,8 +82,11 @@ impl Window {
 pub enum CanaryState {
     /// Serving its share.
     Serving,
-    /// Worse than stable: serves nothing until its file changes.
+    /// Worse than stable: its file was renamed `*.rolled-back`, and it
+    /// serves nothing (a restart does not bring it back).
     RolledBack,
+    /// Its file replaced the stable version's.
+    Promoted,
 }
 
 /// A canary's book: its state, the window being filled, and why it last
@@ -142,10 +145,8 @@ impl Candidates {
         }
         let verdict = judge(&book.stable, &book.candidate, config);
         match &verdict {
-            Verdict::RollBack(reason) => {
-                book.state = CanaryState::RolledBack;
-                book.reason = Some(reason.clone());
-            }
+            // The gateway settles the book once the file is moved.
+            Verdict::RollBack(_) => {}
             Verdict::Clean => {
                 book.clean_windows += 1;
                 book.stable = Window::default();
@@ -155,16 +156,13 @@ impl Candidates {
         Some(verdict)
     }
 
-    /// Rolls the canary beside `name` back by hand.
-    pub fn roll_back(&self, canary: &str, reason: &str) -> bool {
-        match self.lock_canaries().get_mut(canary) {
-            Some(book) if book.state == CanaryState::Serving => {
-                book.state = CanaryState::RolledBack;
-                book.reason = Some(reason.to_owned());
-                true
-            }
-            _ => false,
-        }
+    /// Marks the canary `canary` (version `version`) rolled back or
+    /// promoted, for `/admin/policies`.
+    pub(super) fn settle(&self, canary: &str, version: &str, state: CanaryState, reason: &str) {
+        let mut books = self.lock_canaries();
+        let book = books.entry(canary.to_owned()).or_insert_with(|| CanaryBook::new(version));
+        book.state = state;
+        book.reason = Some(reason.to_owned());
     }
 
     /// The canary's book, by the canary's name.
@@ -257,7 +255,7 @@ pub(super) struct ShadowRun {
 /// and compares with what the plan served.
 pub(super) fn shadow(run: ShadowRun, plan: &Plan, inbound: &Arc<InboundRequest>) {
     let Some((_, stats)) = &plan.seen else { return };
-    let served: Option<String> = plan.targets.first().map(|t| t.upstream.name().to_owned()).filter(|_| plan.refusal.is_none());
+    let served: Option<String> = plan.decided_first.clone().filter(|_| plan.refusal.is_none());
     let ShadowRun { shadow, metrics, log, candidates } = run;
     let name = shadow.name().to_owned();
     let version = shadow.version().to_owned();
@@ -287,6 +285,77 @@ pub(super) fn shadow(run: ShadowRun, plan: &Plan, inbound: &Arc<InboundRequest>)
     if !queued {
         metrics.shadow_decision(&name, "dropped");
         candidates.tally(&name, &version, "dropped");
+    }
+}
+
+/// A canary-side request being watched until its answer ends.
+pub(super) struct CanaryWatch {
+    gateway: Arc<super::Gateway>,
+    arm: CanaryArm,
+    started: std::time::Instant,
+    /// Prices of the backend that answered, for the cost.
+    prices: Option<(f64, f64)>,
+    /// The policy could not decide, or rejected the request.
+    refused: bool,
+}
+
+impl CanaryWatch {
+    /// Watches the request `plan` is for, when it is on a canary's side.
+    pub(super) fn start(
+        gateway: &Arc<super::Gateway>,
+        plan: &Plan,
+        prices: Option<(f64, f64)>,
+        started: std::time::Instant,
+    ) -> Option<Self> {
+        let arm = plan.canary.clone()?;
+        let refused = plan.policy_error.is_some() || plan.refusal.is_some();
+        Some(Self { gateway: gateway.clone(), arm, started, prices, refused })
+    }
+
+    /// Records how the request ended (`status`: for a stream, how the
+    /// stream ended) and acts on the window's verdict. Never on an async
+    /// worker's time: moving files happens on a blocking thread.
+    pub(super) fn finish(self, status: u16, usage: Option<(u64, u64)>) {
+        let cost = match (usage, self.prices) {
+            (Some((input, output)), Some((i, o))) => (input as f64 * i + output as f64 * o) / 1e6,
+            _ => 0.0,
+        };
+        // Upstream rate limits and 5xx count as errors, like the policy's own refusals.
+        let failed = self.refused || status >= 500 || status == 429;
+        let state = self.gateway.state();
+        let config = &state.config.policies.canary;
+        let verdict = self.gateway.candidates().record(&self.arm, failed, self.started.elapsed(), cost, config);
+        let auto_promote = config.auto_promote;
+        let (gateway, arm) = (self.gateway, self.arm);
+        match verdict {
+            Some(Verdict::RollBack(reason)) => {
+                spawn_blocking(move || {
+                    if let Err(e) = gateway.roll_back(&arm.canary, &reason) {
+                        tracing::error!(canary = %arm.canary, "canary not rolled back: {e}");
+                    }
+                });
+            }
+            // Only a policy's own canary: one route's window does not speak for all.
+            Some(Verdict::Clean) if auto_promote && !arm.canary.contains(crate::policy::INSTANCE_SEPARATOR) => {
+                let base = Candidate::base_of(&arm.canary).unwrap_or_default();
+                spawn_blocking(move || {
+                    if let Err(e) = gateway.promote(&base) {
+                        tracing::error!(policy = %base, "canary not promoted: {e}");
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs `f` on tokio's blocking threads when in a runtime, else here.
+fn spawn_blocking(f: impl FnOnce() + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn_blocking(f);
+        }
+        Err(_) => f(),
     }
 }
 

@@ -17,14 +17,14 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::attempts::{self, Finished, Outcome};
-use super::candidates::{self, CanaryArm, ShadowRun, Verdict};
+use super::candidates::{self, CanaryWatch, ShadowRun};
 use super::framing::Framing;
-use super::outcome::Observation;
+use super::outcome::{EndHooks, Observation};
 use super::plan::{self, Plan};
 use super::relay::{Relay, StreamLimits};
 use super::rescue::{Leg, Mode, RescueLimits, Rescuer};
 use super::{Gateway, GatewayState};
-use crate::config::{CanaryConfig, Config};
+use crate::config::Config;
 use crate::contract::ApiSurface;
 use crate::decision_log::DecisionLog;
 use crate::error::GatewayError;
@@ -182,6 +182,7 @@ async fn proxy(
     };
     let mut observation = Observation::start(&plan, &inbound, answered, &finished.failed, started);
     let answered_prices = answered.map(|u| (u.config.input_price, u.config.output_price));
+    let canary = CanaryWatch::start(gateway, &plan, answered_prices, started);
     let (mut response, backend, model, relay) = match finished.outcome {
         Outcome::Complete { upstream, model, answer } => {
             usage = answer.usage;
@@ -234,6 +235,7 @@ async fn proxy(
     };
 
     let status = response.status();
+    let hooks = EndHooks { observation, canary };
     let headers = response.headers_mut();
     for (name, value) in [(BACKEND, backend.as_deref()), (MODEL, model.as_deref()), (POLICY, Some(plan.policy.as_str()))] {
         if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
@@ -280,28 +282,18 @@ async fn proxy(
     });
     match (relay, record) {
         // A stream's record is written when the stream ends, with its tokens.
-        (Some(relay), record) => relay.start(metrics.clone(), request_id.to_owned(), record, observation),
+        (Some(relay), record) => relay.start(metrics.clone(), request_id.to_owned(), record, hooks),
         (None, record) => {
             if let Some((log, mut record, notable)) = record {
                 record["tokens"] = crate::decision_log::tokens_json(usage);
                 log.write_sampled(record, notable);
             }
-            if let Some(o) = observation {
-                o.finish(status.as_u16(), usage, false);
-            }
+            hooks.finish(status.as_u16(), usage, false);
         }
     }
     if telemetry::enabled() {
         let span = tracing::Span::current();
         telemetry::record_request(&span, &inbound.model, &plan.policy, backend.as_deref(), model.as_deref(), finished.attempts);
-    }
-    if let Some(arm) = &plan.canary {
-        let cost = match (usage, answered_prices) {
-            (Some((input, output)), Some((i, o))) => (input as f64 * i + output as f64 * o) / 1e6,
-            _ => 0.0,
-        };
-        let failed = plan.policy_error.is_some() || status.is_server_error();
-        judge_canary(gateway, arm, failed, total, cost, &state.config.policies.canary);
     }
     let backend_label = backend.clone().unwrap_or_else(|| "none".into());
     metrics.request(
@@ -315,29 +307,6 @@ async fn proxy(
         ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
     Ok(response)
-}
-
-/// Records a canary-side request; rolls the canary back when its window is
-/// worse than the stable one's, and promotes it after a clean window when
-/// configured.
-fn judge_canary(gateway: &Arc<Gateway>, arm: &CanaryArm, failed: bool, total: std::time::Duration, cost: f64, config: &CanaryConfig) {
-    match gateway.candidates().record(arm, failed, total, cost, config) {
-        Some(Verdict::RollBack(reason)) => {
-            tracing::warn!(canary = %arm.canary, version = %arm.version, "canary rolled back: {reason}");
-            gateway.metrics().canary_transition(&arm.canary, "rolled_back");
-        }
-        Some(Verdict::Clean) if config.auto_promote => {
-            let base = crate::policy::Candidate::base_of(&arm.canary).unwrap_or_default();
-            let gateway = gateway.clone();
-            // Promotion reloads the policy: off the async workers.
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = gateway.promote(&base) {
-                    tracing::error!(policy = %base, "canary not promoted: {e}");
-                }
-            });
-        }
-        _ => {}
-    }
 }
 
 /// An OpenAI chat completion as a Messages API answer.

@@ -230,19 +230,45 @@ impl Gateway {
         &self.candidates
     }
 
-    /// Promotes the canary beside `name`: its file replaces NAME's (so the
-    /// promotion survives a restart), and NAME reloads from it. Answers the
-    /// version now serving.
+    /// Promotes the canary beside `name`: its file replaces NAME's (or
+    /// becomes `NAME.wasm` in the policy directory when NAME is built in),
+    /// so the promotion survives a restart, and NAME reloads from it.
+    /// Answers the version now serving.
     pub fn promote(&self, name: &str) -> Result<String, String> {
         let canary = crate::policy::Candidate::Canary.name_for(name);
         let from = self.registry.file_of(&canary).ok_or_else(|| format!("`{name}` has no canary file"))?;
-        let to = self.registry.file_of(name).ok_or_else(|| format!("`{name}` is not a policy file to replace"))?;
+        let version = self.registry.get(&canary).map(|p| p.version().to_owned()).unwrap_or_default();
+        let to = match self.registry.file_of(name) {
+            Some(file) => file,
+            None => self
+                .registry
+                .dir()
+                .ok_or("no policy directory to promote into")?
+                .join(format!("{name}.{}", crate::policy::POLICY_EXTENSION)),
+        };
         std::fs::rename(&from, &to).map_err(|e| format!("cannot move {} to {}: {e}", from.display(), to.display()))?;
         self.registry.rescan();
         let serving = self.registry.get(name).map(|p| p.version().to_owned()).unwrap_or_default();
         tracing::warn!(policy = %name, version = %serving, "canary promoted");
         self.metrics.canary_transition(&canary, "promoted");
+        self.candidates.settle(&canary, &version, candidates::CanaryState::Promoted, "promoted");
         Ok(serving)
+    }
+
+    /// Rolls the canary `canary` back: its file is renamed `*.rolled-back`
+    /// (kept for a look, never loaded), so it serves nothing, now or after
+    /// a restart.
+    pub fn roll_back(&self, canary: &str, reason: &str) -> Result<(), String> {
+        let file = self.registry.file_of(canary).ok_or_else(|| format!("no canary `{canary}` is serving"))?;
+        let version = self.registry.get(canary).map(|p| p.version().to_owned()).unwrap_or_default();
+        let mut parked = file.clone().into_os_string();
+        parked.push(".rolled-back");
+        std::fs::rename(&file, &parked).map_err(|e| format!("cannot move {}: {e}", file.display()))?;
+        self.registry.rescan();
+        tracing::warn!(%canary, %version, "canary rolled back: {reason}");
+        self.metrics.canary_transition(canary, "rolled_back");
+        self.candidates.settle(canary, &version, candidates::CanaryState::RolledBack, reason);
+        Ok(())
     }
 
     /// The virtual models whose policy has no version serving.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::candidates::CanaryWatch;
 use super::plan::Plan;
 use crate::contract::{FailedAttempt, Outcome, Tag};
 use crate::openai::inbound::InboundRequest;
@@ -71,5 +72,24 @@ impl Observation {
             }
         }
         self.version.observe(self.outcome);
+    }
+}
+
+/// What runs when a request's answer ends (a stream's, when the stream
+/// does): the policy's outcome and the canary's window.
+pub(super) struct EndHooks {
+    pub observation: Option<Observation>,
+    pub canary: Option<CanaryWatch>,
+}
+
+impl EndHooks {
+    /// `status`: the client's, or for a stream how it ended (200, 499, 502).
+    pub(super) fn finish(self, status: u16, usage: Option<(u64, u64)>, rescued: bool) {
+        if let Some(canary) = self.canary {
+            canary.finish(status, usage);
+        }
+        if let Some(o) = self.observation {
+            o.finish(status, usage, rescued);
+        }
     }
 }

@@ -37,6 +37,9 @@ pub(super) struct Plan {
     pub instance: Option<String>,
     /// The side of a canary the request was on, when the policy has one.
     pub canary: Option<CanaryArm>,
+    /// The policy's own first target, before backends this configuration
+    /// no longer has were dropped: what a shadow is compared with.
+    pub decided_first: Option<String>,
 }
 
 #[derive(Clone)]
@@ -71,6 +74,7 @@ pub(super) async fn plan(
                     rescue,
                     instance: None,
                     canary: None,
+                    decided_first: None,
                 });
             }
             state.catch_all.as_ref().ok_or_else(|| GatewayError::model_not_found(&inbound.model))?
@@ -91,6 +95,7 @@ pub(super) async fn plan(
                 rescue: route.rescue,
                 instance: None,
                 canary: None,
+                decided_first: None,
             });
         }
         RouteKind::Split(arms) => return Ok(split(state, route, arms, inbound)),
@@ -117,6 +122,7 @@ pub(super) async fn plan(
     let route_rescue = route.rescue;
     match decision {
         Ok((Decision::Route(mut route), stats)) => {
+            let decided_first = route.targets.first().map(|t| t.backend.clone());
             if let Some(arm) = &canary {
                 route.labels.push(("canary".into(), if arm.candidate { "candidate" } else { "stable" }.into()));
             }
@@ -140,6 +146,7 @@ pub(super) async fn plan(
                 rescue: route_rescue,
                 instance: Some(instance.clone()),
                 canary,
+                decided_first,
             })
         }
         Ok((Decision::Reject { status, message }, stats)) => Ok(Plan {
@@ -152,6 +159,7 @@ pub(super) async fn plan(
             rescue: route_rescue,
             instance: Some(instance.clone()),
             canary,
+            decided_first: None,
         }),
         Err(error) => {
             let mut plan = policy_failed(state, instance, on_policy_error, route.rescue, metrics, &inbound.view.id, error);
@@ -197,6 +205,7 @@ fn policy_failed(
         rescue,
         instance: None,
         canary: None,
+        decided_first: None,
     }
 }
 
@@ -236,6 +245,7 @@ fn split(state: &GatewayState, route: &Route, arms: &[(usize, u32)], inbound: &I
         rescue: route.rescue,
         instance: None,
         canary: None,
+        decided_first: None,
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::framing::Framing;
-use super::outcome::Observation;
+use super::outcome::EndHooks;
 use super::rescue::{Leg, Mode, Rescuer};
 use super::transcript::{rewrite, ChunkView, Part, Piece, Transcript};
 use crate::decision_log::DecisionLog;
@@ -141,29 +141,21 @@ impl Relay {
     /// any, and whether it is notable: written when the stream ends, with
     /// its tokens and how it ended (a stream that did not end well, or was
     /// rescued, is notable).
-    /// `observation`, when the policy asked for outcomes, is finished then
-    /// too: 200 for a stream that ended well, 499 when the client left, 502
-    /// when it broke.
-    pub(super) fn start(
-        self,
-        metrics: Arc<Metrics>,
-        request_id: String,
-        record: Option<(Arc<DecisionLog>, Value, bool)>,
-        observation: Option<Observation>,
-    ) {
+    /// `hooks` (the policy's outcome, a canary's window) finish then too:
+    /// 200 for a stream that ended well, 499 when the client left, 502 when
+    /// it broke.
+    pub(super) fn start(self, metrics: Arc<Metrics>, request_id: String, record: Option<(Arc<DecisionLog>, Value, bool)>, hooks: EndHooks) {
         let span = telemetry::stream_span(self.leg.upstream.name());
         tokio::spawn(async move {
             let started = Instant::now();
             let end = self.relay(&metrics, &request_id).instrument(span.clone()).await;
             telemetry::record_stream_end(&span, end.chunks, &end.end);
-            if let Some(o) = observation {
-                let status = match end.end.as_str() {
-                    "done" | "rescued" => 200,
-                    "client_closed" | "client_stalled" => 499,
-                    _ => 502,
-                };
-                o.finish(status, end.usage, end.end == "rescued");
-            }
+            let status = match end.end.as_str() {
+                "done" | "rescued" => 200,
+                "client_closed" | "client_stalled" => 499,
+                _ => 502,
+            };
+            hooks.finish(status, end.usage, end.end == "rescued");
             if let Some((log, mut record, notable)) = record {
                 record["tokens"] = crate::decision_log::tokens_json(end.usage);
                 let notable = notable || end.end != "done";

@@ -220,24 +220,41 @@ impl PolicyRegistry {
     }
 
     /// Serves `version` of `name` again: the current one or one of the
-    /// [`KEPT_VERSIONS`] before it, warmed first. Until the file changes.
+    /// [`KEPT_VERSIONS`] before it, warmed first (outside the registry's
+    /// lock). Until the file changes. A kept version loaded with another
+    /// configuration or other backends is refused: reload instead.
     pub fn activate(&self, name: &str, version: &str) -> Result<Arc<LoadedPolicy>, String> {
-        let mut state = self.lock();
-        let entry = state.entries.get_mut(name).ok_or_else(|| format!("no policy `{name}`"))?;
         let current = self.serving.load().get(name).cloned();
         if let Some(current) = current.as_ref().filter(|c| c.version() == version) {
             return Ok(current.clone());
         }
-        let at = entry.kept.iter().position(|p| p.version() == version).ok_or_else(|| {
-            let kept: Vec<&str> = entry.kept.iter().map(|p| p.version()).collect();
-            format!("`{name}` has no kept version {version} (kept: {})", kept.join(", "))
-        })?;
-        let chosen = entry.kept[at].clone();
+        let chosen = {
+            let state = self.lock();
+            let entry = state.entries.get(name).ok_or_else(|| format!("no policy `{name}`"))?;
+            let found = entry.kept.iter().find(|p| p.version() == version).cloned();
+            found.ok_or_else(|| {
+                let kept: Vec<&str> = entry.kept.iter().map(|p| p.version()).collect();
+                format!("`{name}` has no kept version {version} (kept: {})", kept.join(", "))
+            })?
+        };
+        if let Some(current) = &current {
+            if chosen.config() != current.config() || chosen.backends() != current.backends() {
+                return Err(format!("version {version} of `{name}` was loaded with another configuration or other backends"));
+            }
+        }
         chosen.probe_and_warm().map_err(|e| format!("version {version} cannot serve again: {e}"))?;
-        entry.kept.remove(at);
+        let mut state = self.lock();
+        let entry = state.entries.get_mut(name).ok_or_else(|| format!("no policy `{name}`"))?;
+        let serving_now = self.serving.load().get(name).cloned();
+        if serving_now.as_ref().map(|p| p.version()) != current.as_ref().map(|p| p.version()) {
+            chosen.cool();
+            return Err(format!("`{name}` changed while version {version} was warming; try again"));
+        }
+        entry.kept.retain(|p| p.version() != version);
         if let Some(current) = current {
             current.cool();
             entry.kept.push_front(current);
+            entry.kept.truncate(KEPT_VERSIONS);
         }
         entry.status.version = Some(chosen.version().to_owned());
         entry.status.loaded_at = Some(chosen.loaded_at());
@@ -367,13 +384,16 @@ impl PolicyRegistry {
                     entry.status.last_error = None;
                     entry.status.failed_at = None;
                     entry.status.loads += 1;
+                    let loaded = policy.version().to_owned();
                     if let Some(previous) = serving.insert(name.clone(), policy) {
                         previous.cool();
                         entry.kept.retain(|p| p.version() != previous.version());
                         entry.kept.push_front(previous);
-                        entry.kept.truncate(KEPT_VERSIONS);
-                        entry.status.kept = entry.kept.iter().map(|p| p.version().to_owned()).collect();
                     }
+                    // The serving version is not also a kept one (a reload with a new config keeps the hash).
+                    entry.kept.retain(|p| p.version() != loaded);
+                    entry.kept.truncate(KEPT_VERSIONS);
+                    entry.status.kept = entry.kept.iter().map(|p| p.version().to_owned()).collect();
                     changed = true;
                     report.loaded.push(name.clone());
                 }

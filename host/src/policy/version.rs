@@ -37,6 +37,12 @@ enum Bindings {
 /// counted).
 const MAX_BACKGROUND_QUEUED: u32 = 64;
 
+/// Background failures in a row that bench a version's background work.
+const BACKGROUND_FAILURES: u32 = 5;
+
+/// How long benched background work is dropped.
+const BACKGROUND_BENCH: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A policy version that passed compilation, `init` and the probe call.
 ///
 /// Callers hold it through an `Arc`: a request that started on a version
@@ -58,6 +64,8 @@ pub struct LoadedPolicy {
     /// The instance `observe` runs on (on the observe thread only): apart
     /// from the warm pool, so decisions never wait for it.
     observer: std::sync::Mutex<Option<WarmInstance>>,
+    /// Cooled (kept for a rollback): used instances are dropped.
+    retired: AtomicBool,
     /// What the guests' WASI random returns, derived from the version.
     random: Vec<u8>,
     warm: ArrayQueue<WarmInstance>,
@@ -117,6 +125,9 @@ struct Counters {
     observe_dropped: AtomicU64,
     /// Background jobs queued or running now.
     background: Arc<AtomicU32>,
+    background_failures_in_row: AtomicU32,
+    /// Milliseconds (as `now_ms`) until which background work is dropped.
+    background_benched_until_ms: AtomicU64,
 }
 
 impl LoadedPolicy {
@@ -153,6 +164,7 @@ impl LoadedPolicy {
             state,
             observes: AtomicBool::new(false),
             observer: std::sync::Mutex::new(None),
+            retired: AtomicBool::new(false),
             counters: Counters::default(),
         }
     }
@@ -212,7 +224,8 @@ impl LoadedPolicy {
 
     /// Decides `request` on the background thread and hands the result to
     /// `done` there: a shadow's decision, never on a request's path.
-    /// Returns false, without deciding, when too many are waiting.
+    /// Returns false, without deciding, when too many are waiting (or the
+    /// version's background work is benched).
     pub fn decide_in_background(
         self: &Arc<Self>,
         request: Arc<Request>,
@@ -220,33 +233,66 @@ impl LoadedPolicy {
         done: impl FnOnce(Result<Decision, PolicyError>) + Send + 'static,
     ) -> bool {
         let version = self.clone();
-        self.in_background(move || done(version.decide_here(&request, &stats)))
+        self.in_background(move || {
+            let decided = version.decide_here(&request, &stats);
+            version.background_went(decided.is_ok());
+            done(decided)
+        })
     }
 
     /// Runs `job` on the background thread, within this version's bound.
+    /// Benched after failing repeatedly, or too many waiting: dropped.
     fn in_background(&self, job: impl FnOnce() + Send + 'static) -> bool {
+        if now_ms() < self.counters.background_benched_until_ms.load(Ordering::Relaxed) {
+            return false;
+        }
         let waiting = &self.counters.background;
         if waiting.fetch_add(1, Ordering::AcqRel) >= MAX_BACKGROUND_QUEUED {
             waiting.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
-        let counters = self.counters.background.clone();
-        let job = Box::new(move || {
-            job();
-            counters.fetch_sub(1, Ordering::AcqRel);
-        });
-        if self.runtime.inner.background.submit(job).is_err() {
-            waiting.fetch_sub(1, Ordering::AcqRel);
-            return false;
+        /// Gives the slot back however the job ends (a panic included).
+        struct Slot(Arc<AtomicU32>);
+        impl Drop for Slot {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
         }
-        true
+        let slot = Slot(self.counters.background.clone());
+        let job = Box::new(move || {
+            let _slot = slot;
+            job();
+        });
+        // A refused job is dropped here, and its slot with it.
+        self.runtime.inner.background.submit(job).is_ok()
     }
 
-    /// Drops the warm instances (a version kept for a rollback holds none:
-    /// [`Self::probe_and_warm`] makes them again).
+    /// Notes how a background job went: after [`BACKGROUND_FAILURES`]
+    /// failures in a row the version's background work is benched for
+    /// [`BACKGROUND_BENCH`], so that one broken `observe` or shadow does not
+    /// hold the background thread that every policy shares.
+    fn background_went(&self, ok: bool) {
+        let c = &self.counters;
+        if ok {
+            c.background_failures_in_row.store(0, Ordering::Relaxed);
+        } else if c.background_failures_in_row.fetch_add(1, Ordering::Relaxed) + 1 >= BACKGROUND_FAILURES {
+            c.background_failures_in_row.store(0, Ordering::Relaxed);
+            c.background_benched_until_ms.store(now_ms() + BACKGROUND_BENCH.as_millis() as u64, Ordering::Relaxed);
+            tracing::warn!(policy = %self.name, version = %self.version, "background calls (observe, shadow) failed {BACKGROUND_FAILURES} times in a row: benched for {} s", BACKGROUND_BENCH.as_secs());
+        }
+    }
+
+    /// Drops the warm instances and keeps none from now on: a version kept
+    /// for a rollback holds none ([`Self::probe_and_warm`] makes them again).
     pub fn cool(&self) {
+        self.retired.store(true, Ordering::Release);
         while self.warm.pop().is_some() {}
         *self.observer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// Whether a used instance goes back to the pool (not once cooled).
+    fn keeps_instances(&self) -> bool {
+        !self.retired.load(Ordering::Acquire)
     }
 
     /// One `observe` call on the observer instance (a new one after a
@@ -260,9 +306,12 @@ impl LoadedPolicy {
         };
         let result = instance.and_then(|mut instance| {
             instance.observe(&self.name, outcome, self.call_ticks, self.call_fuel)?;
-            *slot = Some(instance);
+            if self.keeps_instances() {
+                *slot = Some(instance);
+            }
             Ok(())
         });
+        self.background_went(result.is_ok());
         if let Err(e) = result {
             self.counters.observe_failures.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(policy = %self.name, version = %self.version, "observe failed: {e}");
@@ -335,7 +384,7 @@ impl LoadedPolicy {
             Ok((decision, fuel)) => {
                 self.counters.fuel_used.fetch_add(fuel, Ordering::Relaxed);
                 self.counters.consecutive_timeouts.store(0, Ordering::Relaxed);
-                if settings.instance_mode == InstanceMode::Pooled && instance.calls < settings.recycle_after {
+                if settings.instance_mode == InstanceMode::Pooled && instance.calls < settings.recycle_after && self.keeps_instances() {
                     // A full pool drops the instance: that bounds the number kept.
                     let _ = self.warm.push(instance);
                 }
@@ -356,6 +405,7 @@ impl LoadedPolicy {
     /// loaded; an answer the backends cannot satisfy is fine. Then, in
     /// pooled mode, fills the warm pool, so that requests find instances ready.
     pub(crate) fn probe_and_warm(&self) -> Result<(), PolicyError> {
+        self.retired.store(false, Ordering::Release);
         outside_tokio(&self.name, || {
             let first = self.probed_instance()?;
             if self.runtime.settings().instance_mode == InstanceMode::Pooled {

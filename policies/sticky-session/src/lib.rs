@@ -7,9 +7,10 @@
 //! back when it recovers.
 //!
 //! The session key: the `session` tag (the `x-switchyard-session` header
-//! or `metadata.session`), else the caller (`user`, else the client key),
-//! else a hash of the conversation's opening messages (the first system
-//! and user text, which stay the same as the conversation grows).
+//! or `metadata.session`), else the caller's `user`, else a hash of the
+//! conversation's opening messages (the first system and user text, which
+//! stay the same as the conversation grows). Not the client key: one key
+//! often serves a whole application, which would then stick to one backend.
 //!
 //! Config (all optional): `max_targets` (3), `require_tag`, `opening_bytes`
 //! (512: how much of the opening messages makes the key).
@@ -67,8 +68,8 @@ impl StickySession {
         if let Some(session) = request.tag("session") {
             return (format!("s:{session}"), "tag");
         }
-        if let Some(who) = request.caller.user.as_deref().or(request.caller.key_name.as_deref()) {
-            return (format!("c:{who}"), "caller");
+        if let Some(user) = request.caller.user.as_deref() {
+            return (format!("u:{user}"), "user");
         }
         let mut opening = String::new();
         for role in [Role::System, Role::User] {

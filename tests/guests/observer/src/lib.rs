@@ -23,6 +23,13 @@ impl Policy for Observer {
         let Some(first) = backends.iter().find(|b| b.stats.circuit != CircuitState::Open) else {
             return reject(503, "no backend with a closed circuit");
         };
+        if request.model == "state-bounds" {
+            // Past the bounds a write fails with the reason; within them it holds.
+            let big = state::set("big", &vec![0; 64 * 1024 + 1], None).is_err();
+            let fits = state::set("fits", &vec![1; 64 * 1024], Some(60_000)).is_ok() && state::get("fits").map(|v| v.len()) == Some(64 * 1024);
+            let counter = state::set("text", b"not a counter", None).is_ok() && state::add("text", 1).is_err();
+            return route([first]).label("bounds", &format!("{big}/{fits}/{counter}")).into();
+        }
         route([first])
             .label("seen", &seen.to_string())
             .label("surface", surface(request.surface))
