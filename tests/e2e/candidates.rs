@@ -156,7 +156,9 @@ async fn a_worse_canary_is_rolled_back_on_its_numbers() {
             assert_eq!(a.header("x-switchyard-backend"), Some("dear"));
             assert!(a.header("x-switchyard-policy").unwrap().starts_with("cheapest.canary@"));
         } else {
-            assert!(labels.contains("canary=stable"), "{labels}");
+            // The stable side, or no canary any more: the rollback may land
+            // between the check above and this request.
+            assert_eq!(a.header("x-switchyard-backend"), Some("cheap"), "{labels}");
         }
         i += 1;
     }

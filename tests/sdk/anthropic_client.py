@@ -10,13 +10,13 @@ records what it received. Prints one line per check and a closing
 import base64
 import json
 import sys
-import urllib.request
+
+from checks import Checks
 
 import anthropic
 
 router, mock, key = sys.argv[1], sys.argv[2], sys.argv[3]
 client = anthropic.Anthropic(base_url=router, api_key=key, max_retries=0, timeout=20)
-passed, failed = 0, 0
 TOOLS = [
     {
         "name": "lookup",
@@ -27,35 +27,8 @@ TOOLS = [
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n not really an image").decode()
 
 
-def mock_requests():
-    with urllib.request.urlopen(f"{mock}/mock/requests") as r:
-        return json.load(r)
-
-
-def clear_mock():
-    urllib.request.urlopen(urllib.request.Request(f"{mock}/mock/requests", method="DELETE")).read()
-
-
-def last_request():
-    received = mock_requests()
-    assert received, "the mock received nothing"
-    return received[-1]
-
-
-def check(name):
-    def run(fn):
-        global passed, failed
-        clear_mock()
-        try:
-            fn()
-            passed += 1
-            print(f"ok   {name}")
-        except Exception as e:  # noqa: BLE001 - report every failure
-            failed += 1
-            print(f"FAIL {name}: {type(e).__name__}: {e}")
-        return fn
-
-    return run
+checks = Checks(mock)
+check, last_request = checks.check, checks.last_request
 
 
 @check("plain message through an Anthropic backend: passed through, answered as it came")
@@ -231,5 +204,4 @@ def _():
         assert "stream" in str(e), e
 
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+checks.finish()

@@ -9,14 +9,14 @@ check and a closing `N passed, N failed` line.
 
 import json
 import sys
-import urllib.request
+
+from checks import Checks
 
 import openai
 import pydantic
 
 router, mock, key = sys.argv[1], sys.argv[2], sys.argv[3]
 client = openai.OpenAI(base_url=f"{router}/v1", api_key=key, max_retries=0, timeout=20)
-passed, failed = 0, 0
 TOOLS = [
     {
         "type": "function",
@@ -28,35 +28,8 @@ TOOLS = [
 BACKEND_MODEL = {"chat": "chat-mock", "resp": "resp-mock"}
 
 
-def mock_requests():
-    with urllib.request.urlopen(f"{mock}/mock/requests") as r:
-        return json.load(r)
-
-
-def clear_mock():
-    urllib.request.urlopen(urllib.request.Request(f"{mock}/mock/requests", method="DELETE")).read()
-
-
-def last_request():
-    received = mock_requests()
-    assert received, "the mock received nothing"
-    return received[-1]
-
-
-def check(name):
-    def run(fn):
-        global passed, failed
-        clear_mock()
-        try:
-            fn()
-            passed += 1
-            print(f"ok   {name}")
-        except Exception as e:  # noqa: BLE001 - report every failure
-            failed += 1
-            print(f"FAIL {name}: {type(e).__name__}: {e}")
-        return fn
-
-    return run
+checks = Checks(mock)
+check, last_request = checks.check, checks.last_request
 
 
 class Answer(pydantic.BaseModel):
@@ -179,5 +152,4 @@ def _():
     assert final.output_text == whole.output_text, (final.output_text, whole.output_text)
 
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+checks.finish()

@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 use super::failure::{from_reqwest, redirected, retry_after};
 use super::openai::sse_events;
 use super::openai::{read_capped, MAX_ANSWER, MAX_ERROR_BODY};
-use super::{http_client, Answer, AnswerShape, AttemptFailure, Call, Reply};
+use super::{http_client, Answer, AnswerShape, AttemptFailure, Call, ChunkHead, Reply};
 use crate::config::BackendConfig;
 use crate::mock_answers::unix_now;
 use crate::native::{NativeApi, NativeRequest};
@@ -351,9 +351,7 @@ fn to_openai_error(body: &[u8]) -> Bytes {
 /// Turns Anthropic stream events into OpenAI chunks.
 #[derive(Default)]
 struct StreamTranslator {
-    id: String,
-    model: String,
-    created: u64,
+    head: ChunkHead,
     include_usage: bool,
     /// Each chunk carries the event it came from, for a Messages API client
     /// (`anthropic::stream` passes it as it is).
@@ -368,29 +366,13 @@ struct StreamTranslator {
 
 impl StreamTranslator {
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Result<SseEvent, AttemptFailure> {
-        let chunk = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        Ok(SseEvent::Data(Bytes::from(chunk.to_string())))
+        self.head.chunk(delta, finish)
     }
 
     fn translate(&mut self, data: &[u8]) -> Vec<Result<SseEvent, AttemptFailure>> {
         let mut out = self.translate_event(data);
-        if self.native && out.iter().all(Result::is_ok) {
-            // The event rides on its first chunk, or on one of its own.
-            let at = match out.iter().position(|e| matches!(e, Ok(SseEvent::Data(_)))) {
-                Some(at) => at,
-                None => {
-                    let bare = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": []});
-                    let at = out.iter().position(|e| matches!(e, Ok(SseEvent::Done))).unwrap_or(out.len());
-                    out.insert(at, Ok(SseEvent::Data(Bytes::from(bare.to_string()))));
-                    at
-                }
-            };
-            if let Some(Ok(SseEvent::Data(chunk))) = out.get_mut(at) {
-                *chunk = crate::native::with_native_event(chunk, data);
-            }
+        if self.native {
+            self.head.carry(&mut out, data);
         }
         out
     }
@@ -402,9 +384,9 @@ impl StreamTranslator {
         match event["type"].as_str() {
             Some("message_start") => {
                 let m = &event["message"];
-                self.id = m["id"].as_str().unwrap_or("msg").to_owned();
-                self.model = m["model"].as_str().unwrap_or_default().to_owned();
-                self.created = unix_now();
+                self.head.id = m["id"].as_str().unwrap_or("msg").to_owned();
+                self.head.model = m["model"].as_str().unwrap_or_default().to_owned();
+                self.head.created = unix_now();
                 if let Some(usage) = m["usage"].as_object() {
                     self.usage.extend(usage.clone());
                 }
@@ -447,11 +429,7 @@ impl StreamTranslator {
                 // The counts are final here: a break before `message_stop`
                 // then finds the answer complete, and is not rescued.
                 if self.include_usage {
-                    let usage = json!({
-                        "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": [],
-                        "usage": chat_usage(&Value::Object(self.usage.clone())),
-                    });
-                    out.push(Ok(SseEvent::Data(Bytes::from(usage.to_string()))));
+                    out.push(self.head.without_choices(Some(chat_usage(&Value::Object(self.usage.clone())))));
                 }
                 out
             }

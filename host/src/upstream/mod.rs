@@ -175,6 +175,54 @@ pub fn contract_backend(c: &BackendConfig) -> contract::Backend {
     }
 }
 
+/// The fields every chat chunk of a translated stream repeats.
+#[derive(Debug, Default)]
+struct ChunkHead {
+    id: String,
+    model: String,
+    created: u64,
+}
+
+impl ChunkHead {
+    /// A chunk with `delta` (and `finish`) for the first choice.
+    fn chunk(&self, delta: serde_json::Value, finish: Option<&str>) -> Result<SseEvent, AttemptFailure> {
+        let chunk = serde_json::json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        Ok(SseEvent::Data(Bytes::from(chunk.to_string())))
+    }
+
+    /// A chunk with no choice: `usage`'s, or empty.
+    fn without_choices(&self, usage: Option<serde_json::Value>) -> Result<SseEvent, AttemptFailure> {
+        let mut chunk = serde_json::json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": []});
+        if let Some(usage) = usage {
+            chunk["usage"] = usage;
+        }
+        Ok(SseEvent::Data(Bytes::from(chunk.to_string())))
+    }
+
+    /// Puts the backend's own `event` on the first chunk it became (or on
+    /// a chunk of its own when it became none), for a client of the same
+    /// API (`native::NATIVE_EVENT_FIELD`). Failures carry nothing.
+    fn carry(&self, out: &mut Vec<Result<SseEvent, AttemptFailure>>, event: &[u8]) {
+        if !out.iter().all(Result::is_ok) {
+            return;
+        }
+        let at = match out.iter().position(|e| matches!(e, Ok(SseEvent::Data(_)))) {
+            Some(at) => at,
+            None => {
+                let at = out.iter().position(|e| matches!(e, Ok(SseEvent::Done))).unwrap_or(out.len());
+                out.insert(at, self.without_choices(None));
+                at
+            }
+        };
+        if let Some(Ok(SseEvent::Data(chunk))) = out.get_mut(at) {
+            *chunk = crate::native::with_native_event(chunk, event);
+        }
+    }
+}
+
 /// A reqwest client for one backend: pooled keep-alive connections,
 /// TCP_NODELAY, rustls.
 fn http_client(config: &BackendConfig) -> Result<reqwest::Client, String> {

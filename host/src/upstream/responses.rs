@@ -10,8 +10,8 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::openai::{read_capped, sse_events, MAX_ANSWER};
-use super::{Answer, AnswerShape, AttemptFailure, EventStream};
-use crate::native::{with_native_event, NativeRequest};
+use super::{Answer, AnswerShape, AttemptFailure, ChunkHead, EventStream};
+use crate::native::NativeRequest;
 use crate::openai::sse::SseEvent;
 
 /// The body for a Responses backend: the client's, with `model` replaced
@@ -55,9 +55,7 @@ pub(super) fn events(response: reqwest::Response, include_usage: bool) -> EventS
 /// Turns Responses stream events into chat chunks.
 #[derive(Default)]
 struct EventTranslator {
-    id: String,
-    model: String,
-    created: u64,
+    head: ChunkHead,
     include_usage: bool,
     /// The chat tool index of each function call, by output index.
     calls: Vec<(u64, usize)>,
@@ -66,31 +64,13 @@ struct EventTranslator {
 
 impl EventTranslator {
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Result<SseEvent, AttemptFailure> {
-        let chunk = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        Ok(SseEvent::Data(Bytes::from(chunk.to_string())))
+        self.head.chunk(delta, finish)
     }
 
-    /// One event's chunks, the first carrying the event (or a chunk of its
-    /// own when it has no chat equivalent).
+    /// One event's chunks, the first carrying the event.
     fn translate(&mut self, data: &[u8]) -> Vec<Result<SseEvent, AttemptFailure>> {
         let mut out = self.translate_event(data);
-        if out.iter().all(Result::is_ok) {
-            let at = match out.iter().position(|e| matches!(e, Ok(SseEvent::Data(_)))) {
-                Some(at) => at,
-                None => {
-                    let bare = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": []});
-                    let at = out.iter().position(|e| matches!(e, Ok(SseEvent::Done))).unwrap_or(out.len());
-                    out.insert(at, Ok(SseEvent::Data(Bytes::from(bare.to_string()))));
-                    at
-                }
-            };
-            if let Some(Ok(SseEvent::Data(chunk))) = out.get_mut(at) {
-                *chunk = with_native_event(chunk, data);
-            }
-        }
+        self.head.carry(&mut out, data);
         out
     }
 
@@ -102,9 +82,9 @@ impl EventTranslator {
         match event["type"].as_str().unwrap_or_default() {
             "response.created" => {
                 let r = &event["response"];
-                self.id = r["id"].as_str().unwrap_or("resp").to_owned();
-                self.model = r["model"].as_str().unwrap_or_default().to_owned();
-                self.created = r["created_at"].as_u64().unwrap_or_else(crate::mock_answers::unix_now);
+                self.head.id = r["id"].as_str().unwrap_or("resp").to_owned();
+                self.head.model = r["model"].as_str().unwrap_or_default().to_owned();
+                self.head.created = r["created_at"].as_u64().unwrap_or_else(crate::mock_answers::unix_now);
                 vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
             }
             "response.output_item.added" if event["item"]["type"] == "function_call" => {
@@ -139,12 +119,10 @@ impl EventTranslator {
                 if self.include_usage {
                     let u = &r["usage"];
                     let (input, output) = (u["input_tokens"].as_u64().unwrap_or(0), u["output_tokens"].as_u64().unwrap_or(0));
-                    let usage = json!({
-                        "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": [],
-                        "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output,
-                            "prompt_tokens_details": {"cached_tokens": u["input_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0)}},
-                    });
-                    out.push(Ok(SseEvent::Data(Bytes::from(usage.to_string()))));
+                    let cached = u["input_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
+                    let usage = json!({"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output,
+                        "prompt_tokens_details": {"cached_tokens": cached}});
+                    out.push(self.head.without_choices(Some(usage)));
                 }
                 out.push(Ok(SseEvent::Done));
                 out
