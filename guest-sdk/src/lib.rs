@@ -112,7 +112,7 @@ pub use select::{cheapest, fastest, hash_bucket, rank_by_cost, weighted_choice, 
 pub mod prelude {
     pub use crate::{
         cheapest, fastest, hash_bucket, log, rank_by_cost, reject, route, state, weighted_choice, ApiSurface, Backend, BackendExt,
-        CircuitState, Decision, LogLevel, Message, Outcome, Policy, Request, RequestExt, Role, SeedRng,
+        CircuitState, Decision, LogLevel, Message, Outcome, Policy, Request, RequestExt, Role, SeedRng, StatsNeeded,
     };
 }
 
@@ -137,10 +137,26 @@ pub trait Policy: Sized + 'static {
     /// of every request this policy decided.
     const OBSERVES: bool = false;
 
+    /// Which of the backends' live stats `route` reads. A policy that looks
+    /// at nothing but circuits (`is_healthy`, `can_serve`, `rank_by_cost`)
+    /// says [`StatsNeeded::Circuits`]: one byte a backend crosses into the
+    /// guest instead of a record, which counts with many backends. The other
+    /// stats then stay zero.
+    const STATS: StatsNeeded = StatsNeeded::All;
+
     /// Takes the outcome of a request this policy decided (when
     /// [`Policy::OBSERVES`]): after its answer ended, off the request's
     /// path, on any instance. Keep what it teaches in [`state`].
     fn observe(&self, _outcome: &Outcome) {}
+}
+
+/// Which of the backends' live stats a policy reads ([`Policy::STATS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsNeeded {
+    /// Every field of [`BackendStats`] (one `all-stats` call a decision).
+    All,
+    /// Only `circuit` (one `circuits` call: a byte a backend).
+    Circuits,
 }
 
 /// Policy state: small values the router keeps for this policy, shared by
@@ -237,16 +253,35 @@ pub mod __private {
     }
 
     pub fn route<P: Policy>(request: &Request) -> Decision {
-        // One host call: every backend's stats, joined to its configuration.
-        let stats = host::all_stats();
         INSTANCE.with(|cell| {
             let mut cell = cell.borrow_mut();
             let Some(instance) = cell.as_mut() else { return reject(500, "policy called before init") };
-            if stats.len() != instance.backends.len() {
-                return reject(500, format!("router sent stats for {} backends, init had {}", stats.len(), instance.backends.len()));
-            }
-            for (backend, stats) in instance.backends.iter_mut().zip(stats) {
-                backend.stats = stats;
+            // One host call: every backend's stats (or circuits), joined to its configuration.
+            match P::STATS {
+                crate::StatsNeeded::All => {
+                    let stats = host::all_stats();
+                    if stats.len() != instance.backends.len() {
+                        return reject(
+                            500,
+                            format!("router sent stats for {} backends, init had {}", stats.len(), instance.backends.len()),
+                        );
+                    }
+                    for (backend, stats) in instance.backends.iter_mut().zip(stats) {
+                        backend.stats = stats;
+                    }
+                }
+                crate::StatsNeeded::Circuits => {
+                    let circuits = host::circuits();
+                    if circuits.len() != instance.backends.len() {
+                        return reject(
+                            500,
+                            format!("router sent circuits for {} backends, init had {}", circuits.len(), instance.backends.len()),
+                        );
+                    }
+                    for (backend, circuit) in instance.backends.iter_mut().zip(circuits) {
+                        backend.stats.circuit = circuit;
+                    }
+                }
             }
             match instance.policy.downcast_ref::<P>() {
                 Some(policy) => policy.route(request, &instance.backends),

@@ -39,6 +39,9 @@ struct AbTest {
 }
 
 impl Policy for AbTest {
+    // It reads no live stats but the circuits.
+    const STATS: StatsNeeded = StatsNeeded::Circuits;
+
     fn init(config: &str, backends: &[Backend]) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config).map_err(|e| format!("invalid config: {e}"))?;
         if config.arms.is_empty() {

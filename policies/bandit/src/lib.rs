@@ -54,6 +54,9 @@ struct Bandit {
 }
 
 impl Policy for Bandit {
+    // It reads no live stats but the circuits.
+    const STATS: StatsNeeded = StatsNeeded::Circuits;
+
     const OBSERVES: bool = true;
 
     fn init(config: &str, _backends: &[Backend]) -> Result<Self, String> {

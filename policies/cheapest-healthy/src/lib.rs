@@ -32,6 +32,9 @@ struct CheapestHealthy {
 }
 
 impl Policy for CheapestHealthy {
+    // Circuits, prices and capabilities are all it looks at.
+    const STATS: StatsNeeded = StatsNeeded::Circuits;
+
     fn init(config: &str, _backends: &[Backend]) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config).map_err(|e| format!("invalid config: {e}"))?;
         if config.max_targets == 0 {

@@ -99,6 +99,9 @@ struct ContentAware {
 }
 
 impl Policy for ContentAware {
+    // It reads no live stats but the circuits.
+    const STATS: StatsNeeded = StatsNeeded::Circuits;
+
     fn init(config: &str, backends: &[Backend]) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config).map_err(|e| format!("invalid config: {e}"))?;
         let named = [("specialist", &config.specialist), ("urgent", &config.urgent), ("cheap", &config.cheap)];

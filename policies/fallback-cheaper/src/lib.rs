@@ -24,6 +24,9 @@ struct FallbackCheaper {
 }
 
 impl Policy for FallbackCheaper {
+    // It reads no live stats but the circuits.
+    const STATS: StatsNeeded = StatsNeeded::Circuits;
+
     fn init(config: &str, backends: &[Backend]) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config).map_err(|e| format!("invalid config: {e}"))?;
         if !backends.iter().any(|b| b.name == config.primary) {

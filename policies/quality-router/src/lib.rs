@@ -48,6 +48,9 @@ fn pick<'a>(backends: &'a [Backend], which: &str) -> Vec<&'a Backend> {
 }
 
 impl Policy for QualityRouter {
+    // It reads no live stats but the circuits.
+    const STATS: StatsNeeded = StatsNeeded::Circuits;
+
     fn init(config: &str, backends: &[Backend]) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config).map_err(|e| format!("invalid config: {e}"))?;
         for (key, which) in [("strong", &config.strong), ("cheap", &config.cheap)] {

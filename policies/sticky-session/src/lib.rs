@@ -37,6 +37,9 @@ struct StickySession {
 }
 
 impl Policy for StickySession {
+    // It reads no live stats but the circuits.
+    const STATS: StatsNeeded = StatsNeeded::Circuits;
+
     fn init(config: &str, _backends: &[Backend]) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config).map_err(|e| format!("invalid config: {e}"))?;
         if config.max_targets == 0 {
