@@ -101,6 +101,11 @@ impl NativeRequest {
         Ok(Self { api, bytes: bytes.clone(), model_span, headers, only_native })
     }
 
+    /// The body's size as sent.
+    pub fn body_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// The body as sent, with `model` replaced and nothing else touched.
     pub fn with_model(&self, model: &str) -> Bytes {
         let model = Value::String(model.to_owned()).to_string();

@@ -5,7 +5,6 @@ use bytes::Bytes;
 use hyper::header::HeaderName;
 use serde_json::{json, Map, Value};
 
-use crate::contract::ApiSurface;
 use crate::error::GatewayError;
 use crate::native::{NativeApi, NativeRequest};
 use crate::openai::inbound::{self, InboundRequest, ParseContext};
@@ -40,10 +39,7 @@ pub fn parse(body: &Bytes, cx: ParseContext<'_>, count_only: bool) -> Result<Inb
     let translated = to_chat_body(&native, count_only)?;
     let passed = PASSED_HEADERS.iter().filter_map(|name| Some((HeaderName::from_static(name), cx.headers.get(*name)?.clone()))).collect();
     let native = NativeRequest::new(NativeApi::Messages, body, passed, translated.anthropic_only)?;
-    let cx = ParseContext { api: Some(NativeApi::Messages), ..cx };
-    let mut request = inbound::from_body(ApiSurface::Chat, translated.body, body.len(), cx)?;
-    request.native = Some(native);
-    Ok(request)
+    inbound::from_translation(translated.body, native, cx)
 }
 
 /// A Messages request in OpenAI's chat shape.

@@ -10,11 +10,12 @@
 //! does not know survive), and only noted so that a rescue's continuation,
 //! encoded from chunks, carries on the same blocks.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::native::native_event;
+use crate::openai::sse::put_named_event;
 
 /// The kind of the content block being streamed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,11 +132,7 @@ impl StreamEncoder {
             event(out, kind, &native);
             return;
         }
-        out.put_slice(b"event: ");
-        out.put_slice(kind.as_bytes());
-        out.put_slice(b"\ndata: ");
-        out.put_slice(raw.get().as_bytes());
-        out.put_slice(b"\n\n");
+        put_named_event(out, kind, raw.get());
     }
 
     /// `message_start` (and a `ping`), before the first chunk's events.
@@ -211,16 +208,13 @@ impl StreamEncoder {
 }
 
 fn event(out: &mut BytesMut, name: &str, data: &Value) {
-    out.put_slice(b"event: ");
-    out.put_slice(name.as_bytes());
-    out.put_slice(b"\ndata: ");
-    out.put_slice(data.to_string().as_bytes());
-    out.put_slice(b"\n\n");
+    put_named_event(out, name, &data.to_string());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
 
     fn events(bytes: &[u8]) -> Vec<(String, Value)> {
         let text = std::str::from_utf8(bytes).unwrap();

@@ -42,6 +42,24 @@ pub(super) struct Plan {
     pub decided_first: Option<String>,
 }
 
+impl Plan {
+    /// The plan of a route no policy decides (`direct`, `targets`, `split`).
+    fn without_policy(kind: &str, targets: Vec<Target>, labels: Vec<(String, String)>, rescue: bool) -> Self {
+        Self {
+            policy: kind.into(),
+            targets,
+            labels,
+            seen: None,
+            refusal: None,
+            policy_error: None,
+            rescue,
+            instance: None,
+            canary: None,
+            decided_first: None,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(super) struct Target {
     pub upstream: Arc<Upstream>,
@@ -63,19 +81,7 @@ pub(super) async fn plan(
         None => {
             if let Some(indices) = state.direct.get(&inbound.model) {
                 let targets = indices.iter().map(|&i| target(&state.upstreams[i], None)).collect();
-                let rescue = state.config.rescue.enabled;
-                return Ok(Plan {
-                    policy: "direct".into(),
-                    targets,
-                    labels: vec![],
-                    seen: None,
-                    refusal: None,
-                    policy_error: None,
-                    rescue,
-                    instance: None,
-                    canary: None,
-                    decided_first: None,
-                });
+                return Ok(Plan::without_policy("direct", targets, vec![], state.config.rescue.enabled));
             }
             state.catch_all.as_ref().ok_or_else(|| GatewayError::model_not_found(&inbound.model))?
         }
@@ -85,18 +91,7 @@ pub(super) async fn plan(
         RouteKind::Policy { policy, on_policy_error } => (policy, on_policy_error),
         RouteKind::Targets(indices) => {
             let targets = indices.iter().map(|&i| target(&state.upstreams[i], None)).collect();
-            return Ok(Plan {
-                policy: "targets".into(),
-                targets,
-                labels: vec![],
-                seen: None,
-                refusal: None,
-                policy_error: None,
-                rescue: route.rescue,
-                instance: None,
-                canary: None,
-                decided_first: None,
-            });
+            return Ok(Plan::without_policy("targets", targets, vec![], route.rescue));
         }
         RouteKind::Split(arms) => return Ok(split(state, route, arms, inbound)),
     };
@@ -235,18 +230,7 @@ fn split(state: &GatewayState, route: &Route, arms: &[(usize, u32)], inbound: &I
     let arm = state.upstreams[first].name().to_owned();
     let assignment = if caller.user.is_some() || caller.key_name.is_some() { "sticky" } else { "random" };
     let labels = vec![("arm".to_owned(), arm), ("assignment".to_owned(), assignment.to_owned())];
-    Plan {
-        policy: "split".into(),
-        targets,
-        labels,
-        seen: None,
-        refusal: None,
-        policy_error: None,
-        rescue: route.rescue,
-        instance: None,
-        canary: None,
-        decided_first: None,
-    }
+    Plan::without_policy("split", targets, labels, route.rescue)
 }
 
 /// Live stats in the order of the version's backends. Fast path: the same

@@ -102,6 +102,19 @@ pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, GatewayError> {
     }
 }
 
+/// Reads a request that came in on another API (`native`, as sent) through
+/// its translation to a chat body.
+pub fn from_translation(
+    chat: Map<String, Value>,
+    native: crate::native::NativeRequest,
+    cx: ParseContext<'_>,
+) -> Result<InboundRequest, GatewayError> {
+    let cx = ParseContext { api: Some(native.api), ..cx };
+    let mut request = from_body(ApiSurface::Chat, chat, native.body_len(), cx)?;
+    request.native = Some(native);
+    Ok(request)
+}
+
 /// Reads an OpenAI-shaped body for `surface` (`body_len`: its size as sent).
 pub fn from_body(
     surface: ApiSurface,

@@ -92,6 +92,16 @@ fn parse_event(raw: &[u8]) -> Result<Option<SseEvent>, SseError> {
     }
 }
 
+/// Appends a named event (`event: NAME`, then `data: DATA`), as the
+/// Messages and Responses APIs stream them; `data` is one line of JSON.
+pub fn put_named_event(out: &mut BytesMut, name: &str, data: &str) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
 /// Frames a chunk for the client.
 pub fn frame(data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 8);

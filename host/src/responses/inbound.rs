@@ -4,7 +4,6 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use crate::contract::ApiSurface;
 use crate::error::GatewayError;
 use crate::native::{NativeApi, NativeRequest};
 use crate::openai::inbound::{self, InboundRequest, ParseContext};
@@ -14,10 +13,7 @@ pub fn parse(body: &Bytes, cx: ParseContext<'_>) -> Result<InboundRequest, Gatew
     let native_body = inbound::json_object(body)?;
     let translated = to_chat_body(&native_body)?;
     let native = NativeRequest::new(NativeApi::Responses, body, Vec::new(), translated.only_native)?;
-    let cx = ParseContext { api: Some(NativeApi::Responses), ..cx };
-    let mut request = inbound::from_body(ApiSurface::Chat, translated.body, body.len(), cx)?;
-    request.native = Some(native);
-    Ok(request)
+    inbound::from_translation(translated.body, native, cx)
 }
 
 /// A Responses request in OpenAI's chat shape.

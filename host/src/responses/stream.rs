@@ -13,12 +13,13 @@
 //! and noted (items, their text, the sequence numbers) so that a rescue's
 //! continuation, encoded from chunks, carries on the same items.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::answer;
 use crate::native::native_event;
+use crate::openai::sse::put_named_event;
 
 /// One output item and what it holds so far.
 #[derive(Debug)]
@@ -93,7 +94,7 @@ impl ResponsesEncoder {
         data["type"] = json!(kind);
         data["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
-        put(out, kind, &data.to_string());
+        put_named_event(out, kind, &data.to_string());
     }
 
     /// The response object as it stands, with `status`.
@@ -298,9 +299,9 @@ impl ResponsesEncoder {
             _ => {}
         }
         if raw.get().contains(['\n', '\r']) {
-            put(out, kind, &native.to_string());
+            put_named_event(out, kind, &native.to_string());
         } else {
-            put(out, kind, raw.get());
+            put_named_event(out, kind, raw.get());
         }
     }
 
@@ -336,17 +337,10 @@ impl ResponsesEncoder {
     }
 }
 
-fn put(out: &mut BytesMut, name: &str, data: &str) {
-    out.put_slice(b"event: ");
-    out.put_slice(name.as_bytes());
-    out.put_slice(b"\ndata: ");
-    out.put_slice(data.as_bytes());
-    out.put_slice(b"\n\n");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
 
     fn events(bytes: &[u8]) -> Vec<(String, Value)> {
         std::str::from_utf8(bytes)
