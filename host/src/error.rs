@@ -156,6 +156,28 @@ impl GatewayError {
         Self::new(status, ErrorSource::Upstream, "upstream_error", Some(code), message)
     }
 
+    /// 429: a rate limit of the caller's (`kind`: OpenAI's `requests` or
+    /// `tokens`); retryable unless waiting cannot help.
+    pub fn rate_limited(kind: &'static str, message: impl Into<String>, retryable: bool) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, ErrorSource::Client, kind, Some("rate_limit_exceeded"), message);
+        e.retryable = retryable;
+        e
+    }
+
+    /// 429: the caller's spend budget is used up; not retryable.
+    pub fn insufficient_quota(message: impl Into<String>) -> Self {
+        let mut e =
+            Self::new(StatusCode::TOO_MANY_REQUESTS, ErrorSource::Client, "insufficient_quota", Some("insufficient_quota"), message);
+        e.retryable = false;
+        e
+    }
+
+    /// 503: the shared store of limits cannot be reached and the router is
+    /// set to refuse rather than count alone.
+    pub fn shared_unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorSource::Router, "server_error", Some("limits_unavailable"), message)
+    }
+
     /// The router failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorSource::Router, "server_error", None, message)

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod anthropic;
+pub mod cache;
 pub mod config;
 pub mod contract;
 mod debounce;
@@ -22,10 +23,12 @@ pub mod mock_upstream;
 pub mod native;
 pub mod openai;
 pub mod policy;
+pub mod quota;
 pub mod reload;
 pub mod replay;
 pub mod responses;
 pub mod server;
+pub mod shared_store;
 pub mod stats;
 pub mod telemetry;
 pub mod text;

@@ -80,6 +80,26 @@ struct RescueLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    /// `client` or `route`.
+    scope: &'static str,
+    /// `requests`, `tokens`, `concurrency` or `budget`.
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SharedLabels {
+    /// `admit`, `settle`, `cache_get`, `cache_put`.
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    /// `hit`, `miss` or `skip`.
+    result: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn seconds() -> Histogram {
@@ -108,6 +128,11 @@ pub struct Metrics {
     unterminated: Family<BackendLabels, Counter>,
     shadow: Family<CandidateLabels, Counter>,
     canary: Family<CandidateLabels, Counter>,
+    quota_refusals: Family<QuotaLabels, Counter>,
+    shared_errors: Family<SharedLabels, Counter>,
+    cache: Family<CacheLabels, Counter>,
+    cache_stored_bytes: Counter,
+    cache_evictions: Counter,
 }
 
 impl Default for Metrics {
@@ -136,6 +161,11 @@ impl Metrics {
             unterminated: Family::default(),
             shadow: Family::default(),
             canary: Family::default(),
+            quota_refusals: Family::default(),
+            shared_errors: Family::default(),
+            cache: Family::default(),
+            cache_stored_bytes: Counter::default(),
+            cache_evictions: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -185,6 +215,23 @@ impl Metrics {
             m.shadow.clone(),
         );
         registry.register("canary_transitions", "Canary candidates rolled back or promoted", m.canary.clone());
+        registry.register(
+            "quota_refusals",
+            "Requests refused by a limit (429), by scope (client, route) and reason (requests, tokens, concurrency, budget)",
+            m.quota_refusals.clone(),
+        );
+        registry.register(
+            "shared_store_errors",
+            "Shared-store (Redis) calls that got no answer: failed, timed out, or not tried in the second after a failure; by operation. on_shared_error says what their requests got",
+            m.shared_errors.clone(),
+        );
+        registry.register(
+            "cache_requests",
+            "Cache lookups: hit, miss, or skip (not eligible, or skipped by the client or the policy)",
+            m.cache.clone(),
+        );
+        registry.register("cache_stored_bytes", "Bytes of answers written to the response cache", m.cache_stored_bytes.clone());
+        registry.register("cache_evictions", "Answers the local cache let go before their time to make room", m.cache_evictions.clone());
         Self { registry, ..m }
     }
 
@@ -256,6 +303,31 @@ impl Metrics {
         self.unterminated.get_or_create(&BackendLabels { backend: backend.to_owned() }).inc();
     }
 
+    /// A request refused by a limit or a budget.
+    pub fn quota_refusal(&self, scope: &'static str, reason: &'static str) {
+        self.quota_refusals.get_or_create(&QuotaLabels { scope, reason }).inc();
+    }
+
+    /// A shared-store call that failed.
+    pub fn shared_error(&self, op: &'static str) {
+        self.shared_errors.get_or_create(&SharedLabels { op }).inc();
+    }
+
+    /// A cache lookup's result.
+    pub fn cache(&self, result: &'static str) {
+        self.cache.get_or_create(&CacheLabels { result }).inc();
+    }
+
+    /// An answer stored in the cache.
+    pub fn cache_stored(&self, bytes: usize) {
+        self.cache_stored_bytes.inc_by(bytes as u64);
+    }
+
+    /// An answer evicted from the local cache for room.
+    pub fn cache_eviction(&self) {
+        self.cache_evictions.inc();
+    }
+
     /// The text exposition, with the gauges of `gateway`'s live state.
     pub fn render(&self, gateway: &Gateway) -> String {
         let mut out = String::new();
@@ -281,6 +353,11 @@ impl Metrics {
                 log.dropped()
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_cache_bytes Bytes of answers held by the local response cache.\n# TYPE switchyard_cache_bytes gauge\nswitchyard_cache_bytes {}",
+            gateway.cache().local_bytes()
+        );
         let registry = gateway.registry();
         let _ = writeln!(
             out,

@@ -4,6 +4,7 @@
 //! `${ENV_VAR}` references in `api_key`, `base_url` and client `key` values.
 
 mod embedded;
+mod quota;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use embedded::{embedded, EMBEDDED_POLICY, EMBEDDED_POLICY_NAME, EMBEDDED_TOML};
+pub use quota::{BudgetConfig, CacheConfig, CacheMode, LimitsConfig, OnSharedError, RouteCacheConfig, SharedConfig};
 
 /// Fuel of one decision by default: about 100 million WebAssembly
 /// instructions, some 7 ms of a tight loop on this project's 2-core machines.
@@ -67,6 +69,10 @@ pub struct Config {
     pub decision_log: DecisionLogConfig,
     /// Trace export.
     pub telemetry: TelemetryConfig,
+    /// The node's store of cached answers.
+    pub cache: CacheConfig,
+    /// Limits, budgets and the cache shared across nodes.
+    pub shared: SharedConfig,
 }
 
 /// `[decision_log]`: one JSON line per routed request.
@@ -359,6 +365,13 @@ pub struct RouteConfig {
     /// target; unset follows `rescue.enabled`.
     #[serde(default)]
     pub rescue: Option<bool>,
+    /// Rate limits of this route, for each client key apart (one count for
+    /// all callers when no keys are configured).
+    #[serde(default)]
+    pub limits: Option<LimitsConfig>,
+    /// Exact answers kept and replayed; none when unset.
+    #[serde(default)]
+    pub cache: Option<RouteCacheConfig>,
 }
 
 /// One backend of a `split` route.
@@ -650,6 +663,12 @@ pub struct ClientConfig {
     pub name: String,
     /// The key clients send (use `${ENV_VAR}`).
     pub key: String,
+    /// Its rate limits.
+    #[serde(default)]
+    pub limits: Option<LimitsConfig>,
+    /// Its spend budget.
+    #[serde(default)]
+    pub budget: Option<BudgetConfig>,
 }
 
 #[derive(Deserialize)]
@@ -677,6 +696,10 @@ struct RawConfig {
     decision_log: DecisionLogConfig,
     #[serde(default)]
     telemetry: TelemetryConfig,
+    #[serde(default)]
+    cache: CacheConfig,
+    #[serde(default)]
+    shared: SharedConfig,
 }
 
 impl Config {
@@ -722,6 +745,8 @@ impl Config {
             admin: raw.admin,
             decision_log: raw.decision_log,
             telemetry: raw.telemetry,
+            cache: raw.cache,
+            shared: raw.shared,
         };
         if let Some(dir) = &config.policies.dir {
             config.policies.dir = Some(base.join(dir));
@@ -746,6 +771,9 @@ impl Config {
         }
         for (i, c) in config.clients.iter_mut().enumerate() {
             c.key = interpolate(&c.key, env).map_err(|p| err(&format!("clients[{i}].key"), p))?;
+        }
+        if let Some(url) = &config.shared.redis_url {
+            config.shared.redis_url = Some(interpolate(url, env).map_err(|p| err("shared.redis_url", p))?);
         }
         config.validate().map_err(|(key, problem)| err(&key, problem))?;
         Ok(config)
@@ -915,7 +943,20 @@ impl Config {
             if !keys.insert(c.key.as_str()) {
                 return Err((format!("clients[{i}].key"), "is the same key as an earlier client's".into()));
             }
+            // Keys of one name (a rotation) share its limits and budget.
+            if let Some(earlier) = self.clients[..i].iter().find(|e| e.name == c.name) {
+                if earlier.limits != c.limits || earlier.budget != c.budget {
+                    return Err((
+                        format!("clients[{i}].name"),
+                        format!(
+                            "`{}` has other limits or another budget in an earlier client of that name; keys of one name share them",
+                            c.name
+                        ),
+                    ));
+                }
+            }
         }
+        quota::validate(&self.clients, &self.routes, &self.cache, &self.shared)?;
         for name in p.config.keys() {
             if !self.routes.iter().any(|r| &r.policy == name && r.policy_config.is_none()) {
                 tracing::warn!(file = %self.source, "policies.config.{name}: no route uses this policy");

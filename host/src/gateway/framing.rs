@@ -47,6 +47,16 @@ impl Framing {
         }
     }
 
+    /// What the client gets for a chunk replayed from the response cache
+    /// (never a backend's own event).
+    pub(super) fn replayed(&mut self, payload: &[u8]) -> Bytes {
+        match self {
+            Self::OpenAi => frame(payload),
+            Self::Messages(encoder) => encoder.chunk(payload, false),
+            Self::Responses(encoder) => encoder.chunk(payload, false),
+        }
+    }
+
     /// The end of a stream that ended well.
     pub(super) fn done(&mut self) -> Bytes {
         match self {

@@ -16,16 +16,19 @@ use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use super::admission;
 use super::attempts::{self, Finished, Outcome};
+use super::cached::{self, CacheWrite};
 use super::candidates::{self, CanaryWatch, ShadowRun};
 use super::framing::Framing;
-use super::outcome::{EndHooks, Observation};
+use super::outcome::{EndHooks, Observation, QuotaEnd};
 use super::plan::{self, Plan};
 use super::relay::{Relay, StreamLimits};
 use super::rescue::{Leg, Mode, RescueLimits, Rescuer};
 use super::{Gateway, GatewayState};
+use crate::cache;
 use crate::config::Config;
-use crate::contract::ApiSurface;
+use crate::contract::{ApiSurface, Tag};
 use crate::decision_log::DecisionLog;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, RequestLabels};
@@ -47,6 +50,7 @@ const LABELS: HeaderName = HeaderName::from_static("x-switchyard-labels");
 const SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 const OVERHEAD: HeaderName = HeaderName::from_static("x-switchyard-overhead-ms");
 const TOKEN_COUNT: HeaderName = HeaderName::from_static("x-switchyard-token-count");
+const CACHE: HeaderName = HeaderName::from_static("x-switchyard-cache");
 
 /// The API a request came in on: the shape of its answers and errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,15 +164,71 @@ async fn proxy(
     started: Instant,
 ) -> Result<Response<Body>, GatewayError> {
     let state = gateway.state();
-    let inbound = Arc::new(read_request(&state, request, ingress, request_id, false).await?);
+    let cache_control = request.headers().get(CACHE_CONTROL).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut inbound = read_request(&state, request, ingress, request_id, false).await?;
     let messages_api = ingress == Ingress::Messages;
     let metrics = gateway.metrics();
+    // The caller's limits and budget, before the policy (which sees the budget used).
+    let ticket = match admission::ask(&state, &inbound, request_id) {
+        Some(ask) => {
+            let tokens = ask.tokens;
+            match gateway.quotas().admit(ask).await {
+                Ok(ticket) => Some(ticket),
+                Err(refusal) => {
+                    let response = admission::refusal_response(refusal, tokens, messages_api);
+                    let status = response.status();
+                    tracing::info!(%request_id, model = %inbound.model, status = status.as_u16(), "refused by the caller's limits");
+                    let labels = RequestLabels {
+                        model: state.model_label(&inbound.model).to_owned(),
+                        backend: "none".into(),
+                        policy: "limits".into(),
+                        status: status.as_u16(),
+                        arm: String::new(),
+                    };
+                    metrics.request(labels, started.elapsed(), started.elapsed());
+                    return Ok(response);
+                }
+            }
+        }
+        None => None,
+    };
+    let rate_headers = ticket.as_ref().map(|t| t.admitted().headers);
+    if let Some(used) = ticket.as_ref().and_then(|t| t.admitted().budget_used) {
+        let tag = Tag { key: inbound::BUDGET_USED_TAG.to_owned(), value: format!("{used:.2}") };
+        Arc::make_mut(&mut inbound.view).tags.push(tag);
+    }
+    let inbound = Arc::new(inbound);
     let plan = plan::plan(&state, gateway.registry(), metrics, gateway.candidates(), &inbound).await?;
     if let Some(shadow) = plan.instance.as_ref().and_then(|i| gateway.registry().get(&Candidate::Shadow.name_for(i))) {
         let run =
             ShadowRun { shadow, metrics: metrics.clone(), log: gateway.decision_log().cloned(), candidates: gateway.candidates().clone() };
         candidates::shadow(run, &plan, &inbound);
     }
+    let cache_plan = match state.route_cache(&inbound.model) {
+        Some(config) if plan.refusal.is_none() => {
+            Some(cache::plan(&config, &inbound.model, &inbound, cache_control.as_deref(), &plan.labels))
+        }
+        _ => None,
+    };
+    if let Some(Ok(cp)) = &cache_plan {
+        if cp.read {
+            if let Some(entry) = gateway.cache().get(&cp.key).await {
+                let hit = Hit { plan: &plan, inbound: &inbound, entry: &entry, ticket, rate_headers, started, request_id };
+                return answer_hit(gateway, &state, hit);
+            }
+        }
+    }
+    let cache_status = cache_plan.as_ref().map(|p| match p {
+        Ok(p) if p.read => "miss",
+        _ => "skip",
+    });
+    if let Some(status) = cache_status {
+        metrics.cache(status);
+    }
+    let cache_write = match &cache_plan {
+        Some(Ok(p)) if p.write => Some(*p),
+        _ => None,
+    };
     let finished = match &plan.refusal {
         Some(refusal) => Finished::without_attempts(refusal.clone()),
         None => attempts::run(&state.config, metrics, &plan, &inbound, request_id, started).await,
@@ -186,6 +246,11 @@ async fn proxy(
     let (mut response, backend, model, relay) = match finished.outcome {
         Outcome::Complete { upstream, model, answer } => {
             usage = answer.usage;
+            if let Some(p) = cache_write.filter(|p| answer.shape == AnswerShape::Chat && answer.body.len() <= p.config.max_entry_bytes) {
+                if cache::replay::finished(&answer.body) {
+                    gateway.cache().put(p.key, cache::Entry::new(answer.body.clone(), vec![], upstream.name().to_owned(), p.config.ttl()));
+                }
+            }
             if let Some((input, output)) = answer.usage {
                 metrics.tokens(upstream.name(), input, output, upstream.config.input_price, upstream.config.output_price);
             }
@@ -220,7 +285,8 @@ async fn proxy(
                 StreamLimits { write_timeout: config.server.stream_write_timeout(), max_duration: config.server.stream_max_duration() };
             let leg = Leg { upstream, attempt, first, rest, mode: Mode::Original };
             let rescuer = rescuer(config, &plan, next, finished.attempts, &inbound, request_id, metrics);
-            let (relay, first_frame, rx) = Relay::new(leg, limits, inbound.include_usage, rescuer, Framing::of(&inbound));
+            let (mut relay, first_frame, rx) = Relay::new(leg, limits, inbound.include_usage, rescuer, Framing::of(&inbound));
+            relay.keep_in(cache_write.map(|p| CacheWrite::new(gateway.cache().clone(), p.key, p.config.ttl(), p.config.max_entry_bytes)));
             (sse_response(first_frame, rx), Some(name), Some(model), Some(relay))
         }
         Outcome::Refused { upstream, status, body } => {
@@ -235,8 +301,15 @@ async fn proxy(
     };
 
     let status = response.status();
-    let hooks = EndHooks { observation, canary };
+    let quota = ticket.map(|ticket| QuotaEnd { ticket, prices: answered_prices });
+    let hooks = EndHooks { observation, canary, quota };
     let headers = response.headers_mut();
+    if let Some(rate) = &rate_headers {
+        rate.write(headers);
+    }
+    if let Some(status) = cache_status {
+        headers.insert(CACHE, HeaderValue::from_static(status));
+    }
     for (name, value) in [(BACKEND, backend.as_deref()), (MODEL, model.as_deref()), (POLICY, Some(plan.policy.as_str()))] {
         if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
             headers.insert(name, v);
@@ -271,7 +344,10 @@ async fn proxy(
             total,
             overhead,
         };
-        let record = decision_record(log, &plan, &inbound, end);
+        let mut record = decision_record(log, &plan, &inbound, end);
+        if let Some(status) = cache_status {
+            record["cache"] = json!(status);
+        }
         // Always logged, whatever the sample rate: what went wrong or took a detour.
         let notable = !status.is_success()
             || plan.policy_error.is_some()
@@ -309,8 +385,76 @@ async fn proxy(
     Ok(response)
 }
 
+/// A request answered from the response cache.
+struct Hit<'a> {
+    plan: &'a Plan,
+    inbound: &'a Arc<InboundRequest>,
+    entry: &'a cache::Entry,
+    ticket: Option<crate::quota::Ticket>,
+    rate_headers: Option<crate::quota::RateHeaders>,
+    started: Instant,
+    request_id: &'a str,
+}
+
+/// Answers from the cache: no upstream call, nothing spent (the
+/// reservation settles at zero); counted, logged and observed as a hit.
+fn answer_hit(gateway: &Arc<Gateway>, state: &GatewayState, hit: Hit<'_>) -> Result<Response<Body>, GatewayError> {
+    let Hit { plan, inbound, entry, ticket, rate_headers, started, request_id } = hit;
+    let metrics = gateway.metrics();
+    metrics.cache("hit");
+    let mut response = cached::answer(entry, inbound)?;
+    let status = response.status();
+    let headers = response.headers_mut();
+    headers.insert(CACHE, HeaderValue::from_static("hit"));
+    headers.insert(POLICY, HeaderValue::from_str(&plan.policy).unwrap_or(HeaderValue::from_static("-")));
+    if let Ok(v) = HeaderValue::from_str(&entry.backend) {
+        headers.insert(BACKEND, v);
+    }
+    headers.insert(ATTEMPTS, HeaderValue::from(0));
+    if let Some(rate) = &rate_headers {
+        rate.write(headers);
+    }
+    let total = started.elapsed();
+    let usage = serde_json::from_slice::<Value>(&entry.completion).ok().and_then(|c| cache::replay::usage_of(&c));
+    if let Some(mut o) = Observation::start(plan, inbound, None, &[], started) {
+        o.cache_hit();
+        o.finish(status.as_u16(), usage, false);
+    }
+    if let Some(ticket) = ticket {
+        ticket.settle(Some(crate::quota::Use { tokens: 0, nano_usd: 0 }));
+    }
+    if let Some(log) = gateway.decision_log() {
+        let end = RequestEnd {
+            attempts: 0,
+            failures: &[],
+            error: None,
+            backend: Some(&entry.backend),
+            model: None,
+            status,
+            total,
+            overhead: total,
+        };
+        let mut record = decision_record(log, plan, inbound, end);
+        record["cache"] = json!("hit");
+        record["tokens"] = crate::decision_log::tokens_json(usage);
+        log.write_sampled(record, false);
+    }
+    let policy = plan.policy.split('@').next().unwrap_or_default().to_owned();
+    let arm = plan.labels.iter().find(|(k, _)| k == "arm").map_or_else(String::new, |(_, v)| v.clone());
+    let labels = RequestLabels {
+        model: state.model_label(&inbound.model).to_owned(),
+        backend: "cache".into(),
+        policy,
+        status: status.as_u16(),
+        arm,
+    };
+    metrics.request(labels, total, total);
+    tracing::info!(%request_id, model = %inbound.model, policy = %plan.policy, cache = "hit", status = status.as_u16(), stream = inbound.stream, "request");
+    Ok(response)
+}
+
 /// An OpenAI chat completion as a Messages API answer.
-fn messages_answer(completion: &[u8]) -> Result<Bytes, GatewayError> {
+pub(super) fn messages_answer(completion: &[u8]) -> Result<Bytes, GatewayError> {
     let invalid = |why: String| GatewayError::upstream(StatusCode::BAD_GATEWAY, "invalid_answer", why);
     let completion: Value = serde_json::from_slice(completion).map_err(|e| invalid(format!("the upstream's answer is not JSON: {e}")))?;
     let message = crate::anthropic::answer::message_from_completion(&completion).map_err(invalid)?;
@@ -318,7 +462,7 @@ fn messages_answer(completion: &[u8]) -> Result<Bytes, GatewayError> {
 }
 
 /// An OpenAI chat completion as a Responses API `response`.
-fn responses_answer(completion: &[u8], inbound: &InboundRequest) -> Result<Bytes, GatewayError> {
+pub(super) fn responses_answer(completion: &[u8], inbound: &InboundRequest) -> Result<Bytes, GatewayError> {
     let completion: Value = serde_json::from_slice(completion).map_err(|e| {
         GatewayError::upstream(StatusCode::BAD_GATEWAY, "invalid_answer", format!("the upstream's answer is not JSON: {e}"))
     })?;
@@ -495,7 +639,7 @@ pub fn error_response(error: &GatewayError) -> Response<Body> {
 }
 
 /// The Messages API's error response for `error`.
-fn messages_error_response(error: &GatewayError) -> Response<Body> {
+pub(super) fn messages_error_response(error: &GatewayError) -> Response<Body> {
     let mut response = json_response(error.status, Bytes::from(crate::anthropic::answer::error_json(error).to_string()));
     if !error.retryable {
         response.headers_mut().insert(SHOULD_RETRY, HeaderValue::from_static("false"));

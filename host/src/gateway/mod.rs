@@ -2,7 +2,9 @@
 //! configuration reload, and the path of one request through them.
 //!
 //! - `http.rs`: where a request is read, authenticated and answered.
+//! - `admission.rs`: where a request meets its caller's limits and budget.
 //! - `plan.rs`: where the policy is called and targets are chosen.
+//! - `cached.rs`: answers from the response cache, and streams kept in it.
 //! - `attempts.rs`: where an upstream is tried and a failure is retried.
 //! - `relay.rs`: where a stream is passed to the client.
 //! - `framing.rs`: how its events are framed for the client's API.
@@ -11,7 +13,9 @@
 //! - `rescue.rs`: where a stream broken mid-answer finds its continuation.
 //! - `transcript.rs`: what a stream has said, and the splice rule.
 
+mod admission;
 mod attempts;
+mod cached;
 pub mod candidates;
 mod framing;
 pub mod http;
@@ -29,10 +33,15 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
-use crate::config::{ClientConfig, Config, ConfigError, OnPolicyError, RescueConfig, RouteConfig, EMBEDDED_POLICY_NAME};
+use crate::cache::ResponseCache;
+use crate::config::{
+    ClientConfig, Config, ConfigError, LimitsConfig, OnPolicyError, RescueConfig, RouteCacheConfig, RouteConfig, EMBEDDED_POLICY_NAME,
+};
 use crate::decision_log::{DecisionLog, Retention};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyRegistry, PolicyRuntime, PolicySources, RescanReport};
+use crate::quota::Quotas;
+use crate::shared_store::SharedStore;
 use crate::stats::LiveStats;
 use crate::upstream::Upstream;
 
@@ -48,6 +57,10 @@ pub struct Gateway {
     file: Option<ConfigFile>,
     /// Shadow and canary candidates' books.
     candidates: Arc<candidates::Candidates>,
+    /// Callers' limits and budgets.
+    quotas: Arc<Quotas>,
+    /// Kept answers.
+    cache: Arc<ResponseCache>,
 }
 
 /// The configuration file being served, and the command-line override that
@@ -81,6 +94,10 @@ struct Route {
     kind: RouteKind,
     /// Whether its streams may be rescued.
     rescue: bool,
+    /// Its rate limits, for each client key.
+    limits: Option<LimitsConfig>,
+    /// Its response cache.
+    cache: Option<RouteCacheConfig>,
 }
 
 enum RouteKind {
@@ -114,7 +131,7 @@ impl Route {
             };
             RouteKind::Policy { policy: route.policy_instance().unwrap_or_default(), on_policy_error }
         };
-        Self { kind, rescue: route.rescue.unwrap_or(rescue.enabled) }
+        Self { kind, rescue: route.rescue.unwrap_or(rescue.enabled), limits: route.limits.filter(LimitsConfig::any), cache: route.cache }
     }
 
     /// The policy instance that decides, if a policy does.
@@ -127,6 +144,37 @@ impl Route {
 }
 
 impl GatewayState {
+    /// The route that serves `model`: its own, none for a backend named
+    /// directly, else the catch-all.
+    fn route_for(&self, model: &str) -> Option<&Route> {
+        match self.routes.get(model) {
+            Some(route) => Some(route),
+            None if self.direct.contains_key(model) => None,
+            None => self.catch_all.as_ref(),
+        }
+    }
+
+    /// The rate limits of `model`'s route, if it has any.
+    pub fn route_limits(&self, model: &str) -> Option<LimitsConfig> {
+        self.route_for(model).and_then(|r| r.limits)
+    }
+
+    /// The cache settings of `model`'s route, if it caches.
+    pub fn route_cache(&self, model: &str) -> Option<RouteCacheConfig> {
+        self.route_for(model).and_then(|r| r.cache)
+    }
+
+    /// The highest input and output prices of any backend: what a spend
+    /// reservation is priced at, before the policy picks a backend.
+    pub fn max_prices(&self) -> (f64, f64) {
+        self.upstreams.iter().fold((0.0, 0.0), |(i, o), u| (u.config.input_price.max(i), u.config.output_price.max(o)))
+    }
+
+    /// The client configuration named `name`.
+    pub fn client(&self, name: &str) -> Option<&ClientConfig> {
+        self.clients.iter().find(|c| c.name == name)
+    }
+
     /// `GET /v1/models/{id}`: the model object of a virtual model or a
     /// backend's model as `/v1/models` lists it; any other name when a
     /// catch-all route serves every model.
@@ -194,6 +242,16 @@ impl Gateway {
         };
         let metrics = Arc::new(Metrics::new());
         let candidates = Arc::default();
+        let shared = match &state.config.shared.redis_url {
+            Some(_) => Some(Arc::new(SharedStore::new(&state.config.shared, metrics.clone()).map_err(|problem| ConfigError {
+                file: state.config.source.clone(),
+                key: "shared.redis_url".into(),
+                problem,
+            })?)),
+            None => None,
+        };
+        let quotas = Arc::new(Quotas::new(shared.clone(), metrics.clone()));
+        let cache = Arc::new(ResponseCache::new(state.config.cache.max_mib << 20, shared, metrics.clone()));
         Ok(Arc::new(Self {
             state: ArcSwap::from_pointee(state),
             registry: Arc::new(registry),
@@ -202,6 +260,8 @@ impl Gateway {
             decision_log,
             file,
             candidates,
+            quotas,
+            cache,
         }))
     }
 
@@ -223,6 +283,16 @@ impl Gateway {
     /// The decision log, when configured (opened at start; a new path needs a restart).
     pub fn decision_log(&self) -> Option<&Arc<DecisionLog>> {
         self.decision_log.as_ref()
+    }
+
+    /// Callers' limits and budgets.
+    pub fn quotas(&self) -> &Arc<Quotas> {
+        &self.quotas
+    }
+
+    /// The response cache.
+    pub fn cache(&self) -> &Arc<ResponseCache> {
+        &self.cache
     }
 
     /// The shadow and canary candidates' books.
@@ -310,6 +380,9 @@ impl Gateway {
         let old = self.state();
         if config.server.listen != old.config.server.listen || config.policies.dir != old.config.policies.dir {
             tracing::warn!(file = %config.source, "server.listen and policies.dir changes take effect after a restart");
+        }
+        if config.shared != old.config.shared || config.cache != old.config.cache {
+            tracing::warn!(file = %config.source, "[shared] and [cache] changes take effect after a restart");
         }
         let state = build_state(config, &self.stats, Some(&old))?;
         let backends = state.upstreams.iter().map(|u| u.contract()).collect();

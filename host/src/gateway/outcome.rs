@@ -10,6 +10,7 @@ use super::plan::Plan;
 use crate::contract::{FailedAttempt, Outcome, Tag};
 use crate::openai::inbound::InboundRequest;
 use crate::policy::LoadedPolicy;
+use crate::quota::{Ticket, Use};
 use crate::upstream::Upstream;
 
 /// An outcome in the making.
@@ -53,6 +54,11 @@ impl Observation {
         Some(Self { version: version.clone(), outcome, started, answered: answered.cloned() })
     }
 
+    /// Notes that the answer came from the response cache.
+    pub(super) fn cache_hit(&mut self) {
+        self.outcome.cache_hit = true;
+    }
+
     /// Notes the first byte of a streamed answer.
     pub(super) fn first_byte(&mut self, after: Duration) {
         self.outcome.ttft_ms = Some(after.as_secs_f32() * 1000.0);
@@ -76,15 +82,44 @@ impl Observation {
 }
 
 /// What runs when a request's answer ends (a stream's, when the stream
-/// does): the policy's outcome and the canary's window.
+/// does): the policy's outcome, the canary's window, and the settlement of
+/// the caller's limits and budget.
 pub(super) struct EndHooks {
     pub observation: Option<Observation>,
     pub canary: Option<CanaryWatch>,
+    pub quota: Option<QuotaEnd>,
+}
+
+/// A request's reservation, and the prices of the backend that answered
+/// (none when none did).
+pub(super) struct QuotaEnd {
+    pub ticket: Ticket,
+    pub prices: Option<(f64, f64)>,
+}
+
+impl QuotaEnd {
+    /// Settles with `usage`: what it used at the answering backend's
+    /// prices; an answer without usage settles as reserved, no answer as
+    /// nothing used.
+    fn finish(self, usage: Option<(u64, u64)>) {
+        let used = match (usage, self.prices) {
+            (Some((input, output)), prices) => {
+                let (i, o) = prices.unwrap_or((0.0, 0.0));
+                Some(Use { tokens: input + output, nano_usd: ((input as f64 * i + output as f64 * o) * 1000.0).round() as u64 })
+            }
+            (None, Some(_)) => None,
+            (None, None) => Some(Use { tokens: 0, nano_usd: 0 }),
+        };
+        self.ticket.settle(used);
+    }
 }
 
 impl EndHooks {
     /// `status`: the client's, or for a stream how it ended (200, 499, 502).
     pub(super) fn finish(self, status: u16, usage: Option<(u64, u64)>, rescued: bool) {
+        if let Some(quota) = self.quota {
+            quota.finish(usage);
+        }
         if let Some(canary) = self.canary {
             canary.finish(status, usage);
         }

@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::cached::CacheWrite;
 use super::framing::Framing;
 use super::outcome::EndHooks;
 use super::rescue::{Leg, Mode, Rescuer};
@@ -91,6 +92,8 @@ pub(super) struct Relay {
     include_usage: bool,
     rescuer: Option<Rescuer>,
     framing: Framing,
+    /// Where the stream is kept if it ends cleanly.
+    cache: Option<CacheWrite>,
 }
 
 /// How long a stream may wait on its client, and run in all.
@@ -134,7 +137,12 @@ impl Relay {
             SseEvent::Data(chunk) => framing.chunk(chunk, &leg.upstream, true),
             SseEvent::Done => framing.done(),
         };
-        (Self { leg, tx, limits, include_usage, rescuer, framing }, first_frame, rx)
+        (Self { leg, tx, limits, include_usage, rescuer, framing, cache: None }, first_frame, rx)
+    }
+
+    /// Keeps the stream in the response cache if it ends cleanly.
+    pub(super) fn keep_in(&mut self, cache: Option<CacheWrite>) {
+        self.cache = cache;
     }
 
     /// Starts relaying. `record` is the request's decision-log record, if
@@ -172,7 +180,7 @@ impl Relay {
     /// stream and settles its attempt, so the upstream connection and the
     /// backend's in-flight count are free.
     async fn relay(self, metrics: &Metrics, request_id: &str) -> StreamEnd {
-        let Self { leg, tx, limits, include_usage, mut rescuer, mut framing } = self;
+        let Self { leg, tx, limits, include_usage, mut rescuer, mut framing, mut cache } = self;
         let StreamLimits { write_timeout, max_duration } = limits;
         let ends_at = Instant::now() + max_duration;
         let Leg { mut upstream, attempt, first, mut rest, mut mode } = leg;
@@ -221,6 +229,9 @@ impl Relay {
                     Shaped::Pass(payload, usage) => {
                         so_far.chunks += 1;
                         count.passed = true;
+                        if let Some(write) = cache.as_mut() {
+                            write.push(&payload, matches!(mode, Mode::Original));
+                        }
                         if let Some((input, output)) = usage {
                             metrics.tokens(upstream.name(), input, output, upstream.config.input_price, upstream.config.output_price);
                         }
@@ -274,6 +285,9 @@ impl Relay {
                         attempt.succeed();
                     }
                     let how = if matches!(mode, Mode::Original) { "done" } else { "rescued" };
+                    if let Some(write) = cache.take().filter(|_| how == "done" && ended.is_ok()) {
+                        write.finish(upstream.name());
+                    }
                     settle_rescue(metrics, &upstream, &mode, &mut rescues, "rescued");
                     account_broken(metrics, &broken, count.usage);
                     return end(&so_far, client_usage(&count, &broken), how, rescues);

@@ -27,6 +27,9 @@ pub const ROUTER_TAG_PREFIX: &str = "switchyard.";
 /// The router's tag with the number of messages the client sent, present
 /// when the policy sees fewer (only the newest `view_max_messages`).
 pub const MESSAGE_COUNT_TAG: &str = "switchyard.message-count";
+/// The router's tag with the largest fraction of the caller's spend
+/// budget used (`0.83`), present when the caller has a budget.
+pub const BUDGET_USED_TAG: &str = "switchyard.budget-used";
 
 /// How much of a request a policy sees. Whatever a client sends within the
 /// body limit, the view stays this small, so that no request can make a

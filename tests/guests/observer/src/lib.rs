@@ -2,6 +2,9 @@
 //! them in policy state (`outcomes`, and `served:<backend>`), and routes to
 //! the first backend whose circuit is not open with the labels
 //! `seen=<outcomes counted so far>` and `surface=<the request's surface>`.
+//! The tag `cache` becomes the label `cache` (a policy skipping the
+//! response cache) and the router's `switchyard.budget-used` the label
+//! `budget` (what the policy saw of the caller's budget).
 //! The request's model picks misbehaviour in `observe`: `observe-trap`
 //! panics there, `observe-loop` spins until its fuel runs out; the request
 //! itself is served either way.
@@ -30,11 +33,18 @@ impl Policy for Observer {
             let counter = state::set("text", b"not a counter", None).is_ok() && state::add("text", 1).is_err();
             return route([first]).label("bounds", &format!("{big}/{fits}/{counter}")).into();
         }
-        route([first])
+        let mut decision = route([first])
             .label("seen", &seen.to_string())
             .label("surface", surface(request.surface))
-            .label("mode", &request.model)
-            .into()
+            .label("mode", &request.model);
+        for tag in &request.tags {
+            match tag.key.as_str() {
+                "cache" => decision = decision.label("cache", &tag.value),
+                "switchyard.budget-used" => decision = decision.label("budget", &tag.value),
+                _ => {}
+            }
+        }
+        decision.into()
     }
 
     fn observe(&self, outcome: &Outcome) {

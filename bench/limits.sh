@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Limits, budgets and the response cache: what they add to a request, in
+# one run, with wrk at one connection (p50 and p99):
+#   - limits + budget + a cache miss, counted on the node, against the same
+#     route and request with none of them (unique prompts: every request
+#     misses);
+#   - the same counted on Redis, against one Redis round trip
+#     (redis-benchmark, one connection);
+#   - a cache hit against nginx answering the same bytes directly (the HTTP
+#     floor) and the bare proxy's round trip to that nginx; a streamed hit's
+#     first event against nginx's (a Python client).
+#
+#   bench/limits.sh [seconds per run, default 10]
+#
+# Needs wrk, nginx and redis-server (Debian packages; installed when missing).
+# Appends its table to bench/results.md (replacing an earlier one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/common.sh
+secs=${1:-10}
+for tool in wrk nginx redis-server; do
+  if ! command -v "$tool" >/dev/null; then
+    pkg=$tool; [ "$tool" = redis-server ] && pkg=redis-server
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null || { echo "$tool is missing: apt-get install $pkg" >&2; exit 1; }
+  fi
+done
+cargo build --release -p switchyard -p bare-proxy >/dev/null
+bin=${SWITCHYARD_BIN:-target/release/switchyard}
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start() { # start NAME ARGS... ; sets $url_NAME from the address the process prints
+  local name=$1; shift
+  "${bin}" "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  for _ in $(seq 600); do [ -s "$work/$name.out" ] && break; sleep 0.1; done
+  printf -v "url_$name" '%s' "$(awk '{print $NF; exit}' "$work/$name.out")"
+}
+
+start mock mock-upstream --listen 127.0.0.1:0 --tokens 16
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+
+# nginx answers any POST with the bytes of a chat completion (or a stream).
+answer=$(curl -s "$url_mock/v1/chat/completions" -H 'content-type: application/json' \
+  -d '{"model":"gpt-bench","messages":[{"role":"user","content":"Summarise the plot of Hamlet in one line."}]}')
+stream=$(curl -s "$url_mock/v1/chat/completions" -H 'content-type: application/json' \
+  -d '{"model":"gpt-bench","stream":true,"messages":[{"role":"user","content":"hi"}]}')
+case "$answer$stream" in *"'"*|*'$'*|*'\'*) echo "the mock's answer has characters nginx's return would read" >&2; exit 1;; esac
+nginx_port=$(free_port)
+nginx_stream_port=$(free_port)
+mkdir -p "$work/nginx"
+cat >"$work/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx;
+  scgi_temp_path $work/nginx;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / { default_type application/json; return 200 '$answer'; }
+  }
+  server {
+    listen 127.0.0.1:$nginx_stream_port;
+    location / { default_type text/event-stream; return 200 '$stream'; }
+  }
+}
+CONF
+nginx -c "$work/nginx.conf" -p "$work/nginx" &
+for _ in $(seq 100); do curl -s -o /dev/null -X POST "http://127.0.0.1:$nginx_port/" && break; sleep 0.05; done
+url_nginx="http://127.0.0.1:$nginx_port"
+bin=target/release/bare-proxy start bare 127.0.0.1:0 "$url_nginx/v1"
+
+router_toml() { # router_toml SHARED -> a router config; SHARED is a [shared] section or empty
+  cat <<TOML
+$1
+[[backends]]
+name = "upstream"
+provider = "openai"
+base_url = "$url_mock/v1"
+model = "gpt-bench"
+input_price = 2.5
+output_price = 10.0
+
+[[routes]]
+model = "plain"
+targets = ["upstream"]
+
+[[routes]]
+model = "limited"
+targets = ["upstream"]
+limits = { rpm = 100000000, tpm = 100000000000 }
+cache = { ttl_s = 600, mode = "all" }
+
+[[routes]]
+model = "hit"
+targets = ["upstream"]
+cache = { ttl_s = 600, mode = "all" }
+
+[[clients]]
+name = "open"
+key = "key-open-000"
+
+[[clients]]
+name = "limited"
+key = "key-limited-0"
+limits = { rpm = 100000000, tpm = 100000000000, concurrency = 1000 }
+budget = { daily_usd = 1000000.0, monthly_usd = 10000000.0 }
+TOML
+}
+router_toml "" >"$work/local.toml"
+router_toml "[shared]
+redis_url = \"redis://127.0.0.1:$redis_port\"" >"$work/shared.toml"
+RUST_LOG=warn start local serve --config "$work/local.toml" --listen 127.0.0.1:0
+RUST_LOG=warn start shared serve --config "$work/shared.toml" --listen 127.0.0.1:0
+
+lua() { # lua MODEL KEY unique|same [stream] -> a wrk script
+  local f="$work/$1-$3-${4:-plain}.lua" stream=false
+  [ "${4:-}" = stream ] && stream=true
+  cat >"$f" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $2"
+local n = 0
+local unique = "$3" == "unique"
+request = function()
+  n = n + 1
+  local prompt = "Summarise the plot of Hamlet in one line."
+  if unique then prompt = prompt .. " #" .. n .. "-" .. math.random(1000000000) end
+  local body = '{"model":"$1","stream":$stream,"messages":[{"role":"user","content":"' .. prompt .. '"}]}'
+  return wrk.format(nil, nil, nil, body)
+end
+LUA
+  echo "$f"
+}
+measure() { # measure URL MODEL KEY unique|same -> "p50 p99"; non-2xx is an error
+  local p50 p99 rps bad errs
+  read -r p50 p99 rps bad errs <<<"$(wrk -t1 -c1 -d"${secs}s" --latency -s "$(lua "$2" "$3" "$4")" "$1/v1/chat/completions" | wrk_stats)"
+  if [ "$bad" -gt 0 ]; then echo "non-2xx answers from $1 ($2): $bad" >&2; exit 1; fi
+  echo "$p50 $p99"
+}
+
+# Warm up: connections, the shared store's scripts, the hit's entry.
+for url in "$url_local" "$url_shared"; do
+  wrk -t1 -c1 -d1s -s "$(lua limited key-limited-0 unique)" "$url/v1/chat/completions" >/dev/null
+  wrk -t1 -c1 -d1s -s "$(lua hit key-open-000 same)" "$url/v1/chat/completions" >/dev/null
+done
+curl -s -o /dev/null "$url_local/v1/chat/completions" -H 'content-type: application/json' -H 'authorization: Bearer key-open-000' \
+  -d '{"model":"hit","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+
+read -r base50 base99 <<<"$(measure "$url_local" plain key-open-000 unique)"
+read -r local50 local99 <<<"$(measure "$url_local" limited key-limited-0 unique)"
+read -r sbase50 sbase99 <<<"$(measure "$url_shared" plain key-open-000 unique)"
+read -r shared50 shared99 <<<"$(measure "$url_shared" limited key-limited-0 unique)"
+read -r nginx50 nginx99 <<<"$(measure "$url_nginx" hit key-open-000 same)"
+read -r bare50 bare99 <<<"$(measure "$url_bare" hit key-open-000 same)"
+read -r hit50 hit99 <<<"$(measure "$url_local" hit key-open-000 same)"
+read -r shit50 shit99 <<<"$(measure "$url_shared" hit key-open-000 same)"
+redis_rtt=$(redis-benchmark -p "$redis_port" -c 1 -n 50000 -q -t ping 2>/dev/null | awk -F'p50=' '/PING_MBULK/ {print int($2 * 1000)}')
+hits=$(curl -s "$url_local/metrics" 2>/dev/null | awk '/^switchyard_cache_requests_total\{result="hit"\}/ {print $2}' || true)
+ttft_nginx=$(first_event_us "http://127.0.0.1:$nginx_stream_port" hit 200 key-open-000)
+ttft_hit=$(first_event_us "$url_local" hit 200 key-open-000)
+
+table=$(cat <<MD
+## Limits, budgets and the response cache
+
+\`bench/limits.sh\`, $(date -u +%Y-%m-%d), $(nproc) cores, wrk 1 connection, ${secs} s per run; mock upstream, nginx, Redis, routers and wrk share the machine.
+
+| path | p50 | p99 | added p50 |
+|---|---|---|---|
+| router, no limits, no cache (unique prompts) | ${base50} µs | ${base99} µs | |
+| router, key limits (rpm, tpm, concurrency) + budget + route limits + cache miss, on the node | ${local50} µs | ${local99} µs | $((local50 - base50)) µs |
+| router on Redis, no limits, no cache | ${sbase50} µs | ${sbase99} µs | |
+| router on Redis, the same limits, budget and cache miss | ${shared50} µs | ${shared99} µs | $((shared50 - sbase50)) µs (one Redis round trip, PING at c=1: ${redis_rtt} µs p50) |
+| nginx answering the same bytes directly | ${nginx50} µs | ${nginx99} µs | |
+| bare proxy to that nginx | ${bare50} µs | ${bare99} µs | $((bare50 - nginx50)) µs over nginx |
+| router, cache hit | ${hit50} µs | ${hit99} µs | $((hit50 - nginx50)) µs over nginx |
+| router on Redis, cache hit (the node's copy) | ${shit50} µs | ${shit99} µs | $((shit50 - nginx50)) µs over nginx |
+| time to the first event, streamed (Python client, p50 of 200) | nginx ${ttft_nginx} µs | hit ${ttft_hit} µs | $((ttft_hit - ttft_nginx)) µs |
+MD
+)
+echo "$table"
+# Replace an earlier section of this script in results.md, keep the rest.
+python3 - "$table" <<'PY'
+import sys, re
+path = "bench/results.md"
+text = open(path).read()
+section = sys.argv[1].strip() + "\n"
+start = text.find("## Limits, budgets and the response cache")
+if start >= 0:
+    end = text.find("\n## ", start + 1)
+    text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+else:
+    text = text.rstrip("\n") + "\n\n" + section
+open(path, "w").write(text)
+PY
