@@ -90,7 +90,8 @@ struct QuotaLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SharedLabels {
-    /// `admit`, `settle`, `cache_get`, `cache_put`.
+    /// `admit`, `cache_get`, `flush` (deferred writes: settlements and
+    /// cached answers), `deferred_dropped`.
     op: &'static str,
 }
 
@@ -130,6 +131,7 @@ pub struct Metrics {
     canary: Family<CandidateLabels, Counter>,
     quota_refusals: Family<QuotaLabels, Counter>,
     shared_errors: Family<SharedLabels, Counter>,
+    shared_calls: HistogramFamily<SharedLabels>,
     cache: Family<CacheLabels, Counter>,
     cache_stored_bytes: Counter,
     cache_evictions: Counter,
@@ -163,6 +165,7 @@ impl Metrics {
             canary: Family::default(),
             quota_refusals: Family::default(),
             shared_errors: Family::default(),
+            shared_calls: Family::new_with_constructor(micros as fn() -> Histogram),
             cache: Family::default(),
             cache_stored_bytes: Counter::default(),
             cache_evictions: Counter::default(),
@@ -224,6 +227,11 @@ impl Metrics {
             "shared_store_errors",
             "Shared-store (Redis) calls that got no answer: failed, timed out, or not tried in the second after a failure; by operation. on_shared_error says what their requests got",
             m.shared_errors.clone(),
+        );
+        registry.register(
+            "shared_store_seconds",
+            "Round trips to the shared store that were answered, by operation (admit, cache_get, flush)",
+            m.shared_calls.clone(),
         );
         registry.register(
             "cache_requests",
@@ -311,6 +319,11 @@ impl Metrics {
     /// A shared-store call that failed.
     pub fn shared_error(&self, op: &'static str) {
         self.shared_errors.get_or_create(&SharedLabels { op }).inc();
+    }
+
+    /// A shared-store round trip that was answered, and how long it took.
+    pub fn shared_call(&self, op: &'static str, took: Duration) {
+        self.shared_calls.get_or_create(&SharedLabels { op }).observe(took.as_secs_f64());
     }
 
     /// A cache lookup's result.

@@ -277,16 +277,10 @@ async fn failovers_and_rescues_settle_once_and_a_cached_answer_serves_both_nodes
     let cold = json!({"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "shared cache"}]});
     let miss = ask(&a, "key-free-000", &cold).await;
     assert_eq!(miss.header("x-switchyard-cache"), Some("miss"));
-    let mut hit = None;
-    for _ in 0..20 {
-        let answer = ask(&b, "key-free-000", &cold).await;
-        if answer.header("x-switchyard-cache") == Some("hit") {
-            hit = Some(answer);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let hit = hit.expect("node b never found node a's answer");
+    // The write to the store leaves after the answer: give it a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let hit = ask(&b, "key-free-000", &cold).await;
+    assert_eq!(hit.header("x-switchyard-cache"), Some("hit"), "node b found node a's answer");
     assert_eq!(hit.json(), miss.json());
     assert_eq!(support::received(&mock).await.len(), 1, "one upstream call for both nodes");
 }

@@ -128,14 +128,9 @@ pub fn client_allows(cache_control: Option<&str>) -> (bool, bool) {
 }
 
 /// What the cache does for `inbound` on a route cached by `config`, given
-/// the client's `Cache-Control` and the decision's labels.
-pub fn plan(
-    config: &RouteCacheConfig,
-    route: &str,
-    inbound: &InboundRequest,
-    cache_control: Option<&str>,
-    labels: &[(String, String)],
-) -> Result<CachePlan, Skip> {
+/// the client's `Cache-Control` (the policy's say comes after:
+/// [`policy_skips`]).
+pub fn plan(config: &RouteCacheConfig, route: &str, inbound: &InboundRequest, cache_control: Option<&str>) -> Result<CachePlan, Skip> {
     if inbound.surface != ApiSurface::Chat || inbound.body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(Skip::NotEligible);
     }
@@ -146,14 +141,16 @@ pub fn plan(
             return Err(Skip::NotEligible);
         }
     }
-    if labels.iter().any(|(k, v)| k == "cache" && v == "skip") {
-        return Err(Skip::Policy);
-    }
     let (read, write) = client_allows(cache_control);
     if !read && !write {
         return Err(Skip::Client);
     }
     Ok(CachePlan { key: key(route, inbound), read, write, config: *config })
+}
+
+/// Whether the decision's labels skip the cache (`cache=skip`).
+pub fn policy_skips(labels: &[(String, String)]) -> bool {
+    labels.iter().any(|(k, v)| k == "cache" && v == "skip")
 }
 
 /// The hash of the route and the request's meaning: the body as the client
@@ -260,21 +257,45 @@ impl ResponseCache {
         self.local.weighted_size()
     }
 
-    /// The answer kept for `key`: this node's, else the shared store's
-    /// (then kept here for the rest of its time). A store that cannot be
-    /// reached is a miss.
-    pub async fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        if let Some(entry) = self.local.get(key) {
-            return Some(entry);
-        }
+    /// The answer kept for `key` on this node.
+    pub fn local(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        self.local.get(key)
+    }
+
+    /// The commands that read `key`'s answer from the shared store (none
+    /// without one), to send in a request's pipeline; [`Self::shared_entry`]
+    /// reads their replies.
+    pub fn shared_lookup(&self, key: &CacheKey) -> Option<Vec<redis::Cmd>> {
         let store = self.shared.as_ref()?;
         let name = store.key(&format!("c:{}", hex(key)));
-        let (bytes, ttl_ms): (Option<Vec<u8>>, i64) =
-            store.call("cache_get", |mut c| async move { redis::pipe().get(&name).pttl(&name).query_async(&mut c).await }).await.ok()?;
+        let mut get = redis::cmd("GET");
+        get.arg(&name);
+        let mut pttl = redis::cmd("PTTL");
+        pttl.arg(&name);
+        Some(vec![get, pttl])
+    }
+
+    /// The answer in the replies of [`Self::shared_lookup`]'s commands,
+    /// then kept on this node for the rest of its time.
+    pub fn shared_entry(&self, key: &CacheKey, replies: Vec<redis::Value>) -> Option<Arc<Entry>> {
+        let mut replies = replies.into_iter();
+        let bytes: Option<Vec<u8>> = redis::from_redis_value(replies.next()?).ok()?;
+        let ttl_ms: i64 = redis::from_redis_value(replies.next()?).ok()?;
         let ttl = Duration::from_millis(u64::try_from(ttl_ms).ok().filter(|ms| *ms > 0)?);
         let entry = Arc::new(Entry::decode(&bytes?, ttl)?);
         self.local.insert(*key, entry.clone());
         Some(entry)
+    }
+
+    /// The answer kept for `key`: this node's, else the shared store's. A
+    /// store that cannot be reached is a miss.
+    pub async fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        if let Some(entry) = self.local(key) {
+            return Some(entry);
+        }
+        let (store, lookup) = (self.shared.as_ref()?, self.shared_lookup(key)?);
+        let replies = store.call("cache_get", lookup).await.ok()?;
+        self.shared_entry(key, replies)
     }
 
     /// Keeps `entry` for `key` (on the shared store too, without waiting).
@@ -282,18 +303,9 @@ impl ResponseCache {
         let entry = Arc::new(entry);
         self.metrics.cache_stored(entry.weight());
         if let Some(store) = &self.shared {
-            let (store, bytes, ttl_ms) = (store.clone(), entry.encode(), entry.ttl.as_millis() as u64);
-            let name = store.key(&format!("c:{}", hex(&key)));
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    let set: Result<(), _> = store
-                        .call("cache_put", |mut c| async move {
-                            redis::cmd("SET").arg(&name).arg(bytes).arg("PX").arg(ttl_ms.max(1)).query_async(&mut c).await
-                        })
-                        .await;
-                    drop(set);
-                });
-            }
+            let mut set = redis::cmd("SET");
+            set.arg(store.key(&format!("c:{}", hex(&key)))).arg(entry.encode()).arg("PX").arg((entry.ttl.as_millis() as u64).max(1));
+            store.defer(set);
         }
         self.local.insert(key, entry);
     }

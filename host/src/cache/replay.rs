@@ -166,7 +166,16 @@ pub fn usage_chunk(completion: &Value) -> Option<Bytes> {
 /// Whether a plain answer is a chat completion that finished (one worth
 /// keeping).
 pub fn finished(completion: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(completion).is_ok_and(|c| c.pointer("/choices/0/finish_reason").is_some_and(|r| !r.is_null()))
+    // Only the first choice's finish reason is read; the rest is skipped unparsed.
+    #[derive(serde::Deserialize)]
+    struct Completion {
+        choices: Vec<Choice>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Choice {
+        finish_reason: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Completion>(completion).is_ok_and(|c| c.choices.first().is_some_and(|c| c.finish_reason.is_some()))
 }
 
 /// `(prompt, completion)` tokens of a completion's usage.

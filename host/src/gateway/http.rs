@@ -168,11 +168,25 @@ async fn proxy(
     let mut inbound = read_request(&state, request, ingress, request_id, false).await?;
     let messages_api = ingress == Ingress::Messages;
     let metrics = gateway.metrics();
+    // The route's cache, as far as the client has a say (the policy's comes after it decides).
+    let cache_plan =
+        state.route_cache(&inbound.model).map(|config| cache::plan(&config, &inbound.model, &inbound, cache_control.as_deref()));
+    let readable = match &cache_plan {
+        Some(Ok(p)) if p.read => Some(p.key),
+        _ => None,
+    };
+    let mut cached_entry = readable.and_then(|key| gateway.cache().local(&key));
+    // A shared store's copy is read in the admission's round trip, when there is one.
+    let mut lookup = readable.filter(|_| cached_entry.is_none()).and_then(|key| gateway.cache().shared_lookup(&key));
     // The caller's limits and budget, before the policy (which sees the budget used).
     let ticket = match admission::ask(&state, &inbound, request_id) {
         Some(ask) => {
             let tokens = ask.tokens;
-            match gateway.quotas().admit(ask).await {
+            let (verdict, replies) = gateway.quotas().admit(ask, lookup.take().unwrap_or_default()).await;
+            if let (Some(key), Some(replies)) = (readable, replies.filter(|r| !r.is_empty())) {
+                cached_entry = gateway.cache().shared_entry(&key, replies);
+            }
+            match verdict {
                 Ok(ticket) => Some(ticket),
                 Err(refusal) => {
                     let response = admission::refusal_response(refusal, tokens, messages_api);
@@ -204,18 +218,19 @@ async fn proxy(
             ShadowRun { shadow, metrics: metrics.clone(), log: gateway.decision_log().cloned(), candidates: gateway.candidates().clone() };
         candidates::shadow(run, &plan, &inbound);
     }
-    let cache_plan = match state.route_cache(&inbound.model) {
-        Some(config) if plan.refusal.is_none() => {
-            Some(cache::plan(&config, &inbound.model, &inbound, cache_control.as_deref(), &plan.labels))
-        }
-        _ => None,
+    let cache_plan = match cache_plan {
+        _ if plan.refusal.is_some() => None,
+        Some(Ok(_)) if cache::policy_skips(&plan.labels) => Some(Err(cache::Skip::Policy)),
+        other => other,
     };
-    if let Some(Ok(cp)) = &cache_plan {
-        if cp.read {
-            if let Some(entry) = gateway.cache().get(&cp.key).await {
-                let hit = Hit { plan: &plan, inbound: &inbound, entry: &entry, ticket, rate_headers, started, request_id };
-                return answer_hit(gateway, &state, hit);
-            }
+    if let Some(Ok(cp)) = cache_plan.as_ref().filter(|p| p.as_ref().is_ok_and(|p| p.read)) {
+        // Not read in the admission's round trip (the caller has no limits): read now.
+        if lookup.is_some() {
+            cached_entry = gateway.cache().get(&cp.key).await;
+        }
+        if let Some(entry) = cached_entry.take() {
+            let hit = Hit { plan: &plan, inbound: &inbound, entry: &entry, ticket, rate_headers, started, request_id };
+            return answer_hit(gateway, &state, hit);
         }
     }
     let cache_status = cache_plan.as_ref().map(|p| match p {

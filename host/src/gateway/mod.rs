@@ -242,14 +242,14 @@ impl Gateway {
         };
         let metrics = Arc::new(Metrics::new());
         let candidates = Arc::default();
-        let shared = match &state.config.shared.redis_url {
-            Some(_) => Some(Arc::new(SharedStore::new(&state.config.shared, metrics.clone()).map_err(|problem| ConfigError {
-                file: state.config.source.clone(),
-                key: "shared.redis_url".into(),
-                problem,
-            })?)),
-            None => None,
-        };
+        let shared =
+            match &state.config.shared.redis_url {
+                Some(_) => Some(Arc::new(
+                    SharedStore::new(&state.config.shared, crate::quota::shared_scripts(), metrics.clone())
+                        .map_err(|problem| ConfigError { file: state.config.source.clone(), key: "shared.redis_url".into(), problem })?,
+                )),
+                None => None,
+            };
         let quotas = Arc::new(Quotas::new(shared.clone(), metrics.clone()));
         let cache = Arc::new(ResponseCache::new(state.config.cache.max_mib << 20, shared, metrics.clone()));
         Ok(Arc::new(Self {

@@ -21,6 +21,11 @@ pub mod gcra;
 mod local;
 mod shared;
 
+/// The sources of the shared store's scripts (for [`SharedStore::new`]).
+pub fn shared_scripts() -> Vec<&'static str> {
+    shared::SCRIPTS.to_vec()
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -238,16 +243,18 @@ impl Quotas {
     }
 
     /// Admits `ask` in all its scopes, or refuses it (counted in metrics).
-    pub async fn admit(self: &Arc<Self>, ask: Ask) -> Result<Ticket, Refusal> {
-        let (verdict, books) = match &self.shared {
-            Some(store) => match shared::admit(store, &ask).await {
-                Ok(verdict) => (verdict, Books::Shared),
-                Err(e) if store.on_error() == OnSharedError::Reject => return Err(Refusal::Unavailable(e)),
-                Err(_) => (self.local.admit(&ask), Books::Local),
+    /// `along`: reads to send in the same round trip on the shared store
+    /// (a cached answer); their replies come back when they went.
+    pub async fn admit(self: &Arc<Self>, ask: Ask, along: Vec<redis::Cmd>) -> (Result<Ticket, Refusal>, Option<Vec<redis::Value>>) {
+        let (verdict, books, replies) = match &self.shared {
+            Some(store) => match shared::admit(store, &ask, along).await {
+                Ok((verdict, replies)) => (verdict, Books::Shared, Some(replies)),
+                Err(e) if store.on_error() == OnSharedError::Reject => return (Err(Refusal::Unavailable(e)), None),
+                Err(_) => (self.local.admit(&ask), Books::Local, None),
             },
-            None => (self.local.admit(&ask), Books::Local),
+            None => (self.local.admit(&ask), Books::Local, None),
         };
-        match verdict {
+        let verdict = match verdict {
             Ok(admitted) => Ok(Ticket { quotas: self.clone(), ask, books, admitted, settled: false }),
             Err(refused) => {
                 let scope = ask.scopes.get(refused.scope).or(ask.scopes.first()).cloned().unwrap_or_else(|| Scope {
@@ -260,19 +267,13 @@ impl Quotas {
                 self.metrics.quota_refusal(scope.kind.as_str(), refused.reason.as_str());
                 Err(Refusal::Limit(refused, scope))
             }
-        }
+        };
+        (verdict, replies)
     }
 
     fn settle(&self, ask: &Ask, books: Books, use_: Use) {
         match (books, &self.shared) {
-            (Books::Shared, Some(store)) => {
-                let (store, ask) = (store.clone(), ask.clone());
-                // Settling never holds up an answer; outside a runtime (a
-                // test's plain thread) there is nothing to settle on.
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move { shared::settle(&store, &ask, use_).await });
-                }
-            }
+            (Books::Shared, Some(store)) => shared::settle(store, ask, use_),
             _ => self.local.settle(ask, use_),
         }
     }

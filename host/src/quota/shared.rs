@@ -2,32 +2,43 @@
 //! call each (one round trip), atomic on the server, on the server's clock.
 //!
 //! Keys of a scope (under the store's prefix, `q:SCOPE`):
-//! - `q:SCOPE` (hash): `rt` and `tt`, the TATs of requests and tokens;
-//!   `reserved`, the nano-dollars reserved by requests in flight; `r:ID`,
-//!   each reservation's amount.
-//! - `q:SCOPE:lease` (sorted set): reservation ids by expiry; its size is
-//!   the requests in flight. Expired ones are dropped (and their amounts
-//!   given back) by the next admission.
+//! - `q:SCOPE` (hash): `rt` and `tt`, the TATs of requests and tokens.
+//! - `q:SCOPE:lease` (sorted set): the requests in flight that will be
+//!   settled, as `ID:NANO` (the reservation's id and its spend) scored by
+//!   when the reservation expires. Its live members are the requests in
+//!   flight and the spend reserved; expired ones (a node that died) are
+//!   dropped.
 //! - `q:SCOPE:d:DAY`, `q:SCOPE:m:MONTH`: nano-dollars spent.
 //!
-//! Settlement is once per id (`q:settled:ID`), so a settlement retried
-//! after a lost answer never counts twice.
+//! Settlement removes the lease member first and applies only if it was
+//! there, so a settlement sent twice (a pipeline retried after a lost
+//! answer) counts once.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::Script;
+use redis::{Cmd, Script};
 
 use super::{unix_now, windows, Admitted, Ask, LimitState, RateHeaders, Reason, Refused, Use};
 use crate::shared_store::{SharedError, SharedStore};
 
+/// The scripts' sources, which the store loads again after a restart.
+pub(super) const SCRIPTS: [&str; 2] = [ADMIT_SOURCE, SETTLE_SOURCE];
+
+/// The admission script, by its hash.
+static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(ADMIT_SOURCE));
+
+/// The settlement script, by its hash.
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_SOURCE));
+
 /// GCRA as in `gcra.rs`, every scope checked before any is taken from.
-static ADMIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+/// A scope that is settled later (tokens, concurrency, budget) holds a
+/// lease: the member `ID:NANO` (its reservation) scored by its expiry.
+const ADMIT_SOURCE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rid, tokens, nano, lease, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local member = rid .. ':' .. ARGV[3]
 local W, EPS = 60, 1e-9
 local function take(tat, limit, units)
   if units > limit then return nil, -1 end
@@ -43,125 +54,140 @@ for i = 0, n - 1 do
   local st, ls, dk, mk = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
   local a = 6 + 5 * i
   local rpm, tpm, conc, daily, monthly = tonumber(ARGV[a]), tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
-  local expired = redis.call('ZRANGEBYSCORE', ls, '-inf', now)
-  for _, r in ipairs(expired) do
-    local amount = redis.call('HGET', st, 'r:' .. r)
-    if amount then
-      redis.call('HINCRBY', st, 'reserved', -tonumber(amount))
-      redis.call('HDEL', st, 'r:' .. r)
-    end
-  end
-  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', ls, '-inf', now) end
   local take_r, take_t = false, false
   local rr, rs, tr, ts, frac = -1, 0, -1, 0, -1
-  if rpm > 0 then
-    local tat = tonumber(redis.call('HGET', st, 'rt') or '0')
-    local new, rem, ahead = take(tat, rpm, 1)
-    if not new then return {'requests', tostring(i), tostring(rem)} end
-    take_r, rr, rs = new, rem, ahead
-  end
-  if tpm > 0 then
-    local tat = tonumber(redis.call('HGET', st, 'tt') or '0')
-    local new, rem, ahead = take(tat, tpm, tokens)
-    if not new then
-      local left = math.max(0, math.floor((W - math.max(0, tat - now)) / (W / tpm) + EPS))
-      if rem < 0 then return {'too_large', tostring(i), '-1', tostring(left)} end
-      return {'tokens', tostring(i), tostring(rem), tostring(left)}
+  if rpm > 0 or tpm > 0 then
+    local tats = redis.call('HMGET', st, 'rt', 'tt')
+    if rpm > 0 then
+      local new, rem, ahead = take(tonumber(tats[1]) or 0, rpm, 1)
+      if not new then return {'requests', tostring(i), tostring(rem)} end
+      take_r, rr, rs = new, rem, ahead
     end
-    take_t, tr, ts = new, rem, ahead
+    if tpm > 0 then
+      local tat = tonumber(tats[2]) or 0
+      local new, rem, ahead = take(tat, tpm, tokens)
+      if not new then
+        local left = math.max(0, math.floor((W - math.max(0, tat - now)) / (W / tpm) + EPS))
+        if rem < 0 then return {'too_large', tostring(i), '-1', tostring(left)} end
+        return {'tokens', tostring(i), tostring(rem), tostring(left)}
+      end
+      take_t, tr, ts = new, rem, ahead
+    end
   end
-  if conc > 0 and redis.call('ZCARD', ls) >= conc then return {'concurrency', tostring(i), '1'} end
-  if daily > 0 or monthly > 0 then
-    local reserved = tonumber(redis.call('HGET', st, 'reserved') or '0')
-    frac = 0
-    for _, pair in ipairs({{dk, daily}, {mk, monthly}}) do
-      if pair[2] > 0 then
-        local used = tonumber(redis.call('GET', pair[1]) or '0') + reserved
-        if used >= pair[2] then return {'budget', tostring(i), '-1'} end
-        frac = math.max(frac, (used + nano) / pair[2])
+  if conc > 0 or daily > 0 or monthly > 0 then
+    local live = redis.call('ZRANGEBYSCORE', ls, now, '+inf')
+    if conc > 0 and #live >= conc then return {'concurrency', tostring(i), '1'} end
+    if daily > 0 or monthly > 0 then
+      local reserved = 0
+      for _, m in ipairs(live) do reserved = reserved + (tonumber(string.match(m, ':(%d+)$')) or 0) end
+      local spent = redis.call('MGET', dk, mk)
+      frac = 0
+      for j, budget in ipairs({daily, monthly}) do
+        if budget > 0 then
+          local used = (tonumber(spent[j]) or 0) + reserved
+          if used >= budget then return {'budget', tostring(i), '-1'} end
+          frac = math.max(frac, (used + nano) / budget)
+        end
       end
     end
   end
-  takes[i] = {st, ls, take_r, take_t}
+  takes[i] = {st, ls, take_r, take_t, tpm > 0 or conc > 0 or daily > 0 or monthly > 0}
   table.insert(out, tostring(rr)); table.insert(out, tostring(rs))
   table.insert(out, tostring(tr)); table.insert(out, tostring(ts))
   table.insert(out, tostring(frac))
 end
 for i = 0, n - 1 do
-  local st, ls, take_r, take_t = takes[i][1], takes[i][2], takes[i][3], takes[i][4]
-  if take_r then redis.call('HSET', st, 'rt', string.format('%.6f', take_r)) end
-  if take_t then redis.call('HSET', st, 'tt', string.format('%.6f', take_t)) end
-  redis.call('ZADD', ls, now + lease, rid)
-  if nano > 0 then
-    redis.call('HSET', st, 'r:' .. rid, nano)
-    redis.call('HINCRBY', st, 'reserved', nano)
+  local st, ls, take_r, take_t, held = unpack(takes[i])
+  if take_r and take_t then
+    redis.call('HSET', st, 'rt', string.format('%.6f', take_r), 'tt', string.format('%.6f', take_t))
+  elseif take_r then
+    redis.call('HSET', st, 'rt', string.format('%.6f', take_r))
+  elseif take_t then
+    redis.call('HSET', st, 'tt', string.format('%.6f', take_t))
   end
-  redis.call('EXPIRE', st, lease + 120)
-  redis.call('EXPIRE', ls, lease + 120)
+  if take_r or take_t then redis.call('EXPIRE', st, 180) end
+  if held then
+    redis.call('ZREMRANGEBYSCORE', ls, '-inf', now)
+    redis.call('ZADD', ls, now + lease, member)
+    redis.call('EXPIRE', ls, lease + 120)
+  end
 end
 return out
-",
-    )
-});
+";
 
-/// Gives back a reservation and counts what was used, once per id.
-static SETTLE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 86400) then return 0 end
+/// Gives a reservation back and counts what was used: once, in each scope
+/// that still holds its lease (a second settlement finds none).
+const SETTLE_SOURCE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rid, diff, used, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local member, diff, used, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local applied = 0
 for i = 0, n - 1 do
-  local st, ls, dk, mk = KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4], KEYS[4*i+5]
+  local st, ls, dk, mk = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
   local tpm, budget = tonumber(ARGV[5 + 2*i]), ARGV[6 + 2*i] == '1'
-  local amount = redis.call('HGET', st, 'r:' .. rid)
-  if amount then
-    redis.call('HINCRBY', st, 'reserved', -tonumber(amount))
-    redis.call('HDEL', st, 'r:' .. rid)
-  end
-  redis.call('ZREM', ls, rid)
-  if tpm > 0 and diff ~= 0 then
-    local tat = tonumber(redis.call('HGET', st, 'tt') or '0')
-    redis.call('HSET', st, 'tt', string.format('%.6f', math.max(tat + diff * 60 / tpm, now)))
-  end
-  if budget and used > 0 then
-    redis.call('INCRBY', dk, used)
-    redis.call('EXPIRE', dk, 2 * 86400)
-    redis.call('INCRBY', mk, used)
-    redis.call('EXPIRE', mk, 32 * 86400)
+  if redis.call('ZREM', ls, member) == 1 then
+    applied = 1
+    if tpm > 0 and diff ~= 0 then
+      local tat = tonumber(redis.call('HGET', st, 'tt')) or 0
+      redis.call('HSET', st, 'tt', string.format('%.6f', math.max(tat + diff * 60 / tpm, now)))
+    end
+    if budget and used > 0 then
+      redis.call('INCRBY', dk, used)
+      redis.call('EXPIRE', dk, 2 * 86400)
+      redis.call('INCRBY', mk, used)
+      redis.call('EXPIRE', mk, 32 * 86400)
+    end
   end
 end
-return 1
-",
-    )
-});
+return applied
+";
 
-/// Adds the four keys of each scope to `invocation`.
-fn scope_keys(store: &SharedStore, ask: &Ask, invocation: &mut redis::ScriptInvocation<'_>) {
+/// An `EVALSHA` of `script` with `keys`; arguments follow.
+fn evalsha(script: &Script, keys: &[String]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    cmd
+}
+
+/// The four keys of each scope.
+fn scope_keys(store: &SharedStore, ask: &Ask, keys: &mut Vec<String>) {
     let (day, month) = windows(unix_now());
     for scope in &ask.scopes {
         let base = store.key(&format!("q:{}", scope.key));
-        invocation.key(&base).key(format!("{base}:lease")).key(format!("{base}:d:{day}")).key(format!("{base}:m:{month}"));
+        let (lease, spent_day, spent_month) = (format!("{base}:lease"), format!("{base}:d:{day}"), format!("{base}:m:{month}"));
+        keys.extend([base, lease, spent_day, spent_month]);
     }
 }
 
-/// Admission on the store: `Err` only when the store cannot answer.
-pub(super) async fn admit(store: &SharedStore, ask: &Ask) -> Result<Result<Admitted, Refused>, SharedError> {
-    let mut invocation = ADMIT.prepare_invoke();
-    scope_keys(store, ask, &mut invocation);
-    invocation.arg(&ask.id).arg(ask.tokens).arg(ask.nano_usd).arg(ask.lease.as_secs().max(1)).arg(ask.scopes.len());
+/// Admission on the store, with `along` in the same round trip (their
+/// replies follow): `Err` only when the store cannot answer.
+pub(super) async fn admit(
+    store: &SharedStore,
+    ask: &Ask,
+    along: Vec<Cmd>,
+) -> Result<(Result<Admitted, Refused>, Vec<redis::Value>), SharedError> {
+    let mut keys = Vec::with_capacity(4 * ask.scopes.len());
+    scope_keys(store, ask, &mut keys);
+    let mut cmd = evalsha(&ADMIT, &keys);
+    cmd.arg(&ask.id).arg(ask.tokens).arg(ask.nano_usd).arg(ask.lease.as_secs().max(1)).arg(ask.scopes.len());
     for scope in &ask.scopes {
         let l = &scope.limits;
-        invocation
-            .arg(l.rpm.unwrap_or(0))
+        cmd.arg(l.rpm.unwrap_or(0))
             .arg(l.tpm.unwrap_or(0))
             .arg(l.concurrency.unwrap_or(0))
             .arg(scope.daily_nano())
             .arg(scope.monthly_nano());
     }
-    let reply: Vec<String> = store.call("admit", |mut c| async move { invocation.invoke_async(&mut c).await }).await?;
-    read_admission(ask, &reply).ok_or_else(|| SharedError::Failed(format!("unexpected answer from the admission script: {reply:?}")))
+    let mut cmds = vec![cmd];
+    cmds.extend(along);
+    let mut values = store.call("admit", cmds).await?.into_iter();
+    let reply: Vec<String> = values
+        .next()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .ok_or_else(|| SharedError::Failed("the admission script answered nothing readable".into()))?;
+    let verdict = read_admission(ask, &reply)
+        .ok_or_else(|| SharedError::Failed(format!("unexpected answer from the admission script: {reply:?}")))?;
+    Ok((verdict, values.collect()))
 }
 
 /// The script's answer as the books' verdict.
@@ -211,25 +237,20 @@ fn read_admission(ask: &Ask, reply: &[String]) -> Option<Result<Admitted, Refuse
     Some(Ok(admitted))
 }
 
-/// Settlement on the store, tried three times a second apart (the store
-/// may be coming back); a reservation never settled expires with its lease.
-pub(super) async fn settle(store: &SharedStore, ask: &Ask, used: Use) {
-    for attempt in 0..3 {
-        let mut invocation = SETTLE.prepare_invoke();
-        invocation.key(store.key(&format!("q:settled:{}", ask.id)));
-        scope_keys(store, ask, &mut invocation);
-        let diff = used.tokens as i64 - ask.tokens as i64;
-        invocation.arg(&ask.id).arg(diff).arg(used.nano_usd).arg(ask.scopes.len());
-        for scope in &ask.scopes {
-            invocation.arg(scope.limits.tpm.unwrap_or(0)).arg(if scope.budget.is_some() { "1" } else { "0" });
-        }
-        let done: Result<i64, _> = store.call("settle", |mut c| async move { invocation.invoke_async(&mut c).await }).await;
-        if done.is_ok() {
-            return;
-        }
-        if attempt < 2 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+/// Settlement on the store, deferred to the next round trip (kept while
+/// the store is down; a reservation never settled expires with its lease).
+pub(super) fn settle(store: &Arc<SharedStore>, ask: &Ask, used: Use) {
+    // Requests a minute alone need no settling.
+    if !ask.scopes.iter().any(|s| s.limits.tpm.is_some() || s.limits.concurrency.is_some() || s.budget.is_some()) {
+        return;
     }
-    tracing::warn!(reservation = %ask.id, "could not settle on the shared store; the reservation expires with its lease");
+    let mut keys = Vec::with_capacity(4 * ask.scopes.len());
+    scope_keys(store, ask, &mut keys);
+    let mut cmd = evalsha(&SETTLE, &keys);
+    let diff = used.tokens as i64 - ask.tokens as i64;
+    cmd.arg(format!("{}:{}", ask.id, ask.nano_usd)).arg(diff).arg(used.nano_usd).arg(ask.scopes.len());
+    for scope in &ask.scopes {
+        cmd.arg(scope.limits.tpm.unwrap_or(0)).arg(if scope.budget.is_some() { "1" } else { "0" });
+    }
+    store.defer(cmd);
 }
