@@ -278,11 +278,10 @@ impl Metrics {
     }
 
     /// Tokens used, and their estimated cost at the backend's prices.
-    pub fn tokens(&self, backend: &str, input: u64, output: u64, input_price: f64, output_price: f64) {
+    pub fn tokens(&self, backend: &str, input: u64, output: u64, cost_usd: f64) {
         self.tokens.get_or_create(&TokenLabels { backend: backend.to_owned(), direction: "input" }).inc_by(input);
         self.tokens.get_or_create(&TokenLabels { backend: backend.to_owned(), direction: "output" }).inc_by(output);
-        // Prices are per million tokens: tokens x price is in millionths of a dollar.
-        let micro_usd = (input as f64 * input_price + output as f64 * output_price).round() as u64;
+        let micro_usd = (cost_usd * 1e6).round() as u64;
         self.cost_micro_usd.get_or_create(&BackendLabels { backend: backend.to_owned() }).inc_by(micro_usd);
     }
 

@@ -14,8 +14,9 @@
 //! assistant turn gets the rest of the answer after that turn (prefill).
 //!
 //! A fault is chosen by the requested model, `name?fault=<fault>&delay_ms=N
-//! &chunks=N&retry_after=S&answer=canonical&gap_ms=N` (`gap_ms`: the time
-//! between stream events), or by an `x-mock-fault` header:
+//! &chunks=N&retry_after=S&answer=canonical&gap_ms=N&cached=N` (`gap_ms`: the
+//! time between stream events; `cached`: prompt tokens the usage reports as
+//! read from a prompt cache), or by an `x-mock-fault` header:
 //! `429`, `429-bare` (no Retry-After), `500-once` or `transient` (per model
 //! string: the first request 500, then healthy), `503`, `reset` (connection
 //! closed before headers), `hang` (no response), `slow-first-token` (waits
@@ -129,6 +130,8 @@ struct Fault {
     /// `answer=canonical`: the answer's text does not name the model;
     /// `answer=alternative`: it starts with another word.
     answer: Option<String>,
+    /// `cached=N`: the usage says N prompt tokens came from a prompt cache.
+    cached: Option<u64>,
 }
 
 fn fault_of(model: &str, header: Option<&str>) -> Fault {
@@ -145,6 +148,7 @@ fn fault_of(model: &str, header: Option<&str>) -> Fault {
                 Some(("pass", v)) => fault.pass = v.parse().unwrap_or(1),
                 Some(("answer", v)) => fault.answer = Some(v.to_owned()),
                 Some(("gap_ms", v)) => fault.gap_ms = v.parse().ok(),
+                Some(("cached", v)) => fault.cached = v.parse().ok(),
                 _ => {}
             }
         }
@@ -305,6 +309,7 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
             (None, true) => anthropic_message(&id, &clean_model, &prompt, &tokens),
             (None, false) => answers::complete(surface, &id, &clean_model, created, &body, &tokens),
         };
+        let answer = with_cached(answer, fault.cached);
         return Ok(match fault.name.as_str() {
             "malformed" => raw_response(StatusCode::OK, "application/json", Bytes::from_static(b"{\"choices\": [")),
             "cut" => broken_body(answer.to_string()),
@@ -343,7 +348,8 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
             }
         };
         if body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool) == Some(true) {
-            events.push(sse(&answers::usage_chunk(surface, &id, &clean_model, created, answers::count_tokens(&prompt), completion_tokens)));
+            let usage = answers::usage_chunk(surface, &id, &clean_model, created, answers::count_tokens(&prompt), completion_tokens);
+            events.push(sse(&with_cached(usage, fault.cached)));
         }
         events.push("data: [DONE]\n\n".into());
         events
@@ -616,4 +622,14 @@ fn anthropic_events(id: &str, model: &str, prompt: &str, tokens: &[String], call
     events.push(event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": output_tokens}})));
     events.push(event("message_stop", json!({"type": "message_stop"})));
     events
+}
+
+/// `answer` (or a usage chunk) saying that `cached` of its prompt tokens
+/// came from a prompt cache, as OpenAI reports it.
+fn with_cached(mut answer: Value, cached: Option<u64>) -> Value {
+    if let (Some(cached), Some(usage)) = (cached, answer.get_mut("usage").filter(|u| u.is_object())) {
+        let prompt = usage["prompt_tokens"].as_u64().unwrap_or(0);
+        usage["prompt_tokens_details"] = serde_json::json!({"cached_tokens": cached.min(prompt)});
+    }
+    answer
 }

@@ -60,6 +60,19 @@ model = "failover"
 targets = ["flaky", "a"]
 
 [[backends]]
+name = "prompt-cached"
+provider = "openai"
+base_url = "{mock}/v1"
+model = "m-c?cached=1000"
+input_price = 100000.0
+cached_input_price = 0.0
+output_price = 1000.0
+
+[[routes]]
+model = "prompt-cached"
+targets = ["prompt-cached"]
+
+[[backends]]
 name = "slow"
 provider = "openai"
 base_url = "{mock}/v1"
@@ -88,6 +101,11 @@ limits = {{ concurrency = 1 }}
 name = "budget"
 key = "key-budget-0"
 budget = {{ daily_usd = 0.5 }}
+
+[[clients]]
+name = "cache-budget"
+key = "key-cache-bud"
+budget = {{ daily_usd = 0.1 }}
 
 [[clients]]
 name = "free"
@@ -309,4 +327,29 @@ async fn a_failover_is_admitted_and_settled_once() {
     let expected = 400 - used - reserved;
     assert!((expected..=expected + 2).contains(&left), "the failover's tokens counted once: {left} left, not {expected}");
     assert_eq!(support::received(&mock).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prompt_cache_reads_are_priced_as_the_backend_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_mock, router) = start(dir.path());
+    // Every prompt token is a cache read, free; output costs $1000/M. At the
+    // input price ($100,000/M) one answer would spend the $0.1 day at once.
+    let mut answered = 0;
+    loop {
+        let a = ask(&router, "key-cache-bud", hello("prompt-cached", None)).await;
+        if a.status == 429 {
+            break;
+        }
+        assert_eq!(a.status, 200, "{}", a.body);
+        let usage = &a.json()["usage"];
+        assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], usage["prompt_tokens"], "{usage}");
+        answered += 1;
+        assert!(answered < 50, "the budget never ran out");
+    }
+    // 16 output tokens an answer: $0.016 each, so the seventh crosses $0.1.
+    assert_eq!(answered, 7, "answers within the budget");
+    let metrics =
+        support::client().get(format!("{}/metrics", router.admin_url.as_ref().unwrap())).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"switchyard_cost_micro_usd_total{backend="prompt-cached"} 112000"#), "{metrics}");
 }

@@ -593,6 +593,11 @@ pub struct BackendConfig {
     /// US dollars per million output tokens.
     #[serde(default)]
     pub output_price: f64,
+    /// US dollars per million prompt tokens the backend read from its
+    /// prompt cache (as it reports them: `prompt_tokens_details.cached_tokens`,
+    /// Anthropic's cache reads); unset prices them as other input tokens.
+    #[serde(default)]
+    pub cached_input_price: Option<f64>,
     /// Context window in tokens.
     #[serde(default = "default_context_window")]
     pub context_window: u32,
@@ -623,6 +628,14 @@ pub struct BackendConfig {
 }
 
 impl BackendConfig {
+    /// What an answer cost in US dollars: `input` prompt tokens (of which
+    /// `cached` read from the backend's prompt cache) and `output` tokens.
+    pub fn cost_usd(&self, input: u64, output: u64, cached: u64) -> f64 {
+        let cached = cached.min(input);
+        let cached_price = self.cached_input_price.unwrap_or(self.input_price);
+        ((input - cached) as f64 * self.input_price + cached as f64 * cached_price + output as f64 * self.output_price) / 1e6
+    }
+
     /// The upstream model.
     pub fn model(&self) -> &str {
         self.model.as_deref().unwrap_or(&self.name)
@@ -888,7 +901,11 @@ impl Config {
             if b.mock.is_some() && b.provider != ProviderKind::Mock {
                 return Err((key("mock"), "only for provider `mock`".into()));
             }
-            for (field, price) in [("input_price", b.input_price), ("output_price", b.output_price)] {
+            for (field, price) in [
+                ("input_price", b.input_price),
+                ("output_price", b.output_price),
+                ("cached_input_price", b.cached_input_price.unwrap_or(0.0)),
+            ] {
                 if !price.is_finite() || price < 0.0 {
                     return Err((key(field), format!("{price} is not a price (a number, 0 or more)")));
                 }
@@ -1188,6 +1205,20 @@ mod tests {
         let c = parse(&text).unwrap();
         assert_eq!(c.routes[0].on_policy_error, OnPolicyError::Reject);
         assert_eq!(c.routes[1].on_policy_error, OnPolicyError::Backends(vec!["m".into()]));
+    }
+
+    #[test]
+    fn prompt_cache_reads_are_priced_apart_when_the_backend_says_so() {
+        let config =
+            parse("[[backends]]\nname = \"a\"\nprovider = \"mock\"\ninput_price = 3.0\noutput_price = 15.0\ncached_input_price = 0.3\n")
+                .unwrap();
+        let b = &config.backends[0];
+        // 1M prompt tokens, 400k of them cache reads, and 100k output.
+        let usd = b.cost_usd(1_000_000, 100_000, 400_000);
+        assert!((usd - (0.6 * 3.0 + 0.4 * 0.3 + 0.1 * 15.0)).abs() < 1e-9, "{usd}");
+        let plain = BackendConfig { cached_input_price: None, ..b.clone() };
+        assert!((plain.cost_usd(1_000_000, 0, 400_000) - 3.0).abs() < 1e-9, "unset: cache reads at the input price");
+        assert!((b.cost_usd(10, 0, 1_000) - 10.0 * 0.3 / 1e6).abs() < 1e-15, "never more cache reads than prompt tokens");
     }
 
     #[test]

@@ -257,6 +257,8 @@ async fn proxy(
     };
     let mut observation = Observation::start(&plan, &inbound, answered, &finished.failed, started);
     let answered_prices = answered.map(|u| (u.config.input_price, u.config.output_price));
+    let answered_upstream = answered.cloned();
+    let mut cached = 0;
     let canary = CanaryWatch::start(gateway, &plan, answered_prices, started);
     let (mut response, backend, model, relay) = match finished.outcome {
         Outcome::Complete { upstream, model, answer } => {
@@ -267,7 +269,11 @@ async fn proxy(
                 }
             }
             if let Some((input, output)) = answer.usage {
-                metrics.tokens(upstream.name(), input, output, upstream.config.input_price, upstream.config.output_price);
+                // Cache reads are read from the body only when the backend prices them apart.
+                if upstream.config.cached_input_price.is_some() {
+                    cached = crate::openai::cached_tokens(&answer.body);
+                }
+                metrics.tokens(upstream.name(), input, output, upstream.config.cost_usd(input, output, cached));
             }
             let response = match (ingress, answer.shape) {
                 (Ingress::Messages, AnswerShape::Chat) => match messages_answer(&answer.body) {
@@ -316,7 +322,7 @@ async fn proxy(
     };
 
     let status = response.status();
-    let quota = ticket.map(|ticket| QuotaEnd { ticket, prices: answered_prices });
+    let quota = ticket.map(|ticket| QuotaEnd { ticket, answered: answered_upstream });
     let hooks = EndHooks { observation, canary, quota };
     let headers = response.headers_mut();
     if let Some(rate) = &rate_headers {
@@ -379,7 +385,7 @@ async fn proxy(
                 record["tokens"] = crate::decision_log::tokens_json(usage);
                 log.write_sampled(record, notable);
             }
-            hooks.finish(status.as_u16(), usage, false);
+            hooks.finish(status.as_u16(), usage, cached, false);
         }
     }
     if telemetry::enabled() {
@@ -433,7 +439,7 @@ fn answer_hit(gateway: &Arc<Gateway>, state: &GatewayState, hit: Hit<'_>) -> Res
     let usage = serde_json::from_slice::<Value>(&entry.completion).ok().and_then(|c| cache::replay::usage_of(&c));
     if let Some(mut o) = Observation::start(plan, inbound, None, &[], started) {
         o.cache_hit();
-        o.finish(status.as_u16(), usage, false);
+        o.finish(status.as_u16(), usage, 0, false);
     }
     if let Some(ticket) = ticket {
         ticket.settle(Some(crate::quota::Use { tokens: 0, nano_usd: 0 }));

@@ -64,8 +64,9 @@ impl Observation {
         self.outcome.ttft_ms = Some(after.as_secs_f32() * 1000.0);
     }
 
-    /// Finishes the outcome and hands it to the policy.
-    pub(super) fn finish(mut self, status: u16, usage: Option<(u64, u64)>, rescued: bool) {
+    /// Finishes the outcome and hands it to the policy (`cached`: prompt
+    /// tokens read from the backend's prompt cache).
+    pub(super) fn finish(mut self, status: u16, usage: Option<(u64, u64)>, cached: u64, rescued: bool) {
         let o = &mut self.outcome;
         o.status = status;
         o.latency_ms = self.started.elapsed().as_secs_f32() * 1000.0;
@@ -74,7 +75,7 @@ impl Observation {
             o.input_tokens = input.min(u64::from(u32::MAX)) as u32;
             o.output_tokens = output.min(u64::from(u32::MAX)) as u32;
             if let Some(u) = &self.answered {
-                o.cost = (input as f64 * u.config.input_price + output as f64 * u.config.output_price) / 1e6;
+                o.cost = u.config.cost_usd(input, output, cached);
             }
         }
         self.version.observe(self.outcome);
@@ -90,22 +91,22 @@ pub(super) struct EndHooks {
     pub quota: Option<QuotaEnd>,
 }
 
-/// A request's reservation, and the prices of the backend that answered
-/// (none when none did).
+/// A request's reservation, and the backend that answered (none when
+/// none did), whose prices it pays.
 pub(super) struct QuotaEnd {
     pub ticket: Ticket,
-    pub prices: Option<(f64, f64)>,
+    pub answered: Option<Arc<Upstream>>,
 }
 
 impl QuotaEnd {
     /// Settles with `usage`: what it used at the answering backend's
     /// prices; an answer without usage settles as reserved, no answer as
     /// nothing used.
-    fn finish(self, usage: Option<(u64, u64)>) {
-        let used = match (usage, self.prices) {
-            (Some((input, output)), prices) => {
-                let (i, o) = prices.unwrap_or((0.0, 0.0));
-                Some(Use { tokens: input + output, nano_usd: ((input as f64 * i + output as f64 * o) * 1000.0).round() as u64 })
+    fn finish(self, usage: Option<(u64, u64)>, cached: u64) {
+        let used = match (usage, &self.answered) {
+            (Some((input, output)), answered) => {
+                let usd = answered.as_ref().map_or(0.0, |u| u.config.cost_usd(input, output, cached));
+                Some(Use { tokens: input + output, nano_usd: (usd * crate::quota::NANO_USD).round() as u64 })
             }
             (None, Some(_)) => None,
             (None, None) => Some(Use { tokens: 0, nano_usd: 0 }),
@@ -115,16 +116,17 @@ impl QuotaEnd {
 }
 
 impl EndHooks {
-    /// `status`: the client's, or for a stream how it ended (200, 499, 502).
-    pub(super) fn finish(self, status: u16, usage: Option<(u64, u64)>, rescued: bool) {
+    /// `status`: the client's, or for a stream how it ended (200, 499, 502);
+    /// `cached`: prompt tokens the backend read from its prompt cache.
+    pub(super) fn finish(self, status: u16, usage: Option<(u64, u64)>, cached: u64, rescued: bool) {
         if let Some(quota) = self.quota {
-            quota.finish(usage);
+            quota.finish(usage, cached);
         }
         if let Some(canary) = self.canary {
             canary.finish(status, usage);
         }
         if let Some(o) = self.observation {
-            o.finish(status, usage, rescued);
+            o.finish(status, usage, cached, rescued);
         }
     }
 }

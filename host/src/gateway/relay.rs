@@ -60,6 +60,8 @@ struct LegCount {
     bytes: usize,
     /// Usage the upstream reported.
     usage: Option<(u64, u64)>,
+    /// Of its prompt tokens, those read from the backend's prompt cache.
+    cached: u64,
     /// Something of it reached the client.
     passed: bool,
 }
@@ -110,6 +112,8 @@ struct StreamEnd {
     chunks: u32,
     /// Usage as the client was told (summed over rescues).
     usage: Option<(u64, u64)>,
+    /// Prompt tokens of the last upstream read from its prompt cache.
+    cached: u64,
     /// `done`, `rescued`, `client_closed`, `client_stalled`, `max_duration`,
     /// or the failure.
     end: String,
@@ -163,7 +167,7 @@ impl Relay {
                 "client_closed" | "client_stalled" => 499,
                 _ => 502,
             };
-            hooks.finish(status, end.usage, end.end == "rescued");
+            hooks.finish(status, end.usage, end.cached, end.end == "rescued");
             if let Some((log, mut record, notable)) = record {
                 record["tokens"] = crate::decision_log::tokens_json(end.usage);
                 let notable = notable || end.end != "done";
@@ -193,8 +197,13 @@ impl Relay {
         // and the break it names.
         let mut seam: Option<String> = None;
         let mut last_break = String::new();
-        let end =
-            |so_far: &StreamedSoFar, usage, how: &str, rescues| StreamEnd { chunks: so_far.chunks, usage, end: how.to_owned(), rescues };
+        let end = |so_far: &StreamedSoFar, count: &LegCount, broken: &[Broken], how: &str, rescues| StreamEnd {
+            chunks: so_far.chunks,
+            usage: client_usage(count, broken),
+            cached: count.cached,
+            end: how.to_owned(),
+            rescues,
+        };
         // The first event is in the body already: noted here, not sent.
         let mut next = Some(Ok(first));
         let mut in_body = true;
@@ -217,7 +226,7 @@ impl Relay {
                                 "code": "stream_too_long",
                             }});
                             let _ = tokio::time::timeout(write_timeout, tx.send(framing.error(&error))).await;
-                            return end(&so_far, client_usage(&count, &broken), "max_duration", rescues);
+                            return end(&so_far, &count, &broken, "max_duration", rescues);
                         }
                         Err(_) => Err(AttemptFailure::Timeout("stream idle")),
                     }
@@ -233,7 +242,7 @@ impl Relay {
                             write.push(&payload, matches!(mode, Mode::Original));
                         }
                         if let Some((input, output)) = usage {
-                            metrics.tokens(upstream.name(), input, output, upstream.config.input_price, upstream.config.output_price);
+                            metrics.tokens(upstream.name(), input, output, upstream.config.cost_usd(input, output, count.cached));
                         }
                         if in_body {
                             continue;
@@ -252,7 +261,7 @@ impl Relay {
                         };
                         if let Err(gone) = sent {
                             tracing::info!(%request_id, backend = upstream.name(), chunks = so_far.chunks, "{}", gone.describe());
-                            return end(&so_far, client_usage(&count, &broken), gone.as_str(), rescues);
+                            return end(&so_far, &count, &broken, gone.as_str(), rescues);
                         }
                         continue;
                     }
@@ -290,7 +299,7 @@ impl Relay {
                     }
                     settle_rescue(metrics, &upstream, &mode, &mut rescues, "rescued");
                     account_broken(metrics, &broken, count.usage);
-                    return end(&so_far, client_usage(&count, &broken), how, rescues);
+                    return end(&so_far, &count, &broken, how, rescues);
                 }
             };
             tracing::warn!(%request_id, %backend, mode = mode.name(), chunks = so_far.chunks, bytes = so_far.transcript.bytes(), "stream failed after it started: {}", failure.describe());
@@ -335,7 +344,7 @@ impl Relay {
                 tracing::warn!(%request_id, "stream not rescued: {message}");
                 let error = json!({"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted"}});
                 let _ = send(&tx, framing.error(&error), write_timeout).await;
-                return end(&so_far, client_usage(&count, &broken), &failure.describe(), rescues);
+                return end(&so_far, &count, &broken, &failure.describe(), rescues);
             };
             seam = Some(format!(": rescued: {last_break}; continued on `{}` by {}\n\n", leg.upstream.name(), leg.mode.name()));
             tracing::info!(%request_id, from = %backend, to = leg.upstream.name(), mode = leg.mode.name(), "stream continued");
@@ -397,6 +406,7 @@ fn shape(chunk: &Bytes, mode: &mut Mode, so_far: &mut StreamedSoFar, count: &mut
     let usage = view.usage();
     if usage.is_some() {
         count.usage = usage;
+        count.cached = view.cached_tokens();
     }
     if let Mode::Original = mode {
         if so_far.id.is_none() {
@@ -474,7 +484,7 @@ fn client_usage(count: &LegCount, broken: &[Broken]) -> Option<(u64, u64)> {
 fn account_broken(metrics: &Metrics, broken: &[Broken], last: Option<(u64, u64)>) {
     for b in broken.iter().filter(|b| b.usage.is_none()) {
         let prompt = last.map_or(0, |(p, _)| p);
-        metrics.tokens(b.upstream.name(), prompt, b.estimate, b.upstream.config.input_price, b.upstream.config.output_price);
+        metrics.tokens(b.upstream.name(), prompt, b.estimate, b.upstream.config.cost_usd(prompt, b.estimate, 0));
     }
 }
 

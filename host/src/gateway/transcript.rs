@@ -116,6 +116,13 @@ struct FunctionView<'a> {
 struct UsageView {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<UsageDetailsView>,
+}
+
+#[derive(Deserialize)]
+struct UsageDetailsView {
+    cached_tokens: Option<u64>,
 }
 
 impl<'a> ChunkView<'a> {
@@ -140,6 +147,12 @@ impl<'a> ChunkView<'a> {
     pub(super) fn usage(&self) -> Option<(u64, u64)> {
         let usage = self.usage.as_ref()?;
         Some((usage.prompt_tokens?, usage.completion_tokens.unwrap_or(0)))
+    }
+
+    /// Prompt tokens the backend read from its prompt cache, when the
+    /// chunk reports usage.
+    pub(super) fn cached_tokens(&self) -> u64 {
+        self.usage.as_ref().and_then(|u| u.prompt_tokens_details.as_ref()).and_then(|d| d.cached_tokens).unwrap_or(0)
     }
 
     fn first(&self) -> Option<&ChoiceView<'a>> {
