@@ -131,6 +131,10 @@ async fn ask(router: &Proc, key: &str, body: Value) -> Answer {
     post(&router.url, "/v1/chat/completions", &body, &[("authorization", &format!("Bearer {key}"))]).await
 }
 
+fn remaining_tokens_of(a: &Answer) -> u64 {
+    a.header("x-ratelimit-remaining-tokens").unwrap().parse().unwrap()
+}
+
 fn hello(model: &str, max_tokens: Option<u32>) -> Value {
     let mut body = json!({"model": model, "messages": [{"role": "user", "content": "Say hello."}]});
     if let Some(n) = max_tokens {
@@ -327,6 +331,12 @@ async fn a_failover_is_admitted_and_settled_once() {
     let expected = 400 - used - reserved;
     assert!((expected..=expected + 2).contains(&left), "the failover's tokens counted once: {left} left, not {expected}");
     assert_eq!(support::received(&mock).await.len(), 3);
+    // A model nothing serves: 404, with the key's limits, and nothing used.
+    let unknown = ask(&router, "key-tpm-0000", hello("no-such-model", Some(10))).await;
+    assert_eq!((unknown.status, unknown.header("x-ratelimit-limit-tokens")), (404, Some("400")), "{}", unknown.body);
+    let after = ask(&router, "key-tpm-0000", hello("chat", Some(10))).await;
+    let reserved_after = 400 - remaining_tokens_of(&after);
+    assert!(reserved_after <= reserved + used + 2 + used, "the 404 settled as nothing used: {reserved_after}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

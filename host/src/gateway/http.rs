@@ -212,7 +212,21 @@ async fn proxy(
         Arc::make_mut(&mut inbound.view).tags.push(tag);
     }
     let inbound = Arc::new(inbound);
-    let plan = plan::plan(&state, gateway.registry(), metrics, gateway.candidates(), &inbound).await?;
+    let plan = match plan::plan(&state, gateway.registry(), metrics, gateway.candidates(), &inbound).await {
+        Ok(plan) => plan,
+        Err(error) => {
+            // No route for it: nothing was used, and the caller still learns its limits.
+            if let Some(ticket) = ticket {
+                ticket.settle(Some(crate::quota::Use { tokens: 0, nano_usd: 0 }));
+            }
+            tracing::info!(%request_id, model = %inbound.model, status = error.status.as_u16(), source = error.source.as_str(), "{}", error.message);
+            let mut response = if messages_api { messages_error_response(&error) } else { error_response(&error) };
+            if let Some(rate) = &rate_headers {
+                rate.write(response.headers_mut());
+            }
+            return Ok(response);
+        }
+    };
     if let Some(shadow) = plan.instance.as_ref().and_then(|i| gateway.registry().get(&Candidate::Shadow.name_for(i))) {
         let run =
             ShadowRun { shadow, metrics: metrics.clone(), log: gateway.decision_log().cloned(), candidates: gateway.candidates().clone() };
