@@ -100,31 +100,36 @@ async fn a_plain_answer_is_kept_and_replayed_without_an_upstream_call() {
     let first = chat(&router, &request("cached", "What is a router?", false), &[]).await;
     assert_eq!((first.status, first.header("x-switchyard-cache")), (200, Some("miss")), "{}", first.body);
     let mut again = request("cached", "What is a router?", false);
-    // Not part of the key: who asks, and what is stored about it.
+    // Not part of the key: who asks, how it is delivered.
     again["user"] = json!("someone-else");
-    again["metadata"] = json!({"team": "b"});
+    again["stream_options"] = json!({"include_usage": false});
     let second = chat(&router, &again, &[]).await;
     assert_eq!((second.status, second.header("x-switchyard-cache")), (200, Some("hit")));
     assert_eq!(second.json(), first.json(), "the same answer");
     assert_eq!(second.header("x-switchyard-attempts"), Some("0"));
     assert_eq!(second.header("x-switchyard-backend"), Some("a"));
     assert_eq!(calls(&mock).await, 1, "the hit made no upstream call");
-    // Part of the key: the messages, and the route.
+    let mut with_metadata = request("cached", "What is a router?", false);
+    with_metadata["metadata"] = json!({"team": "b"});
+    assert_eq!(chat(&router, &with_metadata, &[]).await.header("x-switchyard-cache"), Some("miss"), "metadata tags route too");
+    // Part of the key: the messages, the route, and what the policy routes on (tags).
     let other = chat(&router, &request("cached", "What is a switch?", false), &[]).await;
     assert_eq!(other.header("x-switchyard-cache"), Some("miss"));
+    let tagged = chat(&router, &request("cached", "What is a router?", false), &[("x-switchyard-tier", "gold")]).await;
+    assert_eq!(tagged.header("x-switchyard-cache"), Some("miss"), "another tier may be routed elsewhere");
     let other_route = chat(&router, &request("all", "What is a router?", false), &[]).await;
     assert_eq!(other_route.header("x-switchyard-cache"), Some("miss"));
     // Routes without a cache say nothing about it.
     let plain = chat(&router, &request("uncached", "What is a router?", false), &[]).await;
     assert_eq!(plain.header("x-switchyard-cache"), None);
 
-    let records = support::decision_records(&dir.path().join("decisions.jsonl"), 5).await;
+    let records = support::decision_records(&dir.path().join("decisions.jsonl"), 7).await;
     let caches: Vec<Option<&str>> = records.iter().map(|r| r["cache"].as_str()).collect();
-    assert_eq!(caches, [Some("miss"), Some("hit"), Some("miss"), Some("miss"), None], "{records:?}");
+    assert_eq!(caches, [Some("miss"), Some("hit"), Some("miss"), Some("miss"), Some("miss"), Some("miss"), None], "{records:?}");
     assert_eq!(records[1]["attempts"], 0);
     let metrics =
         support::client().get(format!("{}/metrics", router.admin_url.as_ref().unwrap())).send().await.unwrap().text().await.unwrap();
-    for line in [r#"switchyard_cache_requests_total{result="hit"} 1"#, r#"switchyard_cache_requests_total{result="miss"} 3"#] {
+    for line in [r#"switchyard_cache_requests_total{result="hit"} 1"#, r#"switchyard_cache_requests_total{result="miss"} 5"#] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
     assert!(metrics.lines().any(|l| l.starts_with("switchyard_cache_bytes ") && !l.ends_with(" 0")), "{metrics}");

@@ -60,6 +60,16 @@ model = "failover"
 targets = ["flaky", "a"]
 
 [[backends]]
+name = "refuses"
+provider = "openai"
+base_url = "{mock}/v1"
+model = "r?fault=content-policy"
+
+[[routes]]
+model = "refused"
+targets = ["refuses"]
+
+[[backends]]
 name = "prompt-cached"
 provider = "openai"
 base_url = "{mock}/v1"
@@ -362,4 +372,18 @@ async fn prompt_cache_reads_are_priced_as_the_backend_says() {
     let metrics =
         support::client().get(format!("{}/metrics", router.admin_url.as_ref().unwrap())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"switchyard_cost_micro_usd_total{backend="prompt-cached"} 112000"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstreams_refusal_uses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_mock, router) = start(dir.path());
+    // Refused by the upstream (its 4xx passed on): reserved 300 and more, then given back.
+    let refused = ask(&router, "key-tpm-0000", hello("refused", Some(300))).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    let reserved = 400 - remaining_tokens_of(&refused);
+    let next = ask(&router, "key-tpm-0000", hello("refused", Some(300))).await;
+    assert_eq!(next.status, 400, "{}", next.body);
+    let left = remaining_tokens_of(&next);
+    assert!(left + 2 >= 400 - reserved, "the first refusal still holds tokens: {left} left after reserving {reserved}");
 }

@@ -33,8 +33,7 @@ pub type CacheKey = [u8; 32];
 
 /// Body fields that do not change the answer: who asks, how it is
 /// delivered, what is stored about it.
-const NOT_SEMANTIC: &[&str] =
-    &["user", "stream", "stream_options", "metadata", "safety_identifier", "store", "prompt_cache_key", "service_tier"];
+const NOT_SEMANTIC: &[&str] = &["user", "stream", "stream_options", "safety_identifier", "store", "prompt_cache_key", "service_tier"];
 
 /// A kept answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,13 +45,16 @@ pub struct Entry {
     pub chunks: Vec<Bytes>,
     /// The backend that answered it.
     pub backend: String,
+    /// `(prompt, completion)` tokens, when the answer reported them.
+    pub usage: Option<(u64, u64)>,
     ttl: Duration,
 }
 
 impl Entry {
     /// An answer to keep for `ttl`.
     pub fn new(completion: Bytes, chunks: Vec<Bytes>, backend: String, ttl: Duration) -> Self {
-        Self { completion, chunks, backend, ttl }
+        let usage = serde_json::from_slice::<Value>(&completion).ok().and_then(|c| replay::usage_of(&c));
+        Self { completion, chunks, backend, usage, ttl }
     }
 
     /// Bytes it holds.
@@ -86,7 +88,7 @@ impl Entry {
         let mut parts = parts.into_iter();
         let backend = String::from_utf8(parts.next()?.to_vec()).ok()?;
         let completion = parts.next()?;
-        Some(Self { completion, chunks: parts.collect(), backend, ttl })
+        Some(Self::new(completion, parts.collect(), backend, ttl))
     }
 }
 
@@ -155,11 +157,26 @@ pub fn policy_skips(labels: &[(String, String)]) -> bool {
 
 /// The hash of the route and the request's meaning: the body as the client
 /// sent it (a Messages or Responses request's own body), its object keys in
-/// order, without [`NOT_SEMANTIC`] fields.
+/// order, without [`NOT_SEMANTIC`] fields; and the tags the policy routes
+/// on (`x-switchyard-*` headers, `metadata`; not the router's own), so that
+/// requests a policy may send to different models never share an answer.
 pub fn key(route: &str, inbound: &InboundRequest) -> CacheKey {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(b"switchyard-cache-v1\0");
+    hasher.update(b"switchyard-cache-v2\0");
     hasher.update(route.as_bytes());
+    hasher.update(b"\0");
+    let mut tags: Vec<(&str, &str)> = inbound
+        .view
+        .tags
+        .iter()
+        .filter(|t| !t.key.starts_with(crate::openai::inbound::ROUTER_TAG_PREFIX))
+        .map(|t| (t.key.as_str(), t.value.as_str()))
+        .collect();
+    tags.sort_unstable();
+    for (k, v) in tags {
+        hash_value(&mut hasher, &Value::String(k.to_owned()));
+        hash_value(&mut hasher, &Value::String(v.to_owned()));
+    }
     hasher.update(b"\0");
     match &inbound.native {
         Some(native) => {

@@ -25,11 +25,11 @@ pub(super) fn ask(state: &GatewayState, inbound: &InboundRequest, request_id: &s
             scopes.push(Scope { key: format!("client:{}", c.name), kind: ScopeKind::Client, name, limits, budget });
         }
     }
-    if let Some(limits) = state.route_limits(&inbound.model) {
-        let key = format!("route:{}:{}", inbound.model, client.unwrap_or("*"));
+    if let Some((route, limits)) = state.route_limits(&inbound.model) {
+        let key = format!("route:{route}:{}", client.unwrap_or("*"));
         let name = match client {
-            Some(client) => format!("route `{}` for client `{client}`", inbound.model),
-            None => format!("route `{}`", inbound.model),
+            Some(client) => format!("route `{route}` for client `{client}`"),
+            None => format!("route `{route}`"),
         };
         scopes.push(Scope { key, kind: ScopeKind::Route, name, limits, budget: None });
     }

@@ -242,7 +242,8 @@ async fn proxy(
         if lookup.is_some() {
             cached_entry = gateway.cache().get(&cp.key).await;
         }
-        if let Some(entry) = cached_entry.take() {
+        // A stream that asks for usage is not replayed from an answer that has none.
+        if let Some(entry) = cached_entry.take().filter(|e| !(inbound.stream && inbound.include_usage && e.usage.is_none())) {
             let hit = Hit { plan: &plan, inbound: &inbound, entry: &entry, ticket, rate_headers, started, request_id };
             return answer_hit(gateway, &state, hit);
         }
@@ -271,17 +272,19 @@ async fn proxy(
     };
     let mut observation = Observation::start(&plan, &inbound, answered, &finished.failed, started);
     let answered_prices = answered.map(|u| (u.config.input_price, u.config.output_price));
-    let answered_upstream = answered.cloned();
+    // An upstream's refusal (a 4xx passed on) used nothing of the caller's limits.
+    let paid_by = match &finished.outcome {
+        Outcome::Complete { upstream, .. } | Outcome::Stream { upstream, .. } => Some(upstream.clone()),
+        Outcome::Refused { .. } | Outcome::Failed(_) => None,
+    };
     let mut cached = 0;
     let canary = CanaryWatch::start(gateway, &plan, answered_prices, started);
     let (mut response, backend, model, relay) = match finished.outcome {
         Outcome::Complete { upstream, model, answer } => {
             usage = answer.usage;
-            if let Some(p) = cache_write.filter(|p| answer.shape == AnswerShape::Chat && answer.body.len() <= p.config.max_entry_bytes) {
-                if cache::replay::finished(&answer.body) {
-                    gateway.cache().put(p.key, cache::Entry::new(answer.body.clone(), vec![], upstream.name().to_owned(), p.config.ttl()));
-                }
-            }
+            let keep = cache_write.filter(|p| {
+                answer.shape == AnswerShape::Chat && answer.body.len() <= p.config.max_entry_bytes && cache::replay::finished(&answer.body)
+            });
             if let Some((input, output)) = answer.usage {
                 // Cache reads are read from the body only when the backend prices them apart.
                 if upstream.config.cached_input_price.is_some() {
@@ -306,8 +309,12 @@ async fn proxy(
                         response
                     }
                 },
-                _ => json_response(StatusCode::OK, answer.body),
+                _ => json_response(StatusCode::OK, answer.body.clone()),
             };
+            // Kept only when the client's own shape of it could be made.
+            if let Some(p) = keep.filter(|_| error_message.is_none()) {
+                gateway.cache().put(p.key, cache::Entry::new(answer.body, vec![], upstream.name().to_owned(), p.config.ttl()));
+            }
             (response, Some(upstream.name().to_owned()), Some(model), None)
         }
         Outcome::Stream { upstream, model, first, rest, attempt, next } => {
@@ -336,7 +343,7 @@ async fn proxy(
     };
 
     let status = response.status();
-    let quota = ticket.map(|ticket| QuotaEnd { ticket, answered: answered_upstream });
+    let quota = ticket.map(|ticket| QuotaEnd { ticket, answered: paid_by });
     let hooks = EndHooks { observation, canary, quota };
     let headers = response.headers_mut();
     if let Some(rate) = &rate_headers {
@@ -437,6 +444,10 @@ fn answer_hit(gateway: &Arc<Gateway>, state: &GatewayState, hit: Hit<'_>) -> Res
     let Hit { plan, inbound, entry, ticket, rate_headers, started, request_id } = hit;
     let metrics = gateway.metrics();
     metrics.cache("hit");
+    // Nothing was used, whatever comes of the replay.
+    if let Some(ticket) = ticket {
+        ticket.settle(Some(crate::quota::Use { tokens: 0, nano_usd: 0 }));
+    }
     let mut response = cached::answer(entry, inbound)?;
     let status = response.status();
     let headers = response.headers_mut();
@@ -450,13 +461,10 @@ fn answer_hit(gateway: &Arc<Gateway>, state: &GatewayState, hit: Hit<'_>) -> Res
         rate.write(headers);
     }
     let total = started.elapsed();
-    let usage = serde_json::from_slice::<Value>(&entry.completion).ok().and_then(|c| cache::replay::usage_of(&c));
+    let usage = entry.usage;
     if let Some(mut o) = Observation::start(plan, inbound, None, &[], started) {
         o.cache_hit();
         o.finish(status.as_u16(), usage, 0, false);
-    }
-    if let Some(ticket) = ticket {
-        ticket.settle(Some(crate::quota::Use { tokens: 0, nano_usd: 0 }));
     }
     if let Some(log) = gateway.decision_log() {
         let end = RequestEnd {

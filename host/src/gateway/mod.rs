@@ -154,9 +154,12 @@ impl GatewayState {
         }
     }
 
-    /// The rate limits of `model`'s route, if it has any.
-    pub fn route_limits(&self, model: &str) -> Option<LimitsConfig> {
-        self.route_for(model).and_then(|r| r.limits)
+    /// The name of `model`'s route (`*` for the catch-all) and its rate
+    /// limits, if it has any: counted by route, whatever name a client
+    /// gives the catch-all.
+    pub fn route_limits<'a>(&self, model: &'a str) -> Option<(&'a str, LimitsConfig)> {
+        let name = if self.routes.contains_key(model) { model } else { "*" };
+        self.route_for(model).and_then(|r| r.limits).map(|limits| (name, limits))
     }
 
     /// The cache settings of `model`'s route, if it caches.

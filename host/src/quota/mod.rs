@@ -249,8 +249,16 @@ impl Quotas {
         let (verdict, books, replies) = match &self.shared {
             Some(store) => match shared::admit(store, &ask, along).await {
                 Ok((verdict, replies)) => (verdict, Books::Shared, Some(replies)),
-                Err(e) if store.on_error() == OnSharedError::Reject => return (Err(Refusal::Unavailable(e)), None),
-                Err(_) => (self.local.admit(&ask), Books::Local, None),
+                Err(e) => {
+                    // The store may have run the admission and lost the answer.
+                    if e != SharedError::Backoff {
+                        shared::release(store, &ask);
+                    }
+                    if store.on_error() == OnSharedError::Reject {
+                        return (Err(Refusal::Unavailable(e)), None);
+                    }
+                    (self.local.admit(&ask), Books::Local, None)
+                }
             },
             None => (self.local.admit(&ask), Books::Local, None),
         };

@@ -130,6 +130,7 @@ for i = 0, n - 1 do
     if tpm > 0 and diff ~= 0 then
       local tat = tonumber(redis.call('HGET', st, 'tt')) or 0
       redis.call('HSET', st, 'tt', string.format('%.6f', math.max(tat + diff * 60 / tpm, now)))
+      redis.call('EXPIRE', st, 180)
     end
     if budget and used > 0 then
       redis.call('INCRBY', dk, used)
@@ -235,6 +236,13 @@ fn read_admission(ask: &Ask, reply: &[String]) -> Option<Result<Admitted, Refuse
         }
     }
     Some(Ok(admitted))
+}
+
+/// Gives back what an admission may have taken when its answer was lost
+/// (a timeout after the store ran it): a settlement of nothing used, a
+/// no-op if the admission never ran.
+pub(super) fn release(store: &Arc<SharedStore>, ask: &Ask) {
+    settle(store, ask, Use { tokens: 0, nano_usd: 0 });
 }
 
 /// Settlement on the store, deferred to the next round trip (kept while
