@@ -237,7 +237,7 @@ async fn proxy(
         Some(Ok(_)) if cache::policy_skips(&plan.labels) => Some(Err(cache::Skip::Policy)),
         other => other,
     };
-    if let Some(Ok(cp)) = cache_plan.as_ref().filter(|p| p.as_ref().is_ok_and(|p| p.read)) {
+    if let Some(Ok(cp)) = cache_plan.as_ref().filter(|p| matches!(p, Ok(p) if p.read)) {
         // Not read in the admission's round trip (the caller has no limits): read now.
         if lookup.is_some() {
             cached_entry = gateway.cache().get(&cp.key).await;

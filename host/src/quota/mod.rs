@@ -160,16 +160,22 @@ impl RateHeaders {
 
     /// Writes the headers, OpenAI's names and formats.
     pub fn write(&self, headers: &mut HeaderMap) {
-        for (state, suffix) in [(self.requests, "requests"), (self.tokens, "tokens")] {
+        const REQUESTS: [HeaderName; 3] = [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ];
+        const TOKENS: [HeaderName; 3] = [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ];
+        for (state, [limit, remaining, reset]) in [(self.requests, REQUESTS), (self.tokens, TOKENS)] {
             let Some(s) = state else { continue };
-            for (name, value) in [
-                (format!("x-ratelimit-limit-{suffix}"), s.limit.to_string()),
-                (format!("x-ratelimit-remaining-{suffix}"), s.remaining.to_string()),
-                (format!("x-ratelimit-reset-{suffix}"), duration_text(s.reset_s)),
-            ] {
-                if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-                    headers.insert(name, value);
-                }
+            headers.insert(limit, HeaderValue::from(s.limit));
+            headers.insert(remaining, HeaderValue::from(s.remaining));
+            if let Ok(value) = HeaderValue::try_from(duration_text(s.reset_s)) {
+                headers.insert(reset, value);
             }
         }
     }
