@@ -64,11 +64,11 @@ fn bench(c: &mut Criterion) {
             let plan = cache::plan(&config, "m", &request, None).unwrap();
             assert!(cache.local(&key).is_none() && plan.read);
             assert!(replay::finished(ANSWER));
-            cache.put(key, Entry::new(Bytes::from_static(ANSWER), vec![], "a".into(), Duration::from_secs(600)));
+            cache.put(key, Entry::new(Bytes::from_static(ANSWER), vec![], "a".into(), Some((3, 16)), Duration::from_secs(600)));
         })
     });
     let key = cache::key("m", &request);
-    cache.put(key, Entry::new(Bytes::from_static(ANSWER), vec![], "a".into(), Duration::from_secs(600)));
+    cache.put(key, Entry::new(Bytes::from_static(ANSWER), vec![], "a".into(), Some((3, 16)), Duration::from_secs(600)));
     group.bench_function("cache/hit", |b| b.iter(|| cache.local(&key).expect("kept")));
     group.finish();
 }

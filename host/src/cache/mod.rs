@@ -51,9 +51,9 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// An answer to keep for `ttl`.
-    pub fn new(completion: Bytes, chunks: Vec<Bytes>, backend: String, ttl: Duration) -> Self {
-        let usage = serde_json::from_slice::<Value>(&completion).ok().and_then(|c| replay::usage_of(&c));
+    /// An answer to keep for `ttl`; `usage` is the completion's (known to
+    /// the caller, so the completion is not parsed again).
+    pub fn new(completion: Bytes, chunks: Vec<Bytes>, backend: String, usage: Option<(u64, u64)>, ttl: Duration) -> Self {
         Self { completion, chunks, backend, usage, ttl }
     }
 
@@ -88,7 +88,8 @@ impl Entry {
         let mut parts = parts.into_iter();
         let backend = String::from_utf8(parts.next()?.to_vec()).ok()?;
         let completion = parts.next()?;
-        Some(Self::new(completion, parts.collect(), backend, ttl))
+        let usage = serde_json::from_slice::<Value>(&completion).ok().and_then(|c| replay::usage_of(&c));
+        Some(Self::new(completion, parts.collect(), backend, usage, ttl))
     }
 }
 
@@ -338,8 +339,13 @@ mod tests {
 
     #[test]
     fn entries_round_trip_through_the_shared_form() {
-        let entry =
-            Entry::new(Bytes::from_static(b"{\"a\":1}"), vec![Bytes::from_static(b"x"), Bytes::new()], "b".into(), Duration::from_secs(5));
+        let entry = Entry::new(
+            Bytes::from_static(b"{\"a\":1}"),
+            vec![Bytes::from_static(b"x"), Bytes::new()],
+            "b".into(),
+            None,
+            Duration::from_secs(5),
+        );
         assert_eq!(Entry::decode(&entry.encode(), Duration::from_secs(5)), Some(entry));
         assert_eq!(Entry::decode(&[9, 0, 0, 0, 1], Duration::from_secs(1)), None, "a length past the end");
     }

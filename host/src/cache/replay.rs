@@ -51,14 +51,26 @@ impl Capture {
         self.chunks = Vec::new();
     }
 
-    /// The completion and chunks to keep, if the stream may be kept.
-    pub fn finish(self) -> Option<(Bytes, Vec<Bytes>)> {
+    /// What to keep, if the stream may be kept.
+    pub fn finish(self) -> Option<Captured> {
         if self.spoiled || self.chunks.is_empty() {
             return None;
         }
         let completion = completion_from_chunks(&self.chunks, self.usage)?;
-        Some((Bytes::from(completion.to_string()), self.chunks))
+        let usage = usage_of(&completion);
+        Some(Captured { completion: Bytes::from(completion.to_string()), usage, chunks: self.chunks })
     }
+}
+
+/// A stream kept: its completion, that completion's usage, its chunks.
+#[derive(Debug)]
+pub struct Captured {
+    /// The chat completion the chunks make.
+    pub completion: Bytes,
+    /// `(prompt, completion)` tokens, when the stream reported them.
+    pub usage: Option<(u64, u64)>,
+    /// The chunks, usage chunk excluded.
+    pub chunks: Vec<Bytes>,
 }
 
 /// The chat completion that `chunks` stream (the first choice), with
@@ -228,8 +240,9 @@ mod tests {
         let mut kept = Capture::new(1 << 20);
         chunks.iter().for_each(|c| kept.push(c));
         kept.push(&usage_chunk(&completion()).expect("usage"));
-        let (c, again) = kept.finish().expect("kept");
-        assert_eq!((serde_json::from_slice::<Value>(&c).ok(), again), (Some(completion()), chunks.clone()));
+        let kept = kept.finish().expect("kept");
+        assert_eq!((serde_json::from_slice::<Value>(&kept.completion).ok(), kept.chunks), (Some(completion()), chunks.clone()));
+        assert_eq!(kept.usage, Some((3, 2)));
         let mut small = Capture::new(40);
         chunks.iter().for_each(|c| small.push(c));
         assert!(small.finish().is_none(), "over the size");

@@ -45,8 +45,8 @@ impl CacheWrite {
 
     /// The stream ended cleanly on `backend`: kept, if it may be.
     pub(super) fn finish(self, backend: &str) {
-        if let Some((completion, chunks)) = self.capture.finish() {
-            self.cache.put(self.key, Entry::new(completion, chunks, backend.to_owned(), self.ttl));
+        if let Some(kept) = self.capture.finish() {
+            self.cache.put(self.key, Entry::new(kept.completion, kept.chunks, backend.to_owned(), kept.usage, self.ttl));
         }
     }
 }

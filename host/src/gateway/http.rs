@@ -313,7 +313,7 @@ async fn proxy(
             };
             // Kept only when the client's own shape of it could be made.
             if let Some(p) = keep.filter(|_| error_message.is_none()) {
-                gateway.cache().put(p.key, cache::Entry::new(answer.body, vec![], upstream.name().to_owned(), p.config.ttl()));
+                gateway.cache().put(p.key, cache::Entry::new(answer.body, vec![], upstream.name().to_owned(), usage, p.config.ttl()));
             }
             (response, Some(upstream.name().to_owned()), Some(model), None)
         }
