@@ -160,6 +160,9 @@ fn policies(gateway: &Gateway) -> serde_json::Value {
                 "name": s.name,
                 "file": s.file.display().to_string(),
                 "version": s.version,
+                "digest": s.digest,
+                "signed_by": s.signed_by,
+                "signature_refusals": s.signature_refusals,
                 "world": world,
                 "loaded_at": unix(s.loaded_at),
                 "loads": s.loads,
@@ -172,7 +175,20 @@ fn policies(gateway: &Gateway) -> serde_json::Value {
             })
         })
         .collect();
-    json!({"policies": list})
+    let origin = gateway.origin().map(|o| {
+        let st = o.status();
+        json!({
+            "sources": o.sources().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "poll_interval_ms": o.interval().as_millis() as u64,
+            "polls": {"unchanged": st.unchanged, "changed": st.changed, "failed": st.failed},
+            "last_poll_at": unix(st.last_poll_at),
+            "last_success_at": unix(st.last_success_at),
+            "last_change_at": unix(st.last_change_at),
+            "last_error": st.last_error.map(|(e, at)| json!({"source": e.source, "kind": e.kind.as_str(), "message": e.problem, "at": unix(Some(at))})),
+            "listed": st.listed,
+        })
+    });
+    json!({"policies": list, "origin": origin})
 }
 
 fn backends(gateway: &Gateway) -> serde_json::Value {

@@ -22,6 +22,7 @@ pub mod mock_answers;
 pub mod mock_upstream;
 pub mod native;
 pub mod openai;
+pub mod origin;
 pub mod policy;
 pub mod quota;
 pub mod reload;

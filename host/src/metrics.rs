@@ -380,11 +380,31 @@ impl Metrics {
             out,
             "# HELP switchyard_policy_reloads Successful loads of a policy since start.\n# TYPE switchyard_policy_reloads counter"
         );
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_policy_signature_refusals New versions of a policy refused for their signature since start.\n# TYPE switchyard_policy_signature_refusals counter"
+        );
         for s in registry.statuses() {
             let name = escape(&s.name);
             let _ = writeln!(out, "switchyard_policy_loaded{{policy=\"{name}\"}} {}", u8::from(s.version.is_some()));
             let _ = writeln!(out, "switchyard_policy_reload_failures_total{{policy=\"{name}\"}} {}", s.failed_loads);
             let _ = writeln!(out, "switchyard_policy_reloads_total{{policy=\"{name}\"}} {}", s.loads);
+            let _ = writeln!(out, "switchyard_policy_signature_refusals_total{{policy=\"{name}\"}} {}", s.signature_refusals);
+        }
+        if let Some(origin) = gateway.origin() {
+            let st = origin.status();
+            let _ = writeln!(out, "# HELP switchyard_policy_origin_polls Polls of the policy origin, by result.\n# TYPE switchyard_policy_origin_polls counter");
+            for (result, n) in [("unchanged", st.unchanged), ("changed", st.changed), ("failed", st.failed)] {
+                let _ = writeln!(out, "switchyard_policy_origin_polls_total{{result=\"{result}\"}} {n}");
+            }
+            let since = |t: Option<std::time::SystemTime>| {
+                t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0.0, |d| d.as_secs_f64())
+            };
+            let _ = writeln!(
+                out,
+                "# HELP switchyard_policy_origin_last_success_timestamp_seconds When a poll of the origin last succeeded (0: never).\n# TYPE switchyard_policy_origin_last_success_timestamp_seconds gauge\nswitchyard_policy_origin_last_success_timestamp_seconds {}",
+                since(st.last_success_at)
+            );
         }
         let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out

@@ -28,7 +28,7 @@ fn fixture(layout: impl FnOnce(&Path)) -> Fixture {
     layout(dir.path());
     let settings = RuntimeSettings { call_deadline: Duration::from_millis(50), cache_dir: None, ..RuntimeSettings::default() };
     let backends = eight_backends().backends;
-    let sources = PolicySources { dir: Some(dir.path().to_path_buf()), builtin: vec![] };
+    let sources = PolicySources { dir: Some(dir.path().to_path_buf()), builtin: vec![], trust: None };
     let registry = Arc::new(PolicyRegistry::open(PolicyRuntime::new(settings).unwrap(), sources, backends, HashMap::new()).unwrap());
     let watcher = watch(&registry, DEFAULT_DEBOUNCE, Duration::from_secs(60)).unwrap();
     Fixture { dir, registry, _watcher: watcher }
@@ -278,7 +278,7 @@ fn open_reports_broken_files_and_serves_the_rest() {
     std::fs::write(dir.path().join("good.wasm"), read(artifacts::CHEAPEST_HEALTHY)).unwrap();
     std::fs::write(dir.path().join("bad.wasm"), b"nope").unwrap();
     let runtime = PolicyRuntime::new(RuntimeSettings { cache_dir: None, ..Default::default() }).unwrap();
-    let sources = |dir: PathBuf| PolicySources { dir: Some(dir), builtin: vec![] };
+    let sources = |dir: PathBuf| PolicySources { dir: Some(dir), builtin: vec![], trust: None };
     let registry = PolicyRegistry::open(runtime.clone(), sources(dir.path().to_path_buf()), Vec::new(), HashMap::new()).unwrap();
     assert_eq!(registry.names(), ["good"]);
     let statuses = registry.statuses();

@@ -73,7 +73,7 @@ fn a_python_policy_hot_swaps_with_a_rust_one() {
     let file = dir.path().join("split.wasm");
     std::fs::write(&file, read(artifacts::AB_TEST)).unwrap();
     let fleet = eight_backends();
-    let sources = PolicySources { dir: Some(dir.path().to_path_buf()), builtin: vec![] };
+    let sources = PolicySources { dir: Some(dir.path().to_path_buf()), builtin: vec![], trust: None };
     let configs = HashMap::from([("split".to_owned(), AB_CONFIG.to_owned())]);
     let registry = Arc::new(PolicyRegistry::open(runtime(), sources, fleet.backends.clone(), configs).unwrap());
     let _watcher = switchyard::policy::watch(&registry, switchyard::policy::DEFAULT_DEBOUNCE, Duration::from_secs(60)).unwrap();

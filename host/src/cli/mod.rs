@@ -44,6 +44,36 @@ enum Command {
     /// Run a decision log through a candidate policy: agreement, changed
     /// decisions, rejections, errors, cost and decision time.
     Replay(replay_cmd::ReplayArgs),
+    /// Exit 0 when a running router answers its health (or readiness) URL
+    /// with 2xx, else 1: a container's HEALTHCHECK with no shell or curl.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// The URL to GET.
+    #[arg(default_value = "http://127.0.0.1:8080/healthz")]
+    url: String,
+    /// Give up after this many ms.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+}
+
+fn probe(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_millis(args.timeout_ms)).build()?;
+    let answer = runtime.block_on(async { client.get(&args.url).send().await.map(|r| r.status()) });
+    match answer {
+        Ok(status) if status.is_success() => Ok(ExitCode::SUCCESS),
+        Ok(status) => {
+            eprintln!("{}: {status}", args.url);
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("{}: no answer: {e}", args.url);
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -67,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(cli.log_format, None);
             replay_cmd::run(args)
         }
+        Command::Probe(args) => probe(&args),
     }
 }
 

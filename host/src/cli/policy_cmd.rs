@@ -1,4 +1,4 @@
-//! `switchyard policy ...`: check, eval and status.
+//! `switchyard policy ...`: check, eval, status, and keys and signatures.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use switchyard::contract::{json, Backend, BackendStats};
+use switchyard::policy::signing::{self, SigningKey, TrustedKeys};
 use switchyard::policy::{Decision, PolicyRegistry, PolicyRuntime, PolicySources, RuntimeSettings, EMPTY_CONFIG};
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +63,33 @@ pub enum PolicyCommand {
         #[arg(long)]
         no_cache: bool,
     },
+    /// Create an Ed25519 signing key (PKCS#8 PEM, readable by openssl) and
+    /// print its public key, for `[policies.trusted_keys]`.
+    Keygen {
+        /// Where to write the private key (created; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a policy: writes `FILE.sig`, the signature over its digest.
+    Sign {
+        /// The policy component (`.wasm`).
+        file: PathBuf,
+        /// The private key (PKCS#8 PEM: `policy keygen`, or `openssl genpkey -algorithm ed25519`).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check a policy's signature (`FILE.sig`) as the router would: against
+    /// the trusted keys of a configuration file, or keys given here.
+    Verify {
+        /// The policy component (`.wasm`).
+        file: PathBuf,
+        /// A configuration file whose `[policies.trusted_keys]` to use.
+        #[arg(long, short, required_unless_present = "trusted_key")]
+        config: Option<PathBuf>,
+        /// A trusted public key (base64 of its 32 bytes); repeatable.
+        #[arg(long)]
+        trusted_key: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +112,59 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Check { file, backends, common } => check(&file, backends.as_deref(), &common),
         PolicyCommand::Eval { file, request, backends, common } => eval(&file, &request, &backends, &common),
         PolicyCommand::Status { dir, no_cache } => status(&dir, no_cache),
+        PolicyCommand::Keygen { out } => keygen(&out),
+        PolicyCommand::Sign { file, key } => sign(&file, &key),
+        PolicyCommand::Verify { file, config, trusted_key } => verify(&file, config.as_deref(), &trusted_key),
+    }
+}
+
+fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
+    let pem = SigningKey::generate_pem().map_err(anyhow::Error::msg)?;
+    let key = SigningKey::from_pem(&pem).map_err(anyhow::Error::msg)?;
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create_new(true);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        file.mode(0o600);
+    }
+    let mut file = file.open(out).with_context(|| format!("cannot create {} (an existing key is never overwritten)", out.display()))?;
+    std::io::Write::write_all(&mut file, pem.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("private key written to {} (keep it secret)", out.display());
+    println!("public key, for the routers' configuration:\n\n[policies.trusted_keys]\nrelease = \"{}\"", key.public_base64());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(file: &Path, key: &Path) -> anyhow::Result<ExitCode> {
+    let key = SigningKey::from_pem(&read_text(key, "key")?).map_err(|p| anyhow::anyhow!("{}: {p}", key.display()))?;
+    let bytes = read_policy(file)?;
+    let sig = signing::signature_path(file);
+    std::fs::write(&sig, format!("{}\n", key.sign(&bytes))).with_context(|| format!("cannot write {}", sig.display()))?;
+    println!("{} signed: {} ({}, key {})", file.display(), sig.display(), signing::digest(&bytes), key.public_base64());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(file: &Path, config: Option<&Path>, trusted: &[String]) -> anyhow::Result<ExitCode> {
+    let mut keys: std::collections::BTreeMap<String, String> =
+        trusted.iter().enumerate().map(|(i, k)| (format!("--trusted-key[{i}]"), k.clone())).collect();
+    if let Some(path) = config {
+        keys.extend(switchyard::config::Config::load(path)?.policies.trusted_keys);
+    }
+    let trust = TrustedKeys::parse(&keys).map_err(|(name, problem)| anyhow::anyhow!("trusted key {name}: {problem}"))?;
+    if trust.is_empty() {
+        bail!("no trusted keys: {} has no [policies.trusted_keys]", config.map(|p| p.display().to_string()).unwrap_or_default());
+    }
+    let bytes = read_policy(file)?;
+    let sig = signing::signature_path(file);
+    let signature = std::fs::read_to_string(&sig).ok();
+    match trust.verify(&bytes, signature.as_deref()) {
+        Ok(key) => {
+            println!("{}: signed by `{key}` ({})", file.display(), signing::digest(&bytes));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(refusal) => {
+            println!("{}: REFUSED ({}): {refusal}", file.display(), refusal.as_str());
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 
@@ -160,7 +241,7 @@ fn read_backends(path: &Path) -> anyhow::Result<(Vec<Backend>, Vec<BackendStats>
 }
 
 fn status(dir: &Path, no_cache: bool) -> anyhow::Result<ExitCode> {
-    let sources = PolicySources { dir: Some(dir.to_path_buf()), builtin: Vec::new() };
+    let sources = PolicySources { dir: Some(dir.to_path_buf()), builtin: Vec::new(), trust: None };
     let registry = PolicyRegistry::open(runtime(no_cache)?, sources, Vec::new(), HashMap::new())?;
     let statuses = registry.statuses();
     if statuses.is_empty() {

@@ -59,6 +59,7 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
         let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let file = args.config.clone().map(|path| ConfigFile { path, listen: args.listen });
         let gateway = Gateway::new(config, runtime, file)?;
+        gateway.start_origin();
         let _policy_watcher = match gateway.registry().dir() {
             Some(_) => Some(watch(gateway.registry(), DEFAULT_DEBOUNCE, DEFAULT_POLL)?),
             None => None,

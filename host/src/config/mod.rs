@@ -240,8 +240,18 @@ pub enum InstanceModeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct PoliciesConfig {
     /// Directory of `NAME.wasm` policies, relative to the config file; `None`
-    /// serves only the embedded default policy.
+    /// serves only the embedded default policy. With `source`, where pulled
+    /// policies are kept (the origin's: other files are removed).
     pub dir: Option<PathBuf>,
+    /// Origins policies are pulled from: `https://…/index.json` (several
+    /// policies) or `oci://HOST/REPOSITORY:TAG` (one each); one or a list.
+    #[serde(deserialize_with = "one_or_many")]
+    pub source: Vec<String>,
+    /// Time between two polls of the origin, in ms.
+    pub poll_interval_ms: u64,
+    /// Public keys (name = base64 of the 32 bytes) whose Ed25519 signatures
+    /// policies need; none: signatures are not checked.
+    pub trusted_keys: BTreeMap<String, String>,
     /// Budget of one decision in fuel (about one unit per WebAssembly
     /// instruction): the same request on the same version always fits or
     /// never does, whatever the load.
@@ -319,6 +329,9 @@ impl Default for PoliciesConfig {
     fn default() -> Self {
         Self {
             dir: None,
+            source: Vec::new(),
+            poll_interval_ms: 2000,
+            trusted_keys: BTreeMap::new(),
             call_fuel: DEFAULT_CALL_FUEL,
             call_deadline_ms: DEFAULT_CALL_DEADLINE_MS,
             threads: None,
@@ -763,6 +776,8 @@ impl Config {
         };
         if let Some(dir) = &config.policies.dir {
             config.policies.dir = Some(base.join(dir));
+        } else if !config.policies.source.is_empty() {
+            config.policies.dir = crate::origin::default_dir();
         }
         if let Some(path) = &config.decision_log.path {
             config.decision_log.path = Some(base.join(path));
@@ -794,6 +809,23 @@ impl Config {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let p = &self.policies;
+        for (i, source) in p.source.iter().enumerate() {
+            crate::origin::Source::parse(source).map_err(|problem| (format!("policies.source[{i}]"), problem))?;
+        }
+        if !p.source.is_empty() {
+            if p.dir.is_none() {
+                return Err((
+                    "policies.dir".into(),
+                    "set it: where policies pulled from `source` are kept (no $HOME or $XDG_CACHE_HOME)".into(),
+                ));
+            }
+            if !(100..=3_600_000).contains(&p.poll_interval_ms) {
+                return Err(("policies.poll_interval_ms".into(), "must be between 100 and 3600000".into()));
+            }
+        }
+        if let Err((name, problem)) = self.trusted_keys() {
+            return Err((format!("policies.trusted_keys.{name}"), problem));
+        }
         if p.call_deadline_ms == 0 || p.call_deadline_ms > 10_000 {
             return Err(("policies.call_deadline_ms".into(), "must be between 1 and 10000".into()));
         }
@@ -997,6 +1029,12 @@ impl Config {
         configs
     }
 
+    /// The keys policies must be signed with; `None` when none are configured.
+    pub fn trusted_keys(&self) -> Result<Option<crate::policy::signing::TrustedKeys>, (String, String)> {
+        let keys = crate::policy::signing::TrustedKeys::parse(&self.policies.trusted_keys)?;
+        Ok(Some(keys).filter(|k| !k.is_empty()))
+    }
+
     /// The per-call deadline of policies.
     pub fn call_deadline(&self) -> Duration {
         Duration::from_millis(self.policies.call_deadline_ms)
@@ -1035,6 +1073,20 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
+}
+
+/// A string or a list of strings, as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a string or a list of strings")]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 #[cfg(test)]
@@ -1076,6 +1128,11 @@ mod tests {
                 "invalid type: string \"two\"",
             ),
             ("[server]\nlisten = \"nowhere\"\n", "server.listen (line 2", "invalid socket address"),
+            ("[policies]\nsource = \"ftp://x/index.json\"\n", "policies.source[0]", "expected https://"),
+            ("[policies]\nsource = [\"oci://r.example/p/a:1\", \"oci://r.example\"]\n", "policies.source[1]", "oci://HOST/REPOSITORY:TAG"),
+            ("[policies]\nsource = 3\n", "policies.source", "a string or a list of strings"),
+            ("[policies]\ndir = \"p\"\nsource = \"https://o.example/i.json\"\npoll_interval_ms = 5\n", "policies.poll_interval_ms", "between 100"),
+            ("[policies.trusted_keys]\nrelease = \"AAAA\"\n", "policies.trusted_keys.release", "32 bytes"),
             ("[[backends]]\nname = \"a\"\nprovider = \"openai\"\n", "backends[0].base_url", "required for provider `openai`"),
             (
                 "[[backends]]\nname = \"a\"\nprovider = \"openai\"\nbase_url = \"ftp://x\"\n",

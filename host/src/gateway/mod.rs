@@ -39,6 +39,7 @@ use crate::config::{
 };
 use crate::decision_log::{DecisionLog, Retention};
 use crate::metrics::Metrics;
+use crate::origin::{OriginSync, Source};
 use crate::policy::{PolicyRegistry, PolicyRuntime, PolicySources, RescanReport};
 use crate::quota::Quotas;
 use crate::shared_store::SharedStore;
@@ -61,6 +62,8 @@ pub struct Gateway {
     quotas: Arc<Quotas>,
     /// Kept answers.
     cache: Arc<ResponseCache>,
+    /// Where policies are pulled from, when configured.
+    origin: Option<Arc<OriginSync>>,
 }
 
 /// The configuration file being served, and the command-line override that
@@ -209,9 +212,30 @@ impl Gateway {
     pub fn new(config: Config, runtime: PolicyRuntime, file: Option<ConfigFile>) -> Result<Arc<Self>, ConfigError> {
         let stats = Mutex::new(HashMap::new());
         let state = build_state(config, &stats, None)?;
+        let config_error = |key: &str, problem: String| ConfigError { file: state.config.source.clone(), key: key.into(), problem };
+        let trust =
+            state.config.trusted_keys().map_err(|(name, problem)| config_error(&format!("policies.trusted_keys.{name}"), problem))?;
+        // Pulled policies land in `policies.dir`; the last good ones are
+        // placed before the registry's first read.
+        let origin = match (&state.config.policies.dir, state.config.policies.source.as_slice()) {
+            (Some(dir), sources) if !sources.is_empty() => {
+                let sources = sources
+                    .iter()
+                    .map(|s| Source::parse(s))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|p| config_error("policies.source", p))?;
+                let interval = std::time::Duration::from_millis(state.config.policies.poll_interval_ms);
+                Some(
+                    OriginSync::open(sources, interval, dir)
+                        .map_err(|e| config_error("policies.dir", format!("cannot use {}: {e}", dir.display())))?,
+                )
+            }
+            _ => None,
+        };
         let sources = PolicySources {
             dir: state.config.policies.dir.clone(),
             builtin: vec![(EMBEDDED_POLICY_NAME.to_owned(), crate::config::EMBEDDED_POLICY)],
+            trust: trust.map(Arc::new),
         };
         let backends = state.upstreams.iter().map(|u| u.contract()).collect();
         let registry = PolicyRegistry::open(runtime, sources, backends, state.config.policy_configs()).map_err(|e| ConfigError {
@@ -265,7 +289,20 @@ impl Gateway {
             candidates,
             quotas,
             cache,
+            origin,
         }))
+    }
+
+    /// Where policies are pulled from, when configured.
+    pub fn origin(&self) -> Option<&Arc<OriginSync>> {
+        self.origin.as_ref()
+    }
+
+    /// Starts polling the origin, when one is configured (needs a Tokio runtime).
+    pub fn start_origin(&self) {
+        if let Some(origin) = &self.origin {
+            origin.spawn(Arc::downgrade(&self.registry));
+        }
     }
 
     /// The state serving now.
@@ -381,8 +418,14 @@ impl Gateway {
     /// runtime limits) are reported and left as they are.
     pub fn reconfigure(&self, config: Config) -> Result<RescanReport, ConfigError> {
         let old = self.state();
-        if config.server.listen != old.config.server.listen || config.policies.dir != old.config.policies.dir {
-            tracing::warn!(file = %config.source, "server.listen and policies.dir changes take effect after a restart");
+        let (p, q) = (&config.policies, &old.config.policies);
+        if config.server.listen != old.config.server.listen
+            || p.dir != q.dir
+            || p.source != q.source
+            || p.poll_interval_ms != q.poll_interval_ms
+            || p.trusted_keys != q.trusted_keys
+        {
+            tracing::warn!(file = %config.source, "server.listen, policies.dir, source, poll_interval_ms and trusted_keys changes take effect after a restart");
         }
         if config.shared != old.config.shared || config.cache != old.config.cache {
             tracing::warn!(file = %config.source, "[shared] and [cache] changes take effect after a restart");

@@ -7,6 +7,9 @@ use std::fmt;
 pub enum PolicyErrorKind {
     /// The policy file could not be read.
     Io,
+    /// Signatures are required and this component's is missing, malformed
+    /// or not from a trusted key: refused before compiling.
+    Signature,
     /// The file is not a WebAssembly component, or wasmtime rejected it.
     Compile,
     /// The component targets neither `switchyard:policy/policy@0.2.0` nor
@@ -43,6 +46,7 @@ impl PolicyErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Io => "io",
+            Self::Signature => "signature",
             Self::Compile => "compile",
             Self::WrongWorld => "wrong_world",
             Self::Instantiate => "instantiate",

@@ -17,6 +17,7 @@ mod instance_state;
 mod registry;
 mod runtime;
 mod settings;
+pub mod signing;
 pub mod state;
 mod threads;
 mod version;

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use super::error::{PolicyError, PolicyErrorKind};
 use super::runtime::{content_hash, PolicyRuntime};
+use super::signing::{digest, signature_path, TrustedKeys};
 use super::version::LoadedPolicy;
 use crate::contract::Backend;
 
@@ -48,6 +49,12 @@ pub struct PolicyStatus {
     /// Earlier versions, newest first, that [`PolicyRegistry::activate`]
     /// can bring back.
     pub kept: Vec<String>,
+    /// `sha256:<hex>` of the serving version's component.
+    pub digest: Option<String>,
+    /// The trusted key that signed the serving version, when keys are configured.
+    pub signed_by: Option<String>,
+    /// New versions refused for their signature since start.
+    pub signature_refusals: u64,
 }
 
 /// What one rescan of the directory did.
@@ -70,15 +77,20 @@ struct FileStamp {
     inode: u64,
 }
 
+/// A component's stamp and, when signatures are checked, its signature's.
+type Stamps = (FileStamp, Option<FileStamp>);
+
 /// Per-name bookkeeping of the reload path.
 struct Entry {
     status: PolicyStatus,
-    stamp: Option<FileStamp>,
+    stamp: Option<Stamps>,
     /// What was last tried (loaded or failed): the bytes' hash, the config,
     /// and the generation of the backend list.
     tried: Option<(String, String, u64)>,
     /// Earlier versions, newest first, without warm instances.
     kept: std::collections::VecDeque<Arc<LoadedPolicy>>,
+    /// Digest and signer of each version serving or kept, by version.
+    provenance: HashMap<String, (String, Option<String>)>,
 }
 
 /// Where policies come from.
@@ -88,6 +100,9 @@ pub struct PolicySources {
     pub dir: Option<PathBuf>,
     /// Policies built into the binary; a file of the same name overrides one.
     pub builtin: Vec<(String, &'static [u8])>,
+    /// When set, a file loads only with a signature from one of these keys
+    /// beside it (`NAME.wasm.sig`); built-in policies are part of the binary.
+    pub trust: Option<Arc<TrustedKeys>>,
 }
 
 /// Where one policy's bytes are.
@@ -259,6 +274,9 @@ impl PolicyRegistry {
         entry.status.version = Some(chosen.version().to_owned());
         entry.status.loaded_at = Some(chosen.loaded_at());
         entry.status.kept = entry.kept.iter().map(|p| p.version().to_owned()).collect();
+        let (digest, signed_by) = entry.provenance.get(version).cloned().unzip();
+        entry.status.digest = digest;
+        entry.status.signed_by = signed_by.flatten();
         let mut serving = (**self.serving.load()).clone();
         serving.insert(name.to_owned(), chosen.clone());
         self.serving.store(Arc::new(serving));
@@ -344,15 +362,20 @@ impl PolicyRegistry {
                     loads: 0,
                     failed_loads: 0,
                     kept: Vec::new(),
+                    digest: None,
+                    signed_by: None,
+                    signature_refusals: 0,
                 },
                 stamp: None,
                 tried: None,
                 kept: std::collections::VecDeque::new(),
+                provenance: HashMap::new(),
             });
             entry.status.file = path.clone();
+            let trust = self.sources.trust.as_deref().filter(|_| matches!(file, PolicyFile::Path(_)));
             let stamp = match file {
-                PolicyFile::Path(path) => file_stamp(path),
-                PolicyFile::Builtin(bytes) => Some(FileStamp { len: bytes.len() as u64, modified: None, inode: 0 }),
+                PolicyFile::Path(path) => file_stamp(path).map(|s| (s, trust.and_then(|_| file_stamp(&signature_path(path))))),
+                PolicyFile::Builtin(bytes) => Some((FileStamp { len: bytes.len() as u64, modified: None, inode: 0 }, None)),
             };
             let inputs_changed = entry.tried.as_ref().is_some_and(|(_, c, g)| c != config || *g != generation);
             if stamp.is_some() && stamp == entry.stamp && !inputs_changed {
@@ -375,9 +398,32 @@ impl PolicyRegistry {
             if entry.tried.as_ref().is_some_and(|(h, c, g)| *h == hash && c == config && *g == generation) {
                 continue; // Touched but unchanged, or the same broken bytes again.
             }
+            let component_digest = digest(&bytes);
+            let signed_by = match trust {
+                None => None,
+                // Before compiling: an unsigned component never reaches wasmtime.
+                Some(trust) => {
+                    let signature = std::fs::read_to_string(signature_path(&path)).ok();
+                    match trust.verify(&bytes, signature.as_deref()) {
+                        Ok(key) => Some(key.to_owned()),
+                        Err(refusal) => {
+                            entry.status.signature_refusals += 1;
+                            let error =
+                                PolicyError::new(PolicyErrorKind::Signature, name, format!("{} refused: {refusal}", path.display()));
+                            record_failure(entry, error);
+                            report.failed.push(name.clone());
+                            // Not `tried`: the same bytes load once a good signature arrives.
+                            continue;
+                        }
+                    }
+                }
+            };
             entry.tried = Some((hash.clone(), config.to_owned(), generation));
             match self.runtime.load(name, &bytes, config, backends) {
                 Ok(policy) => {
+                    entry.provenance.insert(policy.version().to_owned(), (component_digest.clone(), signed_by.clone()));
+                    entry.status.digest = Some(component_digest);
+                    entry.status.signed_by = signed_by;
                     tracing::info!(policy = %name, version = %policy.version(), file = %path.display(), "policy loaded");
                     entry.status.version = Some(policy.version().to_owned());
                     entry.status.loaded_at = Some(policy.loaded_at());
@@ -394,6 +440,8 @@ impl PolicyRegistry {
                     entry.kept.retain(|p| p.version() != loaded);
                     entry.kept.truncate(KEPT_VERSIONS);
                     entry.status.kept = entry.kept.iter().map(|p| p.version().to_owned()).collect();
+                    let live: Vec<&str> = entry.kept.iter().map(|p| p.version()).chain([loaded.as_str()]).collect();
+                    entry.provenance.retain(|v, _| live.contains(&v.as_str()));
                     changed = true;
                     report.loaded.push(name.clone());
                 }

@@ -1,0 +1,221 @@
+//! Reading an origin: what it lists (conditionally, so an unchanged origin
+//! costs one `304`) and the components themselves, digest checked.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, ETAG, IF_NONE_MATCH};
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use super::{OriginError, OriginErrorKind, Source};
+use crate::policy::signing::digest;
+
+/// Largest listing (an index or a manifest) read.
+pub const MAX_LISTING_BYTES: usize = 1 << 20;
+/// Largest component downloaded (a Python policy is about 20 MB).
+pub const MAX_COMPONENT_BYTES: usize = 256 << 20;
+
+/// Media type of an OCI image manifest, the only kind of manifest read.
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The layer of a WebAssembly component artifact (CNCF TAG Runtime layout).
+const WASM_LAYER: &str = "application/wasm";
+/// Annotation (on the manifest or its layer) carrying the component's signature.
+pub const SIGNATURE_ANNOTATION: &str = "dev.switchyard.signature";
+
+/// One policy an origin serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The policy's name (the route's `policy`).
+    pub name: String,
+    /// `sha256:<hex>` of the component.
+    pub digest: String,
+    /// Its signature (base64), if the origin gives one.
+    pub signature: Option<String>,
+    /// Where its bytes are.
+    pub url: reqwest::Url,
+    /// Its size, when the origin states it (checked on download).
+    pub size: Option<u64>,
+}
+
+/// What a source's validator was the last time it was read whole: its
+/// ETag. (`Last-Modified` has a one-second grain: a version published
+/// within the second of a poll would be missed. Without an ETag the listing
+/// is read whole every time and compared.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    etag: Option<HeaderValue>,
+}
+
+/// One read of a source's listing.
+pub enum Listing {
+    /// Nothing changed since `Validators` were taken.
+    Unchanged,
+    /// The listing now, and the validators to send next time.
+    Changed(Vec<Listed>, Validators),
+}
+
+/// `index.json` of an HTTP origin.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Index {
+    policies: Vec<IndexEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexEntry {
+    name: String,
+    /// Relative to the index's URL, or absolute.
+    url: String,
+    digest: String,
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    #[serde(default)]
+    media_type: Option<String>,
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    media_type: String,
+    digest: String,
+    size: u64,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// Reads `source`'s listing, conditionally on `since`.
+pub async fn list(client: &reqwest::Client, source: &Source, since: &Validators) -> Result<Listing, OriginError> {
+    let err = |kind, problem: String| OriginError { source: source.to_string(), kind, problem };
+    let (url, accept) = match source {
+        Source::Http(url) => (url.clone(), "application/json"),
+        Source::Oci { .. } => (source.manifest_url(), OCI_MANIFEST),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(ACCEPT, HeaderValue::from_static(accept));
+    if let Some(etag) = &since.etag {
+        headers.insert(IF_NONE_MATCH, etag.clone());
+    }
+    let response = client.get(url.clone()).headers(headers).send().await.map_err(|e| err(OriginErrorKind::Unreachable, plain(&e)))?;
+    match response.status() {
+        StatusCode::NOT_MODIFIED => return Ok(Listing::Unchanged),
+        StatusCode::OK => {}
+        status => return Err(err(OriginErrorKind::Status, format!("answered {status}"))),
+    }
+    let validators = Validators { etag: response.headers().get(ETAG).cloned() };
+    let body = read_capped(response, MAX_LISTING_BYTES).await.map_err(|(kind, problem)| err(kind, problem))?;
+    let listed = match source {
+        Source::Http(index_url) => {
+            let index: Index = serde_json::from_slice(&body)
+                .map_err(|e| err(OriginErrorKind::Malformed, format!("not an index (`{{\"policies\": [{{name, url, digest}}]}}`): {e}")))?;
+            let mut listed = Vec::with_capacity(index.policies.len());
+            for entry in index.policies {
+                check_digest_text(&entry.digest).map_err(|p| err(OriginErrorKind::Malformed, format!("policy `{}`: {p}", entry.name)))?;
+                let url = index_url
+                    .join(&entry.url)
+                    .map_err(|e| err(OriginErrorKind::Malformed, format!("policy `{}`: url `{}`: {e}", entry.name, entry.url)))?;
+                listed.push(Listed { name: entry.name, digest: entry.digest, signature: entry.signature, url, size: entry.size });
+            }
+            listed
+        }
+        Source::Oci { name, .. } => {
+            let manifest: Manifest =
+                serde_json::from_slice(&body).map_err(|e| err(OriginErrorKind::Malformed, format!("not an OCI manifest: {e}")))?;
+            if manifest.media_type.as_deref().is_some_and(|t| t != OCI_MANIFEST) {
+                return Err(err(OriginErrorKind::Malformed, format!("manifest of type {:?}, not {OCI_MANIFEST}", manifest.media_type)));
+            }
+            let [layer] = &manifest.layers[..] else {
+                return Err(err(
+                    OriginErrorKind::Malformed,
+                    format!("a WebAssembly component artifact has one layer, this one has {}", manifest.layers.len()),
+                ));
+            };
+            if layer.media_type != WASM_LAYER {
+                return Err(err(OriginErrorKind::Malformed, format!("layer of type {}, not {WASM_LAYER}", layer.media_type)));
+            }
+            check_digest_text(&layer.digest).map_err(|p| err(OriginErrorKind::Malformed, p))?;
+            let signature = manifest.annotations.get(SIGNATURE_ANNOTATION).or_else(|| layer.annotations.get(SIGNATURE_ANNOTATION)).cloned();
+            vec![Listed {
+                name: name.clone(),
+                digest: layer.digest.clone(),
+                signature,
+                url: source.blob_url(&layer.digest),
+                size: Some(layer.size),
+            }]
+        }
+    };
+    Ok(Listing::Changed(listed, validators))
+}
+
+/// Downloads a listed component and checks its size and digest.
+pub async fn component(client: &reqwest::Client, source: &Source, listed: &Listed) -> Result<Vec<u8>, OriginError> {
+    let err =
+        |kind, problem: String| OriginError { source: source.to_string(), kind, problem: format!("policy `{}`: {problem}", listed.name) };
+    let response = client
+        .get(listed.url.clone())
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .map_err(|e| err(OriginErrorKind::Unreachable, plain(&e)))?;
+    if response.status() != StatusCode::OK {
+        return Err(err(OriginErrorKind::Status, format!("component download answered {}", response.status())));
+    }
+    let bytes = read_capped(response, MAX_COMPONENT_BYTES).await.map_err(|(kind, problem)| err(kind, problem))?;
+    if let Some(size) = listed.size.filter(|s| *s != bytes.len() as u64) {
+        return Err(err(OriginErrorKind::DigestMismatch, format!("{} bytes where the listing says {size}", bytes.len())));
+    }
+    let got = digest(&bytes);
+    if got != listed.digest {
+        return Err(err(OriginErrorKind::DigestMismatch, format!("bytes with digest {got}, not the listed {}", listed.digest)));
+    }
+    Ok(bytes)
+}
+
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, (OriginErrorKind, String)> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err((OriginErrorKind::TooLarge, format!("over {} MiB", cap >> 20)));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| (OriginErrorKind::Unreachable, plain(&e)))? {
+        if body.len() + chunk.len() > cap {
+            return Err((OriginErrorKind::TooLarge, format!("over {} MiB", cap >> 20)));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `sha256:` and 64 lowercase hex digits.
+pub fn check_digest_text(text: &str) -> Result<(), String> {
+    match text.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => Ok(()),
+        _ => Err(format!("digest `{text}` is not `sha256:` and 64 lowercase hex digits")),
+    }
+}
+
+/// A reqwest error without its URL's query (which may hold a token).
+fn plain(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_redirect() {
+        "too many redirects"
+    } else {
+        "request failed"
+    };
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{kind}: {cause}"),
+        None => kind.to_owned(),
+    }
+}

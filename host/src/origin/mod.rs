@@ -1,0 +1,410 @@
+//! Policies pulled from an origin, for fleets: an HTTP index
+//! (`https://…/index.json`) or OCI artifacts (`oci://registry/repo:tag`, one
+//! WebAssembly component each), polled with conditional requests.
+//!
+//! A poll that finds a change downloads only components it does not have
+//! (content addressed, digest checked), places them in the policy directory
+//! ([`store`]) and has the registry rescan it: compiled, signature-checked
+//! and loaded exactly like local files, the last good version serving when
+//! a new one fails. The last good versions are recorded on disk, so a node
+//! restarted while the origin is down (or serving a broken version) serves
+//! them.
+
+mod fetch;
+mod store;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime};
+
+pub use fetch::{check_digest_text, Listed, SIGNATURE_ANNOTATION};
+use fetch::{Listing, Validators};
+use store::{Placed, Store};
+
+use crate::policy::PolicyRegistry;
+
+/// Default time between two polls of an origin.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// One place policies are pulled from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// An index of several policies (`{"policies": [{name, url, digest, signature}]}`).
+    Http(reqwest::Url),
+    /// One policy as an OCI artifact: `oci://host/repo:tag` (HTTPS), or
+    /// `oci+http://` for a registry without TLS. The name is the
+    /// repository's last segment.
+    Oci {
+        /// `https` or `http`.
+        scheme: &'static str,
+        /// `host[:port]`.
+        registry: String,
+        /// `team/policies/NAME`.
+        repository: String,
+        /// A tag, or `sha256:…` to pin a digest.
+        reference: String,
+        /// The policy's name.
+        name: String,
+    },
+}
+
+impl Source {
+    /// Parses one `[policies] source` entry.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let oci = |rest: &str, scheme| {
+            let (registry, path) = rest.split_once('/').ok_or_else(|| format!("`{text}`: expected oci://HOST/REPOSITORY:TAG"))?;
+            let (repository, reference) = match path.split_once('@') {
+                Some((repo, digest)) => {
+                    check_digest_text(digest).map_err(|p| format!("`{text}`: {p}"))?;
+                    (repo, digest)
+                }
+                None => path.rsplit_once(':').ok_or_else(|| format!("`{text}`: no tag (oci://HOST/REPOSITORY:TAG or @sha256:…)"))?,
+            };
+            let name = repository.rsplit('/').next().unwrap_or_default();
+            let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+            if registry.is_empty() || !valid(repository) || !valid(reference.trim_start_matches("sha256:")) || name.is_empty() {
+                return Err(format!("`{text}`: expected oci://HOST/REPOSITORY:TAG"));
+            }
+            Ok(Self::Oci {
+                scheme,
+                registry: registry.to_owned(),
+                repository: repository.to_owned(),
+                reference: reference.to_owned(),
+                name: name.to_owned(),
+            })
+        };
+        if let Some(rest) = text.strip_prefix("oci://") {
+            oci(rest, "https")
+        } else if let Some(rest) = text.strip_prefix("oci+http://") {
+            oci(rest, "http")
+        } else if text.starts_with("https://") || text.starts_with("http://") {
+            reqwest::Url::parse(text).map(Self::Http).map_err(|e| format!("`{text}`: {e}"))
+        } else {
+            Err(format!("`{text}`: expected https://…/index.json, oci://HOST/REPOSITORY:TAG or oci+http://…"))
+        }
+    }
+
+    fn manifest_url(&self) -> reqwest::Url {
+        self.oci_url("manifests", None)
+    }
+
+    fn blob_url(&self, digest: &str) -> reqwest::Url {
+        self.oci_url("blobs", Some(digest))
+    }
+
+    fn oci_url(&self, kind: &str, digest: Option<&str>) -> reqwest::Url {
+        match self {
+            Self::Http(url) => url.clone(),
+            Self::Oci { scheme, registry, repository, reference, .. } => {
+                let text = format!("{scheme}://{registry}/v2/{repository}/{kind}/{}", digest.unwrap_or(reference));
+                // Checked by `parse`: host and path characters only.
+                reqwest::Url::parse(&text).unwrap_or_else(|_| reqwest::Url::parse("http://invalid.").expect("a valid URL"))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Http(url) => write!(f, "{url}"),
+            Self::Oci { scheme, registry, repository, reference, .. } => {
+                let prefix = if *scheme == "http" { "oci+http" } else { "oci" };
+                let sep = if reference.starts_with("sha256:") { '@' } else { ':' };
+                write!(f, "{prefix}://{registry}/{repository}{sep}{reference}")
+            }
+        }
+    }
+}
+
+/// What went wrong reading an origin. Every kind is retried at the next poll;
+/// what serves does not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginErrorKind {
+    /// No answer: refused, timed out, reset.
+    Unreachable,
+    /// An answer other than 200 or 304.
+    Status,
+    /// Past the size cap.
+    TooLarge,
+    /// Not an index or manifest the router reads.
+    Malformed,
+    /// Bytes that are not what the listing says.
+    DigestMismatch,
+    /// Two sources list the same policy name.
+    Conflict,
+    /// The local policy directory could not be written.
+    Io,
+}
+
+impl OriginErrorKind {
+    /// A short stable name, for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::Status => "status",
+            Self::TooLarge => "too_large",
+            Self::Malformed => "malformed",
+            Self::DigestMismatch => "digest_mismatch",
+            Self::Conflict => "conflict",
+            Self::Io => "io",
+        }
+    }
+}
+
+/// A failed poll: which source, what kind of failure, what exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginError {
+    /// The source as configured.
+    pub source: String,
+    /// What kind of failure.
+    pub kind: OriginErrorKind,
+    /// What exactly, for people.
+    pub problem: String,
+}
+
+impl fmt::Display for OriginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.source, self.problem)
+    }
+}
+
+/// What the node reports about its origin (`/admin/policies`, metrics).
+#[derive(Debug, Clone, Default)]
+pub struct OriginStatus {
+    /// Polls that found nothing new.
+    pub unchanged: u64,
+    /// Polls that found and applied a change.
+    pub changed: u64,
+    /// Polls that failed.
+    pub failed: u64,
+    /// When the last poll ended, whatever its result.
+    pub last_poll_at: Option<SystemTime>,
+    /// When a poll last succeeded.
+    pub last_success_at: Option<SystemTime>,
+    /// When a poll last applied a change.
+    pub last_change_at: Option<SystemTime>,
+    /// The last failure, cleared by the next success.
+    pub last_error: Option<(OriginError, SystemTime)>,
+    /// What the origin lists now, by name: digest.
+    pub listed: BTreeMap<String, String>,
+}
+
+/// Per source: the validators and listing of its last whole read.
+#[derive(Clone)]
+struct SourceState {
+    validators: Validators,
+    listed: Vec<Listed>,
+    /// Until a first listing is applied, even an empty one is a change.
+    never_applied: bool,
+}
+
+/// Pulls policies from the configured sources into a policy directory.
+pub struct OriginSync {
+    sources: Vec<Source>,
+    interval: Duration,
+    store: Store,
+    client: reqwest::Client,
+    status: Mutex<OriginStatus>,
+    /// Only the poll task touches it; a lock keeps `OriginSync` shareable.
+    state: Mutex<Vec<SourceState>>,
+}
+
+impl OriginSync {
+    /// Opens the policy directory `dir` (creating it) and places the last
+    /// good versions recorded there, before the registry first reads it.
+    pub fn open(sources: Vec<Source>, interval: Duration, dir: &Path) -> std::io::Result<Arc<Self>> {
+        let store = Store::open(dir)?;
+        let good = store.good();
+        let good_there = good.iter().filter(|(_, p)| store.has(&p.digest)).map(|(n, p)| (n.clone(), p.clone())).collect();
+        store.place(&good_there)?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            // Blob stores behind registries redirect; a few hops at most.
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(std::io::Error::other)?;
+        let fresh = SourceState { validators: Validators::default(), listed: Vec::new(), never_applied: true };
+        let state = Mutex::new(vec![fresh; sources.len()]);
+        Ok(Arc::new(Self { sources, interval, store, client, status: Mutex::new(OriginStatus::default()), state }))
+    }
+
+    /// The sources, as configured.
+    pub fn sources(&self) -> &[Source] {
+        &self.sources
+    }
+
+    /// Time between polls.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// What the node reports.
+    pub fn status(&self) -> OriginStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Polls every `interval` until `registry` is gone, the first poll at once.
+    pub fn spawn(self: &Arc<Self>, registry: Weak<PolicyRegistry>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(this.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(registry) = registry.upgrade() else { return };
+                this.poll(registry).await;
+            }
+        });
+    }
+
+    /// One poll: read every source, apply a change, record the outcome.
+    pub async fn poll(self: &Arc<Self>, registry: Arc<PolicyRegistry>) {
+        let result = self.poll_once(registry).await;
+        let now = SystemTime::now();
+        let mut status = lock(&self.status);
+        status.last_poll_at = Some(now);
+        match result {
+            Ok(changed) => {
+                if changed {
+                    status.changed += 1;
+                    status.last_change_at = Some(now);
+                } else {
+                    status.unchanged += 1;
+                }
+                if status.last_error.take().is_some() {
+                    tracing::info!("policy origin reachable again");
+                }
+                status.last_success_at = Some(now);
+            }
+            Err(e) => {
+                status.failed += 1;
+                // One line per change of problem, not one per poll.
+                if status.last_error.as_ref().is_none_or(|(last, _)| *last != e) {
+                    tracing::error!(source = %e.source, kind = e.kind.as_str(), "policy origin: {}; what serves is unchanged", e.problem);
+                }
+                status.last_error = Some((e, now));
+            }
+        }
+    }
+
+    async fn poll_once(self: &Arc<Self>, registry: Arc<PolicyRegistry>) -> Result<bool, OriginError> {
+        let mut states = lock(&self.state).clone();
+        let mut changed = false;
+        for (source, state) in self.sources.iter().zip(states.iter_mut()) {
+            if let Listing::Changed(listed, validators) = fetch::list(&self.client, source, &state.validators).await? {
+                // The same listing read again (no ETag, or a new one over the same content) is no change.
+                changed |= listed != state.listed || state.never_applied;
+                *state = SourceState { validators, listed, never_applied: false };
+            }
+        }
+        if !changed {
+            return Ok(false);
+        }
+        let mut wanted: BTreeMap<String, (Placed, &Source, &Listed)> = BTreeMap::new();
+        for (source, state) in self.sources.iter().zip(&states) {
+            for listed in &state.listed {
+                let placed = Placed { digest: listed.digest.clone(), signature: listed.signature.clone() };
+                if let Some((_, other, _)) = wanted.insert(listed.name.clone(), (placed, source, listed)) {
+                    return Err(OriginError {
+                        source: source.to_string(),
+                        kind: OriginErrorKind::Conflict,
+                        problem: format!("policy `{}` is also listed by {other}", listed.name),
+                    });
+                }
+            }
+        }
+        for (placed, source, listed) in wanted.values() {
+            if !self.store.has(&placed.digest) {
+                let bytes = fetch::component(&self.client, source, listed).await?;
+                self.store.put(&placed.digest, &bytes).map_err(|e| self.io_error(&e))?;
+            }
+        }
+        let wanted: BTreeMap<String, Placed> = wanted.into_iter().map(|(name, (placed, _, _))| (name, placed)).collect();
+        let this = self.clone();
+        let applied = wanted.clone();
+        // Files and compiles: off the async workers.
+        tokio::task::spawn_blocking(move || this.apply(&registry, &applied))
+            .await
+            .map_err(|e| self.io_error(&std::io::Error::other(e)))??;
+        lock(&self.status).listed = wanted.iter().map(|(n, p)| (n.clone(), p.digest.clone())).collect();
+        // Only now: a failed poll reads the sources whole again next time.
+        *lock(&self.state) = states;
+        Ok(true)
+    }
+
+    /// Places `wanted`, has the registry load it, and records what serves.
+    fn apply(&self, registry: &PolicyRegistry, wanted: &BTreeMap<String, Placed>) -> Result<(), OriginError> {
+        let changed = self.store.place(wanted).map_err(|e| self.io_error(&e))?;
+        if !changed.is_empty() {
+            let report = registry.rescan();
+            tracing::info!(loaded = ?report.loaded, failed = ?report.failed, unloaded = ?report.unloaded, "policies pulled from the origin");
+        }
+        // A version is good once it serves; a failed one leaves the last good.
+        let serving: BTreeMap<String, String> = registry.statuses().into_iter().filter_map(|s| Some((s.name, s.digest?))).collect();
+        let previous = self.store.good();
+        let good: BTreeMap<String, Placed> = wanted
+            .iter()
+            .filter_map(|(name, placed)| {
+                if serving.get(name) == Some(&placed.digest) {
+                    Some((name.clone(), placed.clone()))
+                } else {
+                    previous.get(name).map(|p| (name.clone(), p.clone()))
+                }
+            })
+            .collect();
+        self.store.set_good(&good).map_err(|e| self.io_error(&e))?;
+        self.store.prune(wanted, &good).map_err(|e| self.io_error(&e))
+    }
+
+    fn io_error(&self, e: &std::io::Error) -> OriginError {
+        OriginError { source: "policies.dir".into(), kind: OriginErrorKind::Io, problem: format!("cannot write pulled policies: {e}") }
+    }
+}
+
+/// Where pulled policies are kept when `policies.dir` is not set:
+/// `$XDG_CACHE_HOME/switchyard/origin`, else `$HOME/.cache/switchyard/origin`.
+pub fn default_dir() -> Option<PathBuf> {
+    crate::policy::default_cache_dir().and_then(|d| d.parent().map(|p| p.join("origin")))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Plain data, always consistent between statements.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sources_and_names_bad_ones() {
+        let ok = [
+            ("https://origin.example/policies/index.json", "https://origin.example/policies/index.json"),
+            ("oci://registry.example/team/policies/keep-private:v3", "oci://registry.example/team/policies/keep-private:v3"),
+            ("oci+http://127.0.0.1:5000/policies/fallback-cheaper:prod", "oci+http://127.0.0.1:5000/policies/fallback-cheaper:prod"),
+        ];
+        for (text, shown) in ok {
+            assert_eq!(Source::parse(text).unwrap().to_string(), shown);
+        }
+        let pinned = format!("oci://r.example/p/a@sha256:{}", "0".repeat(64));
+        assert!(
+            matches!(Source::parse(&pinned).unwrap(), Source::Oci { name, reference, .. } if name == "a" && reference.starts_with("sha256:"))
+        );
+        let Source::Oci { name, .. } = Source::parse("oci+http://127.0.0.1:5000/policies/fallback-cheaper:prod").unwrap() else { panic!() };
+        assert_eq!(name, "fallback-cheaper");
+        for bad in
+            ["ftp://x/index.json", "oci://registry-only", "oci://r.example/repo", "oci://r.example/p/a@sha256:12", "policies/index.json"]
+        {
+            assert!(Source::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Source::parse("oci+http://127.0.0.1:5000/policies/a:prod").unwrap().manifest_url().as_str(),
+            "http://127.0.0.1:5000/v2/policies/a/manifests/prod"
+        );
+    }
+}
