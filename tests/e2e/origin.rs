@@ -122,14 +122,15 @@ async fn follows_an_http_origin_through_new_versions_garbage_outages_and_restart
     // Garbage, each kind refused with the last good version serving.
     let not_wasm = b"this is not a component".to_vec();
     origin.put("p/garbage.wasm", not_wasm.clone());
-    let cases: [(&str, Vec<u8>, &str); 3] = [
+    let cases: [(&str, Vec<u8>, &str); 4] = [
         ("an index that is not JSON", b"<html>oops</html>".to_vec(), "malformed"),
         (
             "bytes that are not the listed digest",
             serde_json::to_vec(&json!({"policies": [{"name": "p", "url": "v1.wasm", "digest": digest(b"other")}]})).unwrap(),
             "digest_mismatch",
         ),
-        ("two sources' worth of the same name", index(&[("p", "v1.wasm", &v1, None), ("p", "v2.wasm", &v2, None)]), "conflict"),
+        ("one name listed twice", index(&[("p", "v1.wasm", &v1, None), ("p", "v2.wasm", &v2, None)]), "conflict"),
+        ("a name that is a path", index(&[("../p", "v1.wasm", &v1, None)]), "malformed"),
     ];
     for (case, body, kind) in cases {
         origin.put("p/index.json", body);

@@ -120,6 +120,7 @@ pub async fn list(client: &reqwest::Client, source: &Source, since: &Validators)
                 .map_err(|e| err(OriginErrorKind::Malformed, format!("not an index (`{{\"policies\": [{{name, url, digest}}]}}`): {e}")))?;
             let mut listed = Vec::with_capacity(index.policies.len());
             for entry in index.policies {
+                check_name(&entry.name).map_err(|p| err(OriginErrorKind::Malformed, p))?;
                 check_digest_text(&entry.digest).map_err(|p| err(OriginErrorKind::Malformed, format!("policy `{}`: {p}", entry.name)))?;
                 let url = index_url
                     .join(&entry.url)
@@ -193,6 +194,17 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// A policy name that is a plain file name: letters, digits, `-`, `_` and
+/// `.`, not first (never a path, a hidden file or a route's `~` instance).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let plain = name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if plain && !name.is_empty() && !name.starts_with('.') && name.len() <= 128 {
+        Ok(())
+    } else {
+        Err(format!("policy name `{name}` is not letters, digits, `-`, `_` and `.` (not first)"))
+    }
 }
 
 /// `sha256:` and 64 lowercase hex digits.

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
-pub use fetch::{check_digest_text, Listed, SIGNATURE_ANNOTATION};
+pub use fetch::{check_digest_text, check_name, Listed, SIGNATURE_ANNOTATION};
 use fetch::{Listing, Validators};
 use store::{Placed, Store};
 
@@ -63,6 +63,7 @@ impl Source {
                 None => path.rsplit_once(':').ok_or_else(|| format!("`{text}`: no tag (oci://HOST/REPOSITORY:TAG or @sha256:…)"))?,
             };
             let name = repository.rsplit('/').next().unwrap_or_default();
+            check_name(name).map_err(|p| format!("`{text}`: {p}"))?;
             let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
             if registry.is_empty() || !valid(repository) || !valid(reference.trim_start_matches("sha256:")) || name.is_empty() {
                 return Err(format!("`{text}`: expected oci://HOST/REPOSITORY:TAG"));
@@ -397,9 +398,14 @@ mod tests {
         );
         let Source::Oci { name, .. } = Source::parse("oci+http://127.0.0.1:5000/policies/fallback-cheaper:prod").unwrap() else { panic!() };
         assert_eq!(name, "fallback-cheaper");
-        for bad in
-            ["ftp://x/index.json", "oci://registry-only", "oci://r.example/repo", "oci://r.example/p/a@sha256:12", "policies/index.json"]
-        {
+        for bad in [
+            "ftp://x/index.json",
+            "oci://r.example/policies/..:1",
+            "oci://registry-only",
+            "oci://r.example/repo",
+            "oci://r.example/p/a@sha256:12",
+            "policies/index.json",
+        ] {
             assert!(Source::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# At the edge: the release binary's size, cold start with ten policies
+# already compiled (a restarted node), and how fast a new policy version
+# reaches a fleet of N routers polling one origin (nginx: ETag, 304s), at the
+# default poll interval (2 s) and at 250 ms. Appends its section to
+# bench/results.md (replacing an earlier one).
+#
+#   bench/edge.sh [nodes, default 10] [rounds, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nodes=${1:-10}
+rounds=${2:-10}
+if ! command -v nginx >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null || { echo "nginx is missing: apt-get install nginx" >&2; exit 1; }
+fi
+rustup target add wasm32-wasip2 >/dev/null 2>&1
+cargo build --release -p switchyard >/dev/null
+cargo build --release -p switchyard-tests >/dev/null # the guests
+bin=target/release/switchyard
+policy=target/guests/wasm32-wasip2/release/cheapest_healthy.wasm
+stripped=$(mktemp)
+trap 'rm -f "$stripped"' EXIT
+objcopy --strip-all "$bin" "$stripped"
+size=$(stat -c %s "$bin")
+size_stripped=$(stat -c %s "$stripped")
+mb() { python3 -c "print(f'{$1 / 1e6:.1f} MB')"; }
+
+cold=$(python3 bench/coldstart.py "$bin" "$policy" 10 20)
+echo "cold start: $cold"
+propagation=$(python3 bench/propagation.py "$bin" "$policy" "$nodes" "$rounds" 2000 250)
+echo "$propagation"
+field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+row() { python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(f"| {r[\"interval_ms\"]} ms | {r[\"p50_s\"]} s | {r[\"p99_s\"]} s | {r[\"max_s\"]} s |")' "$1"; }
+table="## Edge: binary, cold start, propagation
+
+\`bench/edge.sh\` on this machine ($(nproc) cores), one run.
+
+- Binary (\`cargo build --release\`, symbols kept): $(mb "$size") ($size bytes); $(mb "$size_stripped") with symbols stripped too.
+- Cold start, from exec to the first answered chat request, ten policies in the directory with their compiled artifacts cached (a restarted node; each policy instantiated and probed at load): p50 $(field "$cold" p50_ms) ms, p90 $(field "$cold" p90_ms) ms, max $(field "$cold" max_ms) ms over $(field "$cold" runs) starts.
+- Propagation: ${nodes} router processes, each with its own policy directory and compiled-policy cache, poll one nginx origin. A new version of \`cheapest-healthy\` ($(stat -c %s "$policy") bytes; each round a new digest, so every node downloads and compiles it) is published ${rounds} times; the time until a node's \`/admin/policies\` shows its digest, over ${nodes} x ${rounds} samples:
+
+| poll interval | p50 | p99 | max |
+|---|---|---|---|
+$(while read -r line; do row "$line"; done <<<"$propagation")
+"
+python3 - "$table" <<'PY'
+import sys
+path = "bench/results.md"
+text = open(path).read()
+section = sys.argv[1].strip() + "\n"
+start = text.find("## Edge: binary, cold start, propagation")
+if start >= 0:
+    end = text.find("\n## ", start + 1)
+    text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+else:
+    text = text.rstrip("\n") + "\n\n" + section
+open(path, "w").write(text)
+PY
+echo "$table"

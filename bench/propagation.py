@@ -1,0 +1,189 @@
+"""Propagation of a new policy version across a fleet pulling from one origin.
+
+Starts N router processes (each its own policy directory and compiled-policy
+cache, like separate nodes) polling one nginx origin (ETag, 304s), publishes
+new versions (each a component with a new custom section: a new digest and a
+new compile, never a cache hit), and times until each node's active digest
+(`/admin/policies`) is the new one. Runs once per poll interval.
+
+    python3 bench/propagation.py BIN POLICY.wasm NODES ROUNDS INTERVAL_MS...
+
+Prints one JSON line per interval: p50/p99/max seconds over NODES x ROUNDS.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+TOKEN = "bench-admin-token-0123456789"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def leb128(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def with_custom_section(component, name, payload):
+    """The same component plus a custom section: valid, with a new digest."""
+    body = leb128(len(name)) + name + payload
+    return component + b"\x00" + leb128(len(body)) + body
+
+
+def percentile(values, p):
+    values = sorted(values)
+    k = (len(values) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def publish(origin_dir, component):
+    digest = "sha256:" + hashlib.sha256(component).hexdigest()
+    name = digest.split(":")[1][:16] + ".wasm"
+    with open(os.path.join(origin_dir, name), "wb") as f:
+        f.write(component)
+    index = json.dumps({"policies": [{"name": "p", "url": name, "digest": digest, "size": len(component)}]})
+    tmp = os.path.join(origin_dir, ".index.json.tmp")
+    with open(tmp, "w") as f:
+        f.write(index)
+    os.rename(tmp, os.path.join(origin_dir, "index.json"))
+    return digest
+
+
+def active_digest(admin):
+    request = urllib.request.Request(admin + "/admin/policies", headers={"authorization": "Bearer " + TOKEN})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        for p in json.load(response)["policies"]:
+            if p["name"] == "p":
+                return p["digest"]
+    return None
+
+
+def run(binary, base, nodes, rounds, interval_ms, work):
+    origin_dir = os.path.join(work, "origin")
+    os.makedirs(origin_dir, exist_ok=True)
+    port = free_port()
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes 1; daemon off; pid {work}/nginx.pid; error_log {work}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{ access_log off; server {{ listen 127.0.0.1:{port}; root {origin_dir}; etag on; }} }}
+""")
+    nginx = subprocess.Popen(["nginx", "-c", conf, "-p", work])
+    procs = [nginx]
+    try:
+        publish(origin_dir, with_custom_section(base, b"switchyard-bench", f"{interval_ms}-start".encode()))
+        admins = []
+        for i in range(nodes):
+            node = os.path.join(work, f"node{i}")
+            os.makedirs(node, exist_ok=True)
+            admin_port = free_port()
+            with open(os.path.join(node, "switchyard.toml"), "w") as f:
+                f.write(f"""[admin]
+listen = "127.0.0.1:{admin_port}"
+token = "{TOKEN}"
+[policies]
+source = "http://127.0.0.1:{port}/index.json"
+dir = "pulled"
+poll_interval_ms = {interval_ms}
+[[routes]]
+model = "auto"
+policy = "p"
+[[backends]]
+name = "a"
+provider = "mock"
+""")
+            env = dict(os.environ, XDG_CACHE_HOME=os.path.join(node, "cache"), RUST_LOG="warn")
+            out = open(os.path.join(node, "out"), "w")
+            procs.append(subprocess.Popen([binary, "serve", "--config", os.path.join(node, "switchyard.toml"), "--listen", "127.0.0.1:0"],
+                                          stdout=out, stderr=subprocess.STDOUT, env=env))
+            admins.append(f"http://127.0.0.1:{admin_port}")
+        # Every node up and serving the first version.
+        deadline = time.time() + 120
+        for admin in admins:
+            while True:
+                try:
+                    if active_digest(admin):
+                        break
+                except OSError:
+                    pass
+                if time.time() > deadline:
+                    raise SystemExit(f"{admin} never served the policy")
+                time.sleep(0.05)
+        samples = []
+        for r in range(rounds):
+            # Publish at a random phase of the nodes' poll cycles.
+            time.sleep(interval_ms / 1000 * (0.5 + (r * 0.37) % 1))
+            digest = publish(origin_dir, with_custom_section(base, b"switchyard-bench", f"{interval_ms}-{r}".encode()))
+            published = time.perf_counter()
+            seen = {}
+
+            def watch(i, admin):
+                while True:
+                    try:
+                        if active_digest(admin) == digest:
+                            seen[i] = time.perf_counter() - published
+                            return
+                    except OSError:
+                        pass
+                    if time.perf_counter() - published > 60:
+                        seen[i] = float("inf")
+                        return
+                    time.sleep(0.01)
+
+            threads = [threading.Thread(target=watch, args=(i, a)) for i, a in enumerate(admins)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            samples.extend(seen.values())
+        return {
+            "interval_ms": interval_ms,
+            "nodes": nodes,
+            "rounds": rounds,
+            "p50_s": round(percentile(samples, 0.5), 3),
+            "p99_s": round(percentile(samples, 0.99), 3),
+            "max_s": round(max(samples), 3),
+        }
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+
+
+def main():
+    binary, policy, nodes, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    base = open(policy, "rb").read()
+    for interval in sys.argv[5:]:
+        work = tempfile.mkdtemp()
+        try:
+            print(json.dumps(run(binary, base, nodes, rounds, int(interval), work)), flush=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
