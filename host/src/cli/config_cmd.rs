@@ -35,8 +35,16 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
 
 fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(&file)?;
-    // Checking writes nothing: no decision log file is created.
+    // Checking writes nothing: no decision log file is created, and the
+    // origin is not polled (policies already pulled into `dir` are checked).
     config.decision_log.path = None;
+    let pulled = !config.policies.source.is_empty();
+    if pulled {
+        config.policies.source.clear();
+        if !config.policies.dir.as_deref().is_some_and(std::path::Path::is_dir) {
+            config.policies.dir = None;
+        }
+    }
     let runtime = PolicyRuntime::new(super::serve_cmd::runtime_settings(&config))?;
     let gateway = Gateway::new(config, runtime, None)?;
     let state = gateway.state();
@@ -65,6 +73,7 @@ fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
                     None => "NOT SERVING".to_owned(),
                 }
             }
+            (None, None) if pulled => "pulled from policies.source when serving (not pulled here yet)".to_owned(),
             (None, None) => {
                 ok = false;
                 "NOT FOUND: neither a file in policies.dir nor built in".to_owned()

@@ -40,6 +40,7 @@ use crate::config::{
 use crate::decision_log::{DecisionLog, Retention};
 use crate::metrics::Metrics;
 use crate::origin::{OriginSync, Source};
+use crate::policy::signing::signature_path;
 use crate::policy::{PolicyRegistry, PolicyRuntime, PolicySources, RescanReport};
 use crate::quota::Quotas;
 use crate::shared_store::SharedStore;
@@ -356,6 +357,11 @@ impl Gateway {
                 .ok_or("no policy directory to promote into")?
                 .join(format!("{name}.{}", crate::policy::POLICY_EXTENSION)),
         };
+        // The signature travels with its bytes (first: the registry checks it with them).
+        let (from_sig, to_sig) = (signature_path(&from), signature_path(&to));
+        if from_sig.exists() {
+            std::fs::rename(&from_sig, &to_sig).map_err(|e| format!("cannot move {} to {}: {e}", from_sig.display(), to_sig.display()))?;
+        }
         std::fs::rename(&from, &to).map_err(|e| format!("cannot move {} to {}: {e}", from.display(), to.display()))?;
         self.registry.rescan();
         let serving = self.registry.get(name).map(|p| p.version().to_owned()).unwrap_or_default();
@@ -374,6 +380,12 @@ impl Gateway {
         let mut parked = file.clone().into_os_string();
         parked.push(".rolled-back");
         std::fs::rename(&file, &parked).map_err(|e| format!("cannot move {}: {e}", file.display()))?;
+        let sig = signature_path(&file);
+        if sig.exists() {
+            let mut parked_sig = sig.clone().into_os_string();
+            parked_sig.push(".rolled-back");
+            std::fs::rename(&sig, &parked_sig).map_err(|e| format!("cannot move {}: {e}", sig.display()))?;
+        }
         self.registry.rescan();
         tracing::warn!(%canary, %version, "canary rolled back: {reason}");
         self.metrics.canary_transition(canary, "rolled_back");

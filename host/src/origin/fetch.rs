@@ -38,9 +38,11 @@ pub struct Listed {
 }
 
 /// What a source's validator was the last time it was read whole: its
-/// ETag. (`Last-Modified` has a one-second grain: a version published
-/// within the second of a poll would be missed. Without an ETag the listing
-/// is read whole every time and compared.)
+/// ETag. Without one the listing is read whole every time and compared.
+/// (`Last-Modified` is never sent: it has a one-second grain, and so do the
+/// ETags of servers that make them from it, such as nginx's: an ETag given
+/// within two seconds of the listing's `Last-Modified` is not kept, so a
+/// version published in the same second as a poll is not missed.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Validators {
     etag: Option<HeaderValue>,
@@ -112,10 +114,12 @@ pub async fn list(client: &reqwest::Client, source: &Source, since: &Validators)
         StatusCode::OK => {}
         status => return Err(err(OriginErrorKind::Status, format!("answered {status}"))),
     }
-    let validators = Validators { etag: response.headers().get(ETAG).cloned() };
+    let validators = Validators { etag: response.headers().get(ETAG).filter(|_| settled(response.headers())).cloned() };
+    // Relative component URLs are relative to where the index was found.
+    let index_url = response.url().clone();
     let body = read_capped(response, MAX_LISTING_BYTES).await.map_err(|(kind, problem)| err(kind, problem))?;
     let listed = match source {
-        Source::Http(index_url) => {
+        Source::Http(_) => {
             let index: Index = serde_json::from_slice(&body)
                 .map_err(|e| err(OriginErrorKind::Malformed, format!("not an index (`{{\"policies\": [{{name, url, digest}}]}}`): {e}")))?;
             let mut listed = Vec::with_capacity(index.policies.len());
@@ -129,7 +133,10 @@ pub async fn list(client: &reqwest::Client, source: &Source, since: &Validators)
             }
             listed
         }
-        Source::Oci { name, .. } => {
+        Source::Oci { name, reference, .. } => {
+            if reference.starts_with("sha256:") && digest(&body) != *reference {
+                return Err(err(OriginErrorKind::DigestMismatch, format!("the manifest is not the pinned {reference}")));
+            }
             let manifest: Manifest =
                 serde_json::from_slice(&body).map_err(|e| err(OriginErrorKind::Malformed, format!("not an OCI manifest: {e}")))?;
             if manifest.media_type.as_deref().is_some_and(|t| t != OCI_MANIFEST) {
@@ -173,13 +180,23 @@ pub async fn component(client: &reqwest::Client, source: &Source, listed: &Liste
     }
     let bytes = read_capped(response, MAX_COMPONENT_BYTES).await.map_err(|(kind, problem)| err(kind, problem))?;
     if let Some(size) = listed.size.filter(|s| *s != bytes.len() as u64) {
-        return Err(err(OriginErrorKind::DigestMismatch, format!("{} bytes where the listing says {size}", bytes.len())));
+        return Err(err(OriginErrorKind::SizeMismatch, format!("{} bytes where the listing says {size}", bytes.len())));
     }
     let got = digest(&bytes);
     if got != listed.digest {
         return Err(err(OriginErrorKind::DigestMismatch, format!("bytes with digest {got}, not the listed {}", listed.digest)));
     }
     Ok(bytes)
+}
+
+/// Whether the listing was last modified at least two seconds before the
+/// answer (true when the server does not say).
+fn settled(headers: &HeaderMap) -> bool {
+    let time = |name| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| httpdate::parse_http_date(v).ok());
+    match (time(reqwest::header::DATE), time(reqwest::header::LAST_MODIFIED)) {
+        (Some(date), Some(modified)) => date.duration_since(modified).is_ok_and(|d| d >= Duration::from_secs(2)),
+        _ => true,
+    }
 }
 
 async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, (OriginErrorKind, String)> {

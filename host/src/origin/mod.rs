@@ -23,7 +23,7 @@ pub use fetch::{check_digest_text, check_name, Listed, SIGNATURE_ANNOTATION};
 use fetch::{Listing, Validators};
 use store::{Placed, Store};
 
-use crate::policy::PolicyRegistry;
+use crate::policy::{PolicyErrorKind, PolicyRegistry};
 
 /// Default time between two polls of an origin.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -110,7 +110,15 @@ impl Source {
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Http(url) => write!(f, "{url}"),
+            Self::Http(url) => {
+                // Never a password or a query (which may hold a token).
+                let mut shown = url.clone();
+                let _ = shown.set_password(None);
+                let _ = shown.set_username("");
+                let query = shown.query().is_some();
+                shown.set_query(None);
+                write!(f, "{shown}{}", if query { "?…" } else { "" })
+            }
             Self::Oci { scheme, registry, repository, reference, .. } => {
                 let prefix = if *scheme == "http" { "oci+http" } else { "oci" };
                 let sep = if reference.starts_with("sha256:") { '@' } else { ':' };
@@ -134,10 +142,14 @@ pub enum OriginErrorKind {
     Malformed,
     /// Bytes that are not what the listing says.
     DigestMismatch,
+    /// A size other than the listing says.
+    SizeMismatch,
     /// Two sources list the same policy name.
     Conflict,
     /// The local policy directory could not be written.
     Io,
+    /// Applying a listing failed inside the router (a bug: reported, retried).
+    Internal,
 }
 
 impl OriginErrorKind {
@@ -149,8 +161,10 @@ impl OriginErrorKind {
             Self::TooLarge => "too_large",
             Self::Malformed => "malformed",
             Self::DigestMismatch => "digest_mismatch",
+            Self::SizeMismatch => "size_mismatch",
             Self::Conflict => "conflict",
             Self::Io => "io",
+            Self::Internal => "internal",
         }
     }
 }
@@ -218,9 +232,16 @@ impl OriginSync {
     /// good versions recorded there, before the registry first reads it.
     pub fn open(sources: Vec<Source>, interval: Duration, dir: &Path) -> std::io::Result<Arc<Self>> {
         let store = Store::open(dir)?;
-        let good = store.good();
-        let good_there = good.iter().filter(|(_, p)| store.has(&p.digest)).map(|(n, p)| (n.clone(), p.clone())).collect();
-        store.place(&good_there)?;
+        match store.good() {
+            Ok(good) => {
+                // Over whatever was placed after them and did not serve.
+                let there = good.into_iter().filter(|(_, p)| store.has(&p.digest)).collect();
+                store.place(&there)?;
+            }
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), "cannot read the record of good pulled policies, serving the directory as it is: {e}")
+            }
+        }
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
@@ -304,6 +325,8 @@ impl OriginSync {
             }
         }
         if !changed {
+            // New validators over the same content are kept.
+            *lock(&self.state) = states;
             return Ok(false);
         }
         let mut wanted: BTreeMap<String, (Placed, &Source, &Listed)> = BTreeMap::new();
@@ -311,10 +334,11 @@ impl OriginSync {
             for listed in &state.listed {
                 let placed = Placed { digest: listed.digest.clone(), signature: listed.signature.clone() };
                 if let Some((_, other, _)) = wanted.insert(listed.name.clone(), (placed, source, listed)) {
+                    let also = if other == source { "twice in this listing".to_owned() } else { format!("also by {other}") };
                     return Err(OriginError {
                         source: source.to_string(),
                         kind: OriginErrorKind::Conflict,
-                        problem: format!("policy `{}` is also listed by {other}", listed.name),
+                        problem: format!("policy `{}` is listed {also}", listed.name),
                     });
                 }
             }
@@ -329,9 +353,11 @@ impl OriginSync {
         let this = self.clone();
         let applied = wanted.clone();
         // Files and compiles: off the async workers.
-        tokio::task::spawn_blocking(move || this.apply(&registry, &applied))
-            .await
-            .map_err(|e| self.io_error(&std::io::Error::other(e)))??;
+        tokio::task::spawn_blocking(move || this.apply(&registry, &applied)).await.map_err(|e| OriginError {
+            source: "policies.dir".into(),
+            kind: OriginErrorKind::Internal,
+            problem: format!("placing pulled policies failed: {e}"),
+        })??;
         lock(&self.status).listed = wanted.iter().map(|(n, p)| (n.clone(), p.digest.clone())).collect();
         // Only now: a failed poll reads the sources whole again next time.
         *lock(&self.state) = states;
@@ -345,19 +371,23 @@ impl OriginSync {
             let report = registry.rescan();
             tracing::info!(loaded = ?report.loaded, failed = ?report.failed, unloaded = ?report.unloaded, "policies pulled from the origin");
         }
-        // A version is good once it serves; a failed one leaves the last good.
-        let serving: BTreeMap<String, String> = registry.statuses().into_iter().filter_map(|s| Some((s.name, s.digest?))).collect();
-        let previous = self.store.good();
-        let good: BTreeMap<String, Placed> = wanted
-            .iter()
-            .filter_map(|(name, placed)| {
-                if serving.get(name) == Some(&placed.digest) {
-                    Some((name.clone(), placed.clone()))
-                } else {
-                    previous.get(name).map(|p| (name.clone(), p.clone()))
-                }
-            })
+        // A version is good once it serves with its signature accepted; a
+        // failed one leaves the last good, and so does a name no longer listed.
+        let accepted: BTreeMap<String, String> = registry
+            .statuses()
+            .into_iter()
+            .filter(|s| s.last_error.as_ref().is_none_or(|e| e.kind() != PolicyErrorKind::Signature))
+            .filter_map(|s| Some((s.name, s.digest?)))
             .collect();
+        let mut good = self.store.good().unwrap_or_else(|e| {
+            tracing::warn!("the record of good pulled policies was unreadable; writing it anew: {e}");
+            BTreeMap::new()
+        });
+        for (name, placed) in wanted {
+            if accepted.get(name) == Some(&placed.digest) {
+                good.insert(name.clone(), placed.clone());
+            }
+        }
         self.store.set_good(&good).map_err(|e| self.io_error(&e))?;
         self.store.prune(wanted, &good).map_err(|e| self.io_error(&e))
     }

@@ -6,7 +6,8 @@
 //! - `NAME.wasm` (and `NAME.wasm.sig`): what the registry loads, replaced
 //!   by a rename so it never reads half a file.
 //!
-//! The directory is the origin's: files it does not list are removed.
+//! Nothing is removed because the origin stopped listing it: an empty or
+//! partial listing (a publishing mistake) leaves every policy serving.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::signing::{signature_path, SIGNATURE_SUFFIX};
+use crate::policy::signing::signature_path;
 use crate::policy::POLICY_EXTENSION;
 
 /// One policy as placed for the registry.
@@ -55,9 +56,14 @@ impl Store {
         write_atomically(&self.blob_path(digest), bytes)
     }
 
-    /// The last good versions, by name (empty when none were recorded).
-    pub fn good(&self) -> BTreeMap<String, Placed> {
-        std::fs::read(self.blobs.join("good.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    /// The last good versions, by name (empty when none were recorded yet;
+    /// an error when the record cannot be read).
+    pub fn good(&self) -> io::Result<BTreeMap<String, Placed>> {
+        match std::fs::read(self.blobs.join("good.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Records the last good versions.
@@ -65,9 +71,9 @@ impl Store {
         write_atomically(&self.blobs.join("good.json"), &serde_json::to_vec_pretty(good).map_err(io::Error::other)?)
     }
 
-    /// Makes the directory hold exactly `wanted`: changed components (and
-    /// their signatures) renamed into place, unlisted ones removed. Returns
-    /// the names written or removed.
+    /// Puts `wanted` in the directory: changed components (and their
+    /// signatures) renamed into place; other files are left alone. Returns
+    /// the names written.
     pub fn place(&self, wanted: &BTreeMap<String, Placed>) -> io::Result<Vec<String>> {
         let mut changed = Vec::new();
         for (name, placed) in wanted {
@@ -88,18 +94,6 @@ impl Store {
                 write_atomically(&wasm, &blob)?;
             }
             changed.push(name.clone());
-        }
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let Some(file) = path.file_name().and_then(|f| f.to_str()) else { continue };
-            let stem = file.strip_suffix(SIGNATURE_SUFFIX).unwrap_or(file);
-            let Some(name) = stem.strip_suffix(&format!(".{POLICY_EXTENSION}")) else { continue };
-            if !name.starts_with('.') && !wanted.contains_key(name) {
-                remove_if_there(&path)?;
-                if !changed.iter().any(|n| n == name) {
-                    changed.push(name.to_owned());
-                }
-            }
         }
         Ok(changed)
     }
@@ -122,7 +116,10 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     // Hidden, so the registry's scan skips it while it is being written.
     let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes)?;
+    let mut file = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    // On disk before the rename: a power cut leaves the old file or the new one.
+    file.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 
@@ -138,7 +135,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn places_exactly_what_is_wanted() {
+    fn places_what_is_wanted_and_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (a, b) = (b"component a".as_slice(), b"component b".as_slice());
@@ -152,15 +149,18 @@ mod tests {
         ]);
         let mut changed = store.place(&wanted).unwrap();
         changed.sort();
-        assert_eq!(changed, ["one", "stale", "two"]);
+        assert_eq!(changed, ["one", "two"]);
         assert_eq!(std::fs::read(dir.path().join("one.wasm")).unwrap(), a);
         assert_eq!(std::fs::read_to_string(dir.path().join("one.wasm.sig")).unwrap(), "c2ln\n");
-        assert!(!dir.path().join("stale.wasm").exists());
+        assert!(dir.path().join("stale.wasm").exists(), "what the origin does not list stays");
         assert!(store.place(&wanted).unwrap().is_empty(), "nothing to do the second time");
 
         store.prune(&BTreeMap::from([("one".to_owned(), wanted["one"].clone())]), &BTreeMap::new()).unwrap();
         assert!(store.has(&da) && !store.has(&db));
+        assert!(store.good().unwrap().is_empty(), "no record yet");
         store.set_good(&wanted).unwrap();
-        assert_eq!(store.good(), wanted);
+        assert_eq!(store.good().unwrap(), wanted);
+        std::fs::write(dir.path().join(".origin/good.json"), b"{trunc").unwrap();
+        assert!(store.good().is_err(), "a damaged record is an error, not an empty one");
     }
 }

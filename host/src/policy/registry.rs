@@ -395,13 +395,12 @@ impl PolicyRegistry {
             };
             entry.stamp = stamp;
             let hash = content_hash(&bytes);
-            if entry.tried.as_ref().is_some_and(|(h, c, g)| *h == hash && c == config && *g == generation) {
-                continue; // Touched but unchanged, or the same broken bytes again.
-            }
             let component_digest = digest(&bytes);
+            // Before compiling, and again whenever the signature file changes,
+            // even over bytes already tried: an unsigned component never
+            // reaches wasmtime, and a serving one shows a bad new signature.
             let signed_by = match trust {
                 None => None,
-                // Before compiling: an unsigned component never reaches wasmtime.
                 Some(trust) => {
                     let signature = std::fs::read_to_string(signature_path(&path)).ok();
                     match trust.verify(&bytes, signature.as_deref()) {
@@ -418,6 +417,15 @@ impl PolicyRegistry {
                     }
                 }
             };
+            if entry.tried.as_ref().is_some_and(|(h, c, g)| *h == hash && c == config && *g == generation) {
+                // Touched but unchanged, or the same broken bytes again; a
+                // signature refused earlier and now good clears its error.
+                if entry.status.last_error.as_ref().is_some_and(|e| e.kind() == PolicyErrorKind::Signature) {
+                    entry.status.last_error = None;
+                    entry.status.failed_at = None;
+                }
+                continue;
+            }
             entry.tried = Some((hash.clone(), config.to_owned(), generation));
             match self.runtime.load(name, &bytes, config, backends) {
                 Ok(policy) => {
