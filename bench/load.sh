@@ -174,9 +174,18 @@ Policies under load (a second router; guest calls on its policy threads, default
 Policy failures (budget, backstop or otherwise) logged by that router over all three runs: $(policy_failures) (during the streams: ${stream_failures}).
 MD
 )
-echo "$table" | tee bench/results.md
-# The quality router's evaluation (bench/quality.sh) keeps its section.
-if [ -f bench/quality.md ]; then printf '\n' >>bench/results.md; cat bench/quality.md >>bench/results.md; fi
+echo "$table"
+# This table replaces the file's head; the other scripts' sections (from the
+# first `## `) stay.
+python3 - "$table" <<'PY'
+import os, sys
+path = "bench/results.md"
+old = open(path).read() if os.path.exists(path) else ""
+rest = old[old.find("\n## ") + 1:] if "\n## " in old else ""
+if not rest and os.path.exists("bench/quality.md"):
+    rest = open("bench/quality.md").read()
+open(path, "w").write(sys.argv[1].strip() + "\n\n" + rest)
+PY
 cat >bench/results.json <<JSON
 {"date": "$(date -u +%FT%TZ)", "cores": $(nproc), "seconds_per_run": $secs,
  "c1": {"direct": {"p50_us": $d50, "p99_us": $d99}, "bare_proxy": {"p50_us": $x50, "p99_us": $x99},

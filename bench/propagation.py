@@ -84,6 +84,8 @@ def active_digest(admin):
 def run(binary, base, nodes, rounds, interval_ms, work):
     origin_dir = os.path.join(work, "origin")
     os.makedirs(origin_dir, exist_ok=True)
+    # nginx's workers run as `nobody`: the origin's files must be readable.
+    os.chmod(work, 0o755)
     port = free_port()
     conf = os.path.join(work, "nginx.conf")
     with open(conf, "w") as f:
