@@ -10,30 +10,13 @@ the artifact cache, not counted).
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import http.client
 
-
-def leb128(n):
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from edgelib import free_port, with_custom_section
 
 
 def first_answer(binary, config, env):
@@ -70,9 +53,8 @@ def main():
         os.makedirs(policies)
         for i in range(count):
             # Distinct components (a custom section each): one artifact each.
-            body = leb128(5) + b"bench" + str(i).encode()
             with open(os.path.join(policies, f"p{i}.wasm"), "wb") as f:
-                f.write(base + b"\x00" + leb128(len(body)) + body)
+                f.write(with_custom_section(base, b"bench", str(i).encode()))
         config = os.path.join(work, "switchyard.toml")
         with open(config, "w") as f:
             f.write('[policies]\ndir = "policies"\n[[routes]]\nmodel = "auto"\npolicy = "p0"\n'

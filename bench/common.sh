@@ -33,3 +33,22 @@ times.sort()
 print(int(times[len(times) // 2] * 1e6))
 PY
 }
+
+# set_section MARKDOWN: puts a "## Title" section (its first line) into
+# bench/results.md, in place of an earlier one of that title, else at the end;
+# the rest of the file stays.
+set_section() {
+  python3 - "$1" <<'PY'
+import sys
+path = "bench/results.md"
+text = open(path).read()
+section = sys.argv[1].strip() + "\n"
+start = text.find(section.splitlines()[0])
+if start >= 0:
+    end = text.find("\n## ", start + 1)
+    text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+else:
+    text = text.rstrip("\n") + "\n\n" + section
+open(path, "w").write(text)
+PY
+}

@@ -8,6 +8,7 @@
 #   bench/edge.sh [nodes, default 10] [rounds, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 nodes=${1:-10}
 rounds=${2:-10}
 if ! command -v nginx >/dev/null; then
@@ -48,17 +49,5 @@ $(while read -r line; do row "$line"; done <<<"$propagation$(printf '\n%s' "$alo
 
 Compiling this component takes about 100 ms of wall time on this machine (\`switchyard policy check --no-cache\`); ten nodes compiling the same new version at once share two cores, which is most of the time above the poll interval. Nodes of a real fleet compile on their own cores: the one-node line.
 "
-python3 - "$table" <<'PY'
-import sys
-path = "bench/results.md"
-text = open(path).read()
-section = sys.argv[1].strip() + "\n"
-start = text.find("## Edge: binary, cold start, propagation")
-if start >= 0:
-    end = text.find("\n## ", start + 1)
-    text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-open(path, "w").write(text)
-PY
+set_section "$table"
 echo "$table"

@@ -263,17 +263,4 @@ table=$(cat <<MD
 MD
 )
 echo "$table"
-# Replace an earlier section of this script in results.md, keep the rest.
-python3 - "$table" <<'PY'
-import sys, re
-path = "bench/results.md"
-text = open(path).read()
-section = sys.argv[1].strip() + "\n"
-start = text.find("## Limits, budgets and the response cache")
-if start >= 0:
-    end = text.find("\n## ", start + 1)
-    text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-open(path, "w").write(text)
-PY
+set_section "$table"

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,33 +22,9 @@ import threading
 import time
 import urllib.request
 
+from edgelib import free_port, with_custom_section
+
 TOKEN = "bench-admin-token-0123456789"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def leb128(n):
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def with_custom_section(component, name, payload):
-    """The same component plus a custom section: valid, with a new digest."""
-    body = leb128(len(name)) + name + payload
-    return component + b"\x00" + leb128(len(body)) + body
 
 
 def percentile(values, p):
