@@ -250,6 +250,18 @@ async fn signatures_are_checked_before_compiling() {
     // A good signature arriving later loads the same bytes.
     std::fs::write(policies_dir.join("unsigned.wasm.sig"), ours.sign(&bytes)).unwrap();
     until(&router, "late signature", |a| policy(a, "unsigned").is_some_and(|p| p["signed_by"] == "release")).await;
+
+    // A foreign signature over serving bytes: refused and shown, the version
+    // verified earlier keeps serving; the good one back clears the error.
+    std::fs::write(policies_dir.join("unsigned.wasm.sig"), theirs.sign(&bytes)).unwrap();
+    let all = until(&router, "a foreign signature over serving bytes", |a| {
+        policy(a, "unsigned").is_some_and(|p| p["last_error"]["kind"] == "signature")
+    })
+    .await;
+    let p = policy(&all, "unsigned").unwrap();
+    assert!(!p["version"].is_null() && p["signed_by"] == "release", "still serving: {p:#}");
+    std::fs::write(policies_dir.join("unsigned.wasm.sig"), ours.sign(&bytes)).unwrap();
+    until(&router, "the good signature back", |a| policy(a, "unsigned").is_some_and(|p| p["last_error"].is_null())).await;
 }
 
 #[test]

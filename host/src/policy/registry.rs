@@ -419,8 +419,10 @@ impl PolicyRegistry {
             };
             if entry.tried.as_ref().is_some_and(|(h, c, g)| *h == hash && c == config && *g == generation) {
                 // Touched but unchanged, or the same broken bytes again; a
-                // signature refused earlier and now good clears its error.
-                if entry.status.last_error.as_ref().is_some_and(|e| e.kind() == PolicyErrorKind::Signature) {
+                // signature refused earlier over the serving bytes, and now
+                // good, clears its error.
+                let serving_these = entry.status.digest.as_deref() == Some(component_digest.as_str());
+                if serving_these && entry.status.last_error.as_ref().is_some_and(|e| e.kind() == PolicyErrorKind::Signature) {
                     entry.status.last_error = None;
                     entry.status.failed_at = None;
                 }
