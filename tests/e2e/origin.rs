@@ -199,6 +199,62 @@ async fn follows_an_http_origin_through_new_versions_garbage_outages_and_restart
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_holds_back_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = (std::fs::read(artifacts::CHEAPEST_HEALTHY).unwrap(), std::fs::read(artifacts::OBSERVER).unwrap());
+    let origin = Origin::start().await;
+    for source in ["a", "b"] {
+        origin.put(&format!("{source}/v1.wasm"), v1.clone());
+        origin.put(&format!("{source}/v2.wasm"), v2.clone());
+        origin.put(&format!("{source}/index.json"), index(&[(source, "v1.wasm", &v1, None)]));
+    }
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{ADMIN_TOKEN}}\"\n[policies]\nsource = [\"{}\", \"{}\"]\ndir = \"pulled\"\npoll_interval_ms = 150\n\
+         [[routes]]\nmodel = \"auto\"\npolicy = \"b\"\n[[routes]]\nmodel = \"other\"\npolicy = \"a\"\n\
+         [[backends]]\nname = \"dear\"\nprovider = \"mock\"\ninput_price = 5.0\n[[backends]]\nname = \"cheap\"\nprovider = \"mock\"\ninput_price = 1.0\n",
+        origin.url("a/index.json"),
+        origin.url("b/index.json")
+    );
+    let router = support::router(dir.path(), &config, &[("ADMIN_TOKEN", ADMIN_TOKEN)]);
+    until(&router, "both at v1", |a| serving(a, "a") == Some(digest(&v1)) && serving(a, "b") == Some(digest(&v1))).await;
+
+    // Each way one source can fail, while the other publishes: the other's
+    // change serves, the failing one's policy stays as it was.
+    // (case, a's index, b's index, the error seen, b's version then)
+    type Case<'a> = (&'a str, Vec<u8>, Vec<u8>, &'a str, &'a [u8]);
+    let cases: [Case; 3] = [
+        ("a's index is garbage", b"<html>oops</html>".to_vec(), index(&[("b", "v2.wasm", &v2, None)]), "malformed", &v2),
+        (
+            "a's new component is missing",
+            index(&[("a", "gone.wasm", b"never published", None)]),
+            index(&[("b", "v1.wasm", &v1, None)]),
+            "status",
+            &v1,
+        ),
+        (
+            "b also lists a",
+            index(&[("a", "v1.wasm", &v1, None)]),
+            index(&[("b", "v2.wasm", &v2, None), ("a", "v2.wasm", &v2, None)]),
+            "conflict",
+            &v2,
+        ),
+    ];
+    for (case, a, b, kind, b_version) in cases {
+        origin.put("a/index.json", a);
+        origin.put("b/index.json", b);
+        let want = digest(b_version);
+        let all = until(&router, case, |all| serving(all, "b") == Some(want.clone()) && all["origin"]["last_error"]["kind"] == kind).await;
+        assert_eq!(serving(&all, "a"), Some(digest(&v1)), "{case}: a stays");
+        // v1 (cheapest-healthy) takes the cheap backend, v2 the first.
+        assert_eq!(served_by(&router).await, if b_version == v2.as_slice() { "dear" } else { "cheap" }, "{case}");
+    }
+    // a fixed: followed again, and the error clears.
+    origin.put("a/index.json", index(&[("a", "v2.wasm", &v2, None)]));
+    origin.put("b/index.json", index(&[("b", "v2.wasm", &v2, None)]));
+    until(&router, "a at v2", |all| serving(all, "a") == Some(digest(&v2)) && all["origin"]["last_error"].is_null()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signatures_are_checked_before_compiling() {
     let dir = tempfile::tempdir().unwrap();
     let (ours, theirs) = (key(), key());

@@ -212,8 +212,10 @@ pub struct OriginStatus {
 struct SourceState {
     validators: Validators,
     listed: Vec<Listed>,
-    /// Until a first listing is applied, even an empty one is a change.
-    never_applied: bool,
+    /// Its listing is not (wholly) applied yet: until a first listing is,
+    /// even an empty one is a change; a component that failed to download
+    /// is tried again.
+    pending: bool,
 }
 
 /// Pulls policies from the configured sources into a policy directory.
@@ -250,7 +252,7 @@ impl OriginSync {
             .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(std::io::Error::other)?;
-        let fresh = SourceState { validators: Validators::default(), listed: Vec::new(), never_applied: true };
+        let fresh = SourceState { validators: Validators::default(), listed: Vec::new(), pending: true };
         let state = Mutex::new(vec![fresh; sources.len()]);
         Ok(Arc::new(Self { sources, interval, store, client, status: Mutex::new(OriginStatus::default()), state }))
     }
@@ -286,15 +288,17 @@ impl OriginSync {
 
     /// One poll: read every source, apply a change, record the outcome.
     pub async fn poll(self: &Arc<Self>, registry: Arc<PolicyRegistry>) {
-        let result = self.poll_once(registry).await;
+        let (changed, errors) = self.poll_once(registry).await;
         let now = SystemTime::now();
         let mut status = lock(&self.status);
         status.last_poll_at = Some(now);
-        match result {
-            Ok(changed) => {
+        if changed {
+            status.last_change_at = Some(now);
+        }
+        match errors.into_iter().next() {
+            None => {
                 if changed {
                     status.changed += 1;
-                    status.last_change_at = Some(now);
                 } else {
                     status.unchanged += 1;
                 }
@@ -303,7 +307,9 @@ impl OriginSync {
                 }
                 status.last_success_at = Some(now);
             }
-            Err(e) => {
+            // A poll with a failure is a failed poll, even when the other
+            // sources' changes were applied.
+            Some(e) => {
                 status.failed += 1;
                 // One line per change of problem, not one per poll.
                 if status.last_error.as_ref().is_none_or(|(last, _)| *last != e) {
@@ -314,54 +320,92 @@ impl OriginSync {
         }
     }
 
-    async fn poll_once(self: &Arc<Self>, registry: Arc<PolicyRegistry>) -> Result<bool, OriginError> {
+    /// Reads every source and applies what changed. A failing source (or
+    /// component) holds back only itself: its policies keep serving as they
+    /// are and it is read whole again at the next poll. Returns whether a
+    /// change was applied, and the failures.
+    async fn poll_once(self: &Arc<Self>, registry: Arc<PolicyRegistry>) -> (bool, Vec<OriginError>) {
         let mut states = lock(&self.state).clone();
+        let mut errors = Vec::new();
         let mut changed = false;
         for (source, state) in self.sources.iter().zip(states.iter_mut()) {
-            if let Listing::Changed(listed, validators) = fetch::list(&self.client, source, &state.validators).await? {
-                // The same listing read again (no ETag, or a new one over the same content) is no change.
-                changed |= listed != state.listed || state.never_applied;
-                *state = SourceState { validators, listed, never_applied: false };
+            match fetch::list(&self.client, source, &state.validators).await {
+                Ok(Listing::Changed(listed, validators)) => {
+                    // The same listing read again (no ETag, or a new one over the same content) is no change.
+                    let differs = listed != state.listed;
+                    *state = SourceState { validators, listed, pending: state.pending || differs };
+                }
+                Ok(Listing::Unchanged) => {}
+                Err(e) => errors.push(e),
             }
+            changed |= state.pending;
         }
         if !changed {
             // New validators over the same content are kept.
             *lock(&self.state) = states;
-            return Ok(false);
+            return (false, errors);
         }
-        let mut wanted: BTreeMap<String, (Placed, &Source, &Listed)> = BTreeMap::new();
-        for (source, state) in self.sources.iter().zip(&states) {
+        // By name. A name listed twice is ambiguous: what serves under it
+        // stays, and the sources that list it are applied again next poll.
+        let mut wanted: BTreeMap<String, (Placed, usize, &Listed)> = BTreeMap::new();
+        let mut held_back = vec![false; self.sources.len()];
+        let mut ambiguous = Vec::new();
+        for (index, (source, state)) in self.sources.iter().zip(&states).enumerate() {
             for listed in &state.listed {
-                let placed = Placed { digest: listed.digest.clone(), signature: listed.signature.clone() };
-                if let Some((_, other, _)) = wanted.insert(listed.name.clone(), (placed, source, listed)) {
-                    let also = if other == source { "twice in this listing".to_owned() } else { format!("also by {other}") };
-                    return Err(OriginError {
+                if let Some((_, first, _)) = wanted.get(&listed.name) {
+                    let also =
+                        if *first == index { "twice in this listing".to_owned() } else { format!("also by {}", self.sources[*first]) };
+                    errors.push(OriginError {
                         source: source.to_string(),
                         kind: OriginErrorKind::Conflict,
                         problem: format!("policy `{}` is listed {also}", listed.name),
                     });
+                    (held_back[index], held_back[*first]) = (true, true);
+                    ambiguous.push(listed.name.clone());
+                    continue;
+                }
+                let placed = Placed { digest: listed.digest.clone(), signature: listed.signature.clone() };
+                wanted.insert(listed.name.clone(), (placed, index, listed));
+            }
+        }
+        for name in ambiguous {
+            wanted.remove(&name);
+        }
+        let listed_now = wanted.iter().map(|(n, (p, _, _))| (n.clone(), p.digest.clone())).collect();
+        let mut placed: BTreeMap<String, Placed> = BTreeMap::new();
+        for (name, (want, index, listed)) in wanted {
+            if !self.store.has(&want.digest) {
+                let fetched = fetch::component(&self.client, &self.sources[index], listed).await;
+                if let Err(e) = fetched.and_then(|bytes| self.store.put(&want.digest, &bytes).map_err(|e| self.io_error(&e))) {
+                    // What serves under this name stays; the source is applied again next poll.
+                    errors.push(e);
+                    held_back[index] = true;
+                    continue;
                 }
             }
+            placed.insert(name, want);
         }
-        for (placed, source, listed) in wanted.values() {
-            if !self.store.has(&placed.digest) {
-                let bytes = fetch::component(&self.client, source, listed).await?;
-                self.store.put(&placed.digest, &bytes).map_err(|e| self.io_error(&e))?;
-            }
-        }
-        let wanted: BTreeMap<String, Placed> = wanted.into_iter().map(|(name, (placed, _, _))| (name, placed)).collect();
         let this = self.clone();
-        let applied = wanted.clone();
+        let applied = placed.clone();
         // Files and compiles: off the async workers.
-        tokio::task::spawn_blocking(move || this.apply(&registry, &applied)).await.map_err(|e| OriginError {
-            source: "policies.dir".into(),
-            kind: OriginErrorKind::Internal,
-            problem: format!("placing pulled policies failed: {e}"),
-        })??;
-        lock(&self.status).listed = wanted.iter().map(|(n, p)| (n.clone(), p.digest.clone())).collect();
-        // Only now: a failed poll reads the sources whole again next time.
+        let outcome = tokio::task::spawn_blocking(move || this.apply(&registry, &applied)).await.unwrap_or_else(|e| {
+            Err(OriginError {
+                source: "policies.dir".into(),
+                kind: OriginErrorKind::Internal,
+                problem: format!("placing pulled policies failed: {e}"),
+            })
+        });
+        if let Err(e) = outcome {
+            // Nothing recorded: every source is read whole and applied again next poll.
+            errors.push(e);
+            return (false, errors);
+        }
+        lock(&self.status).listed = listed_now;
+        for (state, held) in states.iter_mut().zip(held_back) {
+            state.pending = held;
+        }
         *lock(&self.state) = states;
-        Ok(true)
+        (true, errors)
     }
 
     /// Places `wanted`, has the registry load it, and records what serves.
