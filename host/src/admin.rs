@@ -34,8 +34,10 @@ pub async fn handle(gateway: Arc<Gateway>, token: Option<Arc<str>>, request: Req
         (Method::GET, "/healthz") => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
         (Method::GET, "/readyz") => {
             let missing = gateway.policies_missing();
-            let status = if missing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            json_response(status, Bytes::from(json!({"ready": missing.is_empty(), "policies_not_loaded": missing}).to_string()))
+            let draining = gateway.is_draining();
+            let ready = missing.is_empty() && !draining;
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            json_response(status, Bytes::from(json!({"ready": ready, "draining": draining, "policies_not_loaded": missing}).to_string()))
         }
         (method, path) if path.starts_with("/admin/") => {
             if let Err(e) = authorize(token.as_deref(), &request) {

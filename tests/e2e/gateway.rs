@@ -211,19 +211,39 @@ async fn a_reload_keeps_the_connections_of_unchanged_backends() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_lets_a_stream_in_flight_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        "[[backends]]\nname = \"slow\"\nprovider = \"mock\"\nmock = { ttft_ms = 100, tokens_per_second = 20, answer_tokens = 20 }\n";
+    let config = "[admin]\nlisten = \"127.0.0.1:0\"\n[[backends]]\nname = \"slow\"\nprovider = \"mock\"\nmock = { ttft_ms = 100, tokens_per_second = 20, answer_tokens = 20 }\n";
     let mut router = router(dir.path(), config, &[]);
-    let url = router.url.clone();
+    let (url, admin) = (router.url.clone(), router.admin_url.clone().expect("no admin listener"));
+    let http = support::client();
+    let ready = |http: reqwest::Client| {
+        let admin = admin.clone();
+        async move {
+            let r = http.get(format!("{admin}/readyz")).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = ready(http.clone()).await;
+    assert_eq!((status, &body["draining"]), (200, &json!(false)), "{body}");
     let stream = tokio::spawn(async move { post(&url, "/v1/chat/completions", &chat("slow", true), &[]).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = tokio::task::spawn_blocking(move || {
-        let status = router.terminate();
-        (status, router)
-    });
+    router.signal("-TERM");
+    // While the stream drains: not ready (load balancers stop sending), metrics
+    // still scraped, and no new API connection accepted.
+    let started = Instant::now();
+    loop {
+        let (status, body) = ready(http.clone()).await;
+        if status == 503 {
+            assert_eq!(body["draining"], true, "{body}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "/readyz never turned 503: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(http.get(format!("{admin}/metrics")).send().await.unwrap().status(), 200);
+    assert!(reqwest::Client::new().get(format!("{}/healthz", router.url)).send().await.is_err(), "a new API connection was accepted");
     let answer = stream.await.unwrap();
     assert_eq!(answer.events().last().map(String::as_str), Some("[DONE]"), "{}", answer.body);
-    let (status, _router) = status.await.unwrap();
+    let status = tokio::task::spawn_blocking(move || router.wait()).await.unwrap();
     assert!(status.success(), "{status:?}");
 }
 

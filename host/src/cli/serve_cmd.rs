@@ -68,10 +68,15 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
             .with_context(|| format!("cannot watch {}", args.config.as_deref().map(|p| p.display().to_string()).unwrap_or_default()))?;
         let state = gateway.state();
         let addr = listener.local_addr()?;
-        // One signal stops both listeners.
+        // A signal stops the API listener at once; the admin listener stays up
+        // while requests drain (`/readyz` 503, metrics still scraped) and stops
+        // after them.
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+        let draining = gateway.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
+            draining.begin_drain();
             let _ = stop.send(true);
         });
         // SIGHUP: reopen the decision log after an external rotation (logrotate).
@@ -100,7 +105,7 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
                 http2_keepalive: server.http2_keepalive(),
                 idle_timeout: server.idle_timeout(),
             };
-            tokio::spawn(switchyard::server::serve(admin, handler, limits, until_stopped(stopped.clone()), Duration::from_secs(1)));
+            tokio::spawn(switchyard::server::serve(admin, handler, limits, until_stopped(admin_stopped), Duration::from_secs(1)));
         }
         // Printed last: scripts (and the tests) wait for this line.
         println!("switchyard listening on http://{addr}");
@@ -116,6 +121,7 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
         drop(state);
         let handler = move |request| switchyard::gateway::http::handle(gateway.clone(), request);
         switchyard::server::serve(listener, handler, limits, until_stopped(stopped), grace).await;
+        let _ = admin_stop.send(true);
         Ok(ExitCode::SUCCESS)
     });
     // The last spans go out on the runtime, which is still running here.
@@ -164,6 +170,7 @@ pub fn runtime_settings(config: &Config) -> RuntimeSettings {
         queue: config.policies.queue,
         warm_instances: config.policies.warm_instances.unwrap_or(threads),
         memory_limit: config.policies.memory_limit_mib << 20,
+        function_cache_bytes: config.policies.function_cache_mib << 20,
         instance_mode: match config.policies.instance_mode {
             InstanceModeConfig::Pooled => InstanceMode::Pooled,
             InstanceModeConfig::Fresh => InstanceMode::Fresh,

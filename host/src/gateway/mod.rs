@@ -65,6 +65,8 @@ pub struct Gateway {
     cache: Arc<ResponseCache>,
     /// Where policies are pulled from, when configured.
     origin: Option<Arc<OriginSync>>,
+    /// Set once shutdown begins: `/readyz` answers 503 while requests drain.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// The configuration file being served, and the command-line override that
@@ -291,6 +293,7 @@ impl Gateway {
             quotas,
             cache,
             origin,
+            draining: Default::default(),
         }))
     }
 
@@ -391,6 +394,16 @@ impl Gateway {
         self.metrics.canary_transition(canary, "rolled_back");
         self.candidates.settle(canary, &version, candidates::CanaryState::RolledBack, reason);
         Ok(())
+    }
+
+    /// Marks the node as shutting down; `/readyz` answers 503 from now on.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The virtual models whose policy has no version serving.

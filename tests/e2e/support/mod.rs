@@ -72,8 +72,18 @@ impl Proc {
 
     /// Sends SIGHUP (the decision log reopens its file).
     pub fn hangup(&self) {
-        let status = Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status().unwrap();
+        self.signal("-HUP");
+    }
+
+    /// Sends `signal` (`-TERM`, `-HUP`) without waiting for the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
     }
 
     /// Whether the process is still running.
