@@ -2,17 +2,26 @@
 
 Starts N router processes (each its own policy directory and compiled-policy
 cache, like separate nodes) polling one nginx origin (ETag, 304s), publishes
-new versions (each a component with a new custom section: a new digest and a
-new compile, never a cache hit), and times until each node's active digest
-(`/admin/policies`) is the new one. Runs once per poll interval.
+new versions, and times until each node's active digest (`/admin/policies`)
+is the new one. Runs once per poll interval.
 
-    python3 bench/propagation.py BIN POLICY.wasm NODES ROUNDS INTERVAL_MS...
+Each version is the policy with some functions edited (an unused local
+added, different each round), never seen before by any node:
+- `few`: 1 % of the functions, as a source change makes a few functions
+  new (the nodes' compilers reuse the rest: Cranelift's incremental cache);
+- `all`: every function, as a new toolchain or dependency update would
+  (the trampolines between the component and the host stay the same);
+- `all-uncached`: every function, with the nodes' function cache off
+  (`function_cache_mib = 0`): a whole compile, as before the cache.
+
+    python3 bench/propagation.py BIN POLICY.wasm NODES ROUNDS few|all|all-uncached INTERVAL_MS...
 
 Prints one JSON line per interval: p50/p99/max seconds over NODES x ROUNDS.
 """
 
 import hashlib
 import json
+import random
 import os
 import shutil
 import subprocess
@@ -22,7 +31,7 @@ import threading
 import time
 import urllib.request
 
-from edgelib import free_port, with_custom_section
+from edgelib import free_port, with_edited_functions
 
 TOKEN = "bench-admin-token-0123456789"
 
@@ -56,7 +65,17 @@ def active_digest(admin):
     return None
 
 
-def run(binary, base, nodes, rounds, interval_ms, work):
+def version(base, change, n):
+    """Version `n` of the policy: functions edited with `n + 1` new locals."""
+    if change in ("all", "all-uncached"):
+        pick = range
+    else:
+        pick = lambda count: random.Random(n).sample(range(count), max(1, count // 100))  # noqa: E731
+    component, _, _ = with_edited_functions(base, pick, n + 1)
+    return component
+
+
+def run(binary, base, nodes, rounds, change, interval_ms, work):
     origin_dir = os.path.join(work, "origin")
     os.makedirs(origin_dir, exist_ok=True)
     # nginx's workers run as `nobody`: the origin's files must be readable.
@@ -71,7 +90,7 @@ http {{ access_log off; server {{ listen 127.0.0.1:{port}; root {origin_dir}; et
     nginx = subprocess.Popen(["nginx", "-c", conf, "-p", work])
     procs = [nginx]
     try:
-        publish(origin_dir, with_custom_section(base, b"switchyard-bench", f"{interval_ms}-start".encode()))
+        publish(origin_dir, version(base, change, 0))
         admins = []
         for i in range(nodes):
             node = os.path.join(work, f"node{i}")
@@ -85,6 +104,7 @@ token = "{TOKEN}"
 source = "http://127.0.0.1:{port}/index.json"
 dir = "pulled"
 poll_interval_ms = {interval_ms}
+function_cache_mib = {0 if change == "all-uncached" else 64}
 [[routes]]
 model = "auto"
 policy = "p"
@@ -113,7 +133,7 @@ provider = "mock"
         for r in range(rounds):
             # Publish at a random phase of the nodes' poll cycles.
             time.sleep(interval_ms / 1000 * (0.5 + (r * 0.37) % 1))
-            digest = publish(origin_dir, with_custom_section(base, b"switchyard-bench", f"{interval_ms}-{r}".encode()))
+            digest = publish(origin_dir, version(base, change, r + 1))
             published = time.perf_counter()
             seen = {}
 
@@ -137,6 +157,7 @@ provider = "mock"
                 t.join()
             samples.extend(seen.values())
         return {
+            "change": change,
             "interval_ms": interval_ms,
             "nodes": nodes,
             "rounds": rounds,
@@ -152,12 +173,14 @@ provider = "mock"
 
 
 def main():
-    binary, policy, nodes, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    binary, policy, nodes, rounds, change = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    if change not in ("few", "all", "all-uncached"):
+        raise SystemExit(f"change: few, all or all-uncached, not {change}")
     base = open(policy, "rb").read()
-    for interval in sys.argv[5:]:
+    for interval in sys.argv[6:]:
         work = tempfile.mkdtemp()
         try:
-            print(json.dumps(run(binary, base, nodes, rounds, int(interval), work)), flush=True)
+            print(json.dumps(run(binary, base, nodes, rounds, change, int(interval), work)), flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

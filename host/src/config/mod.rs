@@ -272,6 +272,9 @@ pub struct PoliciesConfig {
     pub view_max_messages: usize,
     /// Memory cap of one policy instance, in MiB.
     pub memory_limit_mib: usize,
+    /// Compiled functions kept in memory so that a new version compiles
+    /// only what changed, in MiB; 0 turns it off.
+    pub function_cache_mib: u64,
     /// Instance reuse.
     pub instance_mode: InstanceModeConfig,
     /// Bytes of message text passed to a policy per request.
@@ -339,6 +342,7 @@ impl Default for PoliciesConfig {
             queue: 1024,
             view_max_messages: 256,
             memory_limit_mib: 64,
+            function_cache_mib: 64,
             instance_mode: InstanceModeConfig::Pooled,
             text_budget_bytes: 16 << 10,
             direct_backend_models: true,
@@ -861,6 +865,9 @@ impl Config {
         }
         if p.memory_limit_mib == 0 || p.memory_limit_mib > 4096 {
             return Err(("policies.memory_limit_mib".into(), "must be between 1 and 4096".into()));
+        }
+        if p.function_cache_mib > 4096 {
+            return Err(("policies.function_cache_mib".into(), "must be between 0 (off) and 4096".into()));
         }
         if self.retry.max_attempts == 0 {
             return Err(("retry.max_attempts".into(), "must be at least 1".into()));

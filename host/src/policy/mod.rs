@@ -12,6 +12,7 @@ mod bindings;
 mod compat;
 mod decision;
 mod error;
+mod function_cache;
 mod guest_log;
 mod instance_state;
 mod registry;

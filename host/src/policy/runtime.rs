@@ -12,6 +12,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings::{v0_1, PolicyBindings, PolicyBindingsPre};
 use super::error::{PolicyError, PolicyErrorKind};
+use super::function_cache::FunctionCache;
 use super::instance_state::InstanceState;
 use super::settings::RuntimeSettings;
 use super::state::PolicyState;
@@ -78,6 +79,9 @@ impl PolicyRuntime {
         config.consume_fuel(true);
         config.epoch_interruption(true);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(&settings)));
+        if settings.function_cache_bytes > 0 {
+            config.enable_incremental_compilation(Arc::new(FunctionCache::new(settings.function_cache_bytes))).map_err(runtime_err)?;
+        }
         let engine = Engine::new(&config).map_err(runtime_err)?;
 
         let mut linker = Linker::new(&engine);

@@ -72,6 +72,9 @@ pub struct RuntimeSettings {
     /// The most the cache may hold, in bytes; the least recently used
     /// artifacts go first.
     pub cache_max_bytes: u64,
+    /// The most compiled functions kept in memory for the next compile
+    /// (Cranelift's incremental cache), in bytes; 0 disables it.
+    pub function_cache_bytes: u64,
 }
 
 impl Default for RuntimeSettings {
@@ -97,6 +100,7 @@ impl Default for RuntimeSettings {
             log_line_max_bytes: 1024,
             cache_dir: default_cache_dir(),
             cache_max_bytes: 1 << 30,
+            function_cache_bytes: super::function_cache::DEFAULT_FUNCTION_CACHE_BYTES,
         }
     }
 }
