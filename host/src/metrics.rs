@@ -391,6 +391,20 @@ impl Metrics {
             let _ = writeln!(out, "switchyard_policy_reloads_total{{policy=\"{name}\"}} {}", s.loads);
             let _ = writeln!(out, "switchyard_policy_signature_refusals_total{{policy=\"{name}\"}} {}", s.signature_refusals);
         }
+        if let Some(functions) = registry.runtime().function_cache_stats() {
+            let _ = writeln!(
+                out,
+                "# HELP switchyard_policy_compiled_functions Functions of policy versions compiled, by whether their machine code was reused from an earlier compile or compiled anew.\n# TYPE switchyard_policy_compiled_functions counter"
+            );
+            for (result, n) in [("reused", functions.reused), ("compiled", functions.compiled)] {
+                let _ = writeln!(out, "switchyard_policy_compiled_functions_total{{result=\"{result}\"}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "# HELP switchyard_policy_function_cache_bytes Bytes of compiled functions kept for the next compile.\n# TYPE switchyard_policy_function_cache_bytes gauge\nswitchyard_policy_function_cache_bytes {}",
+                functions.bytes
+            );
+        }
         if let Some(origin) = gateway.origin() {
             let st = origin.status();
             let _ = writeln!(out, "# HELP switchyard_policy_origin_polls Polls of the policy origin, by result.\n# TYPE switchyard_policy_origin_polls counter");

@@ -247,6 +247,75 @@ async fn shutdown_lets_a_stream_in_flight_finish() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A new version of a policy compiles only the functions the node has not
+/// compiled before: the same code under a new digest (a custom section
+/// added) reuses nearly all; with `function_cache_mib = 0` there is no cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_reuses_the_compiled_functions_it_shares() {
+    let counts = |metrics: &str| -> Option<(u64, u64)> {
+        let value = |result: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("switchyard_policy_compiled_functions_total{{result=\"{result}\"}} ")))
+                .map(|v| v.parse::<u64>().unwrap())
+        };
+        Some((value("compiled")?, value("reused")?))
+    };
+    for cache_mib in [64, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        let base = std::fs::read(artifacts::CHEAPEST_HEALTHY).unwrap();
+        std::fs::write(policies.join("p.wasm"), &base).unwrap();
+        let config = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[policies]\ndir = \"policies\"\nfunction_cache_mib = {cache_mib}\n[[routes]]\nmodel = \"auto\"\npolicy = \"p\"\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n"
+        );
+        let router = router(dir.path(), &config, &[]);
+        let metrics_url = format!("{}/metrics", router.admin_url.as_deref().unwrap());
+        let metrics = || async { support::client().get(&metrics_url).send().await.unwrap().text().await.unwrap() };
+        // A custom section: new bytes (a new digest, never compiled before,
+        // so no compiled artifact on disk), the same code.
+        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos().to_le_bytes();
+        let version = |tag: u8| {
+            let (name, payload) = (b"switchyard-test".as_slice(), [&nonce[..], &[tag]].concat());
+            let mut v = base.clone();
+            v.extend_from_slice(&[0, u8::try_from(1 + name.len() + payload.len()).unwrap(), u8::try_from(name.len()).unwrap()]);
+            v.extend_from_slice(name);
+            v.extend_from_slice(&payload);
+            v
+        };
+        let mut seen = Vec::new();
+        for tag in [2, 3] {
+            let serving =
+                post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await.header("x-switchyard-policy").map(str::to_owned);
+            std::fs::write(policies.join(".p.wasm.tmp"), version(tag)).unwrap();
+            std::fs::rename(policies.join(".p.wasm.tmp"), policies.join("p.wasm")).unwrap();
+            let started = Instant::now();
+            loop {
+                let a = post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await;
+                assert_eq!(a.status, 200, "{}", a.body);
+                if a.header("x-switchyard-policy").map(str::to_owned) != serving {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(20), "version {tag} never served:\n{}", router.logs());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen.push(counts(&metrics().await));
+        }
+        match cache_mib {
+            0 => assert_eq!(seen, [None, None], "no function cache, no counts"),
+            _ => {
+                let [Some((compiled, reused)), Some((compiled_after, reused_after))] = seen[..] else { panic!("no counts: {seen:?}") };
+                assert!(compiled > 100, "the second version compiled its functions: {compiled}");
+                // Same code: most reused (about 9 in 10 here; some of the
+                // component's glue is compiled for each component).
+                let (new, again) = (compiled_after - compiled, reused_after - reused);
+                assert!(again >= 100 && again >= 5 * new, "the third compiled {new} functions anew and reused {again}");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_embedded_default_serves_offline() {
     let dir = tempfile::tempdir().unwrap();

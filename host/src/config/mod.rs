@@ -1175,6 +1175,7 @@ mod tests {
             ("[policies.canary]\nshare = 120.0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.canary.share", "percentage"),
             ("[policies.canary]\nmax_cost_increase = -1.0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.canary.max_cost_increase", "0 or above"),
             ("[policies]\nview_max_messages = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.view_max_messages", "at least 1"),
+            ("[policies]\nfunction_cache_mib = 5000\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.function_cache_mib", "between 0 (off) and 4096"),
             (
                 "[[backends]]\nname = \"a\"\nprovider = \"mock\"\n[[routes]]\nmodel = \"x\"\npolicy = \"p\"\non_policy_error = \"open\"\n",
                 "routes[0].on_policy_error",

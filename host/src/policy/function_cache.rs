@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use wasmtime::CacheStore;
@@ -20,6 +21,19 @@ pub const DEFAULT_FUNCTION_CACHE_BYTES: u64 = 64 << 20;
 /// in bytes.
 pub struct FunctionCache {
     entries: moka::sync::Cache<Vec<u8>, Arc<[u8]>>,
+    reused: AtomicU64,
+    compiled: AtomicU64,
+}
+
+/// What the cache has done since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FunctionCacheStats {
+    /// Functions whose machine code came from the cache.
+    pub reused: u64,
+    /// Functions compiled (not in the cache), then kept.
+    pub compiled: u64,
+    /// Bytes held now.
+    pub bytes: u64,
 }
 
 impl FunctionCache {
@@ -29,7 +43,16 @@ impl FunctionCache {
             .max_capacity(max_bytes)
             .weigher(|key: &Vec<u8>, value: &Arc<[u8]>| u32::try_from(key.len() + value.len()).unwrap_or(u32::MAX))
             .build();
-        Self { entries }
+        Self { entries, reused: AtomicU64::new(0), compiled: AtomicU64::new(0) }
+    }
+
+    /// Counts since start, and the bytes held now.
+    pub fn stats(&self) -> FunctionCacheStats {
+        FunctionCacheStats {
+            reused: self.reused.load(Ordering::Relaxed),
+            compiled: self.compiled.load(Ordering::Relaxed),
+            bytes: self.entries.weighted_size(),
+        }
     }
 }
 
@@ -41,10 +64,14 @@ impl fmt::Debug for FunctionCache {
 
 impl CacheStore for FunctionCache {
     fn get(&self, key: &[u8]) -> Option<Cow<'_, [u8]>> {
-        self.entries.get(key).map(|code| Cow::Owned(code.to_vec()))
+        let code = self.entries.get(key)?;
+        self.reused.fetch_add(1, Ordering::Relaxed);
+        Some(Cow::Owned(code.to_vec()))
     }
 
     fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        // Cranelift inserts exactly what it had to compile.
+        self.compiled.fetch_add(1, Ordering::Relaxed);
         self.entries.insert(key.to_vec(), value.into());
         true
     }
@@ -60,6 +87,7 @@ mod tests {
         assert!(cache.insert(b"a", vec![1; 100]));
         assert_eq!(cache.get(b"a").as_deref(), Some(&[1u8; 100][..]));
         assert_eq!(cache.get(b"b"), None);
+        assert_eq!((cache.stats().reused, cache.stats().compiled), (1, 1));
         for i in 0..1000u32 {
             cache.insert(&i.to_le_bytes(), vec![0; 100]);
         }

@@ -26,6 +26,7 @@ mod watch;
 
 pub use decision::{ChosenTarget, Decision, RoutePlan};
 pub use error::{PolicyError, PolicyErrorKind};
+pub use function_cache::FunctionCacheStats;
 pub use registry::{
     Candidate, PolicyRegistry, PolicySources, PolicyStatus, RescanReport, EMPTY_CONFIG, INSTANCE_SEPARATOR, KEPT_VERSIONS, POLICY_EXTENSION,
 };

@@ -12,7 +12,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use super::bindings::{v0_1, PolicyBindings, PolicyBindingsPre};
 use super::error::{PolicyError, PolicyErrorKind};
-use super::function_cache::FunctionCache;
+use super::function_cache::{FunctionCache, FunctionCacheStats};
 use super::instance_state::InstanceState;
 use super::settings::RuntimeSettings;
 use super::state::PolicyState;
@@ -46,6 +46,8 @@ pub(crate) struct RuntimeInner {
     ticker_stop: Arc<AtomicBool>,
     /// Each policy's state, by policy name: kept across versions.
     states: std::sync::Mutex<std::collections::HashMap<String, Arc<PolicyState>>>,
+    /// Compiled functions kept for the next compile (Cranelift's incremental cache).
+    function_cache: Option<Arc<FunctionCache>>,
 }
 
 impl Drop for RuntimeInner {
@@ -79,8 +81,9 @@ impl PolicyRuntime {
         config.consume_fuel(true);
         config.epoch_interruption(true);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(&settings)));
-        if settings.function_cache_bytes > 0 {
-            config.enable_incremental_compilation(Arc::new(FunctionCache::new(settings.function_cache_bytes))).map_err(runtime_err)?;
+        let function_cache = (settings.function_cache_bytes > 0).then(|| Arc::new(FunctionCache::new(settings.function_cache_bytes)));
+        if let Some(cache) = &function_cache {
+            config.enable_incremental_compilation(cache.clone()).map_err(runtime_err)?;
         }
         let engine = Engine::new(&config).map_err(runtime_err)?;
 
@@ -102,7 +105,24 @@ impl PolicyRuntime {
         let background = PolicyThreads::start("policy-background", 1, BACKGROUND_QUEUE).map_err(thread_err)?;
 
         let states = std::sync::Mutex::default();
-        Ok(Self { inner: Arc::new(RuntimeInner { engine, linker, settings, threads, background, engine_key, ticker_stop, states }) })
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                settings,
+                threads,
+                background,
+                engine_key,
+                ticker_stop,
+                states,
+                function_cache,
+            }),
+        })
+    }
+
+    /// What the compiled-function cache has done (`None` when it is off).
+    pub fn function_cache_stats(&self) -> Option<FunctionCacheStats> {
+        self.inner.function_cache.as_ref().map(|c| c.stats())
     }
 
     /// The settings this runtime was built with.
