@@ -38,20 +38,20 @@ propagation=$(python3 bench/propagation.py "$bin" "$policy" "$nodes" "$rounds" f
   python3 bench/propagation.py "$bin" "$policy" 1 "$rounds" all-uncached 250)
 echo "$propagation"
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
-row() { python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("| %s | %s | %s ms | %s s | %s s | %s s |" % (r["nodes"], {"few": "1 % of functions", "all": "every function", "all-uncached": "every function, function cache off"}[r["change"]], r["interval_ms"], r["p50_s"], r["p99_s"], r["max_s"]))' "$1"; }
+row() { python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("| %s | %s | %s ms | %s / %s | %s s | %s s | %s s |" % (r["nodes"], {"few": "1 % of functions", "all": "every function", "all-uncached": "every function, function cache off"}[r["change"]], r["interval_ms"], r["compiled_per_version"], r["reused_per_version"], r["p50_s"], r["p99_s"], r["max_s"]))' "$1"; }
 table="## Edge: binary, cold start, propagation
 
 \`bench/edge.sh\` on this machine ($(nproc) cores), one run.
 
 - Binary (\`cargo build --release\`, symbols kept): $(mb "$size") ($size bytes); $(mb "$size_stripped") with symbols stripped too.
 - Cold start, from exec to the first answered chat request, ten policies in the directory with their compiled artifacts cached (a restarted node; each policy instantiated and probed at load): p50 $(field "$cold" p50_ms) ms, p90 $(field "$cold" p90_ms) ms, max $(field "$cold" max_ms) ms over $(field "$cold" runs) starts.
-- Propagation: ${nodes} router processes, each with its own policy directory and compiled-policy cache, poll one nginx origin. A new version of \`cheapest-healthy\` ($(stat -c %s "$policy") bytes, $(python3 -c 'import sys; sys.path.insert(0, "bench"); from edgelib import with_edited_functions; print(with_edited_functions(open(sys.argv[1], "rb").read(), lambda n: [])[2])' "$policy") functions) is published ${rounds} times; each version has functions no node has compiled before (\`bench/propagation.py\`: an unused local added, different each round): 1 % of them, as a source change would, or every one, as a toolchain or dependency update would. The time until a node's \`/admin/policies\` shows the new digest, over nodes x ${rounds} samples:
+- Propagation: ${nodes} router processes, each with its own policy directory and compiled-policy cache, poll one nginx origin. A new version of \`cheapest-healthy\` ($(stat -c %s "$policy") bytes, $(python3 -c 'import sys; sys.path.insert(0, "bench"); from edgelib import with_edited_functions; print(with_edited_functions(open(sys.argv[1], "rb").read(), lambda n: [])[2])' "$policy") functions) is published ${rounds} times; each version has functions no node has compiled before (\`bench/propagation.py\`: a read and write back of a global added at their start, a different number each round): 1 % of them, as a source change would, or every one, as a toolchain or dependency update would. The time until a node's \`/admin/policies\` shows the new digest, over nodes x ${rounds} samples:
 
-| nodes | new functions | poll interval | p50 | p99 | max |
-|---|---|---|---|---|---|
+| nodes | edited | poll interval | compiled / reused (per node and version) | p50 | p99 | max |
+|---|---|---|---|---|---|---|
 $(while read -r line; do row "$line"; done <<<"$propagation")
 
-A node compiles only the functions it has not compiled before (Cranelift's incremental cache, in memory, \`[policies] function_cache_mib\`, 64 by default); with every function new, the trampolines between the component and the host are still reused. A whole compile of this component takes about 100 ms of wall time on this machine (\`switchyard policy check --no-cache\`); ten nodes compiling all of a new version at once share two cores, which is most of the time above the poll interval in the function-cache-off row. Nodes of a real fleet compile on their own cores: the one-node lines.
+A node compiles only the functions it has not compiled before (Cranelift's incremental cache, in memory, \`[policies] function_cache_mib\`, 64 by default); \`compiled / reused\` is what the nodes' metrics (\`switchyard_policy_compiled_functions_total\`) counted, trampolines and glue included (no counts with the cache off). A whole compile of this component takes about 100 ms of wall time on this machine (\`switchyard policy check --no-cache\`); ten nodes compiling all of a new version at once share two cores, which is most of the time above the poll interval in the function-cache-off row. Nodes of a real fleet compile on their own cores: the one-node lines.
 "
 set_section "$table"
 echo "$table"

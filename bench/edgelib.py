@@ -49,15 +49,62 @@ def sections(data, pos):
         pos = start + size
 
 
+def mutable_i32_global(module):
+    """Index of a mutable i32 global of a core module (imported or defined;
+    Rust's `__stack_pointer`), or None."""
+    imported = 0
+    for sid, start, end in sections(module, 8):
+        payload = module[start:end]
+        if sid == 2:  # imports
+            n, pos = read_leb(payload, 0)
+            for _ in range(n):
+                for _ in range(2):  # module and field names
+                    size, pos = read_leb(payload, pos)
+                    pos += size
+                kind = payload[pos]
+                pos += 1
+                if kind == 0:  # func: type index
+                    _, pos = read_leb(payload, pos)
+                elif kind in (1, 2):  # table (reftype first) or memory: limits
+                    if kind == 1:
+                        pos += 1
+                    flags = payload[pos]
+                    _, pos = read_leb(payload, pos + 1)
+                    if flags & 1:
+                        _, pos = read_leb(payload, pos)
+                elif kind == 3:  # global: valtype, mutability
+                    if payload[pos] == 0x7F and payload[pos + 1] == 1:
+                        return imported
+                    imported += 1
+                    pos += 2
+                else:
+                    return None
+        elif sid == 6:  # globals
+            n, pos = read_leb(payload, 0)
+            for i in range(n):
+                if payload[pos] == 0x7F and payload[pos + 1] == 1:
+                    return imported + i
+                pos += 2
+                while payload[pos] != 0x0B:  # the init expression
+                    op = payload[pos]
+                    if op not in (0x41, 0x42, 0x23):
+                        return None
+                    _, pos = read_leb(payload, pos + 1)
+                pos += 1
+    return None
+
+
 def with_edited_functions(component, pick, extra=1):
-    """The component with `extra` unused locals added to the functions
-    `pick` chooses from each core module's function count (a list of
-    indices): a valid component whose chosen functions are new to a
-    compiler's cache, the way a source change makes a few functions new.
-    Returns the component and the number of functions edited and in all."""
+    """The component with the functions `pick` chooses (from each core
+    module's function count, a list of indices) edited: `extra` times a read
+    and write back of a mutable global (the same value, so the same
+    behaviour) at their start. A valid component whose chosen functions are
+    new to a compiler's cache, the way a source change makes a few functions
+    new. Returns the component and the number of functions edited and in
+    all."""
     edited = total = 0
 
-    def edit_body(body):
+    def edit_body(body, global_index):
         count, pos = read_leb(body, 0)
         for _ in range(count):
             _, pos = read_leb(body, pos)
@@ -67,14 +114,16 @@ def with_edited_functions(component, pick, extra=1):
                 while body[pos] & 0x80:
                     pos += 1
                 pos += 1
-        return leb128(count + 1) + body[read_leb(body, 0)[1]:pos] + leb128(extra) + b"\x7f" + body[pos:]
+        touch = (b"\x23" + leb128(global_index) + b"\x24" + leb128(global_index)) * extra
+        return body[:pos] + touch + body[pos:]
 
     def edit_module(module):
         nonlocal edited, total
+        global_index = mutable_i32_global(module)
         out = bytearray(module[:8])
         for sid, start, end in sections(module, 8):
             payload = module[start:end]
-            if sid == 10:
+            if sid == 10 and global_index is not None:
                 n, pos = read_leb(payload, 0)
                 chosen = set(pick(n))
                 total += n
@@ -85,9 +134,11 @@ def with_edited_functions(component, pick, extra=1):
                     body = payload[pos:pos + size]
                     pos += size
                     if i in chosen:
-                        body = edit_body(body)
+                        body = edit_body(body, global_index)
                     bodies += leb128(len(body)) + body
                 payload = bytes(bodies)
+            elif sid == 10:
+                total += read_leb(payload, 0)[0]
             out += bytes([sid]) + leb128(len(payload)) + payload
         return bytes(out)
 

@@ -5,8 +5,9 @@ cache, like separate nodes) polling one nginx origin (ETag, 304s), publishes
 new versions, and times until each node's active digest (`/admin/policies`)
 is the new one. Runs once per poll interval.
 
-Each version is the policy with some functions edited (an unused local
-added, different each round), never seen before by any node:
+Each version is the policy with some functions edited (a read and write
+back of a global at their start, a different number each round: the same
+behaviour, new code), never seen before by any node:
 - `few`: 1 % of the functions, as a source change makes a few functions
   new (the nodes' compilers reuse the rest: Cranelift's incremental cache);
 - `all`: every function, as a new toolchain or dependency update would
@@ -66,13 +67,26 @@ def active_digest(admin):
 
 
 def version(base, change, n):
-    """Version `n` of the policy: functions edited with `n + 1` new locals."""
+    """Version `n` of the policy: functions edited `n + 1` times."""
     if change in ("all", "all-uncached"):
         pick = range
     else:
         pick = lambda count: random.Random(n).sample(range(count), max(1, count // 100))  # noqa: E731
     component, _, _ = with_edited_functions(base, pick, n + 1)
     return component
+
+
+def compile_counts(admin):
+    """The node's functions compiled anew and reused so far (its metrics)."""
+    with urllib.request.urlopen(admin + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    counts = {"compiled": 0, "reused": 0}
+    for line in text.splitlines():
+        for result in counts:
+            prefix = f'switchyard_policy_compiled_functions_total{{result="{result}"}} '
+            if line.startswith(prefix):
+                counts[result] = int(float(line[len(prefix):]))
+    return counts
 
 
 def run(binary, base, nodes, rounds, change, interval_ms, work):
@@ -129,6 +143,7 @@ provider = "mock"
                 if time.time() > deadline:
                     raise SystemExit(f"{admin} never served the policy")
                 time.sleep(0.05)
+        before = [compile_counts(a) for a in admins]
         samples = []
         for r in range(rounds):
             # Publish at a random phase of the nodes' poll cycles.
@@ -156,7 +171,11 @@ provider = "mock"
             for t in threads:
                 t.join()
             samples.extend(seen.values())
+        after = [compile_counts(a) for a in admins]
+        per_version = {k: round(sum(a[k] - b[k] for a, b in zip(after, before)) / (nodes * rounds)) for k in ("compiled", "reused")}
         return {
+            "compiled_per_version": per_version["compiled"],
+            "reused_per_version": per_version["reused"],
             "change": change,
             "interval_ms": interval_ms,
             "nodes": nodes,

@@ -25,6 +25,11 @@ fn key() -> SigningKey {
 /// `source` into `dir/pulled`; `dear` is listed first (a policy that takes the
 /// first backend picks it), `cheap` is cheaper.
 fn origin_router(dir: &Path, source: &str, trusted: Option<&SigningKey>) -> Proc {
+    origin_router_with(dir, source, trusted, &[])
+}
+
+/// [`origin_router`] with more environment variables.
+fn origin_router_with(dir: &Path, source: &str, trusted: Option<&SigningKey>, env: &[(&str, &str)]) -> Proc {
     let keys = trusted.map(|k| format!("[policies.trusted_keys]\nrelease = \"{}\"\n", k.public_base64())).unwrap_or_default();
     let config = format!(
         r#"
@@ -53,7 +58,8 @@ provider = "mock"
 input_price = 1.0
 "#
     );
-    support::router(dir, &config, &[("ADMIN_TOKEN", ADMIN_TOKEN)])
+    let env: Vec<(&str, &str)> = [("ADMIN_TOKEN", ADMIN_TOKEN)].into_iter().chain(env.iter().copied()).collect();
+    support::router(dir, &config, &env)
 }
 
 async fn policies(router: &Proc) -> Value {
@@ -457,4 +463,58 @@ async fn follows_a_tag_in_an_oci_registry() {
         until(&router, "a foreign signature refused", |a| policy(a, "p").is_some_and(|p| p["last_error"]["kind"] == "signature")).await;
     assert_eq!(serving(&all, "p"), Some(digest(&v2)));
     assert_eq!(all["origin"]["polls"]["failed"], 0, "{all:#}");
+}
+
+/// Puts `component` in `origin` as an OCI artifact `repository:tag`, the way
+/// a registry serves it (manifest by tag, layer blob by digest).
+fn publish_oci(origin: &Origin, repository: &str, tag: &str, component: &[u8], signature: &str) {
+    let layer = digest(component);
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": digest(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/wasm", "digest": layer, "size": component.len()}],
+        "annotations": {"dev.switchyard.signature": signature},
+    });
+    origin.put(&format!("v2/{repository}/blobs/{layer}"), component.to_vec());
+    origin.put(&format!("v2/{repository}/manifests/{tag}"), serde_json::to_vec(&manifest).unwrap());
+}
+
+/// A registry that asks for a token (the Docker registry token protocol, as
+/// Docker Hub and ghcr.io speak it): the node gets one from the token
+/// service with the source's credentials (from the environment), sends the
+/// credentials nowhere else, gets a new token when the old one is refused,
+/// and without credentials says what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_from_a_registry_that_asks_for_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = key();
+    let (v1, v2) = (std::fs::read(artifacts::CHEAPEST_HEALTHY).unwrap(), std::fs::read(artifacts::OBSERVER).unwrap());
+    let origin = Origin::start().await;
+    origin.require_token("bot", "s3cret-pat", "token-1");
+    publish_oci(&origin, "team/policies/p", "prod", &v1, &signer.sign(&v1));
+    let source = format!("oci+http://bot:${{REGISTRY_PASSWORD}}@{}/team/policies/p:prod", origin.host());
+    let router = origin_router_with(dir.path(), &source, Some(&signer), &[("REGISTRY_PASSWORD", "s3cret-pat")]);
+    let all = until(&router, "v1 through a token", |a| serving(a, "p") == Some(digest(&v1))).await;
+    assert_eq!(origin.tokens_given(), 1, "one token, kept across polls");
+    assert_eq!(origin.credentials_to_registry(), 0, "credentials go to the token service only");
+    let shown = all["origin"].to_string();
+    assert!(!shown.contains("s3cret") && shown.contains("bot:…@"), "{shown}");
+    assert!(!router.logs().contains("s3cret"), "{}", router.logs());
+    assert_eq!(served_by(&router).await, "cheap");
+
+    // The token expires (a new one is needed) while a new version is published.
+    origin.require_token("bot", "s3cret-pat", "token-2");
+    publish_oci(&origin, "team/policies/p", "prod", &v2, &signer.sign(&v2));
+    until(&router, "v2 through a new token", |a| serving(a, "p") == Some(digest(&v2)) && a["origin"]["last_error"].is_null()).await;
+    assert_eq!((origin.tokens_given(), origin.credentials_to_registry()), (2, 0));
+    assert_eq!(served_by(&router).await, "dear");
+
+    // No credentials: refused by the token service, and the error says so.
+    let other = tempfile::tempdir().unwrap();
+    let anonymous = origin_router(other.path(), &format!("oci+http://{}/team/policies/p:prod", origin.host()), Some(&signer));
+    let all = until(&anonymous, "the token service's refusal", |a| a["origin"]["last_error"]["kind"] == "status").await;
+    let problem = all["origin"]["last_error"]["message"].as_str().unwrap();
+    assert!(problem.contains("token service answered 401") && problem.contains("no credentials"), "{problem}");
+    assert!(policy(&all, "p").is_none_or(|p| p["digest"].is_null()), "{all:#}");
 }

@@ -1,7 +1,8 @@
 //! The router's configuration: a TOML file, checked whole before use.
 //!
 //! Errors name the file, the key and the problem. Secrets come from
-//! `${ENV_VAR}` references in `api_key`, `base_url` and client `key` values.
+//! `${ENV_VAR}` references in `api_key`, `base_url`, client `key`, `admin.token`,
+//! `shared.redis_url` and `policies.source` values.
 
 mod embedded;
 mod quota;
@@ -806,6 +807,9 @@ impl Config {
         }
         if let Some(url) = &config.shared.redis_url {
             config.shared.redis_url = Some(interpolate(url, env).map_err(|p| err("shared.redis_url", p))?);
+        }
+        for (i, source) in config.policies.source.iter_mut().enumerate() {
+            *source = interpolate(source, env).map_err(|p| err(&format!("policies.source[{i}]"), p))?;
         }
         config.validate().map_err(|(key, problem)| err(&key, problem))?;
         Ok(config)

@@ -47,13 +47,46 @@ pub enum Source {
         reference: String,
         /// The policy's name.
         name: String,
+        /// `user:password@` of the source, for the registry's token
+        /// service (or its Basic challenge); never shown.
+        credentials: Option<Credentials>,
     },
+}
+
+/// A registry user and password (or token), from `oci://USER:PASSWORD@…`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub user: String,
+    /// The password or access token.
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials({}:…)", self.user)
+    }
 }
 
 impl Source {
     /// Parses one `[policies] source` entry.
     pub fn parse(text: &str) -> Result<Self, String> {
         let oci = |rest: &str, scheme| {
+            // `user:password@` (percent-encoded where it holds `@`, `/` or `:`).
+            let authority = rest.split('/').next().unwrap_or_default();
+            let (credentials, rest) = match authority.rsplit_once('@') {
+                Some((userinfo, _)) => {
+                    let decode = |part: &str| percent_encoding::percent_decode_str(part).decode_utf8().map(|p| p.into_owned());
+                    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                    let (Ok(user), Ok(password)) = (decode(user), decode(password)) else {
+                        return Err(format!("`{}`: credentials that are not UTF-8 once percent-decoded", Self::redact(text)));
+                    };
+                    (Some(Credentials { user, password }), &rest[userinfo.len() + 1..])
+                }
+                _ => (None, rest),
+            };
+            let text = Self::redact(text);
+            let text = text.as_str();
             let (registry, path) = rest.split_once('/').ok_or_else(|| format!("`{text}`: expected oci://HOST/REPOSITORY:TAG"))?;
             let (repository, reference) = match path.split_once('@') {
                 Some((repo, digest)) => {
@@ -74,6 +107,7 @@ impl Source {
                 repository: repository.to_owned(),
                 reference: reference.to_owned(),
                 name: name.to_owned(),
+                credentials,
             })
         };
         if let Some(rest) = text.strip_prefix("oci://") {
@@ -84,6 +118,18 @@ impl Source {
             reqwest::Url::parse(text).map(Self::Http).map_err(|e| format!("`{text}`: {e}"))
         } else {
             Err(format!("`{text}`: expected https://…/index.json, oci://HOST/REPOSITORY:TAG or oci+http://…"))
+        }
+    }
+
+    /// `text` without the password of an `oci://user:password@` source.
+    fn redact(text: &str) -> String {
+        let Some((scheme, rest)) = text.split_once("://") else { return text.to_owned() };
+        match rest.split('/').next().unwrap_or_default().rsplit_once('@') {
+            Some((userinfo, _)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+                format!("{scheme}://{user}:…@{}", &rest[userinfo.len() + 1..])
+            }
+            None => text.to_owned(),
         }
     }
 
@@ -119,8 +165,12 @@ impl fmt::Display for Source {
                 shown.set_query(None);
                 write!(f, "{shown}{}", if query { "?…" } else { "" })
             }
-            Self::Oci { scheme, registry, repository, reference, .. } => {
+            Self::Oci { scheme, registry, repository, reference, credentials, .. } => {
                 let prefix = if *scheme == "http" { "oci+http" } else { "oci" };
+                let registry = match credentials {
+                    Some(c) => format!("{}:…@{registry}", c.user),
+                    None => registry.clone(),
+                };
                 let sep = if reference.starts_with("sha256:") { '@' } else { ':' };
                 write!(f, "{prefix}://{registry}/{repository}{sep}{reference}")
             }
@@ -227,6 +277,8 @@ pub struct OriginSync {
     status: Mutex<OriginStatus>,
     /// Only the poll task touches it; a lock keeps `OriginSync` shareable.
     state: Mutex<Vec<SourceState>>,
+    /// Per source: what its registry last accepted as `Authorization`.
+    auth: Vec<fetch::Authorization>,
 }
 
 impl OriginSync {
@@ -254,7 +306,8 @@ impl OriginSync {
             .map_err(std::io::Error::other)?;
         let fresh = SourceState { validators: Validators::default(), listed: Vec::new(), pending: true };
         let state = Mutex::new(vec![fresh; sources.len()]);
-        Ok(Arc::new(Self { sources, interval, store, client, status: Mutex::new(OriginStatus::default()), state }))
+        let auth = sources.iter().map(|_| fetch::Authorization::default()).collect();
+        Ok(Arc::new(Self { sources, interval, store, client, status: Mutex::new(OriginStatus::default()), state, auth }))
     }
 
     /// The sources, as configured.
@@ -328,8 +381,8 @@ impl OriginSync {
         let mut states = lock(&self.state).clone();
         let mut errors = Vec::new();
         let mut changed = false;
-        for (source, state) in self.sources.iter().zip(states.iter_mut()) {
-            match fetch::list(&self.client, source, &state.validators).await {
+        for ((source, state), auth) in self.sources.iter().zip(states.iter_mut()).zip(&self.auth) {
+            match fetch::list(&self.client, source, auth, &state.validators).await {
                 Ok(Listing::Changed(listed, validators)) => {
                     // The same listing read again (no ETag, or a new one over the same content) is no change.
                     let differs = listed != state.listed;
@@ -375,7 +428,7 @@ impl OriginSync {
         let mut placed: BTreeMap<String, Placed> = BTreeMap::new();
         for (name, (want, index, listed)) in wanted {
             if !self.store.has(&want.digest) {
-                let fetched = fetch::component(&self.client, &self.sources[index], listed).await;
+                let fetched = fetch::component(&self.client, &self.sources[index], &self.auth[index], listed).await;
                 if let Err(e) = fetched.and_then(|bytes| self.store.put(&want.digest, &bytes).map_err(|e| self.io_error(&e))) {
                     // What serves under this name stays; the source is applied again next poll.
                     errors.push(e);
@@ -486,5 +539,22 @@ mod tests {
             Source::parse("oci+http://127.0.0.1:5000/policies/a:prod").unwrap().manifest_url().as_str(),
             "http://127.0.0.1:5000/v2/policies/a/manifests/prod"
         );
+    }
+
+    #[test]
+    fn registry_credentials_are_read_and_never_shown() {
+        let source = Source::parse("oci://bot:s3cr%40t%2Fx@ghcr.io/team/policies/p:v1").unwrap();
+        let Source::Oci { credentials: Some(c), registry, repository, .. } = &source else { panic!("{source:?}") };
+        assert_eq!(
+            (c.user.as_str(), c.password.as_str(), registry.as_str(), repository.as_str()),
+            ("bot", "s3cr@t/x", "ghcr.io", "team/policies/p")
+        );
+        for shown in [source.to_string(), format!("{source:?}")] {
+            assert!(!shown.contains("s3cr"), "{shown}");
+        }
+        assert_eq!(source.to_string(), "oci://bot:…@ghcr.io/team/policies/p:v1");
+        let problem = Source::parse("oci://bot:s3cret@ghcr.io").unwrap_err();
+        assert!(!problem.contains("s3cret") && problem.contains("bot:…@ghcr.io"), "{problem}");
+        assert!(matches!(Source::parse("oci://ghcr.io/p:v1").unwrap(), Source::Oci { credentials: None, .. }));
     }
 }
