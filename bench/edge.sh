@@ -38,7 +38,7 @@ propagation=$(python3 bench/propagation.py "$bin" "$policy" "$nodes" "$rounds" f
   python3 bench/propagation.py "$bin" "$policy" 1 "$rounds" all-uncached 250)
 echo "$propagation"
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
-row() { python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("| %s | %s | %s ms | %s / %s | %s s | %s s | %s s |" % (r["nodes"], {"few": "1 % of functions", "all": "every function", "all-uncached": "every function, function cache off"}[r["change"]], r["interval_ms"], r["compiled_per_version"], r["reused_per_version"], r["p50_s"], r["p99_s"], r["max_s"]))' "$1"; }
+row() { python3 -c 'import json,sys; r=json.loads(sys.argv[1]); counts = "(no cache)" if r["change"] == "all-uncached" else "%s / %s" % (r["compiled_per_version"], r["reused_per_version"]); print("| %s | %s | %s ms | %s | %s s | %s s | %s s |" % (r["nodes"], {"few": "1 % of functions", "all": "every function", "all-uncached": "every function, function cache off"}[r["change"]], r["interval_ms"], counts, r["p50_s"], r["p99_s"], r["max_s"]))' "$1"; }
 table="## Edge: binary, cold start, propagation
 
 \`bench/edge.sh\` on this machine ($(nproc) cores), one run.
@@ -51,7 +51,7 @@ table="## Edge: binary, cold start, propagation
 |---|---|---|---|---|---|---|
 $(while read -r line; do row "$line"; done <<<"$propagation")
 
-A node compiles only the functions it has not compiled before (Cranelift's incremental cache, in memory, \`[policies] function_cache_mib\`, 64 by default); \`compiled / reused\` is what the nodes' metrics (\`switchyard_policy_compiled_functions_total\`) counted, trampolines and glue included (no counts with the cache off). A whole compile of this component takes about 100 ms of wall time on this machine (\`switchyard policy check --no-cache\`); ten nodes compiling all of a new version at once share two cores, which is most of the time above the poll interval in the function-cache-off row. Nodes of a real fleet compile on their own cores: the one-node lines.
+A node compiles only the functions it has not compiled before (Cranelift's incremental cache, in memory, \`[policies] function_cache_mib\`, 64 by default); \`compiled / reused\` is what the nodes' metrics (\`switchyard_policy_compiled_functions_total\`) counted, trampolines and glue included. A whole compile of this component takes about 100 ms of wall time on this machine (\`switchyard policy check --no-cache\`); ten nodes compiling all of a new version at once share two cores, which is most of the time above the poll interval in the function-cache-off row. Nodes of a real fleet compile on their own cores: the one-node lines.
 "
 set_section "$table"
 echo "$table"
