@@ -187,6 +187,7 @@ fn policies(gateway: &Gateway) -> serde_json::Value {
             "last_success_at": unix(st.last_success_at),
             "last_change_at": unix(st.last_change_at),
             "last_error": st.last_error.map(|(e, at)| json!({"source": e.source, "kind": e.kind.as_str(), "message": e.problem, "at": unix(Some(at))})),
+            "errors": st.errors.iter().map(|e| json!({"source": e.source, "kind": e.kind.as_str(), "message": e.problem})).collect::<Vec<_>>(),
             "listed": st.listed,
         })
     });

@@ -211,7 +211,7 @@ async fn a_reload_keeps_the_connections_of_unchanged_backends() {
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_lets_a_stream_in_flight_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "[admin]\nlisten = \"127.0.0.1:0\"\n[[backends]]\nname = \"slow\"\nprovider = \"mock\"\nmock = { ttft_ms = 100, tokens_per_second = 20, answer_tokens = 20 }\n";
+    let config = "[admin]\nlisten = \"127.0.0.1:0\"\n[[backends]]\nname = \"slow\"\nprovider = \"mock\"\nmock = { ttft_ms = 100, tokens_per_second = 20, answer_tokens = 40 }\n";
     let mut router = router(dir.path(), config, &[]);
     let (url, admin) = (router.url.clone(), router.admin_url.clone().expect("no admin listener"));
     let http = support::client();

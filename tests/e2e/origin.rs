@@ -239,7 +239,7 @@ async fn a_failing_source_holds_back_only_itself() {
         ),
         (
             "b also lists a",
-            index(&[("a", "v1.wasm", &v1, None)]),
+            index(&[("a", "v2.wasm", &v2, None)]),
             index(&[("b", "v2.wasm", &v2, None), ("a", "v2.wasm", &v2, None)]),
             "conflict",
             &v2,

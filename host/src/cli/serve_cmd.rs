@@ -91,7 +91,7 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        if let Some(admin_addr) = state.config.admin.listen {
+        let admin_task = if let Some(admin_addr) = state.config.admin.listen {
             let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("cannot listen on {admin_addr} (admin.listen)"))?;
             println!("admin listening on http://{}", admin.local_addr()?);
             let (gateway, token) = (gateway.clone(), state.config.admin.token.as_deref().map(Arc::from));
@@ -105,8 +105,10 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
                 http2_keepalive: server.http2_keepalive(),
                 idle_timeout: server.idle_timeout(),
             };
-            tokio::spawn(switchyard::server::serve(admin, handler, limits, until_stopped(admin_stopped), Duration::from_secs(1)));
-        }
+            Some(tokio::spawn(switchyard::server::serve(admin, handler, limits, until_stopped(admin_stopped), Duration::from_secs(1))))
+        } else {
+            None
+        };
         // Printed last: scripts (and the tests) wait for this line.
         println!("switchyard listening on http://{addr}");
         tracing::info!(%addr, config = %state.config.source, policies = ?gateway.registry().names(), "serving");
@@ -122,6 +124,10 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
         let handler = move |request| switchyard::gateway::http::handle(gateway.clone(), request);
         switchyard::server::serve(listener, handler, limits, until_stopped(stopped), grace).await;
         let _ = admin_stop.send(true);
+        if let Some(admin) = admin_task {
+            // Its own grace (1 s) for a scrape in flight.
+            let _ = admin.await;
+        }
         Ok(ExitCode::SUCCESS)
     });
     // The last spans go out on the runtime, which is still running here.

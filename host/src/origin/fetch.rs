@@ -222,7 +222,8 @@ async fn get(
     let kept = lock(auth).clone();
     let response = send(kept).await.map_err(unreachable)?;
     let Source::Oci { scheme, repository, credentials, .. } = source else { return Ok(response) };
-    if response.status() != StatusCode::UNAUTHORIZED {
+    // Only the registry asked is answered: not a host a redirect led to.
+    if response.status() != StatusCode::UNAUTHORIZED || response.url().origin() != url.origin() {
         return Ok(response);
     }
     let Some((challenge, params)) = response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).and_then(parse_challenge) else {

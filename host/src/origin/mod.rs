@@ -64,7 +64,10 @@ pub struct Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credentials({}:…)", self.user)
+        match self.password.is_empty() {
+            true => write!(f, "Credentials(…)"),
+            false => write!(f, "Credentials({}:…)", self.user),
+        }
     }
 }
 
@@ -72,18 +75,13 @@ impl Source {
     /// Parses one `[policies] source` entry.
     pub fn parse(text: &str) -> Result<Self, String> {
         let oci = |rest: &str, scheme| {
-            // `user:password@` (percent-encoded where it holds `@`, `/` or `:`).
-            let authority = rest.split('/').next().unwrap_or_default();
-            let (credentials, rest) = match authority.rsplit_once('@') {
-                Some((userinfo, _)) => {
-                    let decode = |part: &str| percent_encoding::percent_decode_str(part).decode_utf8().map(|p| p.into_owned());
+            // `user:password@`, as written: anything up to the last `@`.
+            let (credentials, rest) = match split_userinfo(rest) {
+                Some((userinfo, after)) => {
                     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                    let (Ok(user), Ok(password)) = (decode(user), decode(password)) else {
-                        return Err(format!("`{}`: credentials that are not UTF-8 once percent-decoded", Self::redact(text)));
-                    };
-                    (Some(Credentials { user, password }), &rest[userinfo.len() + 1..])
+                    (Some(Credentials { user: user.to_owned(), password: password.to_owned() }), after)
                 }
-                _ => (None, rest),
+                None => (None, rest),
             };
             let text = Self::redact(text);
             let text = text.as_str();
@@ -115,20 +113,18 @@ impl Source {
         } else if let Some(rest) = text.strip_prefix("oci+http://") {
             oci(rest, "http")
         } else if text.starts_with("https://") || text.starts_with("http://") {
-            reqwest::Url::parse(text).map(Self::Http).map_err(|e| format!("`{text}`: {e}"))
+            reqwest::Url::parse(text).map(Self::Http).map_err(|e| format!("`{}`: {e}", Self::redact(text)))
         } else {
-            Err(format!("`{text}`: expected https://…/index.json, oci://HOST/REPOSITORY:TAG or oci+http://…"))
+            Err(format!("`{}`: expected https://…/index.json, oci://HOST/REPOSITORY:TAG or oci+http://…", Self::redact(text)))
         }
     }
 
-    /// `text` without the password of an `oci://user:password@` source.
+    /// `text` without what comes before the `@` of `user:password@` (the
+    /// user name stays when a password follows it).
     fn redact(text: &str) -> String {
         let Some((scheme, rest)) = text.split_once("://") else { return text.to_owned() };
-        match rest.split('/').next().unwrap_or_default().rsplit_once('@') {
-            Some((userinfo, _)) => {
-                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-                format!("{scheme}://{user}:…@{}", &rest[userinfo.len() + 1..])
-            }
+        match split_userinfo(rest) {
+            Some((userinfo, after)) => format!("{scheme}://{}@{after}", shown_userinfo(userinfo)),
             None => text.to_owned(),
         }
     }
@@ -168,6 +164,7 @@ impl fmt::Display for Source {
             Self::Oci { scheme, registry, repository, reference, credentials, .. } => {
                 let prefix = if *scheme == "http" { "oci+http" } else { "oci" };
                 let registry = match credentials {
+                    Some(c) if c.password.is_empty() => format!("…@{registry}"),
                     Some(c) => format!("{}:…@{registry}", c.user),
                     None => registry.clone(),
                 };
@@ -253,6 +250,8 @@ pub struct OriginStatus {
     pub last_change_at: Option<SystemTime>,
     /// The last failure, cleared by the next success.
     pub last_error: Option<(OriginError, SystemTime)>,
+    /// Every failure of the last poll (one per failing source or component).
+    pub errors: Vec<OriginError>,
     /// What the origin lists now, by name: digest.
     pub listed: BTreeMap<String, String>,
 }
@@ -279,6 +278,9 @@ pub struct OriginSync {
     state: Mutex<Vec<SourceState>>,
     /// Per source: what its registry last accepted as `Authorization`.
     auth: Vec<fetch::Authorization>,
+    /// What the last successful apply placed: a poll that would place the
+    /// same (a source still failing) does not apply it again.
+    applied: Mutex<Option<BTreeMap<String, Placed>>>,
 }
 
 impl OriginSync {
@@ -307,7 +309,8 @@ impl OriginSync {
         let fresh = SourceState { validators: Validators::default(), listed: Vec::new(), pending: true };
         let state = Mutex::new(vec![fresh; sources.len()]);
         let auth = sources.iter().map(|_| fetch::Authorization::default()).collect();
-        Ok(Arc::new(Self { sources, interval, store, client, status: Mutex::new(OriginStatus::default()), state, auth }))
+        let (status, applied) = (Mutex::new(OriginStatus::default()), Mutex::new(None));
+        Ok(Arc::new(Self { sources, interval, store, client, status, state, auth, applied }))
     }
 
     /// The sources, as configured.
@@ -348,7 +351,12 @@ impl OriginSync {
         if changed {
             status.last_change_at = Some(now);
         }
-        match errors.into_iter().next() {
+        // One line per new problem, not one per poll.
+        let before = std::mem::take(&mut status.errors);
+        for e in errors.iter().filter(|e| !before.contains(e)) {
+            tracing::error!(source = %e.source, kind = e.kind.as_str(), "policy origin: {}; what serves under its names is unchanged", e.problem);
+        }
+        match errors.first() {
             None => {
                 if changed {
                     status.changed += 1;
@@ -364,13 +372,10 @@ impl OriginSync {
             // sources' changes were applied.
             Some(e) => {
                 status.failed += 1;
-                // One line per change of problem, not one per poll.
-                if status.last_error.as_ref().is_none_or(|(last, _)| *last != e) {
-                    tracing::error!(source = %e.source, kind = e.kind.as_str(), "policy origin: {}; what serves is unchanged", e.problem);
-                }
-                status.last_error = Some((e, now));
+                status.last_error = Some((e.clone(), now));
             }
         }
+        status.errors = errors;
     }
 
     /// Reads every source and applies what changed. A failing source (or
@@ -438,6 +443,14 @@ impl OriginSync {
             }
             placed.insert(name, want);
         }
+        if lock(&self.applied).as_ref() == Some(&placed) {
+            // Nothing new to place (a source still held back): tried again next poll.
+            for (state, held) in states.iter_mut().zip(held_back) {
+                state.pending = held;
+            }
+            *lock(&self.state) = states;
+            return (false, errors);
+        }
         let this = self.clone();
         let applied = placed.clone();
         // Files and compiles: off the async workers.
@@ -454,6 +467,7 @@ impl OriginSync {
             return (false, errors);
         }
         lock(&self.status).listed = listed_now;
+        *lock(&self.applied) = Some(placed);
         for (state, held) in states.iter_mut().zip(held_back) {
             state.pending = held;
         }
@@ -491,6 +505,22 @@ impl OriginSync {
 
     fn io_error(&self, e: &std::io::Error) -> OriginError {
         OriginError { source: "policies.dir".into(), kind: OriginErrorKind::Io, problem: format!("cannot write pulled policies: {e}") }
+    }
+}
+
+/// `(userinfo, the rest)` of what follows `scheme://`: up to the last `@`
+/// (a pinned `@sha256:` aside), so that a password may hold `/`, `:` or `@`.
+fn split_userinfo(rest: &str) -> Option<(&str, &str)> {
+    let unpinned = rest.split("@sha256:").next().unwrap_or_default();
+    let (userinfo, _) = unpinned.rsplit_once('@')?;
+    Some((userinfo, &rest[userinfo.len() + 1..]))
+}
+
+/// How a `user:password` is shown: the user alone (a lone `token@` is all secret).
+fn shown_userinfo(userinfo: &str) -> String {
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:…"),
+        None => "…".to_owned(),
     }
 }
 
@@ -543,18 +573,33 @@ mod tests {
 
     #[test]
     fn registry_credentials_are_read_and_never_shown() {
-        let source = Source::parse("oci://bot:s3cr%40t%2Fx@ghcr.io/team/policies/p:v1").unwrap();
+        // A password may hold `/`, `:` and `@` as written (ECR and ACR passwords do).
+        let source = Source::parse("oci://bot:s3cr@t/x:y%41@ghcr.io/team/policies/p:v1").unwrap();
         let Source::Oci { credentials: Some(c), registry, repository, .. } = &source else { panic!("{source:?}") };
         assert_eq!(
             (c.user.as_str(), c.password.as_str(), registry.as_str(), repository.as_str()),
-            ("bot", "s3cr@t/x", "ghcr.io", "team/policies/p")
+            ("bot", "s3cr@t/x:y%41", "ghcr.io", "team/policies/p")
         );
         for shown in [source.to_string(), format!("{source:?}")] {
             assert!(!shown.contains("s3cr"), "{shown}");
         }
         assert_eq!(source.to_string(), "oci://bot:…@ghcr.io/team/policies/p:v1");
-        let problem = Source::parse("oci://bot:s3cret@ghcr.io").unwrap_err();
-        assert!(!problem.contains("s3cret") && problem.contains("bot:…@ghcr.io"), "{problem}");
+        // Refused sources never show it either, whatever the scheme.
+        for (bad, shown) in [
+            ("oci://bot:s3cret@ghcr.io", "bot:…@ghcr.io"),
+            ("oci://bot:s3/cr@t@ghcr.io/p", "bot:…@ghcr.io/p"),
+            ("oci://s3cret@ghcr.io/p", "…@ghcr.io/p"),
+            ("https://bot:s3cret@exa mple/index.json", "bot:…@exa mple"),
+            ("ftp://bot:s3cret@origin/index.json", "bot:…@origin"),
+        ] {
+            let problem = Source::parse(bad).unwrap_err();
+            assert!(!problem.contains("s3") && problem.contains(shown), "{problem}");
+        }
+        let token_only = Source::parse("oci://s3cret@ghcr.io/p:v1").unwrap();
+        assert_eq!(token_only.to_string(), "oci://…@ghcr.io/p:v1");
+        assert!(!format!("{token_only:?}").contains("s3cret"));
+        let pinned = format!("oci://bot:pw@ghcr.io/p@sha256:{}", "0".repeat(64));
+        assert!(matches!(Source::parse(&pinned).unwrap(), Source::Oci { credentials: Some(c), .. } if c.password == "pw"));
         assert!(matches!(Source::parse("oci://ghcr.io/p:v1").unwrap(), Source::Oci { credentials: None, .. }));
     }
 }
