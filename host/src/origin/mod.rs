@@ -62,12 +62,27 @@ pub struct Credentials {
     pub password: String,
 }
 
+impl Credentials {
+    /// `user:password` as written in a source (a lone `token` is a password-less user).
+    fn from_userinfo(userinfo: &str) -> Self {
+        let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        Self { user: user.to_owned(), password: password.to_owned() }
+    }
+
+    /// How they are shown: `user:…`, or `…` when the user name is all there is
+    /// (then it is the secret).
+    fn shown(&self) -> String {
+        if self.password.is_empty() {
+            "…".to_owned()
+        } else {
+            format!("{}:…", self.user)
+        }
+    }
+}
+
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.password.is_empty() {
-            true => write!(f, "Credentials(…)"),
-            false => write!(f, "Credentials({}:…)", self.user),
-        }
+        write!(f, "Credentials({})", self.shown())
     }
 }
 
@@ -77,10 +92,7 @@ impl Source {
         let oci = |rest: &str, scheme| {
             // `user:password@`, as written: anything up to the last `@`.
             let (credentials, rest) = match split_userinfo(rest) {
-                Some((userinfo, after)) => {
-                    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-                    (Some(Credentials { user: user.to_owned(), password: password.to_owned() }), after)
-                }
+                Some((userinfo, after)) => (Some(Credentials::from_userinfo(userinfo)), after),
                 None => (None, rest),
             };
             let text = Self::redact(text);
@@ -124,7 +136,7 @@ impl Source {
     fn redact(text: &str) -> String {
         let Some((scheme, rest)) = text.split_once("://") else { return text.to_owned() };
         match split_userinfo(rest) {
-            Some((userinfo, after)) => format!("{scheme}://{}@{after}", shown_userinfo(userinfo)),
+            Some((userinfo, after)) => format!("{scheme}://{}@{after}", Credentials::from_userinfo(userinfo).shown()),
             None => text.to_owned(),
         }
     }
@@ -164,8 +176,7 @@ impl fmt::Display for Source {
             Self::Oci { scheme, registry, repository, reference, credentials, .. } => {
                 let prefix = if *scheme == "http" { "oci+http" } else { "oci" };
                 let registry = match credentials {
-                    Some(c) if c.password.is_empty() => format!("…@{registry}"),
-                    Some(c) => format!("{}:…@{registry}", c.user),
+                    Some(c) => format!("{}@{registry}", c.shown()),
                     None => registry.clone(),
                 };
                 let sep = if reference.starts_with("sha256:") { '@' } else { ':' };
@@ -443,36 +454,33 @@ impl OriginSync {
             }
             placed.insert(name, want);
         }
-        if lock(&self.applied).as_ref() == Some(&placed) {
-            // Nothing new to place (a source still held back): tried again next poll.
-            for (state, held) in states.iter_mut().zip(held_back) {
-                state.pending = held;
+        // The same placement as the last (a source still held back) is not applied again.
+        let new_placement = lock(&self.applied).as_ref() != Some(&placed);
+        if new_placement {
+            let this = self.clone();
+            let applied = placed.clone();
+            // Files and compiles: off the async workers.
+            let outcome = tokio::task::spawn_blocking(move || this.apply(&registry, &applied)).await.unwrap_or_else(|e| {
+                Err(OriginError {
+                    source: "policies.dir".into(),
+                    kind: OriginErrorKind::Internal,
+                    problem: format!("placing pulled policies failed: {e}"),
+                })
+            });
+            if let Err(e) = outcome {
+                // Nothing recorded: every source is read whole and applied again next poll.
+                errors.push(e);
+                return (false, errors);
             }
-            *lock(&self.state) = states;
-            return (false, errors);
+            lock(&self.status).listed = listed_now;
+            *lock(&self.applied) = Some(placed);
         }
-        let this = self.clone();
-        let applied = placed.clone();
-        // Files and compiles: off the async workers.
-        let outcome = tokio::task::spawn_blocking(move || this.apply(&registry, &applied)).await.unwrap_or_else(|e| {
-            Err(OriginError {
-                source: "policies.dir".into(),
-                kind: OriginErrorKind::Internal,
-                problem: format!("placing pulled policies failed: {e}"),
-            })
-        });
-        if let Err(e) = outcome {
-            // Nothing recorded: every source is read whole and applied again next poll.
-            errors.push(e);
-            return (false, errors);
-        }
-        lock(&self.status).listed = listed_now;
-        *lock(&self.applied) = Some(placed);
+        // Sources held back are applied again next poll.
         for (state, held) in states.iter_mut().zip(held_back) {
             state.pending = held;
         }
         *lock(&self.state) = states;
-        (true, errors)
+        (new_placement, errors)
     }
 
     /// Places `wanted`, has the registry load it, and records what serves.
@@ -514,14 +522,6 @@ fn split_userinfo(rest: &str) -> Option<(&str, &str)> {
     let unpinned = rest.split("@sha256:").next().unwrap_or_default();
     let (userinfo, _) = unpinned.rsplit_once('@')?;
     Some((userinfo, &rest[userinfo.len() + 1..]))
-}
-
-/// How a `user:password` is shown: the user alone (a lone `token@` is all secret).
-fn shown_userinfo(userinfo: &str) -> String {
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:…"),
-        None => "…".to_owned(),
-    }
 }
 
 /// Where pulled policies are kept when `policies.dir` is not set:
