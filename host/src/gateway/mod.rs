@@ -366,11 +366,13 @@ impl Gateway {
             std::fs::rename(&from_sig, &to_sig).map_err(|e| format!("cannot move {} to {}: {e}", from_sig.display(), to_sig.display()))?;
         }
         std::fs::rename(&from, &to).map_err(|e| format!("cannot move {} to {}: {e}", from.display(), to.display()))?;
+        // Recorded before the rescan: the directory watcher may swap the
+        // promoted version in first, and whoever sees it serve sees it counted.
+        self.metrics.canary_transition(&canary, "promoted");
+        self.candidates.settle(&canary, &version, candidates::CanaryState::Promoted, "promoted");
         self.registry.rescan();
         let serving = self.registry.get(name).map(|p| p.version().to_owned()).unwrap_or_default();
         tracing::warn!(policy = %name, version = %serving, "canary promoted");
-        self.metrics.canary_transition(&canary, "promoted");
-        self.candidates.settle(&canary, &version, candidates::CanaryState::Promoted, "promoted");
         Ok(serving)
     }
 
@@ -389,10 +391,11 @@ impl Gateway {
             parked_sig.push(".rolled-back");
             std::fs::rename(&sig, &parked_sig).map_err(|e| format!("cannot move {}: {e}", sig.display()))?;
         }
-        self.registry.rescan();
-        tracing::warn!(%canary, %version, "canary rolled back: {reason}");
+        // Recorded before the rescan, as for a promotion.
         self.metrics.canary_transition(canary, "rolled_back");
         self.candidates.settle(canary, &version, candidates::CanaryState::RolledBack, reason);
+        self.registry.rescan();
+        tracing::warn!(%canary, %version, "canary rolled back: {reason}");
         Ok(())
     }
 
