@@ -100,6 +100,12 @@ base_url = "{mock}/v1"
 model = "cut?fault=cut&chunks=3&answer=canonical"
 
 [[backends]]
+name = "slow"
+provider = "openai"
+base_url = "{mock}/v1"
+model = "slow?fault=slow-first-token&delay_ms=300"
+
+[[backends]]
 name = "whole"
 provider = "openai"
 base_url = "{mock}/v1"
@@ -109,6 +115,14 @@ model = "whole?answer=canonical"
 model = "chat"
 targets = ["a"]
 cache = {{ ttl_s = 60 }}
+
+[[routes]]
+model = "plain"
+targets = ["a"]
+
+[[routes]]
+model = "slow"
+targets = ["slow"]
 
 [[routes]]
 model = "failover"
@@ -132,6 +146,11 @@ limits = {{ tpm = 6000 }}
 name = "budget"
 key = "key-budget-0"
 budget = {{ daily_usd = 0.5 }}
+
+[[clients]]
+name = "one"
+key = "key-one-0000"
+limits = {{ concurrency = 1 }}
 
 [[clients]]
 name = "free"
@@ -167,6 +186,28 @@ fn hello(model: &str, prompt: &str) -> Value {
 
 fn remaining_tokens(a: &Answer) -> u64 {
     a.header("x-ratelimit-remaining-tokens").unwrap_or_else(|| panic!("no token headers: {:?}", a.headers)).parse().unwrap()
+}
+
+/// A request's settlement reaches the store before the same node's next
+/// admission: a client that waits for each answer never meets its own
+/// concurrency of one.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_request_at_a_time_never_meets_a_concurrency_of_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(None);
+    let (_mock, a, _b) = fleet(dir.path(), &redis, ["reject", "reject"]);
+    for i in 0..100 {
+        let answer = ask(&a, "key-one-0000", &hello("plain", &format!("turn {i}"))).await;
+        assert_eq!(answer.status, 200, "request {i}: {}", answer.body);
+    }
+    // Two at once: the second is over the limit (the count is live, not just open).
+    let body = hello("slow", "slow");
+    let (first, second) = tokio::join!(ask(&a, "key-one-0000", &body), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ask(&a, "key-one-0000", &hello("plain", "meanwhile")).await
+    });
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(second.status, 429, "{}", second.body);
 }
 
 #[tokio::test(flavor = "multi_thread")]

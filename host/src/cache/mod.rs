@@ -238,7 +238,7 @@ fn hash_value(hasher: &mut blake3::Hasher, value: &Value) {
 
 /// The node's kept answers, and the shared store's.
 pub struct ResponseCache {
-    local: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    local: moka::sync::Cache<CacheKey, Arc<Entry>, foldhash::fast::RandomState>,
     shared: Option<Arc<SharedStore>>,
     metrics: Arc<Metrics>,
 }
@@ -264,7 +264,7 @@ impl ResponseCache {
                     evictions.cache_eviction();
                 }
             })
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self { local, shared, metrics }
     }
 
