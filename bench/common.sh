@@ -9,12 +9,15 @@ wrk_stats() {
     END { printf "%d %d %d %d %d\n", p50, p99, rps, bad+0, errs+0 }'
 }
 
-# first_event_us URL MODEL N [KEY] -> the p50 time to the first SSE event of
-# N streamed requests, one connection each, in µs (a Python client).
+# first_event_us URL MODEL N [KEY] [drain|leave] -> the p50 time to the first
+# SSE event of N streamed requests, one connection each, in µs (a Python
+# client). Each stream is read to its end (drain, the default), as a client
+# does: one left mid-body costs the router its upstream connection and the
+# next request a new one; `leave` for streams too slow to read whole.
 first_event_us() {
-  python3 - "$1" "$2" "$3" "${4:-}" <<'PY'
+  python3 - "$1" "$2" "$3" "${4:-}" "${5:-drain}" <<'PY'
 import http.client, json, sys, time, urllib.parse
-url, model, n, key = urllib.parse.urlparse(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+url, model, n, key, drain = urllib.parse.urlparse(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "drain"
 body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
 headers = {"content-type": "application/json"}
 if key:
@@ -28,6 +31,8 @@ for _ in range(n):
     while not response.readline().startswith(b"data:"):
         pass
     times.append(time.perf_counter() - start)
+    if drain:
+        response.read()
     conn.close()
 times.sort()
 print(int(times[len(times) // 2] * 1e6))

@@ -209,6 +209,23 @@ redis_rtt=$(redis-benchmark -p "$redis_port" -c 1 -n 50000 -q -t ping 2>/dev/nul
 # The admission's round trip as the router itself timed it (mean, from its metrics).
 admit_rtt=$(curl -s "http://127.0.0.1:$shared_admin/metrics" | awk '/^switchyard_shared_store_seconds_sum\{op="admit"\}/ {s=$2} /^switchyard_shared_store_seconds_count\{op="admit"\}/ {n=$2} END {if (n > 0) printf "%d", s / n * 1000000; else print "-"}')
 set_rtt=$(redis-benchmark -p "$redis_port" -c 1 -n 20000 -q -r 1000000 SET bench:__rand_int__ x 2>/dev/null | tr '\r' '\n' | awk -F'p50=' '/requests per second/ {print int($2 * 1000)}' | tail -1)
+# The yardstick of "one round trip": the router's own admission, caught with
+# MONITOR and replayed by redis-benchmark at one connection (the script's
+# work on the server included; a PING's round trip has none).
+redis-cli -p "$redis_port" monitor >"$work/monitor.txt" &
+monitor=$!
+sleep 0.3
+curl -s -o /dev/null "$url_shared/v1/chat/completions" -H 'content-type: application/json' -H 'authorization: Bearer key-limited-0' \
+  -d '{"model":"limits-only","messages":[{"role":"user","content":"the admission to replay"}]}'
+sleep 0.3
+kill "$monitor"
+mapfile -d '' -t admission < <(python3 - "$work/monitor.txt" <<'PY'
+import shlex, sys
+line = next(l for l in open(sys.argv[1]) if '"EVALSHA"' in l)
+sys.stdout.write("\0".join(shlex.split(line.split("] ", 1)[1])))
+PY
+)
+admit_script_rtt=$(redis-benchmark -p "$redis_port" -c 1 -n 20000 -q "${admission[@]}" 2>/dev/null | tr '\r' '\n' | awk -F'p50=' '/requests per second/ {print int($2 * 1000)}' | tail -1)
 first_byte_us() { # first_byte_us URL MODEL N stream|plain -> p50 µs to the first body byte, a new connection per request (a Python client)
   python3 - "$@" <<'PY'
 import http.client, json, sys, time, urllib.parse
@@ -251,6 +268,7 @@ table=$(cat <<MD
 | router on Redis, no limits, no cache | ${sbase50} µs | ${sbase99} µs | |
 | router on Redis, the same limits, budget and cache miss | ${shared50} µs | ${shared99} µs | $((shared50 - sbase50)) µs (one round trip: the admission script and the cache read in one pipeline; the router timed its admissions at ${admit_rtt} µs mean; redis-benchmark's PING at c=1: ${redis_rtt} µs p50, SET ${set_rtt} µs) |
 | of which: limits + budget alone | ${slim50} µs | ${slim99} µs | $((slim50 - sbase50)) µs |
+| one round trip of that admission alone (the router's \`EVALSHA\` replayed by redis-benchmark, c=1) | ${admit_script_rtt} µs | | |
 | of which: a cache miss alone | ${smiss50} µs | ${smiss99} µs | $((smiss50 - sbase50)) µs |
 | nginx answering the same bytes directly | ${nginx50} µs | ${nginx99} µs | |
 | bare proxy to that nginx | ${bare50} µs | ${bare99} µs | $((bare50 - nginx50)) µs over nginx |

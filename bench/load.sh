@@ -159,7 +159,7 @@ Load benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /p
 |---|---|---|
 | requests/s at c=64, upstream answering in 20 ms | ${srps_direct} | ${srps_router} |
 | streams at c=64 (${chunks} events each), p50 of the whole stream | ${sd50} µs | ${sr50} µs (${per_event}) |
-| time to the first event of a stream, c=1, p50 of 200 (Python client) | ${ttft_direct} µs | ${ttft_router} µs |
+| time to the first event of a stream, c=1, p50 of 200 (Python client, a connection each, each stream read to its end) | ${ttft_direct} µs | ${ttft_router} µs |
 | CPU time (user + sys) of the proxy process per request at c=64 | bare proxy ${bare_cpu} µs | ${router_cpu} µs; per stream ${stream_cpu} µs |
 | router resident memory | idle ${rss_idle} KiB | after the c=64 runs $(rss_kb "$router_pid") KiB |
 

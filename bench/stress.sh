@@ -103,8 +103,8 @@ storm() { # storm PID URL NAME -> "idle_kib peak_kib after_kib streams ttft_dire
   wrk -t2 -c5000 -d"$((secs + 12))s" --timeout 30s -s "$slow" "$2/v1/chat/completions" >"$work/storm-$3.out" 2>&1 &
   local wrk_pid=$!
   sleep 6
-  direct=$(first_event_us "$url_mock" "gpt-slow?gap_ms=1000" 40)
-  proxied=$(first_event_us "$2" "auto" 40 sk-bench-valid-key)
+  direct=$(first_event_us "$url_mock" "gpt-slow?gap_ms=1000" 40 "" leave)
+  proxied=$(first_event_us "$2" "auto" 40 sk-bench-valid-key leave)
   wait "$wrk_pid" || true
   # The kernel's high-water mark of the proxy's resident memory.
   peak=$(awk '/VmHWM/ {print $2}' "/proc/$1/status")

@@ -3,12 +3,9 @@
 //!
 //! A request waits for at most one round trip: its commands go in one
 //! pipeline. Writes nobody waits for (settlements, cached answers) are
-//! deferred: a task of their own sends them at once, and whatever gathers
-//! while one batch is on its way goes in the next. Order is kept: a call
-//! first waits for a batch in flight, and takes along any write deferred
-//! but not yet sent, so a client's next request sees the settlement of its
-//! last (a settlement riding in front of a request's commands made the
-//! request wait for the store to run it: about 35 µs of script).
+//! deferred: they ride in front of the next request's commands (no round
+//! trip of their own, and under load they batch), or a task of their own
+//! sends them 2 ms after they came when no request took them.
 //!
 //! Calls are bounded by `shared.timeout_ms`. After a failure the store is
 //! left alone for a second (every request meanwhile gets
@@ -67,9 +64,6 @@ pub struct SharedStore {
     scripts: Vec<&'static str>,
     /// Writes waiting for the next round trip.
     deferred: Mutex<Vec<Cmd>>,
-    /// Held by the flusher while a batch of deferred writes is in flight,
-    /// and taken by each call before it takes the writes not yet sent.
-    in_flight: tokio::sync::Mutex<()>,
     /// Wakes the task that sends deferred writes.
     flusher: OnceLock<Arc<tokio::sync::Notify>>,
     /// Milliseconds after `epoch` before which the store is not asked.
@@ -114,7 +108,6 @@ impl SharedStore {
             config: config.clone(),
             scripts,
             deferred: Mutex::default(),
-            in_flight: tokio::sync::Mutex::const_new(()),
             flusher: OnceLock::new(),
             down_until_ms: AtomicU64::new(0),
             failing: AtomicBool::new(false),
@@ -153,38 +146,16 @@ impl SharedStore {
         notify.notify_one();
     }
 
-    /// Runs `cmds` in one round trip, after every write deferred before
-    /// it, and answers their replies. `op` names the call in metrics and
-    /// logs. Nothing is tried in the second after a failure.
+    /// Runs the deferred writes and `cmds` in one round trip and answers
+    /// `cmds`' replies. `op` names the call in metrics and logs. Nothing is
+    /// tried in the second after a failure.
     pub async fn call(&self, op: &'static str, cmds: Vec<Cmd>) -> Result<Vec<Value>, SharedError> {
-        self.check_backoff(op)?;
-        let deferred = {
-            // A batch in flight lands first (within the timeout); writes not yet sent go in front.
-            let Ok(_in_flight) = tokio::time::timeout(self.config.timeout(), self.in_flight.lock()).await else {
-                self.metrics.shared_error(op);
-                return Err(SharedError::Timeout(self.config.timeout_ms));
-            };
-            self.take_deferred()
-        };
-        self.send(op, deferred, cmds).await
-    }
-
-    /// `Backoff` (counted under `op`) in the second after a failure.
-    fn check_backoff(&self, op: &'static str) -> Result<(), SharedError> {
-        if self.epoch.elapsed().as_millis() as u64 >= self.down_until_ms.load(Ordering::Relaxed) {
-            return Ok(());
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        if now_ms < self.down_until_ms.load(Ordering::Relaxed) {
+            self.metrics.shared_error(op);
+            return Err(SharedError::Backoff);
         }
-        self.metrics.shared_error(op);
-        Err(SharedError::Backoff)
-    }
-
-    fn take_deferred(&self) -> Vec<Cmd> {
-        std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// `deferred` then `cmds` in one pipeline; answers `cmds`' replies. A
-    /// failure puts `deferred` back in front of what gathered since.
-    async fn send(&self, op: &'static str, deferred: Vec<Cmd>, cmds: Vec<Cmd>) -> Result<Vec<Value>, SharedError> {
+        let deferred = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
         let skip = deferred.len();
         let mut pipe = redis::pipe();
         for cmd in deferred.iter().chain(&cmds) {
@@ -210,14 +181,16 @@ impl SharedStore {
             }
             Err(e) => {
                 // The deferred writes wait for the next try (each is safe to run twice).
-                self.requeue(deferred);
+                let mut waiting = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+                let room = MAX_DEFERRED.saturating_sub(waiting.len());
+                let kept: Vec<Cmd> = deferred.into_iter().rev().take(room).rev().collect();
+                waiting.splice(0..0, kept);
                 e
             }
         };
         self.metrics.shared_error(op);
         self.failing.store(true, Ordering::Relaxed);
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
-        let until = now_ms + BACKOFF.as_millis() as u64;
+        let until = self.epoch.elapsed().as_millis() as u64 + BACKOFF.as_millis() as u64;
         // One log line a backoff, not one per request.
         if self.down_until_ms.swap(until, Ordering::Relaxed) <= now_ms {
             let then = match self.config.on_shared_error {
@@ -227,14 +200,6 @@ impl SharedStore {
             tracing::error!(op, "{failure}; {then} until it answers again (tried each second)");
         }
         Err(failure)
-    }
-
-    /// Puts `deferred` back in front of the writes waiting (as many as fit).
-    fn requeue(&self, deferred: Vec<Cmd>) {
-        let mut waiting = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
-        let room = MAX_DEFERRED.saturating_sub(waiting.len());
-        let kept: Vec<Cmd> = deferred.into_iter().rev().take(room).rev().collect();
-        waiting.splice(0..0, kept);
     }
 
     /// One pipeline, within the timeout; scripts the store forgot are
@@ -265,18 +230,10 @@ impl SharedStore {
     }
 
     /// Sends the deferred writes (those that cannot go wait for the next
-    /// try); answers whether they went. Calls wait while they are on their way.
+    /// try); answers whether they went.
     async fn flush(&self) -> bool {
-        let _in_flight = self.in_flight.lock().await;
-        let deferred = self.take_deferred();
-        if deferred.is_empty() {
-            return true;
-        }
-        if self.check_backoff("flush").is_err() {
-            self.requeue(deferred);
-            return false;
-        }
-        self.send("flush", deferred, Vec::new()).await.is_ok()
+        let pending = !self.deferred.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+        !pending || self.call("flush", Vec::new()).await.is_ok()
     }
 }
 
@@ -288,12 +245,13 @@ fn server_error(value: &Value) -> Option<String> {
     }
 }
 
-/// Sends deferred writes as they come (those that gather meanwhile in the
-/// next batch), until the store is gone; while the store fails, tries again
-/// each backoff.
+/// Sends deferred writes as they come, until the store is gone; while the
+/// store fails, tries again each backoff.
 async fn flush_loop(store: Weak<SharedStore>, notify: Arc<tokio::sync::Notify>) {
     loop {
         notify.notified().await;
+        // A request's pipeline usually takes them first.
+        tokio::time::sleep(Duration::from_millis(2)).await;
         loop {
             let Some(store) = store.upgrade() else { return };
             if store.flush().await {
