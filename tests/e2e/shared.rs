@@ -103,7 +103,7 @@ model = "cut?fault=cut&chunks=3&answer=canonical"
 name = "slow"
 provider = "openai"
 base_url = "{mock}/v1"
-model = "slow?fault=slow-first-token&delay_ms=300"
+model = "slow?fault=slow-first-token&delay_ms=1000"
 
 [[backends]]
 name = "whole"
@@ -195,19 +195,27 @@ fn remaining_tokens(a: &Answer) -> u64 {
 async fn one_request_at_a_time_never_meets_a_concurrency_of_one() {
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(None);
-    let (_mock, a, _b) = fleet(dir.path(), &redis, ["reject", "reject"]);
+    let (mock, a, _b) = fleet(dir.path(), &redis, ["reject", "reject"]);
     for i in 0..100 {
         let answer = ask(&a, "key-one-0000", &hello("plain", &format!("turn {i}"))).await;
         assert_eq!(answer.status, 200, "request {i}: {}", answer.body);
     }
     // Two at once: the second is over the limit (the count is live, not just open).
-    let body = hello("slow", "slow");
-    let (first, second) = tokio::join!(ask(&a, "key-one-0000", &body), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        ask(&a, "key-one-0000", &hello("plain", "meanwhile")).await
+    support::clear(&mock).await;
+    let url = a.url.clone();
+    let held = tokio::spawn(async move {
+        post(&url, "/v1/chat/completions", &hello("slow", "held"), &[("authorization", "Bearer key-one-0000")]).await
     });
-    assert_eq!(first.status, 200, "{}", first.body);
+    // Admitted once the upstream has it (which holds it a second).
+    let started = Instant::now();
+    while !support::received(&mock).await.iter().any(|r| r.to_string().contains("held")) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the held request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = ask(&a, "key-one-0000", &hello("plain", "meanwhile")).await;
     assert_eq!(second.status, 429, "{}", second.body);
+    let first = held.await.unwrap();
+    assert_eq!(first.status, 200, "{}", first.body);
 }
 
 #[tokio::test(flavor = "multi_thread")]
