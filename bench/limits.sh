@@ -225,6 +225,7 @@ line = next(l for l in open(sys.argv[1]) if '"EVALSHA"' in l)
 sys.stdout.write("\0".join(shlex.split(line.split("] ", 1)[1])))
 PY
 )
+[ "${#admission[@]}" -gt 0 ] || { echo "no admission reached the store to replay" >&2; exit 1; }
 admit_script_rtt=$(redis-benchmark -p "$redis_port" -c 1 -n 20000 -q "${admission[@]}" 2>/dev/null | tr '\r' '\n' | awk -F'p50=' '/requests per second/ {print int($2 * 1000)}' | tail -1)
 first_byte_us() { # first_byte_us URL MODEL N stream|plain -> p50 µs to the first body byte, a new connection per request (a Python client)
   python3 - "$@" <<'PY'
