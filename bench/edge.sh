@@ -19,11 +19,8 @@ cargo build --release -p switchyard >/dev/null
 cargo build --release -p switchyard-tests >/dev/null # the guests
 bin=target/release/switchyard
 policy=target/guests/wasm32-wasip2/release/cheapest_healthy.wasm
-stripped=$(mktemp)
-trap 'rm -f "$stripped"' EXIT
-objcopy --strip-all "$bin" "$stripped"
 size=$(stat -c %s "$bin")
-size_stripped=$(stat -c %s "$stripped")
+size_symbols=$(stat -c %s "$bin.debug") # build-support/link-gcc moves them there
 mb() { python3 -c "print(f'{$1 / 1e6:.1f} MB')"; }
 
 cold=$(python3 bench/coldstart.py "$bin" "$policy" 10 20)
@@ -43,7 +40,7 @@ table="## Edge: binary, cold start, propagation
 
 \`bench/edge.sh\` on this machine ($(nproc) cores), one run.
 
-- Binary (\`cargo build --release\`, symbols kept): $(mb "$size") ($size bytes); $(mb "$size_stripped") with symbols stripped too.
+- Binary (\`cargo build --release\`): $(mb "$size") ($size bytes); its symbols beside it in \`switchyard.debug\`: $(mb "$size_symbols").
 - Cold start, from exec to the first answered chat request, ten policies in the directory with their compiled artifacts cached (a restarted node; each policy instantiated and probed at load): p50 $(field "$cold" p50_ms) ms, p90 $(field "$cold" p90_ms) ms, max $(field "$cold" max_ms) ms over $(field "$cold" runs) starts.
 - Propagation: ${nodes} router processes, each with its own policy directory and compiled-policy cache, poll one nginx origin. A new version of \`cheapest-healthy\` ($(stat -c %s "$policy") bytes, $(python3 -c 'import sys; sys.path.insert(0, "bench"); from edgelib import with_edited_functions; print(with_edited_functions(open(sys.argv[1], "rb").read(), lambda n: [])[2])' "$policy") functions) is published ${rounds} times; each version has functions no node has compiled before (\`bench/propagation.py\`: a read and write back of a global added at their start, a different number each round): 1 % of them, as a source change would, or every one, as a toolchain or dependency update would. The time until a node's \`/admin/policies\` shows the new digest, over nodes x ${rounds} samples:
 

@@ -106,12 +106,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 pub fn init_logging(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
-    use tracing_subscriber::{EnvFilter, Layer, Registry};
+    use tracing_subscriber::{Layer, Registry};
 
     let filter = || {
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let filter = match std::env::var("RUST_LOG") {
+            Ok(text) if !text.trim().is_empty() => text.parse::<Targets>().unwrap_or_else(|e| {
+                eprintln!("RUST_LOG={text:?} is not a list of `level` or `target=level`: {e}; logging at info");
+                Targets::new().with_default(LevelFilter::INFO)
+            }),
+            _ => Targets::new().with_default(LevelFilter::INFO),
+        };
         // The exported spans would prefix every log line; they are for the collector.
-        filter.add_directive(format!("{}=off", switchyard::telemetry::TARGET).parse().expect("a valid directive"))
+        filter.with_target(switchyard::telemetry::TARGET, LevelFilter::OFF)
     };
     // Colours only for a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -69,7 +69,8 @@ impl GuestLog {
         let line = cut_at_char_boundary(line, self.line_max_bytes);
         let (policy, version) = (self.policy.as_str(), self.version.as_str());
         match level {
-            LogLevel::Trace => tracing::trace!(target: "policy", policy, version, "{line}"),
+            // Release builds compile `trace` records out (tracing's `release_max_level_debug`).
+            LogLevel::Trace => tracing::debug!(target: "policy", policy, version, guest_level = "trace", "{line}"),
             LogLevel::Debug => tracing::debug!(target: "policy", policy, version, "{line}"),
             LogLevel::Info => tracing::info!(target: "policy", policy, version, "{line}"),
             LogLevel::Warn => tracing::warn!(target: "policy", policy, version, "{line}"),
