@@ -97,6 +97,7 @@ read -r sr50 _ srrps <<<"$(run "$url_router" upstream 64 stream)"
 stream_cpu=$(cpu_us_per_request "$router_pid" "$t0" "$srrps")
 chunks=19 # role chunk, 16 tokens, finish chunk, [DONE]
 ttft_direct=$(first_event_us "$url_mock" gpt-bench 200)
+ttft_bare=$(first_event_us "$url_bare" gpt-bench 200)
 ttft_router=$(first_event_us "$url_router" upstream 200)
 per_event=$(( (sr50 - sd50) / chunks ))
 if [ "$per_event" -gt 0 ]; then per_event="+${per_event} µs per event"; else per_event="no added time per event measurable"; fi
@@ -159,7 +160,7 @@ Load benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /p
 |---|---|---|
 | requests/s at c=64, upstream answering in 20 ms | ${srps_direct} | ${srps_router} |
 | streams at c=64 (${chunks} events each), p50 of the whole stream | ${sd50} µs | ${sr50} µs (${per_event}) |
-| time to the first event of a stream, c=1, p50 of 200 (Python client, a connection each, each stream read to its end) | ${ttft_direct} µs | ${ttft_router} µs |
+| time to the first event of a stream, c=1, p50 of 200 (Python client, a connection each, each stream read to its end) | ${ttft_direct} µs | ${ttft_router} µs (bare proxy: ${ttft_bare} µs) |
 | CPU time (user + sys) of the proxy process per request at c=64 | bare proxy ${bare_cpu} µs | ${router_cpu} µs; per stream ${stream_cpu} µs |
 | router resident memory | idle ${rss_idle} KiB | after the c=64 runs $(rss_kb "$router_pid") KiB |
 
@@ -193,7 +194,7 @@ cat >bench/results.json <<JSON
  "c64_rps": {"direct": $drps, "bare_proxy": $xrps, "router_policy": $prps},
  "c64_rps_20ms_upstream": {"direct": $srps_direct, "router": $srps_router},
  "c64_stream_p50_us": {"direct": $sd50, "router": $sr50, "events": $chunks},
- "stream_first_event_p50_us": {"direct": $ttft_direct, "router": $ttft_router},
+ "stream_first_event_p50_us": {"direct": $ttft_direct, "bare_proxy": $ttft_bare, "router": $ttft_router},
  "cpu_us_per_request_c64": {"bare_proxy": $bare_cpu, "router": $router_cpu, "router_stream": $stream_cpu},
  "router_rss_kib": {"idle": $rss_idle, "after_load": $(rss_kb "$router_pid")},
  "policies_c64": {"ab_rust": {"p50_us": $ar50, "p99_us": $ar99, "rps": $arrps, "non_2xx": $arbad},
