@@ -23,6 +23,7 @@ size=$(stat -c %s "$bin")
 size_symbols=$(stat -c %s "$bin.debug") # build-support/link-gcc moves them there
 mb() { python3 -c "print(f'{$1 / 1e6:.1f} MB')"; }
 
+sync # the build's writes, flushed before they land on the measurement
 cold=$(python3 bench/coldstart.py "$bin" "$policy" 10 20)
 echo "cold start: $cold"
 # A typical new version (a few functions new) at both intervals, a full
