@@ -232,3 +232,29 @@ fn config_check_says_what_would_serve_and_print_default_starts_a_config() {
     assert!(!out.status.success());
     assert!(text(&out).1.contains("server.lisen (line 2, column 1)"), "{}", text(&out).1);
 }
+
+/// `RUST_LOG` is input too: a value the router cannot read is said on
+/// stderr and the router logs at `info`; one it can read sets the level.
+#[test]
+fn a_log_level_it_cannot_read_is_said_and_info_is_used() {
+    use std::io::BufRead;
+    for (value, said, info) in [("policy=loud", true, true), ("warn,policy=debug", false, false), ("", false, true)] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("XDG_CACHE_HOME", std::env::temp_dir().join("switchyard-cli-test-cache"))
+            .env("RUST_LOG", value)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(line.starts_with("switchyard listening on"), "RUST_LOG={value:?}: {line}{stderr}");
+        assert_eq!(stderr.contains(&format!("RUST_LOG={value:?} is not a list")), said, "RUST_LOG={value:?}:\n{stderr}");
+        // The embedded default's policy is loaded, at `info`, before the router listens.
+        assert_eq!(stderr.contains("policy loaded"), info, "RUST_LOG={value:?}:\n{stderr}");
+    }
+}
