@@ -134,7 +134,7 @@ pub struct Metrics {
     shared_calls: HistogramFamily<SharedLabels>,
     cache: Family<CacheLabels, Counter>,
     cache_stored_bytes: Counter,
-    cache_evictions: Counter,
+    pub(crate) cache_evictions: Counter,
 }
 
 impl Default for Metrics {

@@ -234,15 +234,21 @@ async fn two_nodes_share_one_limit_under_concurrent_load() {
         tasks.push(tokio::spawn(async move {
             let body = hello("chat", &format!("load {i}"));
             let a = post(&url, "/v1/chat/completions", &body, &[("authorization", "Bearer key-rpm-0000")]).await;
-            (i % 2, a.status)
+            (i % 2, a)
         }));
     }
     let mut admitted = [0u32; 2];
     for task in tasks {
-        let (node, status) = task.await.unwrap();
-        match status {
+        let (node, answer) = task.await.unwrap();
+        match answer.status {
             200 => admitted[node] += 1,
-            429 => {}
+            429 => {
+                // The store's verdict, in OpenAI's words: when to come back (one request refills in 3 s).
+                let retry_after: u64 = answer.header("retry-after").expect("retry-after").parse().unwrap();
+                assert!((1..=3).contains(&retry_after), "{:?}", answer.headers);
+                assert_eq!(answer.header("x-ratelimit-remaining-requests"), Some("0"), "{:?}", answer.headers);
+                assert_eq!(answer.json()["error"]["code"], "rate_limit_exceeded", "{}", answer.body);
+            }
             other => panic!("status {other}"),
         }
     }

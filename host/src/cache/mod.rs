@@ -10,14 +10,14 @@
 //! upstream are kept: a backend's own Messages or Responses answer, a
 //! rescued stream or one that did not end cleanly never is.
 //!
-//! The node's store is moka (bounded in bytes, per-entry expiry); with a
+//! The node's store is quick_cache (bounded in bytes, S3-FIFO); with a
 //! shared store, answers also go there with their TTL, so one node's
 //! answer is a hit on the others.
 
 pub mod replay;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -175,8 +175,8 @@ pub fn key(route: &str, inbound: &InboundRequest) -> CacheKey {
         .collect();
     tags.sort_unstable();
     for (k, v) in tags {
-        hash_value(&mut hasher, &Value::String(k.to_owned()));
-        hash_value(&mut hasher, &Value::String(v.to_owned()));
+        hash_str(&mut hasher, k);
+        hash_str(&mut hasher, v);
     }
     hasher.update(b"\0");
     match &inbound.native {
@@ -197,10 +197,26 @@ fn hash_body(hasher: &mut blake3::Hasher, body: &Map<String, Value>) {
     keys.sort();
     hasher.update(b"{");
     for k in keys {
-        hash_value(hasher, &Value::String(k.clone()));
+        hash_str(hasher, k);
         hash_value(hasher, &body[k]);
     }
     hasher.update(b"}");
+}
+
+fn hash_str(hasher: &mut blake3::Hasher, s: &str) {
+    hasher.update(b"s");
+    hasher.update(&(s.len() as u64).to_le_bytes());
+    hasher.update(s.as_bytes());
+}
+
+/// Writes formatted text into the hash without a buffer.
+struct HashWriter<'a>(&'a mut blake3::Hasher);
+
+impl std::fmt::Write for HashWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.update(s.as_bytes());
+        Ok(())
+    }
 }
 
 fn hash_value(hasher: &mut blake3::Hasher, value: &Value) {
@@ -209,12 +225,13 @@ fn hash_value(hasher: &mut blake3::Hasher, value: &Value) {
         Value::Bool(b) => hasher.update(if *b { b"t" } else { b"f" }),
         Value::Number(n) => {
             hasher.update(b"#");
-            hasher.update(n.to_string().as_bytes())
+            // Writing into a hasher cannot fail.
+            let _ = std::fmt::Write::write_fmt(&mut HashWriter(hasher), format_args!("{n}"));
+            hasher
         }
         Value::String(s) => {
-            hasher.update(b"s");
-            hasher.update(&(s.len() as u64).to_le_bytes());
-            hasher.update(s.as_bytes())
+            hash_str(hasher, s);
+            hasher
         }
         Value::Array(items) => {
             hasher.update(b"[");
@@ -228,7 +245,7 @@ fn hash_value(hasher: &mut blake3::Hasher, value: &Value) {
             keys.sort();
             hasher.update(b"{");
             for k in keys {
-                hash_value(hasher, &Value::String(k.clone()));
+                hash_str(hasher, k);
                 hash_value(hasher, &map[k]);
             }
             hasher.update(b"}")
@@ -238,46 +255,88 @@ fn hash_value(hasher: &mut blake3::Hasher, value: &Value) {
 
 /// The node's kept answers, and the shared store's.
 pub struct ResponseCache {
-    local: moka::sync::Cache<CacheKey, Arc<Entry>, foldhash::fast::RandomState>,
+    local: LocalStore,
     shared: Option<Arc<SharedStore>>,
     metrics: Arc<Metrics>,
 }
 
-struct PerEntryTtl;
+/// The node's store: S3-FIFO over shards, bounded by the bytes of what it
+/// holds; an answer past its time is dropped when next read, or evicted
+/// for room before the rest.
+type LocalStore = quick_cache::sync::Cache<CacheKey, Kept, ByBytes, foldhash::fast::RandomState, CountEvictions>;
 
-impl moka::Expiry<CacheKey, Arc<Entry>> for PerEntryTtl {
-    fn expire_after_create(&self, _key: &CacheKey, entry: &Arc<Entry>, _at: std::time::Instant) -> Option<Duration> {
-        Some(entry.ttl)
+/// A kept answer and when it stops serving.
+#[derive(Clone)]
+struct Kept {
+    entry: Arc<Entry>,
+    until: Instant,
+}
+
+#[derive(Clone)]
+struct ByBytes;
+
+impl quick_cache::Weighter<CacheKey, Kept> for ByBytes {
+    fn weight(&self, _key: &CacheKey, kept: &Kept) -> u64 {
+        kept.entry.weight() as u64
     }
+}
+
+/// Counts the answers let go for room.
+#[derive(Clone)]
+struct CountEvictions(Arc<Metrics>);
+
+impl quick_cache::Lifecycle<CacheKey, Kept> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: CacheKey, kept: Kept) {
+        // One that had expired was not let go before its time.
+        if kept.until > Instant::now() {
+            self.0.cache_eviction();
+        }
+    }
+}
+
+/// Shards of the node's store: each holds a share of the bytes, so an
+/// answer larger than a share is never kept; a share is at least 16 MiB.
+fn shards_for(max_bytes: u64) -> usize {
+    let shards = (max_bytes >> 24).clamp(1, 8);
+    1 << shards.ilog2()
 }
 
 impl ResponseCache {
     /// A cache of at most `max_bytes` on this node, and on `shared`.
     pub fn new(max_bytes: u64, shared: Option<Arc<SharedStore>>, metrics: Arc<Metrics>) -> Self {
-        let evictions = metrics.clone();
-        let local = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_, entry: &Arc<Entry>| u32::try_from(entry.weight()).unwrap_or(u32::MAX))
-            .expire_after(PerEntryTtl)
-            .eviction_listener(move |_, _, cause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    evictions.cache_eviction();
-                }
-            })
-            .build_with_hasher(foldhash::fast::RandomState::default());
+        let options = quick_cache::OptionsBuilder::new()
+            .weight_capacity(max_bytes)
+            // A guess at the number of answers (4 KiB each); the tables grow as needed.
+            .estimated_items_capacity(usize::try_from(max_bytes >> 12).unwrap_or(usize::MAX).max(16))
+            .shards(shards_for(max_bytes))
+            .build()
+            .unwrap_or_else(|e| unreachable!("the cache's options are valid: {e:?}"));
+        let local = LocalStore::with_options(options, ByBytes, foldhash::fast::RandomState::default(), CountEvictions(metrics.clone()));
         Self { local, shared, metrics }
     }
 
     /// Bytes held on this node.
     pub fn local_bytes(&self) -> u64 {
-        // moka counts writes in batches; settle them first (scrape time only).
-        self.local.run_pending_tasks();
-        self.local.weighted_size()
+        self.local.weight()
     }
 
     /// The answer kept for `key` on this node.
     pub fn local(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        self.local.get(key)
+        let kept = self.local.get(key)?;
+        if kept.until > Instant::now() {
+            return Some(kept.entry);
+        }
+        // Past its time: dropped, unless a fresh answer took its place meanwhile.
+        self.local.remove_if(key, |k| Arc::ptr_eq(&k.entry, &kept.entry));
+        None
+    }
+
+    /// Keeps `entry` on this node for its time.
+    fn keep_local(&self, key: CacheKey, entry: Arc<Entry>) {
+        let until = Instant::now() + entry.ttl;
+        self.local.insert(key, Kept { entry, until });
     }
 
     /// The commands that read `key`'s answer from the shared store (none
@@ -301,7 +360,7 @@ impl ResponseCache {
         let ttl_ms: i64 = redis::from_redis_value(replies.next()?).ok()?;
         let ttl = Duration::from_millis(u64::try_from(ttl_ms).ok().filter(|ms| *ms > 0)?);
         let entry = Arc::new(Entry::decode(&bytes?, ttl)?);
-        self.local.insert(*key, entry.clone());
+        self.keep_local(*key, entry.clone());
         Some(entry)
     }
 
@@ -325,7 +384,7 @@ impl ResponseCache {
             set.arg(store.key(&format!("c:{}", hex(&key)))).arg(entry.encode()).arg("PX").arg((entry.ttl.as_millis() as u64).max(1));
             store.defer(set);
         }
-        self.local.insert(key, entry);
+        self.keep_local(key, entry);
     }
 }
 
@@ -348,6 +407,25 @@ mod tests {
         );
         assert_eq!(Entry::decode(&entry.encode(), Duration::from_secs(5)), Some(entry));
         assert_eq!(Entry::decode(&[9, 0, 0, 0, 1], Duration::from_secs(1)), None, "a length past the end");
+    }
+
+    #[test]
+    fn the_node_keeps_answers_within_its_bytes_and_for_their_time() {
+        let metrics = Arc::new(Metrics::new());
+        let cache = ResponseCache::new(100_000, None, metrics.clone());
+        let answer = |ttl| Entry::new(Bytes::from(vec![b'x'; 1_000]), vec![], "b".into(), None, ttl);
+        for i in 0..1_000u32 {
+            let mut key = [0; 32];
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            cache.put(key, answer(Duration::from_secs(60)));
+        }
+        assert!((50_000..=100_000).contains(&cache.local_bytes()), "{}", cache.local_bytes());
+        assert!(metrics.cache_evictions.get() >= 900, "{}", metrics.cache_evictions.get());
+        let key = [7; 32];
+        cache.put(key, answer(Duration::from_millis(1)));
+        assert!(cache.local(&key).is_some());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(cache.local(&key).is_none(), "past its time");
     }
 
     #[test]

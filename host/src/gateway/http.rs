@@ -283,7 +283,9 @@ async fn proxy(
         Outcome::Complete { upstream, model, answer } => {
             usage = answer.usage;
             let keep = cache_write.filter(|p| {
-                answer.shape == AnswerShape::Chat && answer.body.len() <= p.config.max_entry_bytes && cache::replay::finished(&answer.body)
+                answer.shape == AnswerShape::Chat
+                    && answer.body.len() <= p.config.max_entry_bytes
+                    && answer.finished.unwrap_or_else(|| cache::replay::finished(&answer.body))
             });
             if let Some((input, output)) = answer.usage {
                 // Cache reads are read from the body only when the backend prices them apart.

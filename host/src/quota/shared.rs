@@ -1,14 +1,17 @@
 //! The books on the shared store: admission and settlement are one script
 //! call each (one round trip), atomic on the server, on the server's clock.
 //!
-//! Keys of a scope (under the store's prefix, `q:SCOPE`):
-//! - `q:SCOPE` (hash): `rt` and `tt`, the TATs of requests and tokens.
+//! Keys of a scope (under the store's prefix, `q:SCOPE`); scopes are the
+//! configured clients and routes, so their number is bounded:
+//! - `q:SCOPE` (hash): `rt` and `tt`, the TATs of requests and tokens
+//!   (no expiry: a TAT in the past means what no key means).
 //! - `q:SCOPE:lease` (sorted set): the requests in flight that will be
 //!   settled, as `ID:NANO` (the reservation's id and its spend) scored by
 //!   when the reservation expires. Its live members are the requests in
 //!   flight and the spend reserved; expired ones (a node that died) are
-//!   dropped.
-//! - `q:SCOPE:d:DAY`, `q:SCOPE:m:MONTH`: nano-dollars spent.
+//!   ignored, then swept. Redis drops the set when its last member goes.
+//! - `q:SCOPE:d:DAY`, `q:SCOPE:m:MONTH`: nano-dollars spent, expiring
+//!   after their window.
 //!
 //! Settlement removes the lease member first and applies only if it was
 //! there, so a settlement sent twice (a pipeline retried after a lost
@@ -34,25 +37,36 @@ static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_SOURCE));
 /// GCRA as in `gcra.rs`, every scope checked before any is taken from.
 /// A scope that is settled later (tokens, concurrency, budget) holds a
 /// lease: the member `ID:NANO` (its reservation) scored by its expiry.
+///
+/// Kept cheap on the server, where it runs in every request's round trip:
+/// each `redis.call` costs about 2 µs, so there are as few as the books
+/// need (no expiry kept on keys whose number the configuration bounds);
+/// numbers go to `redis.call` and back to the router as numbers, not
+/// through Lua's slow `tostring`: times in the answer are whole
+/// milliseconds, the budget fraction parts per million (Redis answers
+/// integers). Leases of dead nodes are swept by one admission in
+/// `PURGE_ONE_IN`, when the router asks; every read ignores them meanwhile.
 const ADMIT_SOURCE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rid, tokens, nano, lease, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local purge = ARGV[6] == '1'
 local member = rid .. ':' .. ARGV[3]
 local W, EPS = 60, 1e-9
+local function ms(s) return math.ceil(s * 1000) end
 local function take(tat, limit, units)
   if units > limit then return nil, -1 end
   local interval = W / limit
   local new = math.max(tat, now) + units * interval
   local ahead = new - now
-  if ahead > W + EPS then return nil, ahead - W end
-  return new, math.max(0, math.floor((W - ahead) / interval + EPS)), ahead
+  if ahead > W + EPS then return nil, ms(ahead - W) end
+  return new, math.max(0, math.floor((W - ahead) / interval + EPS)), ms(ahead)
 end
 local out = {'ok'}
 local takes = {}
 for i = 0, n - 1 do
   local st, ls, dk, mk = KEYS[4*i+1], KEYS[4*i+2], KEYS[4*i+3], KEYS[4*i+4]
-  local a = 6 + 5 * i
+  local a = 7 + 5 * i
   local rpm, tpm, conc, daily, monthly = tonumber(ARGV[a]), tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
   local take_r, take_t = false, false
   local rr, rs, tr, ts, frac = -1, 0, -1, 0, -1
@@ -60,7 +74,7 @@ for i = 0, n - 1 do
     local tats = redis.call('HMGET', st, 'rt', 'tt')
     if rpm > 0 then
       local new, rem, ahead = take(tonumber(tats[1]) or 0, rpm, 1)
-      if not new then return {'requests', tostring(i), tostring(rem)} end
+      if not new then return {'requests', i, rem} end
       take_r, rr, rs = new, rem, ahead
     end
     if tpm > 0 then
@@ -68,15 +82,15 @@ for i = 0, n - 1 do
       local new, rem, ahead = take(tat, tpm, tokens)
       if not new then
         local left = math.max(0, math.floor((W - math.max(0, tat - now)) / (W / tpm) + EPS))
-        if rem < 0 then return {'too_large', tostring(i), '-1', tostring(left)} end
-        return {'tokens', tostring(i), tostring(rem), tostring(left)}
+        if rem < 0 then return {'too_large', i, -1, left} end
+        return {'tokens', i, rem, left}
       end
       take_t, tr, ts = new, rem, ahead
     end
   end
   if conc > 0 or daily > 0 or monthly > 0 then
     local live = redis.call('ZRANGEBYSCORE', ls, now, '+inf')
-    if conc > 0 and #live >= conc then return {'concurrency', tostring(i), '1'} end
+    if conc > 0 and #live >= conc then return {'concurrency', i, 1000} end
     if daily > 0 or monthly > 0 then
       local reserved = 0
       for _, m in ipairs(live) do reserved = reserved + (tonumber(string.match(m, ':(%d+)$')) or 0) end
@@ -85,41 +99,43 @@ for i = 0, n - 1 do
       for j, budget in ipairs({daily, monthly}) do
         if budget > 0 then
           local used = (tonumber(spent[j]) or 0) + reserved
-          if used >= budget then return {'budget', tostring(i), '-1'} end
+          if used >= budget then return {'budget', i, -1} end
           frac = math.max(frac, (used + nano) / budget)
         end
       end
+      frac = math.floor(frac * 1000000)
     end
   end
   takes[i] = {st, ls, take_r, take_t, tpm > 0 or conc > 0 or daily > 0 or monthly > 0}
-  table.insert(out, tostring(rr)); table.insert(out, tostring(rs))
-  table.insert(out, tostring(tr)); table.insert(out, tostring(ts))
-  table.insert(out, tostring(frac))
+  out[#out + 1] = rr; out[#out + 1] = rs
+  out[#out + 1] = tr; out[#out + 1] = ts
+  out[#out + 1] = frac
 end
 for i = 0, n - 1 do
   local st, ls, take_r, take_t, held = unpack(takes[i])
   if take_r and take_t then
-    redis.call('HSET', st, 'rt', string.format('%.6f', take_r), 'tt', string.format('%.6f', take_t))
+    redis.call('HSET', st, 'rt', take_r, 'tt', take_t)
   elseif take_r then
-    redis.call('HSET', st, 'rt', string.format('%.6f', take_r))
+    redis.call('HSET', st, 'rt', take_r)
   elseif take_t then
-    redis.call('HSET', st, 'tt', string.format('%.6f', take_t))
+    redis.call('HSET', st, 'tt', take_t)
   end
-  if take_r or take_t then redis.call('EXPIRE', st, 180) end
   if held then
-    redis.call('ZREMRANGEBYSCORE', ls, '-inf', now)
+    if purge then redis.call('ZREMRANGEBYSCORE', ls, '-inf', now) end
     redis.call('ZADD', ls, now + lease, member)
-    redis.call('EXPIRE', ls, lease + 120)
   end
 end
 return out
 ";
 
+/// One admission in this many sweeps its scopes' expired leases.
+const PURGE_ONE_IN: u32 = 32;
+
 /// Gives a reservation back and counts what was used: once, in each scope
-/// that still holds its lease (a second settlement finds none).
+/// that still holds its lease (a second settlement finds none). A spend
+/// counter's expiry is set when the counter is made (its window is fixed).
+/// Six `redis.call`s for two scopes with tokens and a budget.
 const SETTLE_SOURCE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local member, diff, used, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local applied = 0
 for i = 0, n - 1 do
@@ -128,15 +144,12 @@ for i = 0, n - 1 do
   if redis.call('ZREM', ls, member) == 1 then
     applied = 1
     if tpm > 0 and diff ~= 0 then
-      local tat = tonumber(redis.call('HGET', st, 'tt')) or 0
-      redis.call('HSET', st, 'tt', string.format('%.6f', math.max(tat + diff * 60 / tpm, now)))
-      redis.call('EXPIRE', st, 180)
+      -- A TAT that falls into the past means the same as now (GCRA takes the later).
+      redis.call('HINCRBYFLOAT', st, 'tt', diff * 60 / tpm)
     end
     if budget and used > 0 then
-      redis.call('INCRBY', dk, used)
-      redis.call('EXPIRE', dk, 2 * 86400)
-      redis.call('INCRBY', mk, used)
-      redis.call('EXPIRE', mk, 32 * 86400)
+      if redis.call('INCRBY', dk, used) == used then redis.call('EXPIRE', dk, 2 * 86400) end
+      if redis.call('INCRBY', mk, used) == used then redis.call('EXPIRE', mk, 32 * 86400) end
     end
   end
 end
@@ -170,7 +183,8 @@ pub(super) async fn admit(
     let mut keys = Vec::with_capacity(4 * ask.scopes.len());
     scope_keys(store, ask, &mut keys);
     let mut cmd = evalsha(&ADMIT, &keys);
-    cmd.arg(&ask.id).arg(ask.tokens).arg(ask.nano_usd).arg(ask.lease.as_secs().max(1)).arg(ask.scopes.len());
+    let purge = rand::random::<u32>().is_multiple_of(PURGE_ONE_IN);
+    cmd.arg(&ask.id).arg(ask.tokens).arg(ask.nano_usd).arg(ask.lease.as_secs().max(1)).arg(ask.scopes.len()).arg(u8::from(purge));
     for scope in &ask.scopes {
         let l = &scope.limits;
         cmd.arg(l.rpm.unwrap_or(0))
@@ -182,23 +196,30 @@ pub(super) async fn admit(
     let mut cmds = vec![cmd];
     cmds.extend(along);
     let mut values = store.call("admit", cmds).await?.into_iter();
-    let reply: Vec<String> = values
-        .next()
-        .and_then(|v| redis::from_redis_value(v).ok())
-        .ok_or_else(|| SharedError::Failed("the admission script answered nothing readable".into()))?;
+    let reply = match values.next() {
+        Some(redis::Value::Array(reply)) => reply,
+        other => return Err(SharedError::Failed(format!("unexpected answer from the admission script: {other:?}"))),
+    };
     let verdict = read_admission(ask, &reply)
         .ok_or_else(|| SharedError::Failed(format!("unexpected answer from the admission script: {reply:?}")))?;
     Ok((verdict, values.collect()))
 }
 
-/// The script's answer as the books' verdict.
-fn read_admission(ask: &Ask, reply: &[String]) -> Option<Result<Admitted, Refused>> {
-    let number = |i: usize| reply.get(i).and_then(|v| v.parse::<f64>().ok());
-    let verdict = reply.first()?.as_str();
+/// The script's answer as the books' verdict: a word, then integers
+/// (times in milliseconds, the budget fraction in parts per million).
+fn read_admission(ask: &Ask, reply: &[redis::Value]) -> Option<Result<Admitted, Refused>> {
+    let int = |i: usize| match reply.get(i)? {
+        redis::Value::Int(n) => Some(*n),
+        _ => None,
+    };
+    let number = |i: usize| int(i).map(|n| n as f64);
+    let seconds = |i: usize| number(i).map(|ms| ms / 1000.0);
+    let verdict: String = redis::from_redis_value(reply.first()?.clone()).ok()?;
+    let verdict = verdict.as_str();
     if verdict != "ok" {
-        let scope = number(1)? as usize;
+        let scope = usize::try_from(int(1)?).ok()?;
         let limits = ask.scopes.get(scope)?.limits;
-        let wait = number(2).filter(|w| *w >= 0.0);
+        let wait = seconds(2).filter(|w| *w >= 0.0);
         let mut headers = RateHeaders::default();
         let reason = match verdict {
             "requests" => {
@@ -227,10 +248,10 @@ fn read_admission(ask: &Ask, reply: &[String]) -> Option<Result<Admitted, Refuse
         let state = |limit: Option<u64>, remaining: f64, reset: f64| {
             limit.filter(|_| remaining >= 0.0).map(|limit| LimitState { limit, remaining: remaining as u64, reset_s: reset })
         };
-        let requests = state(scope.limits.rpm.map(u64::from), number(at)?, number(at + 1)?);
-        let tokens = state(scope.limits.tpm, number(at + 2)?, number(at + 3)?);
+        let requests = state(scope.limits.rpm.map(u64::from), number(at)?, seconds(at + 1)?);
+        let tokens = state(scope.limits.tpm, number(at + 2)?, seconds(at + 3)?);
         admitted.headers.tighten(requests, tokens);
-        let fraction = number(at + 4)?;
+        let fraction = number(at + 4)? / 1e6;
         if fraction >= 0.0 {
             admitted.budget_used = Some(admitted.budget_used.unwrap_or(0.0).max(fraction));
         }
@@ -261,4 +282,58 @@ pub(super) fn settle(store: &Arc<SharedStore>, ask: &Ask, used: Use) {
         cmd.arg(scope.limits.tpm.unwrap_or(0)).arg(if scope.budget.is_some() { "1" } else { "0" });
     }
     store.defer(cmd);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LimitsConfig;
+    use crate::quota::{Scope, ScopeKind};
+    use redis::Value;
+
+    fn ask() -> Ask {
+        let scope = |key: &str, rpm, tpm| Scope {
+            key: key.into(),
+            kind: ScopeKind::Client,
+            name: key.into(),
+            limits: LimitsConfig { rpm: Some(rpm), tpm: Some(tpm), concurrency: None },
+            budget: None,
+        };
+        Ask {
+            id: "r".into(),
+            scopes: vec![scope("a", 10, 1000), scope("b", 5, 500)],
+            tokens: 100,
+            nano_usd: 0,
+            lease: Duration::from_secs(60),
+        }
+    }
+
+    fn reply(word: &str, numbers: &[i64]) -> Vec<Value> {
+        let mut reply = vec![Value::BulkString(word.as_bytes().to_vec())];
+        reply.extend(numbers.iter().map(|n| Value::Int(*n)));
+        reply
+    }
+
+    #[test]
+    fn the_admission_scripts_answers_read_as_verdicts() {
+        // Admitted: per scope, requests left and reset (ms), tokens left and reset (ms), budget (ppm or -1).
+        let admitted = read_admission(&ask(), &reply("ok", &[9, 6000, 900, 6000, -1, 2, 48000, 100, 54000, 830_000])).unwrap().unwrap();
+        let requests = admitted.headers.requests.unwrap();
+        assert_eq!((requests.limit, requests.remaining, requests.reset_s), (5, 2, 48.0), "the tighter scope's");
+        assert_eq!(admitted.headers.tokens.unwrap().remaining, 100);
+        assert_eq!(admitted.budget_used, Some(0.83));
+
+        let refused = read_admission(&ask(), &reply("requests", &[1, 1500])).unwrap().unwrap_err();
+        assert_eq!((refused.reason, refused.scope, refused.retry_after), (Reason::Requests, 1, Some(Duration::from_millis(1500))));
+        let refused = read_admission(&ask(), &reply("tokens", &[0, 250, 40])).unwrap().unwrap_err();
+        assert_eq!((refused.reason, refused.headers.tokens.unwrap().remaining), (Reason::Tokens, 40));
+        let refused = read_admission(&ask(), &reply("too_large", &[0, -1, 1000])).unwrap().unwrap_err();
+        assert_eq!((refused.reason, refused.retry_after), (Reason::TooLarge, None));
+        let refused = read_admission(&ask(), &reply("budget", &[0, -1])).unwrap().unwrap_err();
+        assert_eq!((refused.reason, refused.retry_after), (Reason::Budget, None));
+
+        for unreadable in [reply("ok", &[1, 2]), reply("what", &[0, 1]), reply("requests", &[7, 10]), vec![]] {
+            assert!(read_admission(&ask(), &unreadable).is_none(), "{unreadable:?}");
+        }
+    }
 }

@@ -95,7 +95,7 @@ impl AnthropicClient {
         let body = read_capped(response, MAX_ERROR_BODY).await?;
         serde_json::from_slice::<Map<String, Value>>(&body)
             .map_err(|_| AttemptFailure::Protocol("the answer is not a JSON object".into()))?;
-        Ok(Answer { body, usage: None, shape: AnswerShape::Messages })
+        Ok(Answer { body, usage: None, shape: AnswerShape::Messages, finished: None })
     }
 
     pub(super) async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
@@ -140,11 +140,11 @@ impl AnthropicClient {
         let message: Value = serde_json::from_slice(&body).map_err(|_| AttemptFailure::Protocol("the answer is not JSON".into()))?;
         if native.is_some() {
             let usage = crate::anthropic::answer::usage_counts(&message["usage"]);
-            return Ok(Reply::Complete(Answer { body, usage, shape: AnswerShape::Messages }));
+            return Ok(Reply::Complete(Answer { body, usage, shape: AnswerShape::Messages, finished: None }));
         }
         let answer = to_chat_completion(&message);
         let usage = crate::openai::usage(&answer);
-        Ok(Reply::Complete(Answer { body: Bytes::from(answer.to_string()), usage, shape: AnswerShape::Chat }))
+        Ok(Reply::Complete(Answer { body: Bytes::from(answer.to_string()), usage, shape: AnswerShape::Chat, finished: None }))
     }
 }
 

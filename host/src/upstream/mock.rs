@@ -36,7 +36,7 @@ impl MockClient {
             sleep_ms(self.config.latency_ms).await;
             let answer = answers::complete(surface, &id, &model, created, &inbound.body, &tokens);
             let usage = crate::openai::usage(&answer);
-            return Ok(Reply::Complete(Answer { body: Bytes::from(answer.to_string()), usage, shape: AnswerShape::Chat }));
+            return Ok(Reply::Complete(Answer { body: Bytes::from(answer.to_string()), usage, shape: AnswerShape::Chat, finished: None }));
         }
         if surface == ApiSurface::Embeddings {
             return Err(AttemptFailure::Unsupported("embeddings cannot be streamed".into()));

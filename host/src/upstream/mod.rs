@@ -35,6 +35,9 @@ pub struct Answer {
     pub usage: Option<(u64, u64)>,
     /// Its API's shape.
     pub shape: AnswerShape,
+    /// Whether its first choice has a finish reason, when read in the pass
+    /// that found its usage (`None`: not read).
+    pub finished: Option<bool>,
 }
 
 /// Which API's shape an answer has.

@@ -95,15 +95,31 @@ impl OpenAiClient {
             return Ok(Reply::Stream(sse_events(response)));
         }
         let body = read_capped(response, MAX_ANSWER).await?;
-        // One pass checks that the answer is a JSON object and finds its usage.
+        // One pass checks that the answer is a JSON object and finds its
+        // usage and whether it finished (the response cache keeps only those).
+        #[derive(serde::Deserialize)]
+        struct Read {
+            usage: Option<serde_json::Value>,
+            choices: Option<Vec<Choice>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Choice {
+            finish_reason: Option<serde::de::IgnoredAny>,
+        }
         #[derive(serde::Deserialize)]
         struct UsageOf {
             usage: Option<serde_json::Value>,
         }
-        let parsed: UsageOf =
-            serde_json::from_slice(&body).map_err(|_| AttemptFailure::Protocol("the answer is not a JSON object".into()))?;
-        let usage = parsed.usage.as_ref().and_then(crate::openai::usage_counts);
-        Ok(Reply::Complete(Answer { body, usage, shape: AnswerShape::Chat }))
+        let (usage, finished) = match serde_json::from_slice::<Read>(&body) {
+            Ok(read) => (read.usage, read.choices.as_ref().is_some_and(|c| c.first().is_some_and(|c| c.finish_reason.is_some()))),
+            // Choices of another shape: passed on as they are, never cached.
+            Err(_) => match serde_json::from_slice::<UsageOf>(&body) {
+                Ok(read) => (read.usage, false),
+                Err(_) => return Err(AttemptFailure::Protocol("the answer is not a JSON object".into())),
+            },
+        };
+        let usage = usage.as_ref().and_then(crate::openai::usage_counts);
+        Ok(Reply::Complete(Answer { body, usage, shape: AnswerShape::Chat, finished: Some(finished) }))
     }
 }
 

@@ -34,7 +34,7 @@ pub(super) async fn answer(response: reqwest::Response) -> Result<Answer, Attemp
     let parsed: Value = serde_json::from_slice(&body).map_err(|_| AttemptFailure::Protocol("the answer is not JSON".into()))?;
     let usage = &parsed["usage"];
     let usage = usage["input_tokens"].as_u64().map(|input| (input, usage["output_tokens"].as_u64().unwrap_or(0)));
-    Ok(Answer { body, usage, shape: AnswerShape::Responses })
+    Ok(Answer { body, usage, shape: AnswerShape::Responses, finished: None })
 }
 
 /// A streamed answer as chat chunks carrying their events.
