@@ -191,14 +191,39 @@ cpu_limited=$(cpu_per_request "$local_pid" "$url_local" limited key-limited-0)
 cpu_plain2=$(cpu_per_request "$local_pid" "$url_local" plain key-open-000)
 cpu_limited2=$(cpu_per_request "$local_pid" "$url_local" limited key-limited-0)
 
-read -r base50 base99 <<<"$(measure "$url_local" plain key-open-000 unique)"
-read -r local50 local99 <<<"$(measure "$url_local" limited key-limited-0 unique)"
-read -r llim50 llim99 <<<"$(measure "$url_local" limits-only key-limited-0 unique)"
-read -r lmiss50 lmiss99 <<<"$(measure "$url_local" miss-only key-open-000 unique)"
-read -r sbase50 sbase99 <<<"$(measure "$url_shared" plain key-open-000 unique)"
-read -r shared50 shared99 <<<"$(measure "$url_shared" limited key-limited-0 unique)"
-read -r slim50 slim99 <<<"$(measure "$url_shared" limits-only key-limited-0 unique)"
-read -r smiss50 smiss99 <<<"$(measure "$url_shared" miss-only key-open-000 unique)"
+# What limits and the cache add: the four routes in turn, four rounds, so
+# that each is compared with the plain route measured next to it (this
+# machine drifts by more than what is measured); the added p50 is the
+# median over rounds of (route's p50 - plain's p50 in that round).
+rounds=6
+interleaved() { # interleaved URL -> "p50s base local limits miss" lines: the median p50, the lowest p99, the median added p50
+  local runs="$work/runs.txt" m p50 p99 bad
+  : >"$runs"
+  for _ in $(seq "$rounds"); do
+    for m in "plain key-open-000" "limited key-limited-0" "limits-only key-limited-0" "miss-only key-open-000"; do
+      set -- $m
+      read -r p50 p99 _ bad _ <<<"$(wrk -t1 -c1 -d"${secs}s" --latency -s "$(lua "$1" "$2" unique)" "$url/v1/chat/completions" | wrk_stats)"
+      if [ "$bad" -gt 0 ]; then echo "non-2xx answers from $url ($1): $bad" >&2; kill -TERM $$; exit 1; fi
+      echo "$1 $p50 $p99" >>"$runs"
+    done
+  done
+  python3 - "$runs" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    model, p50, p99 = line.split()
+    runs.setdefault(model, []).append((int(p50), int(p99)))
+base = [p50 for p50, _ in runs["plain"]]
+for model in ["plain", "limited", "limits-only", "miss-only"]:
+    p50s = [p50 for p50, _ in runs[model]]
+    added = statistics.median(p - b for p, b in zip(p50s, base))
+    print(int(statistics.median(p50s)), min(p99 for _, p99 in runs[model]), int(added))
+PY
+}
+{ read -r base50 base99 _; read -r local50 local99 local_added; read -r llim50 llim99 llim_added; read -r lmiss50 lmiss99 lmiss_added; } \
+  < <(url=$url_local interleaved)
+{ read -r sbase50 sbase99 _; read -r shared50 shared99 shared_added; read -r slim50 slim99 slim_added; read -r smiss50 smiss99 smiss_added; } \
+  < <(url=$url_shared interleaved)
 read -r nginx50 nginx99 <<<"$(measure "$url_nginx" hit key-open-000 same)"
 read -r bare50 bare99 <<<"$(measure "$url_bare" hit key-open-000 same)"
 read -r hit50 hit99 <<<"$(measure "$url_local" hit key-open-000 same)"
@@ -257,20 +282,20 @@ fb_hit_stream=$(first_byte_us "$url_local" hit 500 stream)
 table=$(cat <<MD
 ## Limits, budgets and the response cache
 
-\`bench/limits.sh\`, $(date -u +%Y-%m-%d), $(nproc) cores, wrk 1 connection, the lower p50 (and p99) of two ${secs} s runs each; mock upstream, nginx, Redis, routers and wrk share the machine.
+\`bench/limits.sh\`, $(date -u +%Y-%m-%d), $(nproc) cores, wrk 1 connection; mock upstream, nginx, Redis, routers and wrk share the machine. Routes with limits or a cache: ${rounds} rounds of ${secs} s runs, each route in turn; p50 is the median of the rounds, p99 the lowest, and "added" the median over rounds of the route's p50 minus the plain route's in the same round. The rest: the lower p50 (and p99) of two ${secs} s runs.
 
 | path | p50 | p99 | added p50 |
 |---|---|---|---|
 | router, no limits, no cache (unique prompts) | ${base50} µs | ${base99} µs | |
-| router, key limits (rpm, tpm, concurrency) + budget + route limits + cache miss, on the node | ${local50} µs | ${local99} µs | $((local50 - base50)) µs |
-| of which: limits + budget alone | ${llim50} µs | ${llim99} µs | $((llim50 - base50)) µs |
-| of which: a cache miss alone (looked up, then stored) | ${lmiss50} µs | ${lmiss99} µs | $((lmiss50 - base50)) µs |
+| router, key limits (rpm, tpm, concurrency) + budget + route limits + cache miss, on the node | ${local50} µs | ${local99} µs | ${local_added} µs |
+| of which: limits + budget alone | ${llim50} µs | ${llim99} µs | ${llim_added} µs |
+| of which: a cache miss alone (looked up, then stored) | ${lmiss50} µs | ${lmiss99} µs | ${lmiss_added} µs |
 | the router's CPU per request at c=64, no limits → limits + budget + route limits + cache miss (two rounds) | ${cpu_plain} µs, ${cpu_plain2} µs | ${cpu_limited} µs, ${cpu_limited2} µs | +$((cpu_limited - cpu_plain)) µs, +$((cpu_limited2 - cpu_plain2)) µs |
 | router on Redis, no limits, no cache | ${sbase50} µs | ${sbase99} µs | |
-| router on Redis, the same limits, budget and cache miss | ${shared50} µs | ${shared99} µs | $((shared50 - sbase50)) µs (one round trip: the admission script and the cache read in one pipeline; the router timed its admissions at ${admit_rtt} µs mean; redis-benchmark's PING at c=1: ${redis_rtt} µs p50, SET ${set_rtt} µs) |
-| of which: limits + budget alone | ${slim50} µs | ${slim99} µs | $((slim50 - sbase50)) µs |
+| router on Redis, the same limits, budget and cache miss | ${shared50} µs | ${shared99} µs | ${shared_added} µs (one round trip: the admission script and the cache read in one pipeline; the router timed its admissions at ${admit_rtt} µs mean; redis-benchmark's PING at c=1: ${redis_rtt} µs p50, SET ${set_rtt} µs) |
+| of which: limits + budget alone | ${slim50} µs | ${slim99} µs | ${slim_added} µs |
 | one round trip of that admission alone (the router's \`EVALSHA\` replayed by redis-benchmark, c=1) | ${admit_script_rtt} µs | | |
-| of which: a cache miss alone | ${smiss50} µs | ${smiss99} µs | $((smiss50 - sbase50)) µs |
+| of which: a cache miss alone | ${smiss50} µs | ${smiss99} µs | ${smiss_added} µs |
 | nginx answering the same bytes directly | ${nginx50} µs | ${nginx99} µs | |
 | bare proxy to that nginx | ${bare50} µs | ${bare99} µs | $((bare50 - nginx50)) µs over nginx |
 | router, cache hit | ${hit50} µs | ${hit99} µs | $((hit50 - nginx50)) µs over nginx |

@@ -389,7 +389,13 @@ impl ResponseCache {
 }
 
 fn hex(key: &CacheKey) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * key.len());
+    for b in key {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -426,6 +432,14 @@ mod tests {
         assert!(cache.local(&key).is_some());
         std::thread::sleep(Duration::from_millis(5));
         assert!(cache.local(&key).is_none(), "past its time");
+    }
+
+    #[test]
+    fn keys_are_named_in_lower_case_hex() {
+        let mut key = [0u8; 32];
+        key[0] = 0xab;
+        key[31] = 0x0f;
+        assert_eq!(hex(&key), format!("ab{}0f", "0".repeat(60)));
     }
 
     #[test]
