@@ -1,15 +1,14 @@
 //! The books on the shared store: admission and settlement are one script
 //! call each (one round trip), atomic on the server, on the server's clock.
 //!
-//! Keys of a scope (under the store's prefix, `q:SCOPE`); scopes are the
-//! configured clients and routes, so their number is bounded:
+//! Keys of a scope (under the store's prefix, `q:SCOPE`):
 //! - `q:SCOPE` (hash): `rt` and `tt`, the TATs of requests and tokens
-//!   (no expiry: a TAT in the past means what no key means).
+//!   (a TAT in the past means what no key means).
 //! - `q:SCOPE:lease` (sorted set): the requests in flight that will be
 //!   settled, as `ID:NANO` (the reservation's id and its spend) scored by
 //!   when the reservation expires. Its live members are the requests in
 //!   flight and the spend reserved; expired ones (a node that died) are
-//!   ignored, then swept. Redis drops the set when its last member goes.
+//!   ignored, then swept.
 //! - `q:SCOPE:d:DAY`, `q:SCOPE:m:MONTH`: nano-dollars spent, expiring
 //!   after their window.
 //!
@@ -40,12 +39,14 @@ static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_SOURCE));
 ///
 /// Kept cheap on the server, where it runs in every request's round trip:
 /// each `redis.call` costs about 2 µs, so there are as few as the books
-/// need (no expiry kept on keys whose number the configuration bounds);
-/// numbers go to `redis.call` and back to the router as numbers, not
+/// need; numbers go to `redis.call` and back to the router as numbers, not
 /// through Lua's slow `tostring`: times in the answer are whole
 /// milliseconds, the budget fraction parts per million (Redis answers
 /// integers). Leases of dead nodes are swept by one admission in
 /// `PURGE_ONE_IN`, when the router asks; every read ignores them meanwhile.
+/// The state and lease keys' expiry is renewed on every admission: a key
+/// whose expiry lapsed while in use would lose its TATs or the leases of
+/// requests in flight (and the settlements they wait for).
 const ADMIT_SOURCE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -120,9 +121,11 @@ for i = 0, n - 1 do
   elseif take_t then
     redis.call('HSET', st, 'tt', take_t)
   end
+  if take_r or take_t then redis.call('EXPIRE', st, 180) end
   if held then
     if purge then redis.call('ZREMRANGEBYSCORE', ls, '-inf', now) end
     redis.call('ZADD', ls, now + lease, member)
+    redis.call('EXPIRE', ls, lease + 120)
   end
 end
 return out
@@ -134,7 +137,7 @@ const PURGE_ONE_IN: u32 = 32;
 /// Gives a reservation back and counts what was used: once, in each scope
 /// that still holds its lease (a second settlement finds none). A spend
 /// counter's expiry is set when the counter is made (its window is fixed).
-/// Six `redis.call`s for two scopes with tokens and a budget.
+/// Six `redis.call`s for two scopes with tokens and a budget (it was 11).
 const SETTLE_SOURCE: &str = r"
 local member, diff, used, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local applied = 0
