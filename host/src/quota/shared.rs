@@ -217,8 +217,11 @@ fn read_admission(ask: &Ask, reply: &[redis::Value]) -> Option<Result<Admitted, 
     };
     let number = |i: usize| int(i).map(|n| n as f64);
     let seconds = |i: usize| number(i).map(|ms| ms / 1000.0);
-    let verdict: String = redis::from_redis_value(reply.first()?.clone()).ok()?;
-    let verdict = verdict.as_str();
+    let verdict = match reply.first()? {
+        redis::Value::BulkString(word) => std::str::from_utf8(word).ok()?,
+        redis::Value::SimpleString(word) => word.as_str(),
+        _ => return None,
+    };
     if verdict != "ok" {
         let scope = usize::try_from(int(1)?).ok()?;
         let limits = ask.scopes.get(scope)?.limits;
@@ -254,9 +257,10 @@ fn read_admission(ask: &Ask, reply: &[redis::Value]) -> Option<Result<Admitted, 
         let requests = state(scope.limits.rpm.map(u64::from), number(at)?, seconds(at + 1)?);
         let tokens = state(scope.limits.tpm, number(at + 2)?, seconds(at + 3)?);
         admitted.headers.tighten(requests, tokens);
-        let fraction = number(at + 4)? / 1e6;
-        if fraction >= 0.0 {
-            admitted.budget_used = Some(admitted.budget_used.unwrap_or(0.0).max(fraction));
+        // Parts per million, or -1 without a budget.
+        let ppm = int(at + 4)?;
+        if ppm >= 0 {
+            admitted.budget_used = Some(admitted.budget_used.unwrap_or(0.0).max(ppm as f64 / 1e6));
         }
     }
     Some(Ok(admitted))
