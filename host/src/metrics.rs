@@ -1,8 +1,12 @@
 //! Prometheus metrics: what happened to requests, attempts, streams and
-//! policy calls, recorded on the request path without locks (atomic
-//! counters and histograms), plus gauges read from live state at scrape time.
+//! policy calls, recorded on the request path (atomic counters and
+//! histograms; a backend's and a policy version's series are kept and found
+//! by name, without building labels), plus gauges read from live state at
+//! scrape time.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -111,6 +115,26 @@ fn micros() -> Histogram {
     Histogram::new(exponential_buckets(0.000_001, 2.0, 16))
 }
 
+/// A backend's series of the families above, each made when first used
+/// and kept, so that a request finds them by the backend's name alone:
+/// building the labels cost a `String` and a SipHash per series per request.
+#[derive(Default)]
+struct BackendSeries {
+    duration: OnceLock<Histogram>,
+    ttft: OnceLock<Histogram>,
+    tokens_in: OnceLock<Counter>,
+    tokens_out: OnceLock<Counter>,
+    cost_micro_usd: OnceLock<Counter>,
+    attempts_ok: OnceLock<Counter>,
+}
+
+type ByName<V> = RwLock<HashMap<String, V, foldhash::fast::RandomState>>;
+
+/// Reads `lock`, poisoned or not (the maps hold only metric handles).
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The router's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -135,6 +159,10 @@ pub struct Metrics {
     cache: Family<CacheLabels, Counter>,
     cache_stored_bytes: Counter,
     pub(crate) cache_evictions: Counter,
+    /// Each backend's series, by backend name.
+    backends: ByName<BackendSeries>,
+    /// Each policy version's decision histogram, by policy name, then version.
+    decisions: ByName<HashMap<String, Histogram, foldhash::fast::RandomState>>,
 }
 
 impl Default for Metrics {
@@ -169,6 +197,8 @@ impl Metrics {
             cache: Family::default(),
             cache_stored_bytes: Counter::default(),
             cache_evictions: Counter::default(),
+            backends: RwLock::default(),
+            decisions: RwLock::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -256,7 +286,9 @@ impl Metrics {
     /// One answered request.
     pub fn request(&self, labels: RequestLabels, total: Duration, overhead: Duration) {
         if labels.backend != "none" {
-            self.duration.get_or_create(&BackendLabels { backend: labels.backend.clone() }).observe(total.as_secs_f64());
+            self.with_backend(&labels.backend, |s, l| {
+                s.duration.get_or_init(|| self.duration.get_or_create(&l()).clone()).observe(total.as_secs_f64())
+            });
         }
         self.requests.get_or_create(&labels).inc();
         self.overhead.observe(overhead.as_secs_f64());
@@ -264,7 +296,14 @@ impl Metrics {
 
     /// One upstream attempt.
     pub fn attempt(&self, backend: &str, outcome: &'static str) {
-        self.attempts.get_or_create(&AttemptLabels { backend: backend.to_owned(), outcome }).inc();
+        let count = |backend: String| self.attempts.get_or_create(&AttemptLabels { backend, outcome }).clone();
+        if outcome == "ok" {
+            self.with_backend(backend, |s, l| {
+                s.attempts_ok.get_or_init(|| count(l().backend)).inc();
+            });
+        } else {
+            count(backend.to_owned()).inc();
+        }
     }
 
     /// A request answered by a fallback.
@@ -274,20 +313,41 @@ impl Metrics {
 
     /// The first event of a stream.
     pub fn first_token(&self, backend: &str, ttft: Duration) {
-        self.ttft.get_or_create(&BackendLabels { backend: backend.to_owned() }).observe(ttft.as_secs_f64());
+        self.with_backend(backend, |s, l| s.ttft.get_or_init(|| self.ttft.get_or_create(&l()).clone()).observe(ttft.as_secs_f64()));
     }
 
     /// Tokens used, and their estimated cost at the backend's prices.
     pub fn tokens(&self, backend: &str, input: u64, output: u64, cost_usd: f64) {
-        self.tokens.get_or_create(&TokenLabels { backend: backend.to_owned(), direction: "input" }).inc_by(input);
-        self.tokens.get_or_create(&TokenLabels { backend: backend.to_owned(), direction: "output" }).inc_by(output);
         let micro_usd = (cost_usd * 1e6).round() as u64;
-        self.cost_micro_usd.get_or_create(&BackendLabels { backend: backend.to_owned() }).inc_by(micro_usd);
+        let tokens = |backend: String, direction| self.tokens.get_or_create(&TokenLabels { backend, direction }).clone();
+        self.with_backend(backend, |s, l| {
+            s.tokens_in.get_or_init(|| tokens(l().backend, "input")).inc_by(input);
+            s.tokens_out.get_or_init(|| tokens(l().backend, "output")).inc_by(output);
+            s.cost_micro_usd.get_or_init(|| self.cost_micro_usd.get_or_create(&l()).clone()).inc_by(micro_usd);
+        });
     }
 
     /// One policy decision.
     pub fn decision(&self, policy: &str, version: &str, took: Duration) {
-        self.decision.get_or_create(&PolicyLabels { policy: policy.to_owned(), version: version.to_owned() }).observe(took.as_secs_f64());
+        let seconds = took.as_secs_f64();
+        if let Some(h) = read(&self.decisions).get(policy).and_then(|v| v.get(version)) {
+            return h.observe(seconds);
+        }
+        let h = self.decision.get_or_create(&PolicyLabels { policy: policy.to_owned(), version: version.to_owned() }).clone();
+        h.observe(seconds);
+        let mut decisions = self.decisions.write().unwrap_or_else(|p| p.into_inner());
+        decisions.entry(policy.to_owned()).or_default().insert(version.to_owned(), h);
+    }
+
+    /// Runs `f` on `backend`'s series (made empty the first time it is
+    /// named), with a maker of its labels for series not made yet.
+    fn with_backend(&self, backend: &str, f: impl FnOnce(&BackendSeries, &dyn Fn() -> BackendLabels)) {
+        let labels = || BackendLabels { backend: backend.to_owned() };
+        if let Some(series) = read(&self.backends).get(backend) {
+            return f(series, &labels);
+        }
+        let mut backends = self.backends.write().unwrap_or_else(|p| p.into_inner());
+        f(backends.entry(backend.to_owned()).or_default(), &labels);
     }
 
     /// A policy that could not decide, and what its route did instead.
@@ -428,4 +488,43 @@ impl Metrics {
 /// Escapes a label value for the text format.
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut out, &m.registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn kept_series_count_into_their_families() {
+        let m = Metrics::new();
+        for _ in 0..2 {
+            m.tokens("a", 10, 3, 0.5);
+            m.attempt("a", "ok");
+            m.decision("p", "v1", Duration::from_micros(5));
+        }
+        m.tokens("b", 1, 1, 0.0);
+        m.attempt("a", "timeout");
+        m.decision("p", "v2", Duration::from_micros(5));
+        let out = text(&m);
+        for line in [
+            r#"switchyard_tokens_total{backend="a",direction="input"} 20"#,
+            r#"switchyard_tokens_total{backend="a",direction="output"} 6"#,
+            r#"switchyard_tokens_total{backend="b",direction="input"} 1"#,
+            r#"switchyard_cost_micro_usd_total{backend="a"} 1000000"#,
+            r#"switchyard_attempts_total{backend="a",outcome="ok"} 2"#,
+            r#"switchyard_attempts_total{backend="a",outcome="timeout"} 1"#,
+            r#"switchyard_policy_decision_seconds_count{policy="p",version="v1"} 2"#,
+            r#"switchyard_policy_decision_seconds_count{policy="p",version="v2"} 1"#,
+        ] {
+            assert!(out.contains(line), "missing {line} in\n{out}");
+        }
+        // Series are made when first used: no stream, no time to first token.
+        assert!(!out.contains("switchyard_ttft_seconds_count"), "{out}");
+    }
 }

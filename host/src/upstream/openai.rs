@@ -99,8 +99,14 @@ impl OpenAiClient {
         // usage and whether it finished (the response cache keeps only those).
         #[derive(serde::Deserialize)]
         struct Read {
-            usage: Option<serde_json::Value>,
+            usage: Option<Usage>,
             choices: Option<Vec<Choice>>,
+        }
+        // Only the two counts: the rest of `usage` is skipped, not built.
+        #[derive(serde::Deserialize)]
+        struct Usage {
+            prompt_tokens: Option<serde_json::Value>,
+            completion_tokens: Option<serde_json::Value>,
         }
         #[derive(serde::Deserialize)]
         struct Choice {
@@ -111,14 +117,19 @@ impl OpenAiClient {
             usage: Option<serde_json::Value>,
         }
         let (usage, finished) = match serde_json::from_slice::<Read>(&body) {
-            Ok(read) => (read.usage, read.choices.as_ref().is_some_and(|c| c.first().is_some_and(|c| c.finish_reason.is_some()))),
-            // Choices of another shape: passed on as they are, never cached.
+            Ok(read) => {
+                let usage = read.usage.and_then(|u| {
+                    let count = |v: Option<serde_json::Value>| v.as_ref().and_then(serde_json::Value::as_u64);
+                    Some((count(u.prompt_tokens)?, count(u.completion_tokens).unwrap_or(0)))
+                });
+                (usage, read.choices.as_ref().is_some_and(|c| c.first().is_some_and(|c| c.finish_reason.is_some())))
+            }
+            // Choices (or usage) of another shape: passed on as they are, never cached.
             Err(_) => match serde_json::from_slice::<UsageOf>(&body) {
-                Ok(read) => (read.usage, false),
+                Ok(read) => (read.usage.as_ref().and_then(crate::openai::usage_counts), false),
                 Err(_) => return Err(AttemptFailure::Protocol("the answer is not a JSON object".into())),
             },
         };
-        let usage = usage.as_ref().and_then(crate::openai::usage_counts);
         Ok(Reply::Complete(Answer { body, usage, shape: AnswerShape::Chat, finished: Some(finished) }))
     }
 }
