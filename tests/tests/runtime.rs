@@ -346,7 +346,9 @@ fn files_that_are_not_policies_are_refused_clearly() {
 
 #[test]
 fn init_that_refuses_or_loops_fails_the_load() {
-    let runtime = runtime();
+    // Fuel is what must stop the loop here: a wall-clock backstop far above
+    // the fuel's run, which took over 500 ms on a slow, busy CI machine.
+    let runtime = PolicyRuntime::new(RuntimeSettings { init_deadline: Duration::from_secs(30), ..settings() }).unwrap();
     let bytes = read(artifacts::HOSTILE);
     let err = runtime.load("hostile", &bytes, r#"{"refuse": true}"#, &[]).unwrap_err();
     assert_eq!(err.kind(), PolicyErrorKind::ConfigRefused);
