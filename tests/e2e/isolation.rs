@@ -276,6 +276,43 @@ async fn a_quarantined_policy_fails_closed_too() {
     }
 }
 
+/// Context switches so far of the router's thread named `name` (Linux).
+fn thread_switches(router: &Proc, name: &str) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", router.pid())).unwrap();
+    let task = tasks
+        .map(|t| t.unwrap().path())
+        .find(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == name))
+        .unwrap_or_else(|| panic!("the router has no thread `{name}`"));
+    let status = std::fs::read_to_string(task.join("status")).unwrap();
+    status
+        .lines()
+        .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches"))
+        .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_router_lets_the_epoch_rest_and_its_backstop_still_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let router = fail_closed_router(dir.path(), &mock, "call_fuel = 100000000000\ncall_deadline_ms = 20");
+    // With no guest code running for a second, the epoch's ticker sleeps
+    // instead of waking every millisecond.
+    let mut rests = false;
+    for _ in 0..20 {
+        let before = thread_switches(&router, "policy-epoch");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if thread_switches(&router, "policy-epoch") - before < 25 {
+            rests = true;
+            break;
+        }
+    }
+    assert!(rests, "the epoch ticker of an idle router never rests");
+    // The next call wakes it: a loop that fuel does not stop meets the wall-clock backstop.
+    let a = post(&router.url, "/v1/chat/completions", &ask("fallback-route", "x"), &[("x-switchyard-mode", "loop")]).await;
+    assert_eq!((labels(&a), a.header("x-switchyard-backend")), ("policy_error=timeout", Some("private")), "{}", a.body);
+}
+
 /// What makes a request large, and how.
 type Edit<'a> = (&'a str, &'a dyn Fn(&mut Value));
 

@@ -198,6 +198,21 @@ fn an_infinite_loop_is_stopped_by_its_fuel() {
 }
 
 #[test]
+fn the_backstop_holds_after_the_node_was_idle() {
+    let runtime = PolicyRuntime::new(RuntimeSettings { call_fuel: u64::MAX / 2, ..settings() }).unwrap();
+    let policy = hostile(&runtime);
+    // Past a second with no guest code running the epoch ticker sleeps; the
+    // next call must wake it, or the loop would never be stopped.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(policy.decide(&chat_request("loop", "x"), &eight_backends().stats).map(|_| ()));
+    });
+    let err = rx.recv_timeout(Duration::from_secs(2)).expect("the loop was not stopped").unwrap_err();
+    assert_eq!(err.kind(), PolicyErrorKind::Timeout);
+}
+
+#[test]
 fn the_wall_clock_backstop_stops_what_fuel_does_not() {
     let runtime = PolicyRuntime::new(RuntimeSettings { call_fuel: u64::MAX / 2, ..settings() }).unwrap();
     let policy = hostile(&runtime);

@@ -3,8 +3,8 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -26,6 +26,10 @@ const BACKGROUND_QUEUE: usize = 256;
 /// How often the epoch advances; the unit of every deadline.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// Ticks with no guest code running after which the ticker sleeps until
+/// some runs again: an idle node is not woken a thousand times a second.
+const IDLE_TICKS_BEFORE_SLEEP: u32 = 1000;
+
 /// The process-wide policy runtime. Cheap to clone.
 #[derive(Clone)]
 pub struct PolicyRuntime {
@@ -43,7 +47,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) background: PolicyThreads,
     /// Key of compiled artifacts for this engine's settings.
     engine_key: u64,
-    ticker_stop: Arc<AtomicBool>,
+    pub(crate) ticker: Arc<EpochTicker>,
     /// Each policy's state, by policy name: kept across versions.
     states: std::sync::Mutex<std::collections::HashMap<String, Arc<PolicyState>>>,
     /// Compiled functions kept for the next compile (Cranelift's incremental cache).
@@ -52,7 +56,7 @@ pub(crate) struct RuntimeInner {
 
 impl Drop for RuntimeInner {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }
 
@@ -96,9 +100,8 @@ impl PolicyRuntime {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = hasher.finish();
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
         let thread_err = |e: std::io::Error| PolicyError::new(PolicyErrorKind::Runtime, "-", format!("cannot start a thread: {e}"));
-        spawn_epoch_ticker(engine.clone(), ticker_stop.clone()).map_err(thread_err)?;
+        let ticker = EpochTicker::start(engine.clone()).map_err(thread_err)?;
         let threads = PolicyThreads::start("policy", settings.threads, settings.queue).map_err(thread_err)?;
         // Outcomes and shadow decisions get a thread of their own: a slow
         // one never holds up a decision queued behind it.
@@ -106,17 +109,7 @@ impl PolicyRuntime {
 
         let states = std::sync::Mutex::default();
         Ok(Self {
-            inner: Arc::new(RuntimeInner {
-                engine,
-                linker,
-                settings,
-                threads,
-                background,
-                engine_key,
-                ticker_stop,
-                states,
-                function_cache,
-            }),
+            inner: Arc::new(RuntimeInner { engine, linker, settings, threads, background, engine_key, ticker, states, function_cache }),
         })
     }
 
@@ -253,14 +246,87 @@ fn pooling_config(settings: &RuntimeSettings) -> PoolingAllocationConfig {
     pool
 }
 
-fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("policy-epoch".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
+/// Advances the engine's epoch every [`EPOCH_TICK`] while guest code may
+/// run (the unit of every wall-clock backstop), and sleeps once none has run
+/// for [`IDLE_TICKS_BEFORE_SLEEP`] ticks. A guest call holds a [`GuestRunning`]
+/// for its whole length, which wakes the ticker if it sleeps: a deadline
+/// counts from the epoch when the call began, so it is not shortened.
+pub(crate) struct EpochTicker {
+    /// Guest calls under way.
+    running: AtomicUsize,
+    sleeping: AtomicBool,
+    stopped: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+/// Guest code may be running: the ticker ticks until this drops.
+pub(crate) struct GuestRunning(Arc<EpochTicker>);
+
+impl Drop for GuestRunning {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> std::io::Result<Arc<Self>> {
+        let ticker = Arc::new(Self {
+            running: AtomicUsize::new(0),
+            sleeping: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            thread: OnceLock::new(),
+        });
+        let this = ticker.clone();
+        let handle = std::thread::Builder::new().name("policy-epoch".into()).spawn(move || this.run(&engine))?;
+        let _ = ticker.thread.set(handle.thread().clone());
+        Ok(ticker)
+    }
+
+    fn run(&self, engine: &Engine) {
+        let mut idle = 0;
+        while !self.stopped.load(Ordering::Relaxed) {
+            idle = if self.running.load(Ordering::SeqCst) == 0 { idle + 1 } else { 0 };
+            if idle >= IDLE_TICKS_BEFORE_SLEEP {
+                // Said before looking, so that a call starting now either
+                // is seen here or sees `sleeping` and wakes the thread.
+                self.sleeping.store(true, Ordering::SeqCst);
+                if self.running.load(Ordering::SeqCst) == 0 && !self.stopped.load(Ordering::SeqCst) {
+                    std::thread::park();
+                }
+                self.sleeping.store(false, Ordering::SeqCst);
+                idle = 0;
+            }
             std::thread::sleep(EPOCH_TICK);
             engine.increment_epoch();
         }
-    })?;
-    Ok(())
+    }
+
+    /// Marks guest code as running until the guard drops; wakes the ticker
+    /// if it sleeps.
+    pub(crate) fn guest_running(self: &Arc<Self>) -> GuestRunning {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            self.wake();
+        }
+        GuestRunning(self.clone())
+    }
+
+    /// Whether the ticker sleeps now (for tests).
+    #[cfg(test)]
+    pub(crate) fn is_sleeping(&self) -> bool {
+        self.sleeping.load(Ordering::SeqCst)
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
 }
 
 /// Epoch ticks for a deadline: rounded up, plus one because the current tick
@@ -339,7 +405,30 @@ mod artifact_cache {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
+    use std::time::{Duration, Instant, SystemTime};
+
+    #[test]
+    fn the_ticker_sleeps_when_no_guest_runs_and_wakes_for_one() {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let ticker = super::EpochTicker::start(wasmtime::Engine::new(&config).unwrap()).unwrap();
+        let until = |asleep: bool, within: Duration| {
+            let started = Instant::now();
+            while ticker.is_sleeping() != asleep {
+                assert!(started.elapsed() < within, "the ticker is not {}", if asleep { "asleep" } else { "awake" });
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        until(true, Duration::from_secs(5));
+        let running = ticker.guest_running();
+        until(false, Duration::from_secs(1));
+        // A guest running for longer than the idle period keeps it awake.
+        std::thread::sleep(super::EPOCH_TICK * (super::IDLE_TICKS_BEFORE_SLEEP + 200));
+        assert!(!ticker.is_sleeping());
+        drop(running);
+        until(true, Duration::from_secs(5));
+        ticker.stop();
+    }
 
     use super::artifact_cache::prune;
 

@@ -14,7 +14,7 @@ use super::decision::{validate, Decision};
 use super::error::{PolicyError, PolicyErrorKind};
 use super::guest_log::GuestLog;
 use super::instance_state::InstanceState;
-use super::runtime::{deadline_ticks, PolicyRuntime};
+use super::runtime::{deadline_ticks, EpochTicker, GuestRunning, PolicyRuntime};
 use super::settings::InstanceMode;
 use super::state::PolicyState;
 use crate::contract::{self, idle_stats, Backend, BackendStats, Outcome, Request};
@@ -452,6 +452,7 @@ impl LoadedPolicy {
         let state = InstanceState::new(self.log.clone(), settings.memory_limit, &self.random, idle, self.state.clone());
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|state| state);
+        let _running = self.runtime.inner.ticker.guest_running();
         store.set_epoch_deadline(self.init_ticks);
         store.set_fuel(self.init_fuel).map_err(|e| classify(&self.name, &store, e, PolicyErrorKind::Runtime))?;
         let (bindings, init) = match &self.pre {
@@ -479,7 +480,7 @@ impl LoadedPolicy {
             }
         };
         match init {
-            Ok(Ok(())) => Ok(WarmInstance { store, bindings, calls: 0 }),
+            Ok(Ok(())) => Ok(WarmInstance { store, bindings, calls: 0, ticker: self.runtime.inner.ticker.clone() }),
             Ok(Err(refusal)) => Err(PolicyError::new(PolicyErrorKind::ConfigRefused, &self.name, refusal)),
             Err(e) => Err(classify(&self.name, &store, e, PolicyErrorKind::Trap)),
         }
@@ -532,6 +533,8 @@ fn now_ms() -> u64 {
 /// One instantiated policy with its store.
 struct WarmInstance {
     store: Store<InstanceState>,
+    /// Keeps the epoch advancing while this instance's guest code runs.
+    ticker: Arc<EpochTicker>,
     bindings: Bindings,
     calls: u64,
 }
@@ -547,7 +550,7 @@ impl WarmInstance {
         ticks: u64,
         fuel: u64,
     ) -> Result<(contract::Decision, u64), PolicyError> {
-        self.prepare(name, ticks, fuel)?;
+        let _running = self.prepare(name, ticks, fuel)?;
         let decision = match &self.bindings {
             Bindings::Current(bindings) => {
                 // The `host` imports read this call's snapshot.
@@ -568,7 +571,7 @@ impl WarmInstance {
 
     /// One `observe` call (current-world instances only).
     fn observe(&mut self, name: &str, outcome: &Outcome, ticks: u64, fuel: u64) -> Result<(), PolicyError> {
-        self.prepare(name, ticks, fuel)?;
+        let _running = self.prepare(name, ticks, fuel)?;
         match &self.bindings {
             Bindings::Current(bindings) => {
                 bindings.call_observe(&mut self.store, outcome).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))
@@ -578,13 +581,16 @@ impl WarmInstance {
     }
 
     /// Resets the per-call state: a reused store keeps its old deadline and
-    /// fuel, so both are set before every call.
-    fn prepare(&mut self, name: &str, ticks: u64, fuel: u64) -> Result<(), PolicyError> {
+    /// fuel, so both are set before every call. The call holds the answer
+    /// while its guest code runs.
+    fn prepare(&mut self, name: &str, ticks: u64, fuel: u64) -> Result<GuestRunning, PolicyError> {
         self.calls += 1;
         self.store.data_mut().memory_limit_hit = false;
         self.store.data().stderr_tail.clear();
+        let running = self.ticker.guest_running();
         self.store.set_epoch_deadline(ticks);
-        self.store.set_fuel(fuel).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Runtime))
+        self.store.set_fuel(fuel).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Runtime))?;
+        Ok(running)
     }
 }
 
