@@ -45,11 +45,7 @@ cat >"$work/router.toml" <<TOML
 [[routes]]
 model = "auto"
 policy = "cheapest-healthy"
-[[backends]]
-name = "upstream"
-provider = "openai"
-base_url = "$url_mock/v1"
-model = "gpt-bench"
+$(backend upstream "$url_mock/v1" gpt-bench)
 TOML
 RUST_LOG=warn start router "$bin" serve --config "$work/router.toml" --listen 127.0.0.1:0
 start bare "$bare" 127.0.0.1:0 "$url_mock/v1"

@@ -1,5 +1,10 @@
 # Sourced by the bench scripts.
 
+# backend NAME BASE_URL MODEL -> an OpenAI-compatible [[backends]] entry.
+backend() {
+  printf '[[backends]]\nname = "%s"\nprovider = "openai"\nbase_url = "%s"\nmodel = "%s"\n' "$1" "$2" "$3"
+}
+
 # wrk's --latency output on stdin -> "p50_us p99_us requests_per_second non2xx socket_errors".
 wrk_stats() {
   awk '

@@ -27,9 +27,6 @@ start() { # start NAME ARGS... ; sets $url_NAME from the address the process pri
 
 start mock mock-upstream --listen 127.0.0.1:0 --tokens 16
 start slow mock-upstream --listen 127.0.0.1:0 --tokens 16 --latency-ms 20
-backend() { # backend NAME BASE_URL MODEL -> an OpenAI-compatible [[backends]] entry
-  printf '[[backends]]\nname = "%s"\nprovider = "openai"\nbase_url = "%s"\nmodel = "%s"\n' "$1" "$2" "$3"
-}
 cat >"$work/router.toml" <<TOML
 [[routes]]
 model = "auto"

@@ -49,11 +49,7 @@ key = "sk-bench-valid-key"
 [[routes]]
 model = "auto"
 policy = "cheapest-healthy"
-[[backends]]
-name = "upstream"
-provider = "openai"
-base_url = "$url_mock/v1"
-model = "gpt-bench"
+$(backend upstream "$url_mock/v1" gpt-bench)
 TOML
 RUST_LOG=warn start router serve --config "$work/router.toml" --listen 127.0.0.1:0
 

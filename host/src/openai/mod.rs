@@ -12,7 +12,13 @@ pub fn usage(answer: &serde_json::Value) -> Option<(u64, u64)> {
 
 /// `(prompt_tokens, completion_tokens)` of a `usage` object.
 pub fn usage_counts(usage: &serde_json::Value) -> Option<(u64, u64)> {
-    Some((usage.get("prompt_tokens")?.as_u64()?, usage.get("completion_tokens").and_then(serde_json::Value::as_u64).unwrap_or(0)))
+    token_counts(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+}
+
+/// `(prompt_tokens, completion_tokens)` from the two fields: none without
+/// a count of prompt tokens; no count of completion tokens is 0.
+pub fn token_counts(prompt: Option<&serde_json::Value>, completion: Option<&serde_json::Value>) -> Option<(u64, u64)> {
+    Some((prompt?.as_u64()?, completion.and_then(serde_json::Value::as_u64).unwrap_or(0)))
 }
 
 /// Prompt tokens an answer says the backend read from its prompt cache

@@ -118,10 +118,7 @@ impl OpenAiClient {
         }
         let (usage, finished) = match serde_json::from_slice::<Read>(&body) {
             Ok(read) => {
-                let usage = read.usage.and_then(|u| {
-                    let count = |v: Option<serde_json::Value>| v.as_ref().and_then(serde_json::Value::as_u64);
-                    Some((count(u.prompt_tokens)?, count(u.completion_tokens).unwrap_or(0)))
-                });
+                let usage = read.usage.and_then(|u| crate::openai::token_counts(u.prompt_tokens.as_ref(), u.completion_tokens.as_ref()));
                 (usage, read.choices.as_ref().is_some_and(|c| c.first().is_some_and(|c| c.finish_reason.is_some())))
             }
             // Choices (or usage) of another shape: passed on as they are, never cached.
