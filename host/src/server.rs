@@ -60,6 +60,7 @@ where
         .keep_alive_interval(limits.http2_keepalive)
         .keep_alive_timeout(limits.http2_keepalive)
         .timer(hyper_util::rt::TokioTimer::new());
+    let _heartbeat = AbortOnDrop(tokio::spawn(timer_heartbeat()));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Tells every connection to finish its requests and close.
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -109,6 +110,30 @@ where
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
         tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+/// How soon the server's heartbeat timer is always due.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Keeps a timer due within [`HEARTBEAT`] while the server runs. tokio wakes
+/// its time driver (an eventfd write, and a parked worker woken for nothing)
+/// whenever a timer is set that falls due before every other one: without a
+/// near timer, that was most requests' header or body deadline.
+async fn timer_heartbeat() {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
+/// Aborts its task when dropped (the server's future may be dropped mid-way).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
