@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Allocations and context switches per request: the bare proxy against the
-# router (a backend named directly, and a policy deciding), at one connection.
+# Allocations, context switches and system calls per request: the bare proxy
+# against the router (a backend named directly, and a policy deciding), at one
+# connection.
 # Counts, not timings: they do not drift with a noisy machine, so they show a
 # change on the hot path that a latency run cannot.
 #
@@ -8,13 +9,14 @@
 #
 # Allocations are counted with uprobes on each process's `free` (perf, as
 # root): glibc's for the bare proxy, mimalloc's `mi_free` for the router
-# (which needs `switchyard.debug` beside the program for the symbol).
+# (which needs `switchyard.debug` beside the program for the symbol); system
+# calls with `strace -c`.
 # Prints a Markdown table and puts it in bench/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
 secs=${1:-3}
-for tool in wrk perf; do
+for tool in wrk perf strace; do
   if ! command -v "$tool" >/dev/null; then
     pkg=$tool; [ "$tool" = perf ] && pkg=linux-perf
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null || { echo "$tool is missing: apt-get install $pkg" >&2; exit 1; }
@@ -75,16 +77,34 @@ read -r bare_allocs bare_cs <<<"$(count "$pid_bare" "$url_bare" upstream probe_l
 read -r direct_allocs direct_cs <<<"$(count "$pid_router" "$url_router" upstream probe_sy_allocs:sy_frees)"
 read -r policy_allocs policy_cs <<<"$(count "$pid_router" "$url_router" auto probe_sy_allocs:sy_frees)"
 
+syscalls() { # syscalls PID URL MODEL -> "N a request (name n, ...)": strace -c over a run
+  local tracer out
+  strace -c -f -p "$1" -o "$work/strace.txt" 2>/dev/null &
+  tracer=$!
+  sleep 0.5
+  out=$(wrk -t1 -c1 -d"${secs}s" -s "$work/$3.lua" "$2/v1/chat/completions")
+  kill -INT "$tracer"
+  wait "$tracer" || true
+  # Columns: % time, seconds, usecs/call, calls, [errors,] syscall.
+  awk -v n="$(awk '/requests in/ {print $1}' <<<"$out")" '
+    $NF == "total" {printf "total %.1f\n", $4 / n; next}
+    $4 ~ /^[0-9]+$/ && $4 / n >= 0.05 {printf "%s %.2f\n", $NF, $4 / n}' "$work/strace.txt" \
+    | sort -k2 -rn | awk '$1 == "total" {t = $2; next} {l = l (l ? ", " : "") $1 " " $2} END {printf "%s a request (%s)\n", t, l}'
+}
+bare_sys=$(syscalls "$pid_bare" "$url_bare" upstream)
+direct_sys=$(syscalls "$pid_router" "$url_router" upstream)
+policy_sys=$(syscalls "$pid_router" "$url_router" auto)
+
 table=$(cat <<MD
-## Allocations and context switches per request
+## Allocations, context switches and system calls per request
 
-\`bench/allocs.sh\`, $(date -u +%Y-%m-%d), $(nproc) cores, wrk at one connection for ${secs} s; counted with uprobes on \`free\` (glibc's for the bare proxy, mimalloc's for the router) and the processes' context switches. Counts do not drift with the machine's noise as latency does.
+\`bench/allocs.sh\`, $(date -u +%Y-%m-%d), $(nproc) cores, wrk at one connection for ${secs} s; counted with uprobes on \`free\` (glibc's for the bare proxy, mimalloc's for the router), the processes' context switches and \`strace -c\` (each in a run of its own). Counts do not drift with the machine's noise as latency does.
 
-| path | allocations a request | context switches a request |
-|---|---|---|
-| bare hyper + reqwest + serde_json proxy | ${bare_allocs} | ${bare_cs} |
-| router, backend named directly | ${direct_allocs} | ${direct_cs} |
-| router, policy \`cheapest-healthy\` deciding (on a policy thread) | ${policy_allocs} | ${policy_cs} |
+| path | allocations a request | context switches a request | system calls a request |
+|---|---|---|---|
+| bare hyper + reqwest + serde_json proxy | ${bare_allocs} | ${bare_cs} | ${bare_sys} |
+| router, backend named directly | ${direct_allocs} | ${direct_cs} | ${direct_sys} |
+| router, policy \`cheapest-healthy\` deciding (on a policy thread) | ${policy_allocs} | ${policy_cs} | ${policy_sys} |
 MD
 )
 echo "$table"
