@@ -162,13 +162,10 @@ pub fn policy_skips(labels: &[(String, String)]) -> bool {
 /// on (`x-switchyard-*` headers, `metadata`; not the router's own), so that
 /// requests a policy may send to different models never share an answer.
 pub fn key(route: &str, inbound: &InboundRequest) -> CacheKey {
-    // Written out first and hashed in one call: blake3's `update` costs
-    // more per call than per byte at these sizes. The bytes are the same
-    // as when each part went into the hasher, so the keys are too.
-    let mut out = Vec::with_capacity(inbound.body_len + route.len() + 64);
-    out.extend_from_slice(b"switchyard-cache-v2\0");
-    out.extend_from_slice(route.as_bytes());
-    out.push(0);
+    let mut out = KeyHasher::new(inbound.body_len + route.len() + 64);
+    out.put(b"switchyard-cache-v2\0");
+    out.put(route.as_bytes());
+    out.put(b"\0");
     let mut tags: Vec<(&str, &str)> = inbound
         .view
         .tags
@@ -181,64 +178,105 @@ pub fn key(route: &str, inbound: &InboundRequest) -> CacheKey {
         write_str(&mut out, k);
         write_str(&mut out, v);
     }
-    out.push(0);
+    out.put(b"\0");
     match &inbound.native {
         Some(native) => {
-            out.extend_from_slice(native.api.as_str().as_bytes());
+            out.put(native.api.as_str().as_bytes());
             write_body(&mut out, &native.json_with_model(&inbound.model));
         }
         None => {
-            out.extend_from_slice(b"chat");
+            out.put(b"chat");
             write_body(&mut out, &inbound.body);
         }
     }
-    *blake3::hash(&out).as_bytes()
+    out.finish()
 }
 
-fn write_body(out: &mut Vec<u8>, body: &Map<String, Value>) {
+/// blake3 fed in blocks: its `update` costs more per call than per byte
+/// for the small parts a key is made of, so they are gathered first; a
+/// large body is never copied whole. The bytes hashed are the same either
+/// way, and so are the keys.
+struct KeyHasher {
+    hasher: blake3::Hasher,
+    block: Vec<u8>,
+}
+
+impl KeyHasher {
+    const BLOCK: usize = 16 << 10;
+
+    fn new(expected: usize) -> Self {
+        Self { hasher: blake3::Hasher::new(), block: Vec::with_capacity(expected.min(Self::BLOCK)) }
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        if self.block.len() + bytes.len() > Self::BLOCK {
+            self.hasher.update(&self.block);
+            self.block.clear();
+        }
+        if bytes.len() > Self::BLOCK {
+            self.hasher.update(bytes);
+        } else {
+            self.block.extend_from_slice(bytes);
+        }
+    }
+
+    fn finish(mut self) -> CacheKey {
+        self.hasher.update(&self.block);
+        *self.hasher.finalize().as_bytes()
+    }
+}
+
+impl std::fmt::Write for KeyHasher {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.put(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn write_body(out: &mut KeyHasher, body: &Map<String, Value>) {
     let mut keys: Vec<&String> = body.keys().filter(|k| !NOT_SEMANTIC.contains(&k.as_str())).collect();
     keys.sort();
-    out.push(b'{');
+    out.put(b"{");
     for k in keys {
         write_str(out, k);
         write_value(out, &body[k]);
     }
-    out.push(b'}');
+    out.put(b"}");
 }
 
 /// A string, prefixed with its length so that no two sequences run together.
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b's');
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
+fn write_str(out: &mut KeyHasher, s: &str) {
+    out.put(b"s");
+    out.put(&(s.len() as u64).to_le_bytes());
+    out.put(s.as_bytes());
 }
 
-fn write_value(out: &mut Vec<u8>, value: &Value) {
+fn write_value(out: &mut KeyHasher, value: &Value) {
     match value {
-        Value::Null => out.push(b'n'),
-        Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
+        Value::Null => out.put(b"n"),
+        Value::Bool(b) => out.put(if *b { b"t" } else { b"f" }),
         Value::Number(n) => {
-            out.push(b'#');
-            // Writing into a Vec cannot fail.
-            let _ = std::io::Write::write_fmt(out, format_args!("{n}"));
+            out.put(b"#");
+            // Writing into the hasher cannot fail.
+            let _ = std::fmt::Write::write_fmt(out, format_args!("{n}"));
         }
         Value::String(s) => write_str(out, s),
         Value::Array(items) => {
-            out.push(b'[');
+            out.put(b"[");
             for item in items {
                 write_value(out, item);
             }
-            out.push(b']');
+            out.put(b"]");
         }
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            out.push(b'{');
+            out.put(b"{");
             for k in keys {
                 write_str(out, k);
                 write_value(out, &map[k]);
             }
-            out.push(b'}');
+            out.put(b"}");
         }
     }
 }
@@ -437,6 +475,20 @@ mod tests {
         let cx = crate::openai::inbound::ParseContext { headers: &headers, caller: &caller, request_id: "r", limits, seed: 1, api: None };
         let inbound = crate::openai::inbound::parse(ApiSurface::Chat, body, cx).unwrap();
         assert_eq!(hex(&key("route", &inbound)), "e49cb09e260f7548334e4ec406a634925d49a05567fb518f3db49d2df18de956");
+    }
+
+    #[test]
+    fn the_key_hasher_hashes_what_it_is_given_however_it_comes() {
+        let parts: Vec<Vec<u8>> = [3, 20_000, 1, KeyHasher::BLOCK, 5, KeyHasher::BLOCK - 5, 70_000, 0, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 31 + j) as u8).collect())
+            .collect();
+        let mut hasher = KeyHasher::new(10);
+        for part in &parts {
+            hasher.put(part);
+        }
+        assert_eq!(hasher.finish(), *blake3::hash(&parts.concat()).as_bytes());
     }
 
     #[test]

@@ -581,8 +581,8 @@ impl WarmInstance {
     }
 
     /// Resets the per-call state: a reused store keeps its old deadline and
-    /// fuel, so both are set before every call. The call holds the answer
-    /// while its guest code runs.
+    /// fuel, so both are set before every call. The guard returned keeps
+    /// the epoch advancing: the caller holds it while its guest code runs.
     fn prepare(&mut self, name: &str, ticks: u64, fuel: u64) -> Result<GuestRunning, PolicyError> {
         self.calls += 1;
         self.store.data_mut().memory_limit_hit = false;
