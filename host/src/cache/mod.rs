@@ -234,12 +234,17 @@ impl std::fmt::Write for KeyHasher {
 }
 
 fn write_body(out: &mut KeyHasher, body: &Map<String, Value>) {
-    let mut keys: Vec<&String> = body.keys().filter(|k| !NOT_SEMANTIC.contains(&k.as_str())).collect();
+    write_object(out, body, NOT_SEMANTIC);
+}
+
+/// An object's entries in key order, without the keys in `skip`.
+fn write_object(out: &mut KeyHasher, map: &Map<String, Value>, skip: &[&str]) {
+    let mut keys: Vec<&String> = map.keys().filter(|k| !skip.contains(&k.as_str())).collect();
     keys.sort();
     out.put(b"{");
     for k in keys {
         write_str(out, k);
-        write_value(out, &body[k]);
+        write_value(out, &map[k]);
     }
     out.put(b"}");
 }
@@ -268,16 +273,7 @@ fn write_value(out: &mut KeyHasher, value: &Value) {
             }
             out.put(b"]");
         }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.put(b"{");
-            for k in keys {
-                write_str(out, k);
-                write_value(out, &map[k]);
-            }
-            out.put(b"}");
-        }
+        Value::Object(map) => write_object(out, map, &[]),
     }
 }
 
