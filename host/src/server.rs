@@ -87,11 +87,16 @@ where
                 let seen = activity.clone();
                 let service = service_fn(move |request| {
                     let guard = seen.start();
-                    let response = handler(request);
+                    // Boxed: hyper keeps a slot the size of this future in
+                    // every connection, idle or streaming, for its whole life;
+                    // the handler's future (kilobytes) lives only while it runs.
+                    let response = Box::pin(handler(request));
                     async move { Ok::<_, std::convert::Infallible>(response.await.map(|body| Tracked { body, _guard: guard }.boxed_unsync())) }
                 });
                 let io = TokioIo::new(FirstByteDeadline::new(stream, limits.header_timeout));
-                let connection = builder.serve_connection(io, service).into_owned();
+                // Boxed once: the task's future then holds a pointer, not
+                // copies of hyper's connection state for as long as it lives.
+                let connection = Box::pin(builder.serve_connection(io, service).into_owned());
                 let stopping = stopping.clone();
                 tokio::spawn(async move {
                     if let Err(e) = drive(connection, activity, limits.idle_timeout, stopping).await {
@@ -140,12 +145,11 @@ impl Drop for AbortOnDrop {
 /// Runs a connection until it closes: gracefully once it has been idle for
 /// `idle`, or when the server stops.
 async fn drive<C: GracefulConnection>(
-    connection: C,
+    mut connection: Pin<Box<C>>,
     activity: Arc<Activity>,
     idle: Duration,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), C::Error> {
-    tokio::pin!(connection);
     let mut closing = false;
     loop {
         let quiet_until = activity.quiet_until(idle);

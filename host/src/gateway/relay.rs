@@ -158,9 +158,12 @@ impl Relay {
     /// it broke.
     pub(super) fn start(self, metrics: Arc<Metrics>, request_id: String, record: Option<(Arc<DecisionLog>, Value, bool)>, hooks: EndHooks) {
         let span = telemetry::stream_span(self.leg.upstream.name());
+        // Boxed, and taken apart inside `relay`: the task's future holds the
+        // relay's state once, not once per layer, for the stream's whole life.
+        let this = Box::new(self);
         tokio::spawn(async move {
             let started = Instant::now();
-            let end = self.relay(&metrics, &request_id).instrument(span.clone()).await;
+            let end = this.relay(&metrics, &request_id).instrument(span.clone()).await;
             telemetry::record_stream_end(&span, end.chunks, &end.end);
             let status = match end.end.as_str() {
                 "done" | "rescued" => 200,
@@ -183,8 +186,8 @@ impl Relay {
     /// Passes events on until the stream ends. Returning drops the upstream
     /// stream and settles its attempt, so the upstream connection and the
     /// backend's in-flight count are free.
-    async fn relay(self, metrics: &Metrics, request_id: &str) -> StreamEnd {
-        let Self { leg, tx, limits, include_usage, mut rescuer, mut framing, mut cache } = self;
+    async fn relay(self: Box<Self>, metrics: &Metrics, request_id: &str) -> StreamEnd {
+        let Self { leg, tx, limits, include_usage, mut rescuer, mut framing, mut cache } = *self;
         let StreamLimits { write_timeout, max_duration } = limits;
         let ends_at = Instant::now() + max_duration;
         let Leg { mut upstream, attempt, first, mut rest, mut mode } = leg;
@@ -333,7 +336,9 @@ impl Relay {
                     tries.push(json!({"skipped": "the stream has several choices (n > 1)"}));
                     None
                 }
-                Some(rescuer) => rescuer.rescue(&so_far.transcript, count.passed || matches!(mode, Mode::Original), &mut tries).await,
+                // Boxed: a rescue's upstream call is large and rare, and the
+                // relay's future lives as long as every stream.
+                Some(rescuer) => Box::pin(rescuer.rescue(&so_far.transcript, count.passed || matches!(mode, Mode::Original), &mut tries)).await,
             };
             if let Some(Value::Array(all)) = rescues.last_mut().map(|r| &mut r["tries"]) {
                 all.extend(tries);
