@@ -19,10 +19,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio::time::Sleep;
 
 use crate::gateway::http::Body;
 
@@ -60,6 +59,9 @@ where
         .keep_alive_interval(limits.http2_keepalive)
         .keep_alive_timeout(limits.http2_keepalive)
         .timer(hyper_util::rt::TokioTimer::new());
+    // The protocol is told apart before hyper reads (`sniff`), so each
+    // connection gets a builder for one protocol.
+    let builders = Arc::new(Builders { http1: builder.clone().http1_only(), http2: builder.http2_only() });
     let _heartbeat = AbortOnDrop(tokio::spawn(timer_heartbeat()));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     // Tells every connection to finish its requests and close.
@@ -93,14 +95,27 @@ where
                     let response = Box::pin(handler(request));
                     async move { Ok::<_, std::convert::Infallible>(response.await.map(|body| Tracked { body, _guard: guard }.boxed_unsync())) }
                 });
-                let io = TokioIo::new(FirstByteDeadline::new(stream, limits.header_timeout));
-                // Boxed once: the task's future then holds a pointer, not
-                // copies of hyper's connection state for as long as it lives.
-                let connection = Box::pin(builder.serve_connection(io, service).into_owned());
-                let stopping = stopping.clone();
+                let mut stopping = stopping.clone();
+                let builders = builders.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = drive(connection, activity, limits.idle_timeout, stopping).await {
-                        tracing::debug!("connection ended with an error: {e}");
+                    let protocol = tokio::select! {
+                        // Silent past the header timeout, or closed before a byte: no connection.
+                        sniffed = tokio::time::timeout(limits.header_timeout, sniff(&stream)) => sniffed.ok().and_then(Result::ok),
+                        // The server stops: a connection that has sent nothing is closed.
+                        _ = stopping.changed() => None,
+                    };
+                    if let Some(protocol) = protocol {
+                        let io = TokioIo::new(stream);
+                        let builder = match protocol {
+                            Protocol::Http1 => &builders.http1,
+                            Protocol::Http2 => &builders.http2,
+                        };
+                        // Boxed once: the task's future then holds a pointer, not
+                        // copies of hyper's connection state for as long as it lives.
+                        let connection = Box::pin(builder.serve_connection(io, service).into_owned());
+                        if let Err(e) = drive(connection, activity, limits.idle_timeout, stopping).await {
+                            tracing::debug!("connection ended with an error: {e}");
+                        }
                     }
                     drop(slot);
                 });
@@ -255,57 +270,44 @@ async fn refuse(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-/// A connection that must send its first byte within a deadline: hyper's
-/// header timeout starts only after the HTTP/1-or-2 sniff has read, so a
-/// client that connects and stays silent would otherwise hold a connection
-/// (and a slot) for ever.
-struct FirstByteDeadline {
-    stream: TcpStream,
-    deadline: Option<Pin<Box<Sleep>>>,
+/// The server's two connection builders, configured alike.
+struct Builders {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
 }
 
-impl FirstByteDeadline {
-    fn new(stream: TcpStream, timeout: Duration) -> Self {
-        Self { stream, deadline: Some(Box::pin(tokio::time::sleep(timeout))) }
-    }
+/// What a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c): it opened with the preface.
+    Http2,
 }
 
-impl AsyncRead for FirstByteDeadline {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if let Some(deadline) = &mut this.deadline {
-            match &read {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => this.deadline = None,
-                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
-                    return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no request within the header timeout")));
-                }
-                _ => {}
-            }
+/// Tells HTTP/2 from HTTP/1 by the connection's first bytes, peeked rather
+/// than read, so hyper's first read takes the whole request head. (hyper's
+/// own sniff reads up to 24 bytes first; its HTTP/1 read buffer then grew
+/// from 8 to 16 KiB on every connection.) HTTP/2 when the bytes are its
+/// preface, HTTP/1 as soon as they differ; an error when the peer closes
+/// first. The caller bounds it with the header timeout.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut seen = [0u8; PREFACE.len()];
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let n = stream.peek(&mut seen).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        read
-    }
-}
-
-impl AsyncWrite for FirstByteDeadline {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        if seen[..n] != PREFACE[..n] {
+            return Ok(Protocol::Http1);
+        }
+        if n == PREFACE.len() {
+            return Ok(Protocol::Http2);
+        }
+        // Part of the preface: a peek returns at once while those bytes
+        // wait, so look again after a pause (rare: clients send it whole).
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }

@@ -532,8 +532,9 @@ async fn traces_are_exported_over_otlp_and_continue_upstream() {
 }
 
 /// Every connection is bounded: past `max_connections` a client gets a 503
-/// at once; a connection that stays silent, or sends its headers or body too
-/// slowly, is closed (with a 408 for a body), and the slots come back.
+/// at once; a connection that stays silent, or sends its headers (or the
+/// HTTP/2 preface) or body too slowly, is closed (with a 408 for a body),
+/// and the slots come back.
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_and_slow_clients_are_bounded() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -572,6 +573,11 @@ async fn connections_and_slow_clients_are_bounded() {
     slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n").await.unwrap();
     let (_, took) = until_closed(&mut slow).await;
     assert!(took < Duration::from_secs(2), "headers trickled for {took:?}");
+    // The start of the HTTP/2 preface, then silence: closed after the header timeout too.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"PRI * HTTP/2").await.unwrap();
+    let (answer, took) = until_closed(&mut slow).await;
+    assert!(took < Duration::from_secs(2), "a part of the HTTP/2 preface held a connection for {took:?}: {answer}");
     // A body that stops: 408 after the body timeout.
     let mut slow = TcpStream::connect(&addr).await.unwrap();
     slow.write_all(

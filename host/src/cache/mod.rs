@@ -395,7 +395,8 @@ impl ResponseCache {
             return Some(entry);
         }
         let (store, lookup) = (self.shared.as_ref()?, self.shared_lookup(key)?);
-        let replies = store.call("cache_get", lookup).await.ok()?;
+        // Boxed, as the admission's round trip is: see `Quotas::admit`.
+        let replies = Box::pin(store.call("cache_get", lookup)).await.ok()?;
         self.shared_entry(key, replies)
     }
 

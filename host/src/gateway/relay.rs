@@ -338,7 +338,9 @@ impl Relay {
                 }
                 // Boxed: a rescue's upstream call is large and rare, and the
                 // relay's future lives as long as every stream.
-                Some(rescuer) => Box::pin(rescuer.rescue(&so_far.transcript, count.passed || matches!(mode, Mode::Original), &mut tries)).await,
+                Some(rescuer) => {
+                    Box::pin(rescuer.rescue(&so_far.transcript, count.passed || matches!(mode, Mode::Original), &mut tries)).await
+                }
             };
             if let Some(Value::Array(all)) = rescues.last_mut().map(|r| &mut r["tries"]) {
                 all.extend(tries);

@@ -253,7 +253,9 @@ impl Quotas {
     /// (a cached answer); their replies come back when they went.
     pub async fn admit(self: &Arc<Self>, ask: Ask, along: Vec<redis::Cmd>) -> (Result<Ticket, Refusal>, Option<Vec<redis::Value>>) {
         let (verdict, books, replies) = match &self.shared {
-            Some(store) => match shared::admit(store, &ask, along).await {
+            // Boxed: the store's round trip is a large future, and every
+            // request's handler would otherwise carry its size.
+            Some(store) => match Box::pin(shared::admit(store, &ask, along)).await {
                 Ok((verdict, replies)) => (verdict, Books::Shared, Some(replies)),
                 Err(e) => {
                     // The store may have run the admission and lost the answer.
