@@ -17,6 +17,7 @@ mod debounce;
 pub mod decision_log;
 pub mod error;
 pub mod gateway;
+pub mod memory;
 pub mod metrics;
 pub mod mock_answers;
 pub mod mock_upstream;

@@ -7,6 +7,7 @@ mod cli;
 
 /// mimalloc: the router makes many small, short-lived allocations per
 /// request; glibc's malloc showed as 10 % of the profile under load.
+/// `switchyard::memory` gives its free memory back on an idle node.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -634,6 +634,76 @@ async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
     assert_eq!(a.status, 200, "{}", a.body);
 }
 
+/// Memory a burst of streams took goes back to the system once they have
+/// ended, with no traffic after them: an idle router used to keep nearly
+/// all of it (its allocator returns memory only from within its own calls).
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_a_burst_of_streams_took_is_returned_when_it_ends() {
+    const STREAMS: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let config = format!(
+        "[server]\nmax_connections = 4000\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"slow\"\nprovider = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"gpt-slow?gap_ms=100\"\n",
+        mock.url
+    );
+    let router = router(dir.path(), &config, &[]);
+    let resident_kib = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", router.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let a = post(&router.url, "/v1/chat/completions", &chat("auto", true), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let idle = resident_kib();
+
+    // STREAMS streams at once, each about 2 s long (events 100 ms apart).
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let body = chat("auto", true);
+    let streams: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let request = client.post(format!("{}/v1/chat/completions", router.url)).json(&body);
+            tokio::spawn(async move {
+                let response = request.send().await.ok()?;
+                let status = response.status().as_u16();
+                response.bytes().await.ok()?;
+                Some(status)
+            })
+        })
+        .collect();
+    let mut busy = idle;
+    while !streams.iter().all(|s| s.is_finished()) {
+        busy = busy.max(resident_kib());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut statuses = Vec::new();
+    for stream in streams {
+        statuses.push(stream.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == Some(200)), "{:?}", statuses.iter().filter(|s| **s != Some(200)).take(3).collect::<Vec<_>>());
+    drop(client);
+    let grew = busy.saturating_sub(idle);
+    assert!(grew > 8 * 1024, "{STREAMS} streams took only {grew} KiB: the test shows nothing");
+
+    // Within a few seconds of the last stream, most of it is back (the
+    // upstream pool keeps some idle connections, and so some of it, on purpose).
+    let started = Instant::now();
+    loop {
+        let now = resident_kib();
+        if now <= idle + grew / 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "idle {idle} KiB, {busy} KiB under {STREAMS} streams, still {now} KiB {:?} after they ended",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// A stream that runs past `stream_max_duration_ms` ends with an error
 /// event (never `[DONE]`); the backend is not blamed for it.
 #[tokio::test(flavor = "multi_thread")]

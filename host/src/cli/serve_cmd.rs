@@ -49,7 +49,8 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Memory a storm freed goes back to the system once the workers idle.
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().on_thread_park(switchyard::memory::on_worker_park).build()?;
     let (telemetry, tracer) = Telemetry::start(&config.telemetry, tokio.handle().clone()).map_err(anyhow::Error::msg)?.unzip();
     super::init_logging(log_format, tracer);
     let runtime = PolicyRuntime::new(runtime_settings(&config))?;
