@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod mock_answers;
 pub mod mock_upstream;
 pub mod native;
+pub mod open_files;
 pub mod openai;
 pub mod origin;
 pub mod policy;

@@ -634,6 +634,63 @@ async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
     assert_eq!(a.status, 200, "{}", a.body);
 }
 
+/// The router raises its soft limit on open files to the hard one, and
+/// where the hard limit is too low for `max_connections` it serves fewer at
+/// once, with a warning: the connections past them get the 503 of a full
+/// server (before, accepting failed once descriptors ran out, and those
+/// clients got no answer at all).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_open_file_limit_is_raised_and_bounds_the_connections() {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[server]\nheader_timeout_ms = 20000\n[[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n[[backends]]\nname = \"m\"\nprovider = \"mock\"\n";
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, config).unwrap();
+    let args = ["serve", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:0"];
+    let open_files = |pid: u32| {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_owned();
+        let numbers: Vec<String> = line.split_whitespace().skip(3).take(2).map(str::to_owned).collect();
+        (numbers[0].clone(), numbers[1].clone())
+    };
+
+    // A low soft limit under a higher hard one: raised to the hard one.
+    let raised = support::Proc::start_with_open_files("-Sn 300", &args, dir.path(), &[]);
+    let (soft, hard) = open_files(raised.pid());
+    assert_ne!(soft, "300", "{soft} {hard}");
+    assert_eq!(soft, hard);
+    drop(raised);
+
+    // A hard limit of 300: 70 connections at once ((300 - 160) / 2).
+    let router = support::Proc::start_with_open_files("-n 300", &args, dir.path(), &[]);
+    assert!(router.logs().contains("server.max_connections is 10000 but the open-file limit (300) allows 70"), "{}", router.logs());
+    let addr = router.url.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..70 {
+        held.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..100 {
+        let mut over = TcpStream::connect(&addr).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), over.read_to_end(&mut answer)).await.expect("no answer past the limit").unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"), "{answer}");
+    }
+    drop(held);
+    let started = Instant::now();
+    loop {
+        let a = post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await;
+        if a.status == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{} {}", a.status, a.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Memory a burst of streams took goes back to the system once they have
 /// ended, with no traffic after them: an idle router used to keep nearly
 /// all of it (its allocator returns memory only from within its own calls).

@@ -53,6 +53,7 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().on_thread_park(switchyard::memory::on_worker_park).build()?;
     let (telemetry, tracer) = Telemetry::start(&config.telemetry, tokio.handle().clone()).map_err(anyhow::Error::msg)?.unzip();
     super::init_logging(log_format, tracer);
+    fit_connections_to_open_files(&mut config.server);
     let runtime = PolicyRuntime::new(runtime_settings(&config))?;
     let served = tokio.block_on(async move {
         let listen = config.server.listen;
@@ -136,6 +137,25 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
         telemetry.shutdown();
     }
     served
+}
+
+/// Raises the open-file limit to its hard limit, and lowers
+/// `server.max_connections` to what the limit allows, with a warning: past
+/// it, clients get the 503 of a full server rather than no answer.
+fn fit_connections_to_open_files(server: &mut switchyard::config::ServerConfig) {
+    let limit = match switchyard::open_files::raise_to_hard_limit() {
+        Ok(limit) => limit,
+        Err(e) => return tracing::warn!("cannot read or raise the open-file limit: {e}"),
+    };
+    let allowed = switchyard::open_files::connections_allowed(limit);
+    if server.max_connections > allowed {
+        tracing::warn!(
+            "server.max_connections is {} but the open-file limit ({limit}) allows {allowed} at once (two descriptors each, {} kept for the rest): serving at most {allowed}; raise the limit (ulimit -n, systemd's LimitNOFILE) to allow more",
+            server.max_connections,
+            switchyard::open_files::RESERVED
+        );
+        server.max_connections = allowed;
+    }
 }
 
 pub fn mock_upstream(args: MockArgs) -> anyhow::Result<ExitCode> {

@@ -25,8 +25,20 @@ pub struct Proc {
 impl Proc {
     /// Starts `switchyard ARGS` and waits for the address it prints.
     pub fn start(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Proc {
+        Self::spawn(Command::new(BIN), args, dir, env)
+    }
+
+    /// Starts `switchyard ARGS` under a limit on open files (`ulimit`
+    /// arguments: `-n 300` sets both limits, `-Sn 300` only the soft one).
+    pub fn start_with_open_files(ulimit: &str, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Proc {
+        let mut shell = Command::new("sh");
+        shell.args(["-c", &format!("ulimit {ulimit} && exec \"$0\" \"$@\""), BIN]);
+        Self::spawn(shell, args, dir, env)
+    }
+
+    fn spawn(mut command: Command, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Proc {
         let log = dir.join(format!("{}-{}.log", args[0], rand_suffix()));
-        let mut child = Command::new(BIN)
+        let mut child = command
             .args(args)
             .envs(env.iter().copied())
             .env("XDG_CACHE_HOME", std::env::temp_dir().join("switchyard-e2e-cache"))
