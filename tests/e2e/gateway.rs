@@ -697,6 +697,14 @@ async fn the_open_file_limit_is_raised_and_bounds_the_connections() {
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_a_burst_of_streams_took_is_returned_when_it_ends() {
     const STREAMS: usize = 1000;
+    // Some 1,000 descriptors here and in the mock, 2,000 in the router (which
+    // raises its own limit): a soft limit of 1,024 is raised for this process
+    // and the mock, which inherits it.
+    let open_files = rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    assert!(
+        open_files >= 4 * STREAMS as u64,
+        "the hard limit on open files ({open_files}) is too low for this test: raise it (ulimit -Hn)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let mock = mock_upstream(dir.path());
     let config = format!(
