@@ -66,6 +66,13 @@ pub struct SharedStore {
     deferred: Mutex<Vec<Cmd>>,
     /// Wakes the task that sends deferred writes.
     flusher: OnceLock<Arc<tokio::sync::Notify>>,
+    /// The flusher has taken deferred writes and not yet sent them; set and
+    /// read under `deferred`'s lock. A call waits for them (`flushed`), so
+    /// that a write deferred before it reaches the store first: a
+    /// request's settlement before the same client's next admission.
+    flushing: AtomicBool,
+    /// Told when the flusher's writes have gone (or failed and are queued again).
+    flushed: tokio::sync::Notify,
     /// Milliseconds after `epoch` before which the store is not asked.
     down_until_ms: AtomicU64,
     /// The last call failed (for one log line when it answers again).
@@ -109,6 +116,8 @@ impl SharedStore {
             scripts,
             deferred: Mutex::default(),
             flusher: OnceLock::new(),
+            flushing: AtomicBool::new(false),
+            flushed: tokio::sync::Notify::new(),
             down_until_ms: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             epoch: Instant::now(),
@@ -150,12 +159,28 @@ impl SharedStore {
     /// `cmds`' replies. `op` names the call in metrics and logs. Nothing is
     /// tried in the second after a failure.
     pub async fn call(&self, op: &'static str, cmds: Vec<Cmd>) -> Result<Vec<Value>, SharedError> {
+        self.call_with_deferred(op, cmds, Carrier::Caller).await
+    }
+
+    async fn call_with_deferred(&self, op: &'static str, cmds: Vec<Cmd>, carrier: Carrier) -> Result<Vec<Value>, SharedError> {
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         if now_ms < self.down_until_ms.load(Ordering::Relaxed) {
             self.metrics.shared_error(op);
             return Err(SharedError::Backoff);
         }
-        let deferred = std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
+        let (deferred, behind_flush) = {
+            let mut waiting = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+            let deferred = std::mem::take(&mut *waiting);
+            if carrier == Carrier::Flusher && !deferred.is_empty() {
+                self.flushing.store(true, Ordering::Release);
+            }
+            (deferred, carrier == Carrier::Caller && self.flushing.load(Ordering::Acquire))
+        };
+        // Cleared when this call ends, however it ends (after failed writes are queued again).
+        let _flushing = (carrier == Carrier::Flusher && !deferred.is_empty()).then(|| FlushInFlight(self));
+        if behind_flush {
+            self.behind_flush().await;
+        }
         let skip = deferred.len();
         let mut pipe = redis::pipe();
         for cmd in deferred.iter().chain(&cmds) {
@@ -233,7 +258,44 @@ impl SharedStore {
     /// try); answers whether they went.
     async fn flush(&self) -> bool {
         let pending = !self.deferred.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
-        !pending || self.call("flush", Vec::new()).await.is_ok()
+        !pending || self.call_with_deferred("flush", Vec::new(), Carrier::Flusher).await.is_ok()
+    }
+
+    /// Returns once the flusher's writes in flight have gone (bounded by
+    /// its own timeout).
+    async fn behind_flush(&self) {
+        loop {
+            let flushed = self.flushed.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            if !self.flushing.load(Ordering::Acquire) {
+                return;
+            }
+            flushed.await;
+        }
+    }
+}
+
+/// Who sends a round trip's deferred writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    /// A caller's round trip, in front of its own commands.
+    Caller,
+    /// The flusher, when no caller came for them.
+    Flusher,
+}
+
+/// The flusher's writes in flight; dropped when they have gone or been
+/// queued again, which lets the calls waiting behind them go.
+struct FlushInFlight<'a>(&'a SharedStore);
+
+impl Drop for FlushInFlight<'_> {
+    fn drop(&mut self) {
+        let store = self.0;
+        let guard = store.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        store.flushing.store(false, Ordering::Release);
+        drop(guard);
+        store.flushed.notify_waiters();
     }
 }
 
