@@ -5,7 +5,7 @@
 //! purge delay, a second) only from within its own calls: a thread that
 //! allocates nothing after a storm keeps what the storm freed. An idle
 //! router allocates almost nothing, so after 5,000 streams had ended it
-//! still held 192 MiB (idle: 18 MiB) until the next requests came.
+//! still held 188 MiB (idle: 18 MiB) until the next requests came.
 //! [`on_worker_park`] makes each runtime thread collect, at most once a
 //! second, as it goes idle.
 
