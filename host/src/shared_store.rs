@@ -67,9 +67,10 @@ pub struct SharedStore {
     /// Wakes the task that sends deferred writes.
     flusher: OnceLock<Arc<tokio::sync::Notify>>,
     /// The flusher has taken deferred writes and not yet sent them; set and
-    /// read under `deferred`'s lock. A call waits for them (`flushed`), so
-    /// that a write deferred before it reaches the store first: a
-    /// request's settlement before the same client's next admission.
+    /// read under `deferred`'s lock. A call waits for them (`flushed`)
+    /// before it takes the rest, so that a write deferred before it reaches
+    /// the store first: a request's settlement before the same client's
+    /// next admission.
     flushing: AtomicBool,
     /// Told when the flusher's writes have gone (or failed and are queued again).
     flushed: tokio::sync::Notify,
@@ -168,19 +169,24 @@ impl SharedStore {
             self.metrics.shared_error(op);
             return Err(SharedError::Backoff);
         }
-        let (deferred, behind_flush) = {
+        // A caller takes the deferred writes once the flusher's have gone
+        // (those it failed to send are queued again, and taken here).
+        let (deferred, flushing) = loop {
             let mut waiting = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+            if carrier == Carrier::Caller && self.flushing.load(Ordering::Acquire) {
+                drop(waiting);
+                self.behind_flush().await;
+                continue;
+            }
             let deferred = std::mem::take(&mut *waiting);
-            if carrier == Carrier::Flusher && !deferred.is_empty() {
+            let flushing = carrier == Carrier::Flusher && !deferred.is_empty();
+            if flushing {
                 self.flushing.store(true, Ordering::Release);
             }
-            (deferred, carrier == Carrier::Caller && self.flushing.load(Ordering::Acquire))
+            break (deferred, flushing);
         };
         // Cleared when this call ends, however it ends (after failed writes are queued again).
-        let _flushing = (carrier == Carrier::Flusher && !deferred.is_empty()).then(|| FlushInFlight(self));
-        if behind_flush {
-            self.behind_flush().await;
-        }
+        let _flushing = flushing.then(|| FlushInFlight(self));
         let skip = deferred.len();
         let mut pipe = redis::pipe();
         for cmd in deferred.iter().chain(&cmds) {
