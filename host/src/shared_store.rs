@@ -63,7 +63,7 @@ pub struct SharedStore {
     /// loaded again when the store has forgotten them (a restart).
     scripts: Vec<&'static str>,
     /// Writes waiting for the next round trip.
-    deferred: Mutex<Vec<Cmd>>,
+    deferred: Mutex<Vec<Deferred>>,
     /// Wakes the task that sends deferred writes.
     flusher: OnceLock<Arc<tokio::sync::Notify>>,
     /// The flusher has taken deferred writes and not yet sent them; set and
@@ -137,14 +137,17 @@ impl SharedStore {
     }
 
     /// Queues a write nobody waits for: the next call takes it, or the
-    /// flusher sends it with whatever else has gathered.
-    pub fn defer(self: &Arc<Self>, cmd: Cmd) {
+    /// flusher sends it with whatever else has gathered. The answer tells
+    /// when the store has it.
+    pub fn defer(self: &Arc<Self>, cmd: Cmd) -> DeferredWrite {
+        let on_its_way = Arc::new(());
+        let write = DeferredWrite(Arc::downgrade(&on_its_way));
         let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
         if deferred.len() >= MAX_DEFERRED {
             deferred.remove(0);
             self.metrics.shared_error("deferred_dropped");
         }
-        deferred.push(cmd);
+        deferred.push(Deferred { cmd, _on_its_way: on_its_way });
         drop(deferred);
         let notify = self.flusher.get_or_init(|| {
             let notify = Arc::new(tokio::sync::Notify::new());
@@ -154,6 +157,7 @@ impl SharedStore {
             notify
         });
         notify.notify_one();
+        write
     }
 
     /// Runs the deferred writes and `cmds` in one round trip and answers
@@ -189,7 +193,7 @@ impl SharedStore {
         let _flushing = flushing.then(|| FlushInFlight(self));
         let skip = deferred.len();
         let mut pipe = redis::pipe();
-        for cmd in deferred.iter().chain(&cmds) {
+        for cmd in deferred.iter().map(|d| &d.cmd).chain(&cmds) {
             pipe.add_command(cmd.clone());
         }
         let started = Instant::now();
@@ -214,7 +218,7 @@ impl SharedStore {
                 // The deferred writes wait for the next try (each is safe to run twice).
                 let mut waiting = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
                 let room = MAX_DEFERRED.saturating_sub(waiting.len());
-                let kept: Vec<Cmd> = deferred.into_iter().rev().take(room).rev().collect();
+                let kept: Vec<Deferred> = deferred.into_iter().rev().take(room).rev().collect();
                 waiting.splice(0..0, kept);
                 e
             }
@@ -279,6 +283,25 @@ impl SharedStore {
             }
             flushed.await;
         }
+    }
+}
+
+/// A write waiting for a round trip. What it holds is dropped once the
+/// store has answered the pipeline that carried it, or once it is given up.
+struct Deferred {
+    cmd: Cmd,
+    _on_its_way: Arc<()>,
+}
+
+/// Tells whether a deferred write may not have reached the store yet.
+pub struct DeferredWrite(Weak<()>);
+
+impl DeferredWrite {
+    /// Not answered by the store yet: waiting, in flight (a call that timed
+    /// out counts: it may or may not have run), or queued again after a
+    /// failure. False once answered or dropped (the deferred queue full).
+    pub fn on_its_way(&self) -> bool {
+        self.0.strong_count() > 0
     }
 }
 

@@ -218,6 +218,47 @@ async fn one_request_at_a_time_never_meets_a_concurrency_of_one() {
     assert_eq!(first.status, 200, "{}", first.body);
 }
 
+/// The same while other clients load the node: their admissions carry the
+/// settlement, on other connections than the client's next admission, which
+/// may reach the store before that settlement does; the admission must not
+/// count a request whose settlement this node has sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_request_at_a_time_never_meets_a_concurrency_of_one_while_others_load_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(None);
+    let (_mock, a, _b) = fleet(dir.path(), &redis, ["reject", "reject"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for t in 0..12 {
+        let (url, stop) = (a.url.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = hello("plain", &format!("load {t} {i}"));
+                let answer = post(&url, "/v1/chat/completions", &body, &[("authorization", "Bearer key-free-000")]).await;
+                assert_eq!(answer.status, 200, "{}", answer.body);
+                i += 1;
+            }
+            i
+        }));
+    }
+    let mut refused = Vec::new();
+    for i in 0..300 {
+        let answer = ask(&a, "key-one-0000", &hello("plain", &format!("turn {i}"))).await;
+        if answer.status != 200 {
+            refused.push((i, answer.status));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut others = 0;
+    for task in load {
+        others += task.await.unwrap();
+    }
+    println!("{others} requests of other clients meanwhile");
+    assert!(others > 300, "the other clients' load did not run alongside ({others} requests)");
+    assert!(refused.is_empty(), "refused one request at a time: {refused:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_nodes_share_one_limit_under_concurrent_load() {
     let dir = tempfile::tempdir().unwrap();

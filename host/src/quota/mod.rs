@@ -238,14 +238,14 @@ enum Books {
 /// shared store's when one is configured.
 pub struct Quotas {
     local: local::LocalBooks,
-    shared: Option<Arc<SharedStore>>,
+    shared: Option<shared::SharedBooks>,
     metrics: Arc<Metrics>,
 }
 
 impl Quotas {
     /// Books on this node, and on `shared` when given.
     pub fn new(shared: Option<Arc<SharedStore>>, metrics: Arc<Metrics>) -> Self {
-        Self { local: local::LocalBooks::default(), shared, metrics }
+        Self { local: local::LocalBooks::default(), shared: shared.map(shared::SharedBooks::new), metrics }
     }
 
     /// Admits `ask` in all its scopes, or refuses it (counted in metrics).
@@ -255,14 +255,14 @@ impl Quotas {
         let (verdict, books, replies) = match &self.shared {
             // Boxed: the store's round trip is a large future, and every
             // request's handler would otherwise carry its size.
-            Some(store) => match Box::pin(shared::admit(store, &ask, along)).await {
+            Some(books) => match Box::pin(books.admit(&ask, along)).await {
                 Ok((verdict, replies)) => (verdict, Books::Shared, Some(replies)),
                 Err(e) => {
                     // The store may have run the admission and lost the answer.
                     if e != SharedError::Backoff {
-                        shared::release(store, &ask);
+                        books.release(&ask);
                     }
-                    if store.on_error() == OnSharedError::Reject {
+                    if books.store().on_error() == OnSharedError::Reject {
                         return (Err(Refusal::Unavailable(e)), None);
                     }
                     (self.local.admit(&ask), Books::Local, None)
@@ -289,7 +289,7 @@ impl Quotas {
 
     fn settle(&self, ask: &Ask, books: Books, use_: Use) {
         match (books, &self.shared) {
-            (Books::Shared, Some(store)) => shared::settle(store, ask, use_),
+            (Books::Shared, Some(books)) => books.settle(ask, use_),
             _ => self.local.settle(ask, use_),
         }
     }

@@ -15,14 +15,19 @@
 //! Settlement removes the lease member first and applies only if it was
 //! there, so a settlement sent twice (a pipeline retried after a lost
 //! answer) counts once.
+//!
+//! A settlement rides in another call's pipeline, which may reach the store
+//! after the same client's next admission (on another connection): the
+//! admission names the leases of the node's settlements still on their way,
+//! and the script does not count them against a concurrency limit.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::{Cmd, Script};
 
 use super::{unix_now, windows, Admitted, Ask, LimitState, RateHeaders, Reason, Refused, Use};
-use crate::shared_store::{SharedError, SharedStore};
+use crate::shared_store::{DeferredWrite, SharedError, SharedStore};
 
 /// The scripts' sources, which the store loads again after a restart.
 pub(super) const SCRIPTS: [&str; 2] = [ADMIT_SOURCE, SETTLE_SOURCE];
@@ -46,13 +51,18 @@ static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_SOURCE));
 /// `PURGE_ONE_IN`, when the router asks; every read ignores them meanwhile.
 /// The state and lease keys' expiry is renewed on every admission: a key
 /// whose expiry lapsed while in use would lose its TATs or the leases of
-/// requests in flight (and the settlements they wait for).
+/// requests in flight (and the settlements they wait for). Arguments after
+/// the scopes' name leases whose settlement the node has sent: their
+/// requests have ended, so a concurrency limit does not count them; a
+/// budget still does until the settlement says what was spent.
 const ADMIT_SOURCE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rid, tokens, nano, lease, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local purge = ARGV[6] == '1'
 local member = rid .. ':' .. ARGV[3]
+local settling = {}
+for j = 7 + 5 * n, #ARGV do settling[ARGV[j]] = true end
 local W, EPS = 60, 1e-9
 local function ms(s) return math.ceil(s * 1000) end
 local function take(tat, limit, units)
@@ -91,7 +101,11 @@ for i = 0, n - 1 do
   end
   if conc > 0 or daily > 0 or monthly > 0 then
     local live = redis.call('ZRANGEBYSCORE', ls, now, '+inf')
-    if conc > 0 and #live >= conc then return {'concurrency', i, 1000} end
+    if conc > 0 and #live >= conc then
+      local held = #live
+      for _, m in ipairs(live) do if settling[m] then held = held - 1 end end
+      if held >= conc then return {'concurrency', i, 1000} end
+    end
     if daily > 0 or monthly > 0 then
       local reserved = 0
       for _, m in ipairs(live) do reserved = reserved + (tonumber(string.match(m, ':(%d+)$')) or 0) end
@@ -176,11 +190,85 @@ fn scope_keys(store: &SharedStore, ask: &Ask, keys: &mut Vec<String>) {
     }
 }
 
+/// At most this many settlements on their way are named to an admission
+/// (the newest): a node under load has a few at a time.
+const MAX_SETTLING_NAMED: usize = 64;
+
+/// The books on the shared store, and the node's settlements of
+/// concurrency-limited scopes that have not reached it yet.
+pub(super) struct SharedBooks {
+    store: Arc<SharedStore>,
+    settling: Mutex<Vec<Settling>>,
+}
+
+/// A settlement on its way to the store.
+struct Settling {
+    /// Its lease member, `ID:NANO`.
+    member: String,
+    /// The scopes (their keys) whose concurrency it held.
+    scopes: Vec<String>,
+    write: DeferredWrite,
+}
+
+impl SharedBooks {
+    pub(super) fn new(store: Arc<SharedStore>) -> Self {
+        Self { store, settling: Mutex::default() }
+    }
+
+    /// The store.
+    pub(super) fn store(&self) -> &Arc<SharedStore> {
+        &self.store
+    }
+
+    /// Lease members of settlements still on their way in the scopes of
+    /// `ask` that limit concurrency (those that have gone are forgotten).
+    fn settling_for(&self, ask: &Ask) -> Vec<String> {
+        let mut settling = self.settling.lock().unwrap_or_else(|p| p.into_inner());
+        settling.retain(|s| s.write.on_its_way());
+        let limited = |key: &String| ask.scopes.iter().any(|scope| scope.limits.concurrency.is_some() && scope.key == *key);
+        let mut members: Vec<String> =
+            settling.iter().rev().filter(|s| s.scopes.iter().any(limited)).take(MAX_SETTLING_NAMED).map(|s| s.member.clone()).collect();
+        members.reverse();
+        members
+    }
+
+    /// Admission on the store, with `along` in the same round trip (their
+    /// replies follow): `Err` only when the store cannot answer.
+    pub(super) async fn admit(&self, ask: &Ask, along: Vec<Cmd>) -> Result<(Result<Admitted, Refused>, Vec<redis::Value>), SharedError> {
+        let settling = self.settling_for(ask);
+        admit(&self.store, ask, &settling, along).await
+    }
+
+    /// Gives back what an admission may have taken when its answer was lost
+    /// (a timeout after the store ran it): a settlement of nothing used, a
+    /// no-op if the admission never ran.
+    pub(super) fn release(&self, ask: &Ask) {
+        self.settle(ask, Use { tokens: 0, nano_usd: 0 });
+    }
+
+    /// Settlement on the store, deferred to the next round trip (kept while
+    /// the store is down; a reservation never settled expires with its lease).
+    pub(super) fn settle(&self, ask: &Ask, used: Use) {
+        let Some(write) = settle(&self.store, ask, used) else { return };
+        let scopes: Vec<String> = ask.scopes.iter().filter(|s| s.limits.concurrency.is_some()).map(|s| s.key.clone()).collect();
+        if !scopes.is_empty() {
+            let settling = Settling { member: lease_member(ask), scopes, write };
+            self.settling.lock().unwrap_or_else(|p| p.into_inner()).push(settling);
+        }
+    }
+}
+
+/// A reservation's member in its scopes' leases.
+fn lease_member(ask: &Ask) -> String {
+    format!("{}:{}", ask.id, ask.nano_usd)
+}
+
 /// Admission on the store, with `along` in the same round trip (their
-/// replies follow): `Err` only when the store cannot answer.
-pub(super) async fn admit(
+/// replies follow); `settling` names leases whose settlement is on its way.
+async fn admit(
     store: &SharedStore,
     ask: &Ask,
+    settling: &[String],
     along: Vec<Cmd>,
 ) -> Result<(Result<Admitted, Refused>, Vec<redis::Value>), SharedError> {
     let mut keys = Vec::with_capacity(4 * ask.scopes.len());
@@ -196,6 +284,7 @@ pub(super) async fn admit(
             .arg(scope.daily_nano())
             .arg(scope.monthly_nano());
     }
+    cmd.arg(settling);
     let mut cmds = vec![cmd];
     cmds.extend(along);
     let mut values = store.call("admit", cmds).await?.into_iter();
@@ -266,29 +355,21 @@ fn read_admission(ask: &Ask, reply: &[redis::Value]) -> Option<Result<Admitted, 
     Some(Ok(admitted))
 }
 
-/// Gives back what an admission may have taken when its answer was lost
-/// (a timeout after the store ran it): a settlement of nothing used, a
-/// no-op if the admission never ran.
-pub(super) fn release(store: &Arc<SharedStore>, ask: &Ask) {
-    settle(store, ask, Use { tokens: 0, nano_usd: 0 });
-}
-
-/// Settlement on the store, deferred to the next round trip (kept while
-/// the store is down; a reservation never settled expires with its lease).
-pub(super) fn settle(store: &Arc<SharedStore>, ask: &Ask, used: Use) {
+/// The settlement's deferred write, unless the scopes need none.
+fn settle(store: &Arc<SharedStore>, ask: &Ask, used: Use) -> Option<DeferredWrite> {
     // Requests a minute alone need no settling.
     if !ask.scopes.iter().any(|s| s.limits.tpm.is_some() || s.limits.concurrency.is_some() || s.budget.is_some()) {
-        return;
+        return None;
     }
     let mut keys = Vec::with_capacity(4 * ask.scopes.len());
     scope_keys(store, ask, &mut keys);
     let mut cmd = evalsha(&SETTLE, &keys);
     let diff = used.tokens as i64 - ask.tokens as i64;
-    cmd.arg(format!("{}:{}", ask.id, ask.nano_usd)).arg(diff).arg(used.nano_usd).arg(ask.scopes.len());
+    cmd.arg(lease_member(ask)).arg(diff).arg(used.nano_usd).arg(ask.scopes.len());
     for scope in &ask.scopes {
         cmd.arg(scope.limits.tpm.unwrap_or(0)).arg(if scope.budget.is_some() { "1" } else { "0" });
     }
-    store.defer(cmd);
+    Some(store.defer(cmd))
 }
 
 #[cfg(test)]
@@ -342,5 +423,44 @@ mod tests {
         for unreadable in [reply("ok", &[1, 2]), reply("what", &[0, 1]), reply("requests", &[7, 10]), vec![]] {
             assert!(read_admission(&ask(), &unreadable).is_none(), "{unreadable:?}");
         }
+    }
+
+    #[test]
+    fn an_admission_names_the_settlements_on_their_way_in_its_concurrency_scopes() {
+        let config = crate::config::SharedConfig { redis_url: Some("redis://127.0.0.1:1".into()), ..Default::default() };
+        let store = Arc::new(SharedStore::new(&config, SCRIPTS.to_vec(), Arc::new(crate::metrics::Metrics::new())).unwrap());
+        let books = SharedBooks::new(store.clone());
+        let scope = |key: &str, concurrency: Option<u32>| Scope {
+            key: key.into(),
+            kind: ScopeKind::Client,
+            name: key.into(),
+            limits: LimitsConfig { rpm: None, tpm: Some(1000), concurrency },
+            budget: None,
+        };
+        let ask = |id: &str, scopes: Vec<Scope>| Ask { id: id.into(), scopes, tokens: 10, nano_usd: 5, lease: Duration::from_secs(60) };
+        let used = Use { tokens: 7, nano_usd: 3 };
+        books.settle(&ask("r1", vec![scope("client:a", Some(1))]), used);
+        books.settle(&ask("r2", vec![scope("client:b", Some(2)), scope("route:m:b", Some(1))]), used);
+        // Tokens alone: its lease holds no concurrency.
+        books.settle(&ask("r3", vec![scope("client:a", None)]), used);
+        let named = |scopes| books.settling_for(&ask("next", scopes));
+        let cases: [(Vec<Scope>, &[&str]); 5] = [
+            (vec![scope("client:a", Some(1))], &["r1:5"]),
+            (vec![scope("client:a", Some(1)), scope("route:m:b", Some(1))], &["r1:5", "r2:5"]),
+            (vec![scope("client:b", Some(2))], &["r2:5"]),
+            (vec![scope("client:c", Some(1))], &[]),
+            // Without a concurrency limit nothing needs naming.
+            (vec![scope("client:a", None)], &[]),
+        ];
+        for (scopes, expected) in cases {
+            let keys: Vec<String> = scopes.iter().map(|s| s.key.clone()).collect();
+            assert_eq!(named(scopes), expected, "{keys:?}");
+        }
+        // A settlement given up (the deferred queue full) is no longer named.
+        for _ in 0..10_000 {
+            let _ = store.defer(redis::cmd("PING"));
+        }
+        assert!(named(vec![scope("client:a", Some(1))]).is_empty());
+        assert!(books.settling.lock().unwrap().is_empty(), "forgotten once gone");
     }
 }
