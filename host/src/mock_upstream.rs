@@ -68,6 +68,8 @@ impl Default for MockSettings {
 /// Requests remembered for `GET /mock/requests`; older ones are forgotten,
 /// so a benchmark neither grows memory nor stalls on reallocation.
 const REMEMBERED: usize = 10_000;
+/// Bodies up to this size are also remembered byte for byte.
+const RAW_REMEMBERED_BYTES: usize = 16 << 10;
 
 struct MockState {
     settings: MockSettings,
@@ -211,9 +213,12 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
         "authorization": header("authorization"), "x_api_key": header("x-api-key"), "x_request_id": header("x-request-id"),
         "traceparent": header("traceparent"), "peer": peer.to_string(),
     });
-    if anthropic || responses {
-        // What a pass-through must keep: the bytes and the API headers.
+    // What a pass-through must keep: the bytes (of small bodies, for tests:
+    // a load of large prompts would hold them all) and the API headers.
+    if bytes.len() <= RAW_REMEMBERED_BYTES {
         record["raw"] = json!(String::from_utf8_lossy(&bytes));
+    }
+    if anthropic || responses {
         record["anthropic_version"] = json!(header("anthropic-version"));
         record["anthropic_beta"] = json!(header("anthropic-beta"));
     }

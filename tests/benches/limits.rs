@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
         seed: 1,
         api: None,
     };
-    let request = inbound::parse(ApiSurface::Chat, body, cx).unwrap();
+    let request = inbound::parse(ApiSurface::Chat, &bytes::Bytes::from_static(body), cx).unwrap();
     group.bench_function("cache/key", |b| b.iter(|| cache::key("m", &request)));
     let mut n = 0u64;
     group.bench_function("cache/miss", |b| {

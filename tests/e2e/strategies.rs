@@ -46,8 +46,34 @@ async fn private_data_never_sends_a_card_number_to_a_public_upstream() {
     }
     let a = post(&router.url, "/v1/chat/completions", &ask("What is the capital of France?"), &[]).await;
     assert_eq!(a.header("x-switchyard-backend"), Some("cloud"));
-    for r in received(&mock).await {
-        let body = r["body"].to_string();
+    // A body goes on as sent, only its model replaced; one that names a key
+    // twice goes serialized as the router read it (the last of the two), so
+    // that no upstream reads the other one.
+    let as_sent = r#"{ "model" : "auto", "messages":[{"role":"user","content":"Capital of It\u0061ly?"}], "temperature" : 0.50 }"#;
+    let twice = [
+        r#"{"model":"auto","messages":[{"role":"user","content":"Charge my card 4111 1111 1111 1111","content":"Capital of Spain?"}]}"#,
+        r#"{"model":"auto","messages":[{"role":"user","content":"Charge my card 4111 1111 1111 1111"}],"messages":[{"role":"user","content":"Capital of Peru?"}]}"#,
+    ];
+    for body in std::iter::once(as_sent).chain(twice) {
+        let response = support::client()
+            .post(format!("{}/v1/chat/completions", router.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-switchyard-backend"], "cloud", "{body}");
+    }
+    let got = received(&mock).await;
+    let raw_of = |question: &str| {
+        let r = got.iter().find(|r| r["raw"].as_str().unwrap().contains(question)).unwrap_or_else(|| panic!("{question} never came"));
+        r["raw"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(raw_of("It\\u0061ly"), as_sent.replacen(r#""auto""#, r#""cloud-model""#, 1));
+    assert_eq!(raw_of("Spain").matches("content").count(), 1, "{}", raw_of("Spain"));
+    assert_eq!(raw_of("Peru").matches("messages").count(), 1, "{}", raw_of("Peru"));
+    for r in got {
+        let body = format!("{} {}", r["body"], r["raw"]);
         if r["model"] == "cloud-model" {
             assert!(!body.contains("4111") && !body.contains("bob@") && !body.contains("Nightingale"), "a public upstream got {body}");
         }

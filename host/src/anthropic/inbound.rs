@@ -35,10 +35,10 @@ pub fn with_prefill(native: &NativeRequest, model: &str, prefill: &str) -> Bytes
 /// Parses a `/v1/messages` body (`count_only`: a `/count_tokens` one, which
 /// has no `max_tokens`).
 pub fn parse(body: &Bytes, cx: ParseContext<'_>, count_only: bool) -> Result<InboundRequest, GatewayError> {
-    let native = inbound::json_object(body)?;
+    let (native, as_sent) = inbound::object_as_sent(body)?;
     let translated = to_chat_body(&native, count_only)?;
     let passed = PASSED_HEADERS.iter().filter_map(|name| Some((HeaderName::from_static(name), cx.headers.get(*name)?.clone()))).collect();
-    let native = NativeRequest::new(NativeApi::Messages, body, passed, translated.anthropic_only)?;
+    let native = NativeRequest::new(NativeApi::Messages, &native, as_sent, passed, translated.anthropic_only)?;
     inbound::from_translation(translated.body, native, cx)
 }
 

@@ -470,7 +470,7 @@ mod tests {
         let caller = crate::openai::inbound::CallerIdentity::default();
         let limits = crate::openai::inbound::ViewLimits { text_bytes: 1 << 20, messages: 64 };
         let cx = crate::openai::inbound::ParseContext { headers: &headers, caller: &caller, request_id: "r", limits, seed: 1, api: None };
-        let inbound = crate::openai::inbound::parse(ApiSurface::Chat, body, cx).unwrap();
+        let inbound = crate::openai::inbound::parse(ApiSurface::Chat, &bytes::Bytes::from_static(body), cx).unwrap();
         assert_eq!(hex(&key("route", &inbound)), "e49cb09e260f7548334e4ec406a634925d49a05567fb518f3db49d2df18de956");
     }
 

@@ -2,13 +2,18 @@
 //! router does not know pass through untouched) and the policy's view of it
 //! is extracted.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hyper::HeaderMap;
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::contract::{ApiSurface, Caller, Message, Request, Role, Tag};
 use crate::error::GatewayError;
+use crate::native::SentBody;
 
 /// Prefix of headers that become policy tags.
 pub const TAG_HEADER_PREFIX: &str = "x-switchyard-";
@@ -62,6 +67,9 @@ pub struct InboundRequest {
     /// The request as sent, when it came in on another API than OpenAI's
     /// chat, completions or embeddings (`body` is then its translation).
     pub native: Option<crate::native::NativeRequest>,
+    /// `body` as sent, when it came in on OpenAI's API and names `model`
+    /// once: forwarded with only `model` replaced.
+    pub sent: Option<SentBody>,
 }
 
 /// Who sent the request, from authentication.
@@ -91,8 +99,151 @@ pub struct ParseContext<'a> {
 }
 
 /// Parses a body for `surface`; `cx.limits` bound the policy's view of it.
-pub fn parse(surface: ApiSurface, body: &[u8], cx: ParseContext<'_>) -> Result<InboundRequest, GatewayError> {
-    from_body(surface, json_object(body)?, body.len(), cx)
+pub fn parse(surface: ApiSurface, body: &Bytes, cx: ParseContext<'_>) -> Result<InboundRequest, GatewayError> {
+    let (object, as_sent) = object_as_sent(body)?;
+    let mut request = from_body(surface, object, body.len(), cx)?;
+    request.sent = match as_sent {
+        AsSent::Yes(sent) => Some(sent),
+        AsSent::NoModel | AsSent::Repeated => None,
+    };
+    Ok(request)
+}
+
+/// Whether a body can go on as the client sent it.
+#[derive(Debug)]
+pub enum AsSent {
+    /// Yes, with only its `model` replaced.
+    Yes(SentBody),
+    /// It names no `model`.
+    NoModel,
+    /// An object in it names a key twice: the router reads the last of the
+    /// two, and an upstream might read the first (a policy would route on
+    /// other messages than it serves), so it goes serialized.
+    Repeated,
+}
+
+/// The body as a JSON object, and whether it can go on as sent: one pass.
+pub fn object_as_sent(body: &Bytes) -> Result<(Map<String, Value>, AsSent), GatewayError> {
+    match serde_json::from_slice::<ObjectAsSent<'_>>(body) {
+        Ok(ObjectAsSent { object, model, repeated }) => {
+            let as_sent = match model {
+                _ if repeated => AsSent::Repeated,
+                Some(raw) => AsSent::Yes(SentBody::at(body, raw)),
+                None => AsSent::NoModel,
+            };
+            Ok((object, as_sent))
+        }
+        // The same words as a parse into a `Value`.
+        Err(_) => Err(json_object(body).err().unwrap_or_else(|| GatewayError::bad_request("the request body is not valid JSON", None))),
+    }
+}
+
+/// A JSON object read in one pass, with its top-level `model` as it
+/// appears in the bytes, and whether any object in it names a key twice.
+struct ObjectAsSent<'a> {
+    object: Map<String, Value>,
+    model: Option<&'a RawValue>,
+    repeated: bool,
+}
+
+impl<'de> Deserialize<'de> for ObjectAsSent<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = ObjectAsSent<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<Self::Value, A::Error> {
+                let repeated = Cell::new(false);
+                let mut object = Map::new();
+                let mut model = None;
+                while let Some(key) = fields.next_key::<String>()? {
+                    let value = if key == "model" {
+                        let raw: &RawValue = fields.next_value()?;
+                        model = Some(raw);
+                        serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?
+                    } else {
+                        fields.next_value_seed(NoteRepeats(&repeated))?
+                    };
+                    if object.insert(key, value).is_some() {
+                        repeated.set(true);
+                    }
+                }
+                Ok(ObjectAsSent { object, model, repeated: repeated.get() })
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+/// Reads a JSON value as [`Value`] does, and sets the flag when an object
+/// in it names a key twice.
+struct NoteRepeats<'r>(&'r Cell<bool>);
+
+impl<'de> DeserializeSeed<'de> for NoteRepeats<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NoteRepeats<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Value, A::Error> {
+        let mut array = Vec::with_capacity(items.size_hint().unwrap_or(0));
+        while let Some(item) = items.next_element_seed(NoteRepeats(self.0))? {
+            array.push(item);
+        }
+        Ok(Value::Array(array))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = fields.next_key::<String>()? {
+            let value = fields.next_value_seed(NoteRepeats(self.0))?;
+            if object.insert(key, value).is_some() {
+                self.0.set(true);
+            }
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// The body as a JSON object, or the client's error.
@@ -212,7 +363,7 @@ pub fn from_body(
         tags,
         seed,
     };
-    Ok(InboundRequest { surface, body, body_len, model, stream, include_usage, view: Arc::new(view), native: None })
+    Ok(InboundRequest { surface, body, body_len, model, stream, include_usage, view: Arc::new(view), native: None, sent: None })
 }
 
 /// A name as a policy sees it: cut to [`MAX_VIEW_NAME_BYTES`].
@@ -378,7 +529,44 @@ mod tests {
             seed: 7,
             api: None,
         };
-        parse(ApiSurface::Chat, body.as_bytes(), cx)
+        parse(ApiSurface::Chat, &Bytes::copy_from_slice(body.as_bytes()), cx)
+    }
+
+    #[test]
+    fn a_body_goes_on_as_sent_unless_an_object_in_it_names_a_key_twice() {
+        // (body as sent, what goes upstream for model `x` when it goes as sent)
+        let cases: [(&str, Option<&str>); 6] = [
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"a\u0062"}],"temperature":0.70,"n":1e0}"#,
+                Some(r#"{"model":"x","messages":[{"role":"user","content":"a\u0062"}],"temperature":0.70,"n":1e0}"#),
+            ),
+            (
+                r#" { "messages" : [ {"role":"user","content":"hi"} ] , "model" : "m\u0031" , "x":{"model":"inner"} } "#,
+                Some(r#" { "messages" : [ {"role":"user","content":"hi"} ] , "model" : "x" , "x":{"model":"inner"} } "#),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"big":123456789012345678901234567890,"neg":-7}"#,
+                Some(r#"{"model":"x","messages":[{"role":"user","content":"hi"}],"big":123456789012345678901234567890,"neg":-7}"#),
+            ),
+            // Named twice: the router reads the last one, an upstream might read the first.
+            (r#"{"model":"private","messages":[{"role":"user","content":"hi"}],"model":"m"}"#, None),
+            (r#"{"model":"m","messages":[{"role":"user","content":"secret","content":"hi"}]}"#, None),
+            (r#"{"model":"m","messages":[{"role":"user","content":"secret"}],"messages":[{"role":"user","content":"hi"}]}"#, None),
+        ];
+        for (body, as_sent) in cases {
+            let request = parse_chat(body, &HeaderMap::new(), 1024).unwrap();
+            let forwarded = request.sent.as_ref().map(|sent| sent.with_model("x"));
+            assert_eq!(forwarded.as_deref(), as_sent.map(str::as_bytes), "{body}");
+            // The one pass reads what serde_json's own `Value` reads.
+            let read: Map<String, Value> = serde_json::from_str(body).unwrap();
+            assert_eq!(request.body, read, "{body}");
+            assert_eq!(request.body_len, body.len());
+        }
+        // Errors keep their words.
+        for (body, words) in [("[1]", "must be a JSON object"), ("{\"model\":", "not valid JSON"), ("{\"messages\":[]}", "model")] {
+            let error = parse_chat(body, &HeaderMap::new(), 1024).unwrap_err();
+            assert!(error.message.contains(words), "{body}: {}", error.message);
+        }
     }
 
     #[test]
@@ -435,7 +623,7 @@ mod tests {
             "metadata": {"switchyard.message-count": "1", "team": "a"},
         });
         let limits = ViewLimits { text_bytes: 1000, messages: 4 };
-        let r = parse(ApiSurface::Chat, body.to_string().as_bytes(), cx(&HeaderMap::new(), limits)).unwrap();
+        let r = parse(ApiSurface::Chat, &Bytes::from(body.to_string()), cx(&HeaderMap::new(), limits)).unwrap();
         let v = &r.view;
         // The newest 4 messages; the dropped image still shows; the full count and text bytes are reported.
         assert_eq!(v.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["m5", "m6", "m7", "m8"]);
@@ -473,21 +661,21 @@ mod tests {
     fn completions_and_embeddings_inputs() {
         let r = parse(
             ApiSurface::Embeddings,
-            br#"{"model": "e", "input": ["a", "bb"]}"#,
+            &Bytes::from_static(br#"{"model": "e", "input": ["a", "bb"]}"#),
             cx(&HeaderMap::new(), ViewLimits { text_bytes: 100, messages: 256 }),
         )
         .unwrap();
         assert_eq!(r.view.messages.len(), 2);
         let e = parse(
             ApiSurface::Embeddings,
-            br#"{"model": "e", "input": "x", "stream": true}"#,
+            &Bytes::from_static(br#"{"model": "e", "input": "x", "stream": true}"#),
             cx(&HeaderMap::new(), ViewLimits { text_bytes: 100, messages: 256 }),
         )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("stream"));
         let r = parse(
             ApiSurface::Completion,
-            br#"{"model": "c", "prompt": "Say hi"}"#,
+            &Bytes::from_static(br#"{"model": "c", "prompt": "Say hi"}"#),
             cx(&HeaderMap::new(), ViewLimits { text_bytes: 100, messages: 256 }),
         )
         .unwrap();

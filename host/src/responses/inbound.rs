@@ -10,9 +10,9 @@ use crate::openai::inbound::{self, InboundRequest, ParseContext};
 
 /// Parses a `/v1/responses` body.
 pub fn parse(body: &Bytes, cx: ParseContext<'_>) -> Result<InboundRequest, GatewayError> {
-    let native_body = inbound::json_object(body)?;
+    let (native_body, as_sent) = inbound::object_as_sent(body)?;
     let translated = to_chat_body(&native_body)?;
-    let native = NativeRequest::new(NativeApi::Responses, body, Vec::new(), translated.only_native)?;
+    let native = NativeRequest::new(NativeApi::Responses, &native_body, as_sent, Vec::new(), translated.only_native)?;
     inbound::from_translation(translated.body, native, cx)
 }
 

@@ -85,11 +85,18 @@ impl OpenAiClient {
             ApiSurface::Completion => &self.urls[1],
             ApiSurface::Embeddings => &self.urls[2],
         };
-        let body = WithModel { body: &call.inbound.body, model: call.model, prefill: call.prefill };
-        // Sized up front: growing by doubling copied the body several times.
-        let extra = call.prefill.map_or(0, |p| p.len() + 40);
-        let mut bytes = Vec::with_capacity(call.inbound.body_len + call.model.len() + 16 + extra);
-        serde_json::to_writer(&mut bytes, &body).map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
+        let bytes = match (&call.inbound.sent, call.prefill) {
+            (Some(sent), None) => sent.with_model(call.model),
+            // A rescue's partial turn changes `messages`.
+            _ => {
+                let body = WithModel { body: &call.inbound.body, model: call.model, prefill: call.prefill };
+                // Sized up front: growing by doubling copied the body several times.
+                let extra = call.prefill.map_or(0, |p| p.len() + 40);
+                let mut bytes = Vec::with_capacity(call.inbound.body_len + call.model.len() + 16 + extra);
+                serde_json::to_writer(&mut bytes, &body).map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
+                Bytes::from(bytes)
+            }
+        };
         let response = self.post(url, bytes, call.request_id).await?;
         if call.inbound.stream {
             return Ok(Reply::Stream(sse_events(response)));
