@@ -16,7 +16,8 @@
 # 4. Head of line: 4 MiB requests sent in a loop while a small-request
 #    client (c=8) runs: its p99 against the quiet p99.
 # 5. A 100 KB prompt against a 100 B prompt, c=1: the added p50 (router minus
-#    direct) of each.
+#    direct, and bare proxy minus direct) of each, medians of five
+#    interleaved rounds, and the router's CPU a request.
 #
 # Prints a Markdown table and writes it to bench/stress.md.
 set -euo pipefail
@@ -157,15 +158,33 @@ sleep 1
 read -r h50 h99 _ <<<"$(p50_p99 "$url_router" "$small" 8)"
 wait "$big" || true
 
-# 5. A 100 KB prompt against a 100 B one, c=1, router and direct.
+# 5. A 100 KB prompt against a 100 B one, c=1: five rounds, each path in
+# turn (router, bare proxy, direct; 3 s each), the median over rounds of
+# each added p50; and the router's CPU a request, steadier than latency on a
+# shared machine.
+bin=target/release/bare-proxy start pbare 127.0.0.1:0 "$url_mock/v1"
 p100=$(lua p100 auto false sk-bench-valid-key 100)
 p100k=$(lua p100k auto false sk-bench-valid-key 102400)
 d100=$(lua d100 gpt-bench false x 100)
 d100k=$(lua d100k gpt-bench false x 102400)
-read -r r100 _ _ <<<"$(p50_p99 "$url_router" "$p100" 1)"
-read -r m100 _ _ <<<"$(p50_p99 "$url_mock" "$d100" 1)"
-read -r r100k _ _ <<<"$(p50_p99 "$url_router" "$p100k" 1)"
-read -r m100k _ _ <<<"$(p50_p99 "$url_mock" "$d100k" 1)"
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+for round in 1 2 3 4 5; do
+  for size in 100 100k; do
+    t0=$(ticks "$pid_router")
+    read -r r _ rps _ <<<"$(p50_p99 "$url_router" "$work/p$size.lua" 1 3)"
+    t1=$(ticks "$pid_router")
+    read -r x _ <<<"$(p50_p99 "$url_pbare" "$work/d$size.lua" 1 3)"
+    read -r m _ <<<"$(p50_p99 "$url_mock" "$work/d$size.lua" 1 3)"
+    echo "$((r - m)) $((x - m)) $(awk "BEGIN {printf \"%d\", ($t1 - $t0) / $(getconf CLK_TCK) * 1e6 / ($rps * 3)}")" >>"$work/sizes-$size"
+  done
+done
+for size in 100 100k; do
+  for col in 1 2 3; do
+    printf -v "s${size}_$col" '%s' "$(cut -d' ' -f"$col" "$work/sizes-$size" | median)"
+  done
+done
+kill "$pid_pbare" 2>/dev/null || true
 
 table=$(cat <<MD
 Stress benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); mock upstream, router and load share the machine; ${secs} s per measurement.
@@ -179,7 +198,9 @@ Stress benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' 
 | slowloris, 3,000 trickling connections: a normal client's p99 (c=8) | ${q99} µs | ${l99} µs | $(awk "BEGIN {printf \"%.2f\", $l99 / $q99}") |
 | invalid-key flood (${flood_rps} req/s, c=64): a valid client's p99 (c=8) | ${q99} µs | ${f99} µs | $(awk "BEGIN {printf \"%.2f\", $f99 / $q99}") |
 | 4 MiB requests in a loop: small requests' p99 (c=8) | ${q99} µs | ${h99} µs | $(awk "BEGIN {printf \"%.2f\", $h99 / $q99}") |
-| added p50 at c=1 (router minus direct): 100 B prompt, 100 KB prompt | $((r100 - m100)) µs | $((r100k - m100k)) µs | $(awk "BEGIN {d = $r100 - $m100; if (d < 1) d = 1; printf \"%.2f\", ($r100k - $m100k) / d}") |
+| added p50 at c=1 (router minus direct), median of 5 rounds: 100 B prompt, 100 KB prompt | ${s100_1} µs | ${s100k_1} µs | $(awk "BEGIN {d = $s100_1; if (d < 1) d = 1; printf \"%.2f\", $s100k_1 / d}") |
+| the same through the bare proxy | ${s100_2} µs | ${s100k_2} µs | $(awk "BEGIN {d = $s100_2; if (d < 1) d = 1; printf \"%.2f\", $s100k_2 / d}") |
+| the router's CPU a request at c=1 (user + system): 100 B prompt, 100 KB prompt | ${s100_3} µs | ${s100k_3} µs | $(awk "BEGIN {d = $s100_3; if (d < 1) d = 1; printf \"%.2f\", $s100k_3 / d}") |
 
 Router resident memory before these runs: ${rss_idle} KiB (the stream storms ran on a second router and a bare proxy, whose figures are above).
 MD
