@@ -71,10 +71,11 @@ impl SentBody {
 
     /// The body as sent, with `model` replaced and nothing else touched.
     pub fn with_model(&self, model: &str) -> Bytes {
-        let model = Value::String(model.to_owned()).to_string();
-        let mut out = Vec::with_capacity(self.bytes.len() + model.len());
+        // The quotes and a few escapes beside the name: one allocation.
+        let mut out = Vec::with_capacity(self.bytes.len() + model.len() + 8);
         out.extend_from_slice(&self.bytes[..self.model_span.start]);
-        out.extend_from_slice(model.as_bytes());
+        // Writing a string to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, model);
         out.extend_from_slice(&self.bytes[self.model_span.end..]);
         Bytes::from(out)
     }
@@ -180,6 +181,7 @@ mod tests {
         let kept = native(br#"{ "unknown":{"model":"inner"}, "model" : "m\u0031" ,"x":1}"#).unwrap();
         assert_eq!(&kept.with_model("claude-x")[..], br#"{ "unknown":{"model":"inner"}, "model" : "claude-x" ,"x":1}"#);
         assert_eq!(kept.json_with_model("c")["model"], "c");
+        assert_eq!(&kept.with_model("a\"b\\")[..], br#"{ "unknown":{"model":"inner"}, "model" : "a\"b\\" ,"x":1}"#);
         // A key named twice: serialized as read (the last of the two).
         let twice = native(br#"{"model":"a","messages":[{"content":"secret","content":"hi"}],"model":"b"}"#).unwrap();
         assert_eq!(&twice.with_model("claude-x")[..], br#"{"model":"claude-x","messages":[{"content":"hi"}]}"#);
