@@ -223,6 +223,10 @@ impl SharedBooks {
     /// Lease members of settlements still on their way in the scopes of
     /// `ask` that limit concurrency (those that have gone are forgotten).
     fn settling_for(&self, ask: &Ask) -> Vec<String> {
+        // Most asks limit no concurrency: no lock on their path.
+        if ask.scopes.iter().all(|scope| scope.limits.concurrency.is_none()) {
+            return Vec::new();
+        }
         let mut settling = self.settling.lock().unwrap_or_else(|p| p.into_inner());
         settling.retain(|s| s.write.on_its_way());
         let limited = |key: &String| ask.scopes.iter().any(|scope| scope.limits.concurrency.is_some() && scope.key == *key);
