@@ -5,9 +5,10 @@
 #   bench/stress.sh [seconds per measurement, default 8]
 #
 # 1. 5,000 concurrent slow streams (10 events, 1 s apart), through the router
-#    and through the bare proxy (the floor of hyper + reqwest): peak and
-#    after-load resident memory, and a probe's time to the first event
-#    during the storm, direct and through the proxy.
+#    and through the bare proxy (the floor of hyper + reqwest), then through
+#    a router whose backend is over h2c: peak and after-load resident
+#    memory, and a probe's time to the first event during the storm, direct
+#    and through the proxy.
 # 2. Slowloris: 3,000 connections that trickle a header byte now and then
 #    while a normal client (c=8) runs: its p99 against its quiet p99.
 # 3. An invalid-key flood (wrk, c=64 paced to about 10,000 requests a
@@ -93,6 +94,9 @@ model = "gpt-slow?gap_ms=1000"
 stream_idle_timeout_ms = 10000
 TOML
 RUST_LOG=warn start srouter serve --config "$work/slow-router.toml" --listen 127.0.0.1:0
+# The same router with its backend over h2c: one upstream connection for all.
+sed 's/^stream_idle_timeout_ms = 10000$/&\nh2c = true/' "$work/slow-router.toml" >"$work/slow-router-h2c.toml"
+RUST_LOG=warn start hrouter serve --config "$work/slow-router-h2c.toml" --listen 127.0.0.1:0
 bin=target/release/bare-proxy start sbare 127.0.0.1:0 "$url_mock/v1" "gpt-slow?gap_ms=1000"
 storm() { # storm PID URL NAME -> "idle_kib peak_kib after_kib streams ttft_direct_us ttft_proxy_us"
   local idle peak after done direct proxied
@@ -112,7 +116,8 @@ storm() { # storm PID URL NAME -> "idle_kib peak_kib after_kib streams ttft_dire
 }
 read -r ri rp ra rdone rdirect rproxied <<<"$(storm "$pid_srouter" "$url_srouter" router)"
 read -r bi bp ba bdone bdirect bproxied <<<"$(storm "$pid_sbare" "$url_sbare" bare)"
-kill "$pid_srouter" "$pid_sbare" 2>/dev/null || true
+read -r hi hp ha hdone hdirect hproxied <<<"$(storm "$pid_hrouter" "$url_hrouter" h2c)"
+kill "$pid_srouter" "$pid_sbare" "$pid_hrouter" 2>/dev/null || true
 
 # 2. Slowloris: 3,000 connections trickling a header byte every 2 s.
 python3 - "$url_router" 3000 $((secs + 4)) <<'PY' &
@@ -193,7 +198,9 @@ Stress benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' 
 |---|---|---|---|
 | 5,000 slow streams (10 events 1 s apart), resident memory: router (mimalloc) | idle ${ri} KiB | peak ${rp} KiB ($(( (rp - ri) / 5000 )) KiB a stream); 5 s after ${ra} KiB; ${rdone} streams | |
 | the same through the bare proxy (hyper + reqwest, glibc malloc): the floor | idle ${bi} KiB | peak ${bp} KiB ($(( (bp - bi) / 5000 )) KiB a stream); 5 s after ${ba} KiB; ${bdone} streams | router/bare $(awk "BEGIN {printf \"%.2f\", ($rp - $ri) / ($bp - $bi)}") |
+| the same through the router, its backend over h2c (\`h2c = true\`: one upstream connection) | idle ${hi} KiB | peak ${hp} KiB ($(( (hp - hi) / 5000 )) KiB a stream); 5 s after ${ha} KiB; ${hdone} streams | |
 | 5,000 slow streams: a probe's time to the first event, p50 of 40, direct then through the router | ${rdirect} µs | ${rproxied} µs | $(awk "BEGIN {printf \"%.2f\", $rproxied / $rdirect}") |
+| the same, the router's backend over h2c | ${hdirect} µs | ${hproxied} µs | $(awk "BEGIN {printf \"%.2f\", $hproxied / $hdirect}") |
 | the same through the bare proxy | ${bdirect} µs | ${bproxied} µs | $(awk "BEGIN {printf \"%.2f\", $bproxied / $bdirect}") |
 | slowloris, 3,000 trickling connections: a normal client's p99 (c=8) | ${q99} µs | ${l99} µs | $(awk "BEGIN {printf \"%.2f\", $l99 / $q99}") |
 | invalid-key flood (${flood_rps} req/s, c=64): a valid client's p99 (c=8) | ${q99} µs | ${f99} µs | $(awk "BEGIN {printf \"%.2f\", $f99 / $q99}") |

@@ -108,7 +108,11 @@ pub async fn run(listener: TcpListener, settings: MockSettings, shutdown: impl F
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| handle(state.clone(), peer, req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    // No cap on the streams of an h2c connection (hyper's default is
+                    // 200): one router connection carries a whole load.
+                    builder.http2().max_concurrent_streams(None);
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                 });
             }
             () = &mut shutdown => return,
@@ -211,7 +215,7 @@ async fn handle(state: Arc<MockState>, peer: std::net::SocketAddr, request: Requ
     let mut record = json!({
         "path": path, "model": model, "body": body,
         "authorization": header("authorization"), "x_api_key": header("x-api-key"), "x_request_id": header("x-request-id"),
-        "traceparent": header("traceparent"), "peer": peer.to_string(),
+        "traceparent": header("traceparent"), "peer": peer.to_string(), "http": format!("{:?}", parts.version),
     });
     // What a pass-through must keep: the bytes (of small bodies, for tests:
     // a load of large prompts would hold them all) and the API headers.

@@ -346,6 +346,45 @@ async fn http2_clients_are_served() {
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
 }
 
+/// A backend with `h2c = true` gets HTTP/2 over plain TCP: every request in
+/// flight to it, streams included, shares one connection (over HTTP/1.1
+/// each takes its own).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2c_backend_carries_every_request_in_flight_on_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let config = format!(
+        "[[backends]]\nname = \"h2\"\nprovider = \"openai\"\nbase_url = \"{m}/v1\"\nmodel = \"gpt?gap_ms=20\"\nh2c = true\n\
+         [[backends]]\nname = \"h1\"\nprovider = \"openai\"\nbase_url = \"{m}/v1\"\nmodel = \"gpt?gap_ms=20\"\n",
+        m = mock.url
+    );
+    let router = router(dir.path(), &config, &[]);
+    for backend in ["h2", "h1"] {
+        // Eight streams at once, and plain requests beside them.
+        let calls = (0..12).map(|i| {
+            let url = router.url.clone();
+            tokio::spawn(async move { post(&url, "/v1/chat/completions", &chat(backend, i % 3 != 0), &[]).await })
+        });
+        let calls: Vec<_> = calls.collect();
+        for call in calls {
+            let answer = call.await.unwrap();
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            assert!(answer.body.contains("data: [DONE]") || answer.body.contains("chat.completion"), "{}", answer.body);
+        }
+    }
+    let got = received(&mock).await;
+    assert_eq!(got.len(), 24, "{got:?}");
+    // (requests, connections) by the protocol they came over.
+    let by = |version: &str| {
+        let records: Vec<&Value> = got.iter().filter(|r| r["http"] == version).collect();
+        let peers: std::collections::BTreeSet<&str> = records.iter().map(|r| r["peer"].as_str().unwrap()).collect();
+        (records.len(), peers.len())
+    };
+    assert_eq!(by("HTTP/2.0"), (12, 1), "{got:?}");
+    let (requests, connections) = by("HTTP/1.1");
+    assert!(requests == 12 && connections > 2, "HTTP/1.1: {requests} requests on {connections} connections");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_overhead_and_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();

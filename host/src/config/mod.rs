@@ -640,6 +640,12 @@ pub struct BackendConfig {
     /// Longest silence inside a stream, in ms.
     #[serde(default = "default_stream_idle_timeout_ms")]
     pub stream_idle_timeout_ms: u64,
+    /// Speak HTTP/2 over plain TCP (prior knowledge, "h2c") to an `http://`
+    /// `base_url`: one connection carries every request in flight to the
+    /// backend, where HTTP/1.1 takes a connection (and its buffers) each.
+    /// An `https` upstream negotiates HTTP/2 by itself.
+    #[serde(default)]
+    pub h2c: bool,
     /// Mock behaviour (provider `mock` only).
     #[serde(default)]
     pub mock: Option<MockConfig>,
@@ -939,7 +945,13 @@ impl Config {
                     if !matches!(parsed.scheme(), "http" | "https") {
                         return Err((key("base_url"), format!("`{url}` must be http or https")));
                     }
+                    if b.h2c && parsed.scheme() != "http" {
+                        return Err((key("h2c"), format!("only for an http:// base_url (`{url}` negotiates HTTP/2 itself)")));
+                    }
                 }
+            }
+            if b.h2c && b.provider == ProviderKind::Mock {
+                return Err((key("h2c"), "not for provider `mock`, which answers in the router".into()));
             }
             if b.mock.is_some() && b.provider != ProviderKind::Mock {
                 return Err((key("mock"), "only for provider `mock`".into()));
@@ -1145,6 +1157,12 @@ mod tests {
             ("[policies]\ndir = \"p\"\nsource = \"https://o.example/i.json\"\npoll_interval_ms = 5\n", "policies.poll_interval_ms", "between 100"),
             ("[policies.trusted_keys]\nrelease = \"AAAA\"\n", "policies.trusted_keys.release", "32 bytes"),
             ("[[backends]]\nname = \"a\"\nprovider = \"openai\"\n", "backends[0].base_url", "required for provider `openai`"),
+            (
+                "[[backends]]\nname = \"a\"\nprovider = \"openai\"\nbase_url = \"https://x/v1\"\nh2c = true\n",
+                "backends[0].h2c",
+                "only for an http:// base_url",
+            ),
+            ("[[backends]]\nname = \"a\"\nprovider = \"mock\"\nh2c = true\n", "backends[0].h2c", "not for provider `mock`"),
             (
                 "[[backends]]\nname = \"a\"\nprovider = \"openai\"\nbase_url = \"ftp://x\"\n",
                 "backends[0].base_url",
