@@ -8,12 +8,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::admission;
@@ -329,9 +328,10 @@ async fn proxy(
                 StreamLimits { write_timeout: config.server.stream_write_timeout(), max_duration: config.server.stream_max_duration() };
             let leg = Leg { upstream, attempt, first, rest, mode: Mode::Original };
             let rescuer = rescuer(config, &plan, next, finished.attempts, &inbound, request_id, metrics);
-            let (mut relay, first_frame, rx) = Relay::new(leg, limits, inbound.include_usage, rescuer, Framing::of(&inbound));
+            let mut relay = Relay::new(leg, limits, inbound.include_usage, rescuer, Framing::of(&inbound));
             relay.keep_in(cache_write.map(|p| CacheWrite::new(gateway.cache().clone(), p.key, p.config.ttl(), p.config.max_entry_bytes)));
-            (sse_response(first_frame, rx), Some(name), Some(model), Some(relay))
+            // The body is set when the relay starts, below.
+            (sse_response(), Some(name), Some(model), Some(relay))
         }
         Outcome::Refused { upstream, status, body } => {
             let body = if messages_api { crate::anthropic::answer::upstream_error(status.as_u16(), &body) } else { body };
@@ -402,7 +402,9 @@ async fn proxy(
     });
     match (relay, record) {
         // A stream's record is written when the stream ends, with its tokens.
-        (Some(relay), record) => relay.start(metrics.clone(), request_id.to_owned(), record, hooks),
+        (Some(relay), record) => {
+            *response.body_mut() = relay.start(gateway.stalls(), metrics.clone(), request_id.to_owned(), record, hooks).boxed_unsync();
+        }
         (None, record) => {
             if let Some((log, mut record, notable)) = record {
                 record["tokens"] = crate::decision_log::tokens_json(usage);
@@ -693,10 +695,8 @@ pub(super) fn messages_error_response(error: &GatewayError) -> Response<Body> {
 }
 
 /// An SSE response: `first`, then what arrives on `rx`.
-fn sse_response(first: Bytes, rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
-    let rest = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx)) });
-    let frames = futures_util::stream::once(std::future::ready(Ok(Frame::data(first)))).chain(rest);
-    let mut response = Response::new(StreamBody::new(frames).boxed_unsync());
+fn sse_response() -> Response<Body> {
+    let mut response = Response::new(Body::default());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

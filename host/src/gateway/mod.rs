@@ -23,6 +23,7 @@ mod outcome;
 mod plan;
 mod relay;
 mod rescue;
+mod stream_body;
 mod transcript;
 
 use std::collections::HashMap;
@@ -67,6 +68,8 @@ pub struct Gateway {
     origin: Option<Arc<OriginSync>>,
     /// Set once shutdown begins: `/readyz` answers 503 while requests drain.
     draining: std::sync::atomic::AtomicBool,
+    /// Streams in flight, watched for clients that stop reading.
+    stalls: Arc<stream_body::StallWatch>,
 }
 
 /// The configuration file being served, and the command-line override that
@@ -294,6 +297,7 @@ impl Gateway {
             cache,
             origin,
             draining: Default::default(),
+            stalls: Default::default(),
         }))
     }
 
@@ -332,6 +336,11 @@ impl Gateway {
     /// Callers' limits and budgets.
     pub fn quotas(&self) -> &Arc<Quotas> {
         &self.quotas
+    }
+
+    /// Streams in flight, watched for clients that stop reading.
+    pub(crate) fn stalls(&self) -> &Arc<stream_body::StallWatch> {
+        &self.stalls
     }
 
     /// The response cache.

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 use super::cached::CacheWrite;
 use super::framing::Framing;
 use super::outcome::EndHooks;
 use super::rescue::{Leg, Mode, Rescuer};
+use super::stream_body::{Outbox, RelayBody, StallWatch};
 use super::transcript::{rewrite, ChunkView, Part, Piece, Transcript};
 use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
@@ -85,11 +85,10 @@ enum Shaped {
 }
 
 /// A stream ready to be relayed: its first event (already framed for the
-/// client), the rest, the attempt it belongs to, and the sender the rest of
-/// the response body reads from.
+/// client), the rest, and the attempt it belongs to.
 pub(super) struct Relay {
     leg: Leg,
-    tx: mpsc::Sender<Bytes>,
+    first_frame: Bytes,
     limits: StreamLimits,
     include_usage: bool,
     rescuer: Option<Rescuer>,
@@ -107,41 +106,85 @@ pub(super) struct StreamLimits {
     pub max_duration: Duration,
 }
 
-/// How a stream ended, for logs, traces and the decision log.
-struct StreamEnd {
-    chunks: u32,
-    /// Usage as the client was told (summed over rescues).
-    usage: Option<(u64, u64)>,
-    /// Prompt tokens of the last upstream read from its prompt cache.
-    cached: u64,
-    /// `done`, `rescued`, `client_closed`, `client_stalled`, `max_duration`,
-    /// or the failure.
-    end: String,
+/// What a stream has done so far: what its end reports.
+#[derive(Default)]
+struct Progress {
+    so_far: StreamedSoFar,
+    /// The current upstream's part.
+    count: LegCount,
+    /// Upstreams that broke.
+    broken: Vec<Broken>,
     /// Each break and how it was rescued, or not.
     rescues: Vec<Value>,
 }
 
+/// What runs when a stream ends: its trace, end hooks and decision-log
+/// record. Run on drop too, when the client closed or stalled and the
+/// relay was dropped mid-way.
+struct Ending {
+    metrics: Arc<Metrics>,
+    request_id: String,
+    backend: String,
+    record: Option<(Arc<DecisionLog>, Value, bool)>,
+    /// Taken when the end has run.
+    hooks: Option<EndHooks>,
+    span: tracing::Span,
+    started: Instant,
+    outbox: Arc<Outbox>,
+    progress: Progress,
+}
+
+impl Ending {
+    /// `how`: `done`, `rescued`, `client_closed`, `client_stalled`,
+    /// `max_duration`, or the failure.
+    fn finish(&mut self, how: &str) {
+        let Some(hooks) = self.hooks.take() else { return };
+        let p = &mut self.progress;
+        let (chunks, usage, cached) = (p.so_far.chunks, client_usage(&p.count, &p.broken), p.count.cached);
+        telemetry::record_stream_end(&self.span, chunks, how);
+        let status = match how {
+            "done" | "rescued" => 200,
+            "client_closed" | "client_stalled" => 499,
+            _ => 502,
+        };
+        hooks.finish(status, usage, cached, how == "rescued");
+        if let Some((log, mut record, notable)) = self.record.take() {
+            record["tokens"] = crate::decision_log::tokens_json(usage);
+            let notable = notable || how != "done";
+            record["stream"] = json!({"chunks": chunks, "end": how, "ms": self.started.elapsed().as_secs_f64() * 1000.0});
+            if !p.rescues.is_empty() {
+                record["stream"]["rescues"] = Value::Array(std::mem::take(&mut p.rescues));
+            }
+            log.write_sampled(record, notable);
+        }
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if self.hooks.is_none() {
+            return;
+        }
+        let gone = if self.outbox.stalled() { ClientGone::Stalled } else { ClientGone::Closed };
+        let chunks = self.progress.so_far.chunks;
+        tracing::info!(request_id = %self.request_id, backend = %self.backend, chunks, "{}", gone.describe());
+        self.finish(gone.as_str());
+    }
+}
+
 impl Relay {
-    /// Prepares relaying; returns the first event's frame, which the response
-    /// body starts with (so it leaves with the headers, without waiting for
-    /// the relay task), and the receiver of the rest.
+    /// Prepares relaying. The response body starts with the first event's
+    /// frame, so it leaves with the headers.
     /// `limits` end the stream when the client stops taking it, or when it
     /// has run too long; `rescuer`, when the stream may be rescued, holds
     /// the targets that may continue it.
     /// `framing` is the client's stream format.
-    pub(super) fn new(
-        leg: Leg,
-        limits: StreamLimits,
-        include_usage: bool,
-        rescuer: Option<Rescuer>,
-        mut framing: Framing,
-    ) -> (Self, Bytes, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(32);
+    pub(super) fn new(leg: Leg, limits: StreamLimits, include_usage: bool, rescuer: Option<Rescuer>, mut framing: Framing) -> Self {
         let first_frame = match &leg.first {
             SseEvent::Data(chunk) => framing.chunk(chunk, &leg.upstream, true),
             SseEvent::Done => framing.done(),
         };
-        (Self { leg, tx, limits, include_usage, rescuer, framing, cache: None }, first_frame, rx)
+        Self { leg, first_frame, limits, include_usage, rescuer, framing, cache: None }
     }
 
     /// Keeps the stream in the response cache if it ends cleanly.
@@ -149,64 +192,59 @@ impl Relay {
         self.cache = cache;
     }
 
-    /// Starts relaying. `record` is the request's decision-log record, if
-    /// any, and whether it is notable: written when the stream ends, with
-    /// its tokens and how it ended (a stream that did not end well, or was
-    /// rescued, is notable).
+    /// The stream's response body: relaying runs as hyper polls it.
+    /// `record` is the request's decision-log record, if any, and whether it
+    /// is notable: written when the stream ends, with its tokens and how it
+    /// ended (a stream that did not end well, or was rescued, is notable).
     /// `hooks` (the policy's outcome, a canary's window) finish then too:
     /// 200 for a stream that ended well, 499 when the client left, 502 when
-    /// it broke.
-    pub(super) fn start(self, metrics: Arc<Metrics>, request_id: String, record: Option<(Arc<DecisionLog>, Value, bool)>, hooks: EndHooks) {
+    /// it broke. `stalls` ends the stream if its client stops reading.
+    pub(super) fn start(
+        mut self,
+        stalls: &Arc<StallWatch>,
+        metrics: Arc<Metrics>,
+        request_id: String,
+        record: Option<(Arc<DecisionLog>, Value, bool)>,
+        hooks: EndHooks,
+    ) -> RelayBody {
         let span = telemetry::stream_span(self.leg.upstream.name());
-        // Boxed, and taken apart inside `relay`: the task's future holds the
+        let outbox = Arc::new(Outbox::default());
+        let first = std::mem::take(&mut self.first_frame);
+        let write_timeout = self.limits.write_timeout;
+        let mut ending = Ending {
+            metrics,
+            request_id,
+            backend: self.leg.upstream.name().to_owned(),
+            record,
+            hooks: Some(hooks),
+            span: span.clone(),
+            started: Instant::now(),
+            outbox: outbox.clone(),
+            progress: Progress { so_far: StreamedSoFar { keep: self.rescuer.is_some(), ..Default::default() }, ..Default::default() },
+        };
+        // Boxed, and taken apart inside `relay`: the future holds the
         // relay's state once, not once per layer, for the stream's whole life.
         let this = Box::new(self);
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let end = this.relay(&metrics, &request_id).instrument(span.clone()).await;
-            telemetry::record_stream_end(&span, end.chunks, &end.end);
-            let status = match end.end.as_str() {
-                "done" | "rescued" => 200,
-                "client_closed" | "client_stalled" => 499,
-                _ => 502,
-            };
-            hooks.finish(status, end.usage, end.cached, end.end == "rescued");
-            if let Some((log, mut record, notable)) = record {
-                record["tokens"] = crate::decision_log::tokens_json(end.usage);
-                let notable = notable || end.end != "done";
-                record["stream"] = json!({"chunks": end.chunks, "end": end.end, "ms": started.elapsed().as_secs_f64() * 1000.0});
-                if !end.rescues.is_empty() {
-                    record["stream"]["rescues"] = Value::Array(end.rescues);
-                }
-                log.write_sampled(record, notable);
-            }
-        });
+        let relaying = async move {
+            let Ending { metrics, request_id, outbox, progress, .. } = &mut ending;
+            let how = this.relay(progress, metrics, request_id, outbox).instrument(span).await;
+            ending.finish(&how);
+        };
+        stalls.body(first, write_timeout, outbox, Box::pin(relaying))
     }
 
-    /// Passes events on until the stream ends. Returning drops the upstream
-    /// stream and settles its attempt, so the upstream connection and the
-    /// backend's in-flight count are free.
-    async fn relay(self: Box<Self>, metrics: &Metrics, request_id: &str) -> StreamEnd {
-        let Self { leg, tx, limits, include_usage, mut rescuer, mut framing, mut cache } = *self;
-        let StreamLimits { write_timeout, max_duration } = limits;
-        let ends_at = Instant::now() + max_duration;
+    /// Passes events on until the stream ends; says how it ended. Returning
+    /// drops the upstream stream and settles its attempt, so the upstream
+    /// connection and the backend's in-flight count are free.
+    async fn relay(self: Box<Self>, p: &mut Progress, metrics: &Metrics, request_id: &str, outbox: &Outbox) -> String {
+        let Self { leg, limits, include_usage, mut rescuer, mut framing, mut cache, .. } = *self;
+        let ends_at = Instant::now() + limits.max_duration;
         let Leg { mut upstream, attempt, first, mut rest, mut mode } = leg;
         let mut attempt = Some(attempt);
-        let mut so_far = StreamedSoFar { keep: rescuer.is_some(), ..Default::default() };
-        let mut count = LegCount::default();
-        let mut broken: Vec<Broken> = Vec::new();
-        let mut rescues: Vec<Value> = Vec::new();
         // The seam's comment, sent before the continuation's first byte,
         // and the break it names.
         let mut seam: Option<String> = None;
         let mut last_break = String::new();
-        let end = |so_far: &StreamedSoFar, count: &LegCount, broken: &[Broken], how: &str, rescues| StreamEnd {
-            chunks: so_far.chunks,
-            usage: client_usage(count, broken),
-            cached: count.cached,
-            end: how.to_owned(),
-            rescues,
-        };
         // The first event is in the body already: noted here, not sent.
         let mut next = Some(Ok(first));
         let mut in_body = true;
@@ -222,14 +260,14 @@ impl Relay {
                         Ok(None) => Err(AttemptFailure::StreamEnded),
                         // The router's own limit, not the backend's fault: the attempt is released, not failed.
                         Err(_) if left <= idle => {
-                            tracing::info!(%request_id, backend = upstream.name(), chunks = so_far.chunks, "stream ended at its maximum duration");
+                            tracing::info!(%request_id, backend = upstream.name(), chunks = p.so_far.chunks, "stream ended at its maximum duration");
                             let error = json!({"error": {
-                                "message": format!("the stream ran for its maximum duration ({} ms) and was ended", max_duration.as_millis()),
+                                "message": format!("the stream ran for its maximum duration ({} ms) and was ended", limits.max_duration.as_millis()),
                                 "type": "server_error",
                                 "code": "stream_too_long",
                             }});
-                            let _ = tokio::time::timeout(write_timeout, tx.send(framing.error(&error))).await;
-                            return end(&so_far, &count, &broken, "max_duration", rescues);
+                            outbox.send(framing.error(&error)).await;
+                            return "max_duration".into();
                         }
                         Err(_) => Err(AttemptFailure::Timeout("stream idle")),
                     }
@@ -237,15 +275,15 @@ impl Relay {
             };
             // `Ok`: the upstream stream ended well; `Err`: it cannot go on.
             let ended = match event {
-                Ok(SseEvent::Data(chunk)) => match shape(&chunk, &mut mode, &mut so_far, &mut count, &broken) {
+                Ok(SseEvent::Data(chunk)) => match shape(&chunk, &mut mode, &mut p.so_far, &mut p.count, &p.broken) {
                     Shaped::Pass(payload, usage) => {
-                        so_far.chunks += 1;
-                        count.passed = true;
+                        p.so_far.chunks += 1;
+                        p.count.passed = true;
                         if let Some(write) = cache.as_mut() {
                             write.push(&payload, matches!(mode, Mode::Original));
                         }
                         if let Some((input, output)) = usage {
-                            metrics.tokens(upstream.name(), input, output, upstream.config.cost_usd(input, output, count.cached));
+                            metrics.tokens(upstream.name(), input, output, upstream.config.cost_usd(input, output, p.count.cached));
                         }
                         if in_body {
                             continue;
@@ -254,18 +292,10 @@ impl Relay {
                         if framed.is_empty() {
                             continue;
                         }
-                        let seam = seam.take().map(Bytes::from);
-                        let sent = match seam {
-                            Some(seam) => match send(&tx, seam, write_timeout).await {
-                                Ok(()) => send(&tx, framed, write_timeout).await,
-                                Err(how) => Err(how),
-                            },
-                            None => send(&tx, framed, write_timeout).await,
-                        };
-                        if let Err(gone) = sent {
-                            tracing::info!(%request_id, backend = upstream.name(), chunks = so_far.chunks, "{}", gone.describe());
-                            return end(&so_far, &count, &broken, gone.as_str(), rescues);
+                        if let Some(seam) = seam.take() {
+                            outbox.send(Bytes::from(seam)).await;
                         }
+                        outbox.send(framed).await;
                         continue;
                     }
                     Shaped::Skip => continue,
@@ -281,7 +311,7 @@ impl Relay {
             };
             let backend = upstream.name().to_owned();
             let failure = match ended {
-                Err(failure) if !so_far.complete(include_usage) || matches!(failure, AttemptFailure::Diverged(_)) => failure,
+                Err(failure) if !p.so_far.complete(include_usage) || matches!(failure, AttemptFailure::Diverged(_)) => failure,
                 // Ended well, or every chunk and the usage asked for arrived:
                 // a missing end is then the upstream's slip, not a lost answer.
                 ended => {
@@ -291,7 +321,7 @@ impl Relay {
                     }
                     let done = framing.done();
                     if !in_body && !done.is_empty() {
-                        let _ = send(&tx, done, write_timeout).await;
+                        outbox.send(done).await;
                     }
                     if let Some(attempt) = attempt.take() {
                         attempt.succeed();
@@ -300,12 +330,12 @@ impl Relay {
                     if let Some(write) = cache.take().filter(|_| how == "done" && ended.is_ok()) {
                         write.finish(upstream.name());
                     }
-                    settle_rescue(metrics, &upstream, &mode, &mut rescues, "rescued");
-                    account_broken(metrics, &broken, count.usage);
-                    return end(&so_far, &count, &broken, how, rescues);
+                    settle_rescue(metrics, &upstream, &mode, &mut p.rescues, "rescued");
+                    account_broken(metrics, &p.broken, p.count.usage);
+                    return how.into();
                 }
             };
-            tracing::warn!(%request_id, %backend, mode = mode.name(), chunks = so_far.chunks, bytes = so_far.transcript.bytes(), "stream failed after it started: {}", failure.describe());
+            tracing::warn!(%request_id, %backend, mode = mode.name(), chunks = p.so_far.chunks, bytes = p.so_far.transcript.bytes(), "stream failed after it started: {}", failure.describe());
             if let Some(attempt) = attempt.take() {
                 if failure.counts_against_backend() {
                     attempt.fail();
@@ -313,18 +343,18 @@ impl Relay {
             }
             if matches!(mode, Mode::Original) {
                 metrics.stream_failure(&backend);
-                rescues.push(json!({"broke": backend, "after_chunks": so_far.chunks, "failure": failure.describe(), "tries": []}));
+                p.rescues.push(json!({"broke": backend, "after_chunks": p.so_far.chunks, "failure": failure.describe(), "tries": []}));
             } else {
                 let outcome = if matches!(failure, AttemptFailure::Diverged(_)) { "diverged" } else { "broke" };
-                settle_rescue(metrics, &upstream, &mode, &mut rescues, &failure.describe());
+                settle_rescue(metrics, &upstream, &mode, &mut p.rescues, &failure.describe());
                 metrics.rescue(&backend, mode.name(), outcome);
-                if count.passed {
+                if p.count.passed {
                     // A continuation that reached the client and broke is a new break.
-                    rescues.push(json!({"broke": backend, "after_chunks": so_far.chunks, "failure": failure.describe(), "tries": []}));
+                    p.rescues.push(json!({"broke": backend, "after_chunks": p.so_far.chunks, "failure": failure.describe(), "tries": []}));
                 }
             }
-            broken.push(Broken { upstream: upstream.clone(), usage: count.usage, estimate: (count.bytes as u64).div_ceil(4) });
-            if count.passed || matches!(mode, Mode::Original) {
+            p.broken.push(Broken { upstream: upstream.clone(), usage: p.count.usage, estimate: (p.count.bytes as u64).div_ceil(4) });
+            if p.count.passed || matches!(mode, Mode::Original) {
                 // The break the client would see: what the seam comment names.
                 last_break = format!("`{backend}` {}", failure.describe().replace(['\r', '\n'], " "));
             }
@@ -332,31 +362,31 @@ impl Relay {
             let mut tries = Vec::new();
             let continuation = match rescuer.as_mut() {
                 None => None,
-                Some(_) if so_far.other_choices => {
+                Some(_) if p.so_far.other_choices => {
                     tries.push(json!({"skipped": "the stream has several choices (n > 1)"}));
                     None
                 }
                 // Boxed: a rescue's upstream call is large and rare, and the
                 // relay's future lives as long as every stream.
                 Some(rescuer) => {
-                    Box::pin(rescuer.rescue(&so_far.transcript, count.passed || matches!(mode, Mode::Original), &mut tries)).await
+                    Box::pin(rescuer.rescue(&p.so_far.transcript, p.count.passed || matches!(mode, Mode::Original), &mut tries)).await
                 }
             };
-            if let Some(Value::Array(all)) = rescues.last_mut().map(|r| &mut r["tries"]) {
+            if let Some(Value::Array(all)) = p.rescues.last_mut().map(|r| &mut r["tries"]) {
                 all.extend(tries);
             }
             let Some(leg) = continuation else {
-                account_broken(metrics, &broken, None);
-                let message = interrupted_message(&rescues);
+                account_broken(metrics, &p.broken, None);
+                let message = interrupted_message(&p.rescues);
                 tracing::warn!(%request_id, "stream not rescued: {message}");
                 let error = json!({"error": {"message": message, "type": "upstream_error", "code": "stream_interrupted"}});
-                let _ = send(&tx, framing.error(&error), write_timeout).await;
-                return end(&so_far, &count, &broken, &failure.describe(), rescues);
+                outbox.send(framing.error(&error)).await;
+                return failure.describe();
             };
             seam = Some(format!(": rescued: {last_break}; continued on `{}` by {}\n\n", leg.upstream.name(), leg.mode.name()));
             tracing::info!(%request_id, from = %backend, to = leg.upstream.name(), mode = leg.mode.name(), "stream continued");
             (upstream, attempt, rest, mode) = (leg.upstream, Some(leg.attempt), leg.rest, leg.mode);
-            count = LegCount::default();
+            p.count = LegCount::default();
             next = Some(Ok(leg.first));
         }
     }
@@ -384,15 +414,6 @@ impl ClientGone {
             Self::Closed => "client closed the stream",
             Self::Stalled => "client stopped reading the stream; ended",
         }
-    }
-}
-
-/// Sends `bytes` to the client, waiting at most `write_timeout`.
-async fn send(tx: &mpsc::Sender<Bytes>, bytes: Bytes, write_timeout: Duration) -> Result<(), ClientGone> {
-    match tokio::time::timeout(write_timeout, tx.send(bytes)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(ClientGone::Closed),
-        Err(_) => Err(ClientGone::Stalled),
     }
 }
 
