@@ -671,6 +671,25 @@ async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
     drop(client);
     let a = post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await;
     assert_eq!(a.status, 200, "{}", a.body);
+
+    // The same over HTTP/2, where the stream's flow-control window, not the
+    // connection, fills: the connection stays writable, the stream does not.
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let response = h2.post(format!("{}/v1/chat/completions", router.url)).json(&chat("auto", true)).send().await.unwrap();
+    assert_eq!((response.version(), response.status().as_u16()), (reqwest::Version::HTTP_2, 200));
+    let started = Instant::now();
+    let mut seen_busy = false;
+    loop {
+        let now = in_flight().await;
+        seen_busy |= now.as_deref() == Some("1");
+        if seen_busy && now.as_deref() == Some("0") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "HTTP/2, in flight: {now:?}\n{}", router.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(router.logs().matches("client stopped reading the stream").count(), 2, "{}", router.logs());
+    drop(response);
 }
 
 /// The router raises its soft limit on open files to the hard one, and
