@@ -346,7 +346,7 @@ async fn proxy(
 
     let status = response.status();
     let quota = ticket.map(|ticket| QuotaEnd { ticket, answered: paid_by });
-    let hooks = EndHooks { observation, canary, quota };
+    let hooks = EndHooks { observation: observation.map(Box::new), canary: canary.map(Box::new), quota: quota.map(Box::new) };
     let headers = response.headers_mut();
     if let Some(rate) = &rate_headers {
         rate.write(headers);

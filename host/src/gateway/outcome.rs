@@ -85,10 +85,13 @@ impl Observation {
 /// What runs when a request's answer ends (a stream's, when the stream
 /// does): the policy's outcome, the canary's window, and the settlement of
 /// the caller's limits and budget.
+///
+/// Each is boxed: a stream holds its hooks for its whole life, and most
+/// requests have one or none of them.
 pub(super) struct EndHooks {
-    pub observation: Option<Observation>,
-    pub canary: Option<CanaryWatch>,
-    pub quota: Option<QuotaEnd>,
+    pub observation: Option<Box<Observation>>,
+    pub canary: Option<Box<CanaryWatch>>,
+    pub quota: Option<Box<QuotaEnd>>,
 }
 
 /// A request's reservation, and the backend that answered (none when
@@ -120,13 +123,13 @@ impl EndHooks {
     /// `cached`: prompt tokens the backend read from its prompt cache.
     pub(super) fn finish(self, status: u16, usage: Option<(u64, u64)>, cached: u64, rescued: bool) {
         if let Some(quota) = self.quota {
-            quota.finish(usage, cached);
+            (*quota).finish(usage, cached);
         }
         if let Some(canary) = self.canary {
-            canary.finish(status, usage);
+            (*canary).finish(status, usage);
         }
         if let Some(o) = self.observation {
-            o.finish(status, usage, cached, rescued);
+            (*o).finish(status, usage, cached, rescued);
         }
     }
 }

@@ -93,8 +93,9 @@ pub(super) struct Relay {
     include_usage: bool,
     rescuer: Option<Rescuer>,
     framing: Framing,
-    /// Where the stream is kept if it ends cleanly.
-    cache: Option<CacheWrite>,
+    /// Where the stream is kept if it ends cleanly (boxed: most routes
+    /// have no cache, and the relay lives as long as the stream).
+    cache: Option<Box<CacheWrite>>,
 }
 
 /// How long a stream may wait on its client, and run in all.
@@ -189,7 +190,7 @@ impl Relay {
 
     /// Keeps the stream in the response cache if it ends cleanly.
     pub(super) fn keep_in(&mut self, cache: Option<CacheWrite>) {
-        self.cache = cache;
+        self.cache = cache.map(Box::new);
     }
 
     /// The stream's response body: relaying runs as hyper polls it.
@@ -328,7 +329,7 @@ impl Relay {
                     }
                     let how = if matches!(mode, Mode::Original) { "done" } else { "rescued" };
                     if let Some(write) = cache.take().filter(|_| how == "done" && ended.is_ok()) {
-                        write.finish(upstream.name());
+                        (*write).finish(upstream.name());
                     }
                     settle_rescue(metrics, &upstream, &mode, &mut p.rescues, "rescued");
                     account_broken(metrics, &p.broken, p.count.usage);
