@@ -44,9 +44,7 @@ pub fn on_worker_park() {
 fn collect_this_thread() {
     // SAFETY: `mi_collect` takes no pointers and may be called from any
     // thread at any time; on a thread whose mimalloc heap was never used it
-    // returns at once. `true`: empty pages are returned at once, not after
-    // the purge delay by a later collection, which never comes when this
-    // park is the thread's last for a while (an idle worker that the
-    // heartbeat does not wake kept 85 MiB of a storm, one run in three).
-    unsafe { libmimalloc_sys::mi_collect(true) }
+    // returns at once. `false`: a normal collection (free empty pages, purge
+    // expired ones), not a forced one that walks every heap page.
+    unsafe { libmimalloc_sys::mi_collect(false) }
 }
