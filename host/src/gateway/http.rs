@@ -694,7 +694,8 @@ pub(super) fn messages_error_response(error: &GatewayError) -> Response<Body> {
     response
 }
 
-/// An SSE response: `first`, then what arrives on `rx`.
+/// The head of an SSE response; its body is set when the relay starts
+/// (`Relay::start`).
 fn sse_response() -> Response<Body> {
     let mut response = Response::new(Body::default());
     let headers = response.headers_mut();
