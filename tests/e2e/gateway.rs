@@ -656,17 +656,21 @@ async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
     );
     client.write_all(request.as_bytes()).await.unwrap();
     // The client never reads. While the stream runs the backend has one in flight; then it is released.
-    let started = Instant::now();
-    let mut seen_busy = false;
-    loop {
-        let now = in_flight().await;
-        seen_busy |= now.as_deref() == Some("1");
-        if seen_busy && now.as_deref() == Some("0") {
-            break;
+    let (in_flight, router_ref) = (&in_flight, &router);
+    let released = move |over: &'static str| async move {
+        let started = Instant::now();
+        let mut seen_busy = false;
+        loop {
+            let now = in_flight().await;
+            seen_busy |= now.as_deref() == Some("1");
+            if seen_busy && now.as_deref() == Some("0") {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{over}, in flight: {now:?}\n{}", router_ref.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "in flight: {now:?}\n{}", router.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    released("HTTP/1.1").await;
     assert!(router.logs().contains("client stopped reading the stream"), "{}", router.logs());
     drop(client);
     let a = post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await;
@@ -677,17 +681,7 @@ async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
     let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let response = h2.post(format!("{}/v1/chat/completions", router.url)).json(&chat("auto", true)).send().await.unwrap();
     assert_eq!((response.version(), response.status().as_u16()), (reqwest::Version::HTTP_2, 200));
-    let started = Instant::now();
-    let mut seen_busy = false;
-    loop {
-        let now = in_flight().await;
-        seen_busy |= now.as_deref() == Some("1");
-        if seen_busy && now.as_deref() == Some("0") {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "HTTP/2, in flight: {now:?}\n{}", router.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    released("HTTP/2").await;
     assert_eq!(router.logs().matches("client stopped reading the stream").count(), 2, "{}", router.logs());
     drop(response);
 }
