@@ -14,6 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    switchyard::memory::configure();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => code,
