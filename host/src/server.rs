@@ -113,7 +113,14 @@ where
                         // Boxed once: the task's future then holds a pointer, not
                         // copies of hyper's connection state for as long as it lives.
                         let connection = Box::pin(builder.serve_connection(io, service).into_owned());
-                        if let Err(e) = drive(connection, activity, limits.idle_timeout, stopping).await {
+                        let driven = drive(connection, activity.clone(), limits.idle_timeout, stopping);
+                        // hyper runs an HTTP/1 request's handler inside this
+                        // task (an HTTP/2 stream's in a task of its own).
+                        let ended = match protocol {
+                            Protocol::Http1 => HTTP1_CONNECTION.scope(activity, driven).await,
+                            Protocol::Http2 => driven.await,
+                        };
+                        if let Err(e) = ended {
                             tracing::debug!("connection ended with an error: {e}");
                         }
                     }
@@ -170,6 +177,12 @@ async fn drive<C: GracefulConnection>(
         let quiet_until = activity.quiet_until(idle);
         tokio::select! {
             result = connection.as_mut() => return result,
+            // Dropped, not shut down: a graceful end would wait on the writes
+            // of a client that stopped reading.
+            () = activity.close.notified() => {
+                tracing::debug!("closing a connection whose client stopped reading");
+                return Ok(());
+            }
             changed = stopping.changed(), if !closing => {
                 if changed.is_err() || *stopping.borrow() {
                     connection.as_mut().graceful_shutdown();
@@ -187,9 +200,37 @@ async fn drive<C: GracefulConnection>(
     }
 }
 
+tokio::task_local! {
+    /// The HTTP/1 connection whose task is running.
+    static HTTP1_CONNECTION: Arc<Activity>;
+}
+
+/// Closes the HTTP/1 connection a response is being written on. A stream
+/// whose client stopped reading is ended by the gateway, but hyper, blocked
+/// writing to that client, would keep the connection (its buffers and
+/// slot) until the client read again; over HTTP/2 the stream is reset and
+/// the connection serves on, so there is no closer.
+pub(crate) struct ConnectionCloser(Arc<Activity>);
+
+impl ConnectionCloser {
+    /// The closer of the connection whose request is being handled, when it
+    /// is HTTP/1; call it from the request's handler.
+    pub(crate) fn current() -> Option<Self> {
+        HTTP1_CONNECTION.try_with(|activity| Self(activity.clone())).ok()
+    }
+
+    /// Drops the connection: its client gets what the kernel already holds
+    /// for it, then the end of the connection, not the end of a response.
+    pub(crate) fn close(&self) {
+        self.0.close.notify_one();
+    }
+}
+
 /// Requests in flight on a connection, and since when it has had none.
 struct Activity {
     in_flight: AtomicUsize,
+    /// Closes the connection at once ([`ConnectionCloser`]).
+    close: tokio::sync::Notify,
     opened: Instant,
     /// When the last request ended, in µs since `opened` (0: none yet).
     quiet_since_us: AtomicU64,
@@ -197,7 +238,12 @@ struct Activity {
 
 impl Activity {
     fn new() -> Self {
-        Self { in_flight: AtomicUsize::new(0), opened: Instant::now(), quiet_since_us: AtomicU64::new(0) }
+        Self {
+            in_flight: AtomicUsize::new(0),
+            close: tokio::sync::Notify::new(),
+            opened: Instant::now(),
+            quiet_since_us: AtomicU64::new(0),
+        }
     }
 
     /// A request started; the guard ends it when its response body is done.

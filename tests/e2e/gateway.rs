@@ -633,11 +633,12 @@ async fn connections_and_slow_clients_are_bounded() {
 }
 
 /// A streaming client that stops reading is cut off after
-/// `stream_write_timeout_ms`: the upstream stream is dropped and the
-/// backend's in-flight count goes back to 0.
+/// `stream_write_timeout_ms`: the upstream stream is dropped, the
+/// backend's in-flight count goes back to 0, and an HTTP/1.1 client's
+/// connection is closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let dir = tempfile::tempdir().unwrap();
     // An in-process mock backend with an answer far larger than the socket buffers.
@@ -672,6 +673,15 @@ async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
     };
     released("HTTP/1.1").await;
     assert!(router.logs().contains("client stopped reading the stream"), "{}", router.logs());
+    // And its connection is closed: reading again, the client gets what was
+    // sent, then the connection's end, not a last chunk that would make the
+    // cut stream look whole (before, hyper ended the response cleanly once
+    // the client read again and kept the connection open).
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the connection stayed open after its stream was ended ({} bytes read)", got.len());
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got[..got.len().min(200)]));
+    assert!(!got.ends_with(b"\r\n0\r\n\r\n") && !got.ends_with(b"[DONE]\n\n"), "the cut stream ended like a whole one");
     drop(client);
     let a = post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await;
     assert_eq!(a.status, 200, "{}", a.body);

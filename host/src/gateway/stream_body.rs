@@ -2,8 +2,8 @@
 //! no task and no channel per stream (they were 4.8 KiB of each stream's
 //! memory and two wake-ups per event). A client that stops reading stops
 //! the polling too, so one watch over every stream ends those whose client
-//! has taken nothing for `stream_write_timeout_ms`, and releases their
-//! upstream.
+//! has taken nothing for `stream_write_timeout_ms`, releases their
+//! upstream and closes an HTTP/1 client's connection.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::Frame;
+
+use crate::server::ConnectionCloser;
 
 /// A stream's relay, from its second event to its end-of-stream hooks.
 pub(super) type Relaying = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -70,6 +72,8 @@ struct Driver {
     handed_at: AtomicU64,
     epoch: Instant,
     write_timeout: Duration,
+    /// Closes an HTTP/1 client's connection once its stream is ended.
+    connection: Option<ConnectionCloser>,
 }
 
 impl Driver {
@@ -112,6 +116,11 @@ impl Driver {
         let ended = relay.take();
         drop(relay);
         drop(ended);
+        // Else hyper would end the response cleanly once the client read
+        // again, and the client would take a cut stream for a whole one.
+        if let Some(connection) = &self.connection {
+            connection.close();
+        }
     }
 }
 
@@ -162,6 +171,7 @@ impl StallWatch {
             handed_at: AtomicU64::new(0),
             epoch: Instant::now(),
             write_timeout,
+            connection: ConnectionCloser::current(),
         });
         let mut watched = lock(&self.streams);
         watched.drivers.push(Arc::downgrade(&driver));
