@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -27,7 +26,7 @@ pub async fn handle(gateway: Arc<Gateway>, token: Option<Arc<str>>, request: Req
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     match (method, path.as_str()) {
         (Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(gateway.metrics().render(&gateway))).boxed_unsync());
+            let mut r = Response::new(crate::gateway::http::full_body(Bytes::from(gateway.metrics().render(&gateway))));
             r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
             r
         }

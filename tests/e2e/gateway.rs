@@ -634,8 +634,8 @@ async fn connections_and_slow_clients_are_bounded() {
 
 /// A streaming client that stops reading is cut off after
 /// `stream_write_timeout_ms`: the upstream stream is dropped, the
-/// backend's in-flight count goes back to 0, and an HTTP/1.1 client's
-/// connection is closed.
+/// backend's in-flight count goes back to 0, an HTTP/1.1 client's
+/// connection is closed and an HTTP/2 stream is reset.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -693,7 +693,9 @@ async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
     assert_eq!((response.version(), response.status().as_u16()), (reqwest::Version::HTTP_2, 200));
     released("HTTP/2").await;
     assert_eq!(router.logs().matches("client stopped reading the stream").count(), 2, "{}", router.logs());
-    drop(response);
+    // Read again, the stream is reset after what was sent, not ended as if whole.
+    let rest = tokio::time::timeout(Duration::from_secs(10), response.bytes()).await.expect("the cut stream never ended");
+    assert!(rest.is_err(), "the cut HTTP/2 stream ended like a whole one ({} bytes)", rest.map(|b| b.len()).unwrap_or(0));
 }
 
 /// The router raises its soft limit on open files to the hard one, and

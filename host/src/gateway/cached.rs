@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde_json::Value;
@@ -83,7 +82,7 @@ pub(super) fn answer(entry: &Entry, inbound: &InboundRequest) -> Result<Response
         }
     }
     body.extend_from_slice(&framing.done());
-    let mut response = Response::new(Full::new(body.freeze()).boxed_unsync());
+    let mut response = Response::new(super::http::full_body(body.freeze()));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -38,7 +38,27 @@ use crate::upstream::AnswerShape;
 use tracing::Instrument;
 
 /// Response body: complete, or streamed.
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub type Body = UnsyncBoxBody<Bytes, StreamCut>;
+
+/// The one error a response body has: a stream the router ended before its
+/// end (its client stopped reading). hyper then resets the HTTP/2 stream or
+/// closes the HTTP/1 connection, so the client cannot take the cut stream
+/// for a whole one.
+#[derive(Debug)]
+pub struct StreamCut;
+
+impl std::fmt::Display for StreamCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the stream was ended because its client stopped reading")
+    }
+}
+
+impl std::error::Error for StreamCut {}
+
+/// A complete response body.
+pub fn full_body(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never: Infallible| match never {}).boxed_unsync()
+}
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const BACKEND: HeaderName = HeaderName::from_static("x-switchyard-backend");
@@ -670,7 +690,7 @@ fn request_id(headers: &HeaderMap) -> String {
 
 /// A JSON response.
 pub fn json_response(status: StatusCode, body: Bytes) -> Response<Body> {
-    let mut response = Response::new(Full::new(body).boxed_unsync());
+    let mut response = Response::new(full_body(body));
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response

@@ -5,7 +5,6 @@
 //! has taken nothing for `stream_write_timeout_ms`, releases their
 //! upstream and closes an HTTP/1 client's connection.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::body::Frame;
 
+use super::http::StreamCut;
 use crate::server::ConnectionCloser;
 
 /// A stream's relay, from its second event to its end-of-stream hooks.
@@ -133,15 +133,21 @@ pub(super) struct RelayBody {
 
 impl hyper::body::Body for RelayBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = StreamCut;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamCut>>> {
         let this = self.get_mut();
         if let Some(first) = this.first.take() {
             this.driver.handed_at.store(this.driver.now(), Ordering::Relaxed);
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }
-        this.driver.poll(cx).map(|frame| frame.map(|b| Ok(Frame::data(b))))
+        match this.driver.poll(cx) {
+            Poll::Ready(Some(bytes)) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+            // Ended by the watch: not the end of a whole stream.
+            Poll::Ready(None) if this.driver.outbox.stalled() => Poll::Ready(Some(Err(StreamCut))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
