@@ -116,8 +116,8 @@ impl Driver {
         let ended = relay.take();
         drop(relay);
         drop(ended);
-        // Else hyper would end the response cleanly once the client read
-        // again, and the client would take a cut stream for a whole one.
+        // hyper, blocked writing to this client, would otherwise hold the
+        // connection (its buffers and slot) until the client read again.
         if let Some(connection) = &self.connection {
             connection.close();
         }
