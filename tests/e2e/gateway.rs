@@ -385,6 +385,55 @@ async fn an_h2c_backend_carries_every_request_in_flight_on_one_connection() {
     assert!(requests == 12 && connections > 2, "HTTP/1.1: {requests} requests on {connections} connections");
 }
 
+/// `h2c = true` against an upstream that speaks only HTTP/1.1 (it answers
+/// HTTP/2's preface with a 400 and closes, as an HTTP/1.1-only server does):
+/// each attempt fails as a connection failure whose error names no URL, and
+/// a policy's route fails over to the next backend.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2c_backend_that_speaks_only_http1_fails_over() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http1_only = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut preface = [0u8; 1024];
+                if socket.read(&mut preface).await.is_ok() {
+                    let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").await;
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let config = format!(
+        "[retry]\nbackoff_ms = 0\n\
+         [[routes]]\nmodel = \"auto\"\npolicy = \"cheapest-healthy\"\n\
+         [[backends]]\nname = \"h1-only\"\nprovider = \"openai\"\nbase_url = \"{http1_only}/v1\"\nmodel = \"m\"\nh2c = true\ninput_price = 1.0\n\
+         [[backends]]\nname = \"good\"\nprovider = \"openai\"\nbase_url = \"{m}/v1\"\nmodel = \"good-model\"\ninput_price = 50.0\n",
+        m = mock.url
+    );
+    let router = router(dir.path(), &config, &[]);
+    // Named directly: the only target, so the attempt's failure is the answer.
+    let a = post(&router.url, "/v1/chat/completions", &chat("h1-only", false), &[]).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("connection failed") && !message.contains("127.0.0.1"), "{message}");
+    assert!(connections.load(Ordering::SeqCst) > 0, "the h2c backend was never tried");
+    // Through the policy: the cheap backend fails, `good` answers, plain and streamed.
+    for stream in [false, true] {
+        let a = post(&router.url, "/v1/chat/completions", &chat("auto", stream), &[]).await;
+        assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some("good")), "stream {stream}: {}", a.body);
+        assert_eq!(a.header("x-switchyard-attempts"), Some("2"), "stream {stream}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_overhead_and_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
