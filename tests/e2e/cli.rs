@@ -258,3 +258,18 @@ fn a_log_level_it_cannot_read_is_said_and_info_is_used() {
         assert_eq!(stderr.contains("policy loaded"), info, "RUST_LOG={value:?}:\n{stderr}");
     }
 }
+
+/// Under an address-space limit too small for the policy instance pool, the
+/// router does not start, and says what the pool reserves and which limit
+/// to raise.
+#[test]
+fn an_address_space_limit_too_small_for_the_policy_pool_is_named() {
+    // `timeout`: were the limit ignored, the server would serve on.
+    let out = Command::new("sh")
+        .args(["-c", r#"ulimit -v 8000000 && exec timeout 30 "$0" serve --listen 127.0.0.1:0"#, env!("CARGO_BIN_EXE_switchyard")])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("instance pool reserves address space") && stderr.contains("ulimit -v"), "{stderr}");
+}

@@ -89,7 +89,20 @@ impl PolicyRuntime {
         if let Some(cache) = &function_cache {
             config.enable_incremental_compilation(cache.clone()).map_err(runtime_err)?;
         }
-        let engine = Engine::new(&config).map_err(runtime_err)?;
+        let engine = Engine::new(&config).map_err(|e| {
+            // The pool is the usual cause: it reserves address space (not
+            // memory) for every linear memory up front.
+            let reserved_gib = u64::from(POOL_MEMORIES) * (MEMORY_RESERVATION >> 30);
+            PolicyError::new(
+                PolicyErrorKind::Runtime,
+                "-",
+                format!(
+                    "cannot start the policy engine: {e:#} (its instance pool reserves address space, not memory, \
+                     for {POOL_MEMORIES} linear memories: about {reserved_gib} GiB; an address-space limit \
+                     (`ulimit -v`, RLIMIT_AS) must allow it)"
+                ),
+            )
+        })?;
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_err)?;
@@ -227,11 +240,19 @@ fn check_component_header(name: &str, bytes: &[u8]) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// Linear memories the instance pool holds at once, over every policy
+/// version, warm instance and call.
+const POOL_MEMORIES: u32 = 1000;
+
+/// Address space wasmtime reserves for each linear memory on 64-bit hosts
+/// (its default `memory_reservation`; guard pages come on top).
+const MEMORY_RESERVATION: u64 = 4 << 30;
+
 fn pooling_config(settings: &RuntimeSettings) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(1000)
         .total_core_instances(4000)
-        .total_memories(1000)
+        .total_memories(POOL_MEMORIES)
         .total_tables(4000)
         // Python and JavaScript components carry large tables and contexts.
         .table_elements(1 << 20)
