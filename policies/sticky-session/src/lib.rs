@@ -82,7 +82,7 @@ impl StickySession {
             }
         }
         let cut = opening.char_indices().map(|(i, _)| i).take_while(|i| *i <= self.config.opening_bytes).last().unwrap_or(0);
-        (format!("o:{:016x}", fnv1a(&[opening[..cut].as_bytes()])), "opening")
+        (format!("o:{:016x}", fnv1a(&[&opening.as_bytes()[..cut]])), "opening")
     }
 }
 
