@@ -84,6 +84,7 @@ impl PolicyRuntime {
         // wall-clock backstop.
         config.consume_fuel(true);
         config.epoch_interruption(true);
+        config.memory_reservation(MEMORY_RESERVATION);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(&settings)));
         let function_cache = (settings.function_cache_bytes > 0).then(|| Arc::new(FunctionCache::new(settings.function_cache_bytes)));
         if let Some(cache) = &function_cache {
@@ -244,8 +245,8 @@ fn check_component_header(name: &str, bytes: &[u8]) -> Result<(), PolicyError> {
 /// version, warm instance and call.
 const POOL_MEMORIES: u32 = 1000;
 
-/// Address space wasmtime reserves for each linear memory on 64-bit hosts
-/// (its default `memory_reservation`; guard pages come on top).
+/// Address space reserved for each linear memory (guard pages come on
+/// top): all of a 32-bit memory's, so guest code needs no bounds checks.
 const MEMORY_RESERVATION: u64 = 4 << 30;
 
 fn pooling_config(settings: &RuntimeSettings) -> PoolingAllocationConfig {
