@@ -81,6 +81,47 @@ impl SentBody {
     }
 }
 
+/// What a translation to chat left out: the first thing only backends of
+/// the request's own API can serve, and text that goes upstream to those
+/// backends but that the policy's view does not carry (thinking blocks,
+/// blocks chat has no form for). The view counts that text as cut, so a
+/// policy that treats cut text as unscanned never routes it unseen.
+#[derive(Debug, Default)]
+pub struct LeftOut {
+    /// The first thing only the native API can serve.
+    pub only_native: Option<String>,
+    /// Bytes of text the view does not carry.
+    pub unseen_text_bytes: u64,
+}
+
+impl LeftOut {
+    /// Something only the native API can serve (the first one is named).
+    pub fn note(&mut self, what: String) {
+        self.only_native.get_or_insert(what);
+    }
+
+    /// `value` goes upstream as sent, unseen by the policy.
+    pub fn unseen(&mut self, value: &Value) {
+        self.unseen_text_bytes += text_bytes(value);
+    }
+
+    /// `value` goes upstream unseen, and only the native API can serve it.
+    pub fn note_unseen(&mut self, what: String, value: &Value) {
+        self.note(what);
+        self.unseen(value);
+    }
+}
+
+/// Bytes of the strings in `value` (object keys left out).
+pub fn text_bytes(value: &Value) -> u64 {
+    match value {
+        Value::String(s) => s.len() as u64,
+        Value::Array(items) => items.iter().map(text_bytes).sum(),
+        Value::Object(fields) => fields.values().map(text_bytes).sum(),
+        _ => 0,
+    }
+}
+
 /// A request as the client sent it.
 #[derive(Debug, Clone)]
 pub struct NativeRequest {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use combine::parser::combinator::AnySendSyncPartialState;
 use combine::stream::{Decoder, PointerOffset};
-use deadpool::managed::{Manager, Metrics as PoolMetrics, Pool, RecycleError, RecycleResult};
+use deadpool::managed::{Manager, Metrics as PoolMetrics, Pool, PoolError, RecycleError, RecycleResult};
 use redis::{Cmd, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -55,9 +55,22 @@ pub enum SharedError {
     Failed(String),
 }
 
+impl SharedError {
+    /// What a client may read: no address, no store or pool wording (the
+    /// router's log has the whole error).
+    pub fn client_text(&self) -> String {
+        match self {
+            Self::Failed(_) => "the shared store failed (the router's log says why)".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// A connection to the shared store.
 pub struct SharedStore {
     pool: Pool<Connector>,
+    /// `host:port`, for logs (never for clients).
+    address: String,
     config: SharedConfig,
     /// The sources of the server-side scripts callers run (by hash),
     /// loaded again when the store has forgotten them (a restart).
@@ -96,6 +109,7 @@ impl SharedStore {
             _ => return Err("shared.redis_url: only plain TCP (redis://host:port) is supported".into()),
         };
         let settings = info.redis_settings();
+        let address = format!("{host}:{port}");
         let connector = Connector {
             host,
             port,
@@ -113,6 +127,7 @@ impl SharedStore {
             .map_err(|e| format!("shared store: {e}"))?;
         Ok(Self {
             pool,
+            address,
             config: config.clone(),
             scripts,
             deferred: Mutex::default(),
@@ -201,7 +216,7 @@ impl SharedStore {
             Ok(mut values) => {
                 self.metrics.shared_call(op, started.elapsed());
                 if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(op, "the shared store answers again");
+                    tracing::warn!(op, store = %self.address, "the shared store answers again");
                 }
                 let ours = values.split_off(skip.min(values.len()));
                 // A deferred write the store refused would be refused again: counted, not kept.
@@ -224,15 +239,18 @@ impl SharedStore {
             }
         };
         self.metrics.shared_error(op);
-        self.failing.store(true, Ordering::Relaxed);
         let until = self.epoch.elapsed().as_millis() as u64 + BACKOFF.as_millis() as u64;
-        // One log line a backoff, not one per request.
-        if self.down_until_ms.swap(until, Ordering::Relaxed) <= now_ms {
+        self.down_until_ms.store(until, Ordering::Relaxed);
+        // One log line an outage (the metric counts every failed call); the
+        // tries each second after it log at debug level.
+        if self.failing.swap(true, Ordering::Relaxed) {
+            tracing::debug!(op, store = %self.address, "{failure}; still failing");
+        } else {
             let then = match self.config.on_shared_error {
                 OnSharedError::Local => "counting on this node alone",
                 OnSharedError::Reject => "answering 503",
             };
-            tracing::error!(op, "{failure}; {then} until it answers again (tried each second)");
+            tracing::error!(op, store = %self.address, "{failure}; {then} until it answers again (tried each second)");
         }
         Err(failure)
     }
@@ -243,7 +261,11 @@ impl SharedStore {
     /// are the same). Replies may be the store's errors.
     async fn run(&self, pipe: &redis::Pipeline, replies: usize) -> Result<Vec<Value>, SharedError> {
         let attempt = async {
-            let mut connection = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut connection = self.pool.get().await.map_err(|e| match e {
+                // The connector's own words, not the pool's wrapping of them.
+                PoolError::Backend(e) => e,
+                other => other.to_string(),
+            })?;
             let packed = pipe.get_packed_pipeline();
             let values = connection.exchange(&packed, replies).await?;
             let forgot = |v: &Value| matches!(v, Value::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript));

@@ -221,6 +221,27 @@ async fn tokens_are_reserved_then_settled_with_the_real_usage() {
     assert!(huge.json()["error"]["message"].as_str().unwrap().starts_with("Request too large"), "{}", huge.body);
     assert_eq!(huge.header("x-should-retry"), Some("false"));
     assert_eq!(huge.header("retry-after"), None);
+    // A budget that is not a count would reserve nothing: refused as the API refuses it.
+    for (key, bad) in [
+        ("max_tokens", json!("5000")),
+        ("max_tokens", json!(500.7)),
+        ("max_tokens", json!(-5)),
+        ("max_tokens", json!(1e30)),
+        ("max_completion_tokens", json!(-100000)),
+        ("n", json!(0)),
+        ("n", json!("2")),
+    ] {
+        let mut body = hello("chat", None);
+        body[key] = bad.clone();
+        let a = ask(&router, "key-tpm-0000", body).await;
+        assert_eq!((a.status, a.json()["error"]["param"].as_str()), (400, Some(key)), "{key} = {bad}: {}", a.body);
+    }
+    // Each of `n` choices may use the whole budget: two of 300 never fit 400.
+    let mut two = hello("chat", Some(300));
+    two["n"] = json!(2);
+    let a = ask(&router, "key-tpm-0000", two).await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(a.json()["error"]["message"].as_str().unwrap().starts_with("Request too large"), "{}", a.body);
 }
 
 #[tokio::test(flavor = "multi_thread")]

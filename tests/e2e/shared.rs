@@ -391,6 +391,8 @@ async fn the_store_stopped_mid_run_then_back() {
         assert_eq!(ask(node, "key-free-000", &hello("chat", "before")).await.status, 200);
     }
     let port = redis.stop();
+    // Over more than two seconds, so that each node tries the store again
+    // after its one-second backoff, more than once.
     for i in 0..5 {
         let local = ask(&a, "key-free-000", &hello("chat", &format!("down {i}"))).await;
         assert_eq!(local.status, 200, "on_shared_error = local serves: {}", local.body);
@@ -398,12 +400,21 @@ async fn the_store_stopped_mid_run_then_back() {
         assert_eq!(refused.status, 503, "{}", refused.body);
         assert_eq!(refused.json()["error"]["code"], "limits_unavailable");
         assert!(refused.header("retry-after").is_some());
+        // The client is not told where the store is, nor the pool's words.
+        let message = refused.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(!message.contains(&port.to_string()) && !message.contains("127.0.0.1") && !message.contains("object"), "{message}");
+        tokio::time::sleep(Duration::from_millis(600)).await;
     }
     for node in [&a, &b] {
         let metrics =
             support::client().get(format!("{}/metrics", node.admin_url.as_ref().unwrap())).send().await.unwrap().text().await.unwrap();
         assert!(metrics.contains("switchyard_shared_store_errors_total{op=\"admit\"}"), "{metrics}");
-        assert!(node.logs().contains("shared store"), "a log line says so");
+        // One log line for the outage, however many calls failed in it.
+        let logs = node.logs();
+        let lines: Vec<&str> = logs.lines().filter(|l| l.contains("ERROR") && l.contains("shared store")).collect();
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(lines[0].contains(&format!("127.0.0.1:{port}")), "the log names the store: {}", lines[0]);
+        assert!(!lines[0].contains("creating a new object"), "the connector's words, not the pool's: {}", lines[0]);
     }
     // Back on the same port: both nodes count on it again.
     let redis = Redis::start(Some(port));

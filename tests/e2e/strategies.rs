@@ -90,6 +90,97 @@ async fn private_data_never_sends_a_card_number_to_a_public_upstream() {
     assert!(received(&mock).await.is_empty());
 }
 
+/// Text that goes upstream outside a message's text parts (tool calls,
+/// names, thinking, blocks chat has no form for) is either in the policy's
+/// view or counted as cut text, which `private-data` treats as unscanned:
+/// on every API, none of it reaches a public upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn private_data_sees_text_outside_the_text_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let backends = backend("cloud", &mock, "cloud-model", "input_price = 0.1")
+        + &format!("[[backends]]\nname = \"claude\"\nprovider = \"anthropic\"\nbase_url = \"{}/v1\"\napi_key = \"sk-ant-test\"\nmodel = \"claude-model\"\ninput_price = 0.05\n", mock.url)
+        + &backend("onprem", &mock, "onprem-model", "input_price = 1.0\ntags = [\"private\"]");
+    let router = router_with(dir.path(), "private-data", artifacts::PRIVATE_DATA, "", &backends);
+    let e = "john.doe@example.com";
+    let user = json!({"role": "user", "content": "Go on."});
+    let call = json!({"id": "c1", "type": "function", "function": {"name": "mail", "arguments": format!("{{\"to\":\"{e}\"}}")}});
+    let chat = |messages: Value, extra: Value| {
+        let mut body = json!({"model": "auto", "messages": messages});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        ("/v1/chat/completions", body)
+    };
+    let messages = |content: Value| {
+        (
+            "/v1/messages",
+            json!({"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": content}, {"role": "user", "content": "Go on."}]}),
+        )
+    };
+    let user_blocks =
+        |content: Value| ("/v1/messages", json!({"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": content}]}));
+    let responses = |input: Value| ("/v1/responses", json!({"model": "auto", "input": input}));
+    let text = |t: &str| json!({"type": "text", "text": t});
+    let cases: Vec<(&str, (&str, Value))> = vec![
+        (
+            "chat tool call arguments",
+            chat(
+                json!([{"role": "assistant", "content": null, "tool_calls": [call]}, {"role": "tool", "tool_call_id": "c1", "content": "sent"}, user]),
+                json!({}),
+            ),
+        ),
+        ("chat message name", chat(json!([{"role": "user", "name": e, "content": "Hello."}]), json!({}))),
+        (
+            "chat refusal",
+            chat(json!([{"role": "assistant", "content": null, "refusal": format!("I will not mail {e}.")}, user]), json!({})),
+        ),
+        ("chat prediction", chat(json!([user]), json!({"prediction": {"type": "content", "content": e}}))),
+        ("messages tool_use input", messages(json!([{"type": "tool_use", "id": "t1", "name": "mail", "input": {"to": e}}]))),
+        ("messages thinking", messages(json!([{"type": "thinking", "thinking": format!("Mail {e}."), "signature": "s"}, text("Done.")]))),
+        (
+            "messages document of content blocks",
+            user_blocks(json!([{"type": "document", "source": {"type": "content", "content": [text(e)]}}, text("Summarise.")])),
+        ),
+        (
+            "messages document title",
+            user_blocks(
+                json!([{"type": "document", "title": e, "source": {"type": "text", "media_type": "text/plain", "data": "Minutes."}}, text("Summarise.")]),
+            ),
+        ),
+        (
+            "messages search result",
+            user_blocks(json!([{"type": "search_result", "source": "s", "title": "t", "content": [text(e)]}, text("Summarise.")])),
+        ),
+        ("messages unknown block", user_blocks(json!([{"type": "zzz", "text": e}, text("Summarise.")]))),
+        (
+            "responses function call arguments",
+            responses(
+                json!([{"type": "function_call", "call_id": "c1", "name": "mail", "arguments": format!("{{\"to\":\"{e}\"}}")}, {"type": "function_call_output", "call_id": "c1", "output": "sent"}, {"role": "user", "content": "Go on."}]),
+            ),
+        ),
+        (
+            "responses reasoning",
+            responses(
+                json!([{"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": e}]}, {"role": "user", "content": "Go on."}]),
+            ),
+        ),
+    ];
+    for (case, (path, body)) in &cases {
+        let a = post(&router.url, path, body, &[]).await;
+        let backend = a.header("x-switchyard-backend").unwrap_or("-");
+        assert!((a.status == 200 && backend == "onprem") || a.status == 403, "{case}: {} from {backend}: {}", a.status, a.body);
+    }
+    for r in received(&mock).await {
+        if r["model"] != "onprem-model" {
+            let sent = format!("{} {}", r["body"], r["raw"]);
+            assert!(!sent.contains(e), "a public upstream got {sent}");
+        }
+    }
+    // Without the text outside the parts, the same shapes go to the cheapest backend.
+    let plain = post(&router.url, "/v1/chat/completions", &json!({"model": "auto", "messages": [{"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "mail", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "c1", "content": "sent"}, {"role": "user", "content": "Go on."}]}), &[]).await;
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    assert!(matches!(plain.header("x-switchyard-backend"), Some("claude" | "cloud")), "{:?}", plain.headers);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn adaptive_moves_traffic_off_a_failing_backend() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use hyper::header::HeaderName;
 use serde_json::{json, Map, Value};
 
 use crate::error::GatewayError;
-use crate::native::{NativeApi, NativeRequest};
+use crate::native::{LeftOut, NativeApi, NativeRequest};
 use crate::openai::inbound::{self, InboundRequest, ParseContext};
 
 /// Client headers an Anthropic backend gets as they are.
@@ -39,7 +39,7 @@ pub fn parse(body: &Bytes, cx: ParseContext<'_>, count_only: bool) -> Result<Inb
     let translated = to_chat_body(&native, count_only)?;
     let passed = PASSED_HEADERS.iter().filter_map(|name| Some((HeaderName::from_static(name), cx.headers.get(*name)?.clone()))).collect();
     let native = NativeRequest::new(NativeApi::Messages, &native, as_sent, passed, translated.anthropic_only)?;
-    inbound::from_translation(translated.body, native, cx)
+    inbound::from_translation(translated.body, native, translated.unseen_text_bytes, cx)
 }
 
 /// A Messages request in OpenAI's chat shape.
@@ -49,6 +49,9 @@ pub struct ChatBody {
     pub body: Map<String, Value>,
     /// The first thing in the request that the chat shape cannot carry.
     pub anthropic_only: Option<String>,
+    /// Bytes of text that go to Anthropic backends but not into the chat
+    /// shape, which the policy's view is read from.
+    pub unseen_text_bytes: u64,
 }
 
 /// Translates a Messages request to a chat completions request. Fields
@@ -57,10 +60,7 @@ pub struct ChatBody {
 /// equivalent is named in `anthropic_only`.
 pub fn to_chat_body(body: &Map<String, Value>, count_only: bool) -> Result<ChatBody, GatewayError> {
     let bad = |param: &str, what: &str| GatewayError::bad_request(format!("{param}: {what}"), Some(param));
-    let mut only: Option<String> = None;
-    let mut note = |what: String| {
-        only.get_or_insert(what);
-    };
+    let mut left = LeftOut::default();
     let mut out = Map::new();
     if let Some(model) = body.get("model") {
         out.insert("model".into(), model.clone());
@@ -97,8 +97,8 @@ pub fn to_chat_body(body: &Map<String, Value>, count_only: bool) -> Result<ChatB
             _ => return Err(bad(&format!("{param}.content"), "must be a string or a list of content blocks")),
         };
         match role {
-            Some("user") => user_turn(&param, &blocks, &mut messages, &mut note)?,
-            Some("assistant") => messages.push(assistant_turn(&param, &blocks, &mut note)?),
+            Some("user") => user_turn(&param, &blocks, &mut messages, &mut left)?,
+            Some("assistant") => messages.push(assistant_turn(&param, &blocks, &mut left)?),
             _ => return Err(bad(&format!("{param}.role"), "must be `user` or `assistant`")),
         }
     }
@@ -144,7 +144,7 @@ pub fn to_chat_body(body: &Map<String, Value>, count_only: bool) -> Result<ChatB
             match t.get("type").and_then(Value::as_str) {
                 None | Some("custom") => {}
                 Some(kind) => {
-                    note(format!("the server tool `{kind}`"));
+                    left.note(format!("the server tool `{kind}`"));
                     continue;
                 }
             }
@@ -173,17 +173,17 @@ pub fn to_chat_body(body: &Map<String, Value>, count_only: bool) -> Result<ChatB
         }
     }
     if body.get("mcp_servers").is_some_and(|v| !v.is_null()) {
-        note("`mcp_servers`".into());
+        left.note("`mcp_servers`".into());
     }
     if body.get("container").is_some_and(|v| !v.is_null()) {
-        note("`container`".into());
+        left.note("`container`".into());
     }
-    Ok(ChatBody { body: out, anthropic_only: only })
+    Ok(ChatBody { body: out, anthropic_only: left.only_native, unseen_text_bytes: left.unseen_text_bytes })
 }
 
 /// A user turn: its tool results become `tool` messages (first, as OpenAI
 /// wants them right after the assistant's calls), the rest a user message.
-fn user_turn(param: &str, blocks: &[Value], messages: &mut Vec<Value>, note: &mut impl FnMut(String)) -> Result<(), GatewayError> {
+fn user_turn(param: &str, blocks: &[Value], messages: &mut Vec<Value>, left: &mut LeftOut) -> Result<(), GatewayError> {
     let mut parts = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
         let at = format!("{param}.content.{j}");
@@ -203,12 +203,12 @@ fn user_turn(param: &str, blocks: &[Value], messages: &mut Vec<Value>, note: &mu
                                 "text" => texts.push(text_of(&inner_at, p)?),
                                 // A chat tool message holds text only: its images
                                 // follow in the user message after the results.
-                                "image" => parts.push(image_part(&inner_at, p, note)?),
-                                "document" => match document_part(p) {
+                                "image" => parts.push(image_part(&inner_at, p, left)?),
+                                "document" => match document_part(p, left) {
                                     Some(part) => parts.push(part),
-                                    None => note("a document that is not base64 PDF or plain text".into()),
+                                    None => left.note_unseen("a document that is not base64 PDF or plain text".into(), p),
                                 },
-                                other => note(format!("`{other}` blocks in tool results")),
+                                other => left.note_unseen(format!("`{other}` blocks in tool results"), p),
                             }
                         }
                         texts.join("\n")
@@ -224,12 +224,12 @@ fn user_turn(param: &str, blocks: &[Value], messages: &mut Vec<Value>, note: &mu
                 messages.push(json!({"role": "tool", "tool_call_id": id, "content": text}));
             }
             "text" => parts.push(json!({"type": "text", "text": text_of(&at, b)?})),
-            "image" => parts.push(image_part(&at, b, note)?),
-            "document" => match document_part(b) {
+            "image" => parts.push(image_part(&at, b, left)?),
+            "document" => match document_part(b, left) {
                 Some(part) => parts.push(part),
-                None => note("a document that is not base64 PDF or plain text".into()),
+                None => left.note_unseen("a document that is not base64 PDF or plain text".into(), b),
             },
-            other => note(format!("`{other}` content blocks")),
+            other => left.note_unseen(format!("`{other}` content blocks"), b),
         }
     }
     if !parts.is_empty() {
@@ -240,7 +240,7 @@ fn user_turn(param: &str, blocks: &[Value], messages: &mut Vec<Value>, note: &mu
 
 /// An assistant turn: text, and tool uses as tool calls. Thinking blocks
 /// are Anthropic's own and left out.
-fn assistant_turn(param: &str, blocks: &[Value], note: &mut impl FnMut(String)) -> Result<Value, GatewayError> {
+fn assistant_turn(param: &str, blocks: &[Value], left: &mut LeftOut) -> Result<Value, GatewayError> {
     let mut text = String::new();
     let mut calls = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
@@ -254,8 +254,9 @@ fn assistant_turn(param: &str, blocks: &[Value], note: &mut impl FnMut(String)) 
                 let input = b.get("input").cloned().unwrap_or(json!({}));
                 calls.push(json!({"id": id, "type": "function", "function": {"name": name, "arguments": input.to_string()}}));
             }
-            "thinking" | "redacted_thinking" => {}
-            other => note(format!("`{other}` content blocks")),
+            // Anthropic's own; chat backends get none, Anthropic backends all.
+            "thinking" | "redacted_thinking" => left.unseen(b),
+            other => left.note_unseen(format!("`{other}` content blocks"), b),
         }
     }
     let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
@@ -279,7 +280,7 @@ fn text_of<'a>(at: &str, block: &'a Value) -> Result<&'a str, GatewayError> {
         .ok_or_else(|| GatewayError::bad_request(format!("{at}.text: Field required"), Some(&format!("{at}.text"))))
 }
 
-fn image_part(at: &str, block: &Value, note: &mut impl FnMut(String)) -> Result<Value, GatewayError> {
+fn image_part(at: &str, block: &Value, left: &mut LeftOut) -> Result<Value, GatewayError> {
     let source = &block["source"];
     let url = match source.get("type").and_then(Value::as_str) {
         Some("base64") => {
@@ -288,7 +289,7 @@ fn image_part(at: &str, block: &Value, note: &mut impl FnMut(String)) -> Result<
         }
         Some("url") => source.get("url").and_then(Value::as_str).unwrap_or_default().to_owned(),
         Some(other) => {
-            note(format!("`{other}` image sources"));
+            left.note(format!("`{other}` image sources"));
             String::new()
         }
         None => return Err(GatewayError::bad_request(format!("{at}.source: Field required"), Some(&format!("{at}.source")))),
@@ -296,9 +297,13 @@ fn image_part(at: &str, block: &Value, note: &mut impl FnMut(String)) -> Result<
     Ok(json!({"type": "image_url", "image_url": {"url": url}}))
 }
 
-/// A document as a chat `file` part (base64 PDF) or text, if it has one.
-fn document_part(block: &Value) -> Option<Value> {
+/// A document as a chat `file` part (base64 PDF) or text, if it has one
+/// (its title and context go to Anthropic backends only).
+fn document_part(block: &Value, left: &mut LeftOut) -> Option<Value> {
     let source = &block["source"];
+    for key in ["title", "context"] {
+        left.unseen(&block[key]);
+    }
     match source.get("type")?.as_str()? {
         "base64" => {
             let media_type = source.get("media_type")?.as_str()?;
@@ -336,6 +341,8 @@ mod tests {
             ],
         }));
         assert_eq!(out.anthropic_only, None);
+        // The thinking block goes to Anthropic backends only: its text and signature are unseen by the view.
+        assert_eq!(out.unseen_text_bytes, ("thinking".len() + "hm".len() + "s".len()) as u64);
         let b = Value::Object(out.body);
         assert_eq!(b["messages"][0], json!({"role": "system", "content": "You are Claude Code."}));
         assert_eq!(b["messages"][1]["content"][1], json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}));

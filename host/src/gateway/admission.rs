@@ -37,14 +37,17 @@ pub(super) fn ask(state: &GatewayState, inbound: &InboundRequest, request_id: &s
         return None;
     }
     let view = &inbound.view;
-    let (prompt, completion) = (u64::from(view.input_tokens), u64::from(view.max_output_tokens.unwrap_or(0)));
+    // Each of `n` choices may use the whole output budget.
+    let choices = inbound.body.get("n").and_then(crate::openai::inbound::count).unwrap_or(1).max(1);
+    let completion = u64::from(view.max_output_tokens.unwrap_or(0)).saturating_mul(choices);
+    let prompt = u64::from(view.input_tokens);
     let (input_price, output_price) = state.max_prices();
     // Prices are per million tokens: tokens x price x 1000 is nano-dollars.
     let nano_usd = ((prompt as f64 * input_price + completion as f64 * output_price) * 1000.0).round() as u64;
     let config = &state.config;
     let lease = config.server.stream_max_duration() + Duration::from_millis(config.retry.total_timeout_ms) + Duration::from_secs(60);
     let id = format!("{request_id}.{:016x}", rand::random::<u64>());
-    Some(Ask { id, scopes, tokens: prompt + completion, nano_usd, lease })
+    Some(Ask { id, scopes, tokens: prompt.saturating_add(completion), nano_usd, lease })
 }
 
 /// The answer to a request its limits refused: OpenAI's (or the Messages
@@ -52,7 +55,7 @@ pub(super) fn ask(state: &GatewayState, inbound: &InboundRequest, request_id: &s
 pub(super) fn refusal_response(refusal: Refusal, tokens: u64, messages_api: bool) -> Response<Body> {
     let (error, retry_after, headers) = match refusal {
         Refusal::Unavailable(e) => {
-            let error = GatewayError::shared_unavailable(format!("rate limits cannot be checked: {e}"));
+            let error = GatewayError::shared_unavailable(format!("rate limits cannot be checked: {}", e.client_text()));
             (error, Some(Duration::from_secs(1)), Default::default())
         }
         Refusal::Limit(refused, scope) => {

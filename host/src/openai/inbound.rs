@@ -258,15 +258,30 @@ pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, GatewayError> {
 
 /// Reads a request that came in on another API (`native`, as sent) through
 /// its translation to a chat body.
+/// `unseen_text_bytes`: text that goes to the native API's backends but
+/// that the chat body leaves out, counted as cut text in the view.
 pub fn from_translation(
     chat: Map<String, Value>,
     native: crate::native::NativeRequest,
+    unseen_text_bytes: u64,
     cx: ParseContext<'_>,
 ) -> Result<InboundRequest, GatewayError> {
     let cx = ParseContext { api: Some(native.api), ..cx };
     let mut request = from_body(ApiSurface::Chat, chat, native.body_len(), cx)?;
     request.native = Some(native);
+    if unseen_text_bytes > 0 {
+        let view = Arc::make_mut(&mut request.view);
+        count_unseen(view, unseen_text_bytes);
+    }
     Ok(request)
+}
+
+/// Text that goes upstream but not into the view's messages: counted in
+/// `total_text_bytes` (so the view reads as cut, and a policy that treats
+/// cut text as unscanned does so) and in the input estimate.
+fn count_unseen(view: &mut Request, bytes: u64) {
+    view.total_text_bytes += bytes;
+    view.input_tokens = view.input_tokens.saturating_add((bytes / 4).min(u64::from(u32::MAX)) as u32);
 }
 
 /// Reads an OpenAI-shaped body for `surface` (`body_len`: its size as sent).
@@ -314,9 +329,21 @@ pub fn from_body(
     }
     apply_text_budget(&mut messages, limits.text_bytes);
 
+    // What limits reserve for the answer: a value that is not a count would
+    // reserve nothing, so it is refused here, as the upstream would refuse it.
+    for key in ["max_completion_tokens", "max_tokens", "n"] {
+        match body.get(key) {
+            None | Some(Value::Null) => {}
+            Some(v) if count(v).is_some_and(|n| key != "n" || n >= 1) => {}
+            Some(_) => {
+                let what = if key == "n" { "a positive integer" } else { "a non-negative integer" };
+                return Err(GatewayError::bad_request(format!("`{key}` must be {what}"), Some(key)));
+            }
+        }
+    }
     let max_output_tokens = ["max_completion_tokens", "max_tokens"]
         .iter()
-        .find_map(|k| body.get(*k).and_then(Value::as_u64))
+        .find_map(|k| body.get(*k).and_then(count))
         .map(|v| v.min(u64::from(u32::MAX)) as u32);
     let tools = body
         .get("tools")
@@ -344,7 +371,9 @@ pub fn from_body(
         tags.push(Tag { key: crate::anthropic::API_TAG.to_owned(), value: api.as_str().to_owned() });
     }
 
-    let view = Request {
+    // Predicted output goes upstream as text the view has no place for.
+    let unseen_text_bytes = body.get("prediction").map_or(0, crate::native::text_bytes);
+    let mut view = Request {
         id: request_id.to_owned(),
         model: view_name(&model),
         surface: match api {
@@ -363,7 +392,16 @@ pub fn from_body(
         tags,
         seed,
     };
+    if unseen_text_bytes > 0 {
+        count_unseen(&mut view, unseen_text_bytes);
+    }
     Ok(InboundRequest { surface, body, body_len, model, stream, include_usage, view: Arc::new(view), native: None, sent: None })
+}
+
+/// A JSON number that is a count: a non-negative integer, written as one
+/// or as a whole number (`1e0`, `500.0`) that a double holds exactly.
+pub fn count(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| value.as_f64().filter(|f| f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(f)).map(|f| f as u64))
 }
 
 /// A name as a policy sees it: cut to [`MAX_VIEW_NAME_BYTES`].
@@ -410,11 +448,11 @@ fn chat_messages(body: &Map<String, Value>) -> Result<Vec<Message>, GatewayError
                 has_file: false,
                 has_tool_calls: false,
             };
+            let mut texts: Vec<&str> = Vec::new();
             match m.get("content") {
                 None | Some(Value::Null) => {}
-                Some(Value::String(s)) => message.text = s.clone(),
+                Some(Value::String(s)) => texts.push(s),
                 Some(Value::Array(parts)) => {
-                    let mut texts = Vec::new();
                     for part in parts {
                         match part.get("type").and_then(Value::as_str) {
                             Some("text") | Some("input_text") => texts.extend(part.get("text").and_then(Value::as_str)),
@@ -425,10 +463,19 @@ fn chat_messages(body: &Map<String, Value>) -> Result<Vec<Message>, GatewayError
                             _ => return Err(bad("every content part needs a known `type` (text, image_url, input_audio, file)")),
                         }
                     }
-                    message.text = texts.join("\n");
                 }
                 Some(_) => return Err(bad("`content` must be a string or an array of parts")),
             }
+            // The rest of what the model reads, and the upstream receives:
+            // a policy that looks for private data must see it too.
+            texts.extend(m.get("refusal").and_then(Value::as_str));
+            let calls = m.get("tool_calls").and_then(Value::as_array).into_iter().flatten().filter_map(|c| c.get("function"));
+            for function in calls.chain(m.get("function_call")) {
+                texts.extend(function.get("name").and_then(Value::as_str));
+                texts.extend(function.get("arguments").and_then(Value::as_str));
+            }
+            texts.extend(m.get("name").and_then(Value::as_str));
+            message.text = texts.join("\n");
             message.has_tool_calls = role == Role::Tool || m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
             message.text_bytes = message.text.len().min(u32::MAX as usize) as u32;
             Ok(message)
@@ -601,6 +648,21 @@ mod tests {
         assert_eq!(v.messages[1].text, "What is this?");
         let tag = |k: &str| v.tags.iter().find(|t| t.key == k).map(|t| t.value.as_str());
         assert_eq!((tag("team"), tag("tier"), tag("env"), tag("n")), (Some("from-header"), Some("gold"), Some("prod"), None));
+    }
+
+    #[test]
+    fn text_outside_the_parts_is_in_the_view_or_counted_as_cut() {
+        let body = r#"{"model": "auto", "prediction": {"type": "content", "content": "predicted"}, "messages": [
+            {"role": "user", "name": "ann", "content": "Mail him."},
+            {"role": "assistant", "content": null, "refusal": "No.", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "mail", "arguments": "{\"to\":\"bob\"}"}}]},
+            {"role": "assistant", "content": "Legacy.", "function_call": {"name": "old", "arguments": "{}"}}
+        ]}"#;
+        let v = parse_chat(body, &HeaderMap::new(), 1000).unwrap().view;
+        let texts: Vec<&str> = v.messages.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["Mail him.\nann", "No.\nmail\n{\"to\":\"bob\"}", "Legacy.\nold\n{}"]);
+        // The prediction has no place in the view: counted as cut text.
+        let seen: u64 = v.messages.iter().map(|m| u64::from(m.text_bytes)).sum();
+        assert_eq!(v.total_text_bytes, seen + "predicted".len() as u64 + "content".len() as u64);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use crate::error::GatewayError;
-use crate::native::{NativeApi, NativeRequest};
+use crate::native::{LeftOut, NativeApi, NativeRequest};
 use crate::openai::inbound::{self, InboundRequest, ParseContext};
 
 /// Parses a `/v1/responses` body.
@@ -13,7 +13,7 @@ pub fn parse(body: &Bytes, cx: ParseContext<'_>) -> Result<InboundRequest, Gatew
     let (native_body, as_sent) = inbound::object_as_sent(body)?;
     let translated = to_chat_body(&native_body)?;
     let native = NativeRequest::new(NativeApi::Responses, &native_body, as_sent, Vec::new(), translated.only_native)?;
-    inbound::from_translation(translated.body, native, cx)
+    inbound::from_translation(translated.body, native, translated.unseen_text_bytes, cx)
 }
 
 /// A Responses request in OpenAI's chat shape.
@@ -23,6 +23,9 @@ pub struct ChatBody {
     pub body: Map<String, Value>,
     /// The first thing in the request that the chat shape cannot carry.
     pub only_native: Option<String>,
+    /// Bytes of text that go to Responses backends but not into the chat
+    /// shape, which the policy's view is read from.
+    pub unseen_text_bytes: u64,
 }
 
 fn bad(param: &str, what: &str) -> GatewayError {
@@ -60,10 +63,7 @@ pub fn to_chat_body(body: &Map<String, Value>) -> Result<ChatBody, GatewayError>
     if body.get("background").and_then(Value::as_bool) == Some(true) {
         return Err(bad("background", "background responses need a response store, which this router does not keep"));
     }
-    let mut only: Option<String> = None;
-    let mut note = |what: String| {
-        only.get_or_insert(what);
-    };
+    let mut left = LeftOut::default();
     let mut out = Map::new();
     if let Some(model) = body.get("model") {
         out.insert("model".into(), model.clone());
@@ -78,7 +78,7 @@ pub fn to_chat_body(body: &Map<String, Value>) -> Result<ChatBody, GatewayError>
         Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
         Some(Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
-                input_item(&format!("input[{i}]"), item, &mut messages, &mut note)?;
+                input_item(&format!("input[{i}]"), item, &mut messages, &mut left)?;
             }
         }
         None | Some(Value::Null) => return Err(bad("input", "Field required")),
@@ -142,7 +142,7 @@ pub fn to_chat_body(body: &Map<String, Value>) -> Result<ChatBody, GatewayError>
             match t.get("type").and_then(Value::as_str) {
                 Some("function") => {}
                 Some(kind) => {
-                    note(format!("the built-in tool `{kind}`"));
+                    left.note(format!("the built-in tool `{kind}`"));
                     continue;
                 }
                 None => return Err(bad(&format!("tools[{i}].type"), "Field required")),
@@ -167,7 +167,7 @@ pub fn to_chat_body(body: &Map<String, Value>) -> Result<ChatBody, GatewayError>
                 json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(Value::Null)}})
             }
             (None, Some(kind)) => {
-                note(format!("`tool_choice` `{kind}`"));
+                left.note(format!("`tool_choice` `{kind}`"));
                 json!("auto")
             }
             _ => return Err(bad("tool_choice", "must be auto, none, required or a function")),
@@ -175,14 +175,14 @@ pub fn to_chat_body(body: &Map<String, Value>) -> Result<ChatBody, GatewayError>
         out.insert("tool_choice".into(), chosen);
     }
     if body.get("prompt").is_some_and(|p| !p.is_null()) {
-        note("a stored `prompt`".into());
+        left.note("a stored `prompt`".into());
     }
-    Ok(ChatBody { body: out, only_native: only })
+    Ok(ChatBody { body: out, only_native: left.only_native, unseen_text_bytes: left.unseen_text_bytes })
 }
 
 /// One input item as chat messages: a message, a function call (joined to
 /// the assistant message before it) or a function call's output.
-fn input_item(at: &str, item: &Value, messages: &mut Vec<Value>, note: &mut impl FnMut(String)) -> Result<(), GatewayError> {
+fn input_item(at: &str, item: &Value, messages: &mut Vec<Value>, left: &mut LeftOut) -> Result<(), GatewayError> {
     let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
     match kind {
         "message" => {
@@ -195,7 +195,7 @@ fn input_item(at: &str, item: &Value, messages: &mut Vec<Value>, note: &mut impl
                 Some(Value::Array(parts)) => {
                     let mut out = Vec::new();
                     for (j, part) in parts.iter().enumerate() {
-                        out.extend(content_part(&format!("{at}.content[{j}]"), part, note)?);
+                        out.extend(content_part(&format!("{at}.content[{j}]"), part, left)?);
                     }
                     if role == "assistant" {
                         // Chat takes an assistant turn's text, not parts.
@@ -237,15 +237,15 @@ fn input_item(at: &str, item: &Value, messages: &mut Vec<Value>, note: &mut impl
             messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
         }
         // Earlier reasoning is the model's own; chat backends take none.
-        "reasoning" => {}
+        "reasoning" => left.unseen(item),
         "item_reference" => return Err(bad(at, "item references need a response store, which this router does not keep")),
-        other => note(format!("`{other}` input items")),
+        other => left.note_unseen(format!("`{other}` input items"), item),
     }
     Ok(())
 }
 
 /// A content part in chat's shape; `None` for parts chat cannot carry.
-fn content_part(at: &str, part: &Value, note: &mut impl FnMut(String)) -> Result<Option<Value>, GatewayError> {
+fn content_part(at: &str, part: &Value, left: &mut LeftOut) -> Result<Option<Value>, GatewayError> {
     let text = |key: &str| part.get(key).and_then(Value::as_str).ok_or_else(|| bad(&format!("{at}.{key}"), "Field required"));
     Ok(match part.get("type").and_then(Value::as_str) {
         Some("input_text" | "output_text") => Some(json!({"type": "text", "text": text("text")?})),
@@ -259,7 +259,7 @@ fn content_part(at: &str, part: &Value, note: &mut impl FnMut(String)) -> Result
                 Some(json!({"type": "image_url", "image_url": image}))
             }
             None => {
-                note("images by `file_id`".into());
+                left.note("images by `file_id`".into());
                 None
             }
         },
@@ -269,12 +269,12 @@ fn content_part(at: &str, part: &Value, note: &mut impl FnMut(String)) -> Result
                 Some(json!({"type": "file", "file": {"filename": filename, "file_data": data}}))
             }
             None => {
-                note("files by `file_id` or `file_url`".into());
+                left.note("files by `file_id` or `file_url`".into());
                 None
             }
         },
         Some(other) => {
-            note(format!("`{other}` content parts"));
+            left.note_unseen(format!("`{other}` content parts"), part);
             None
         }
         None => return Err(bad(&format!("{at}.type"), "Field required")),
