@@ -64,6 +64,12 @@ async fn policy_action(gateway: Arc<Gateway>, rest: &str, query: &str) -> Respon
     let Some((name, action)) = rest.rsplit_once('/') else {
         return error_response(&GatewayError::unknown_url("POST", &format!("/admin/policies/{rest}")));
     };
+    let known = gateway.registry().get(name).is_some() || gateway.registry().statuses().iter().any(|s| s.name == name);
+    if !known {
+        let mut error = GatewayError::bad_request(format!("no policy `{name}` on this router (GET /admin/policies lists them)"), None);
+        error.status = StatusCode::NOT_FOUND;
+        return error_response(&error);
+    }
     let (name, action, query) = (name.to_owned(), action.to_owned(), query.to_owned());
     let result = tokio::task::spawn_blocking(move || match action.as_str() {
         "promote" => gateway.promote(&name).map(|v| json!({"promoted": name, "serving": v})),

@@ -107,6 +107,18 @@ impl GatewayError {
         )
     }
 
+    /// 431: more headers than `server.max_headers` (HTTP/2; hyper answers
+    /// HTTP/1 itself).
+    pub fn too_many_headers(limit: usize) -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorSource::Client,
+            "invalid_request_error",
+            Some("too_many_headers"),
+            format!("the request has more than {limit} headers (server.max_headers)"),
+        )
+    }
+
     /// 413: the body is over the limit.
     pub fn too_large(limit: usize) -> Self {
         Self::new(

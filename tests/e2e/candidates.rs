@@ -204,6 +204,12 @@ async fn a_clean_canary_is_promoted_and_a_kept_version_comes_back() {
     assert!(body["error"]["message"].as_str().unwrap().contains("no kept version 0000"), "{body}");
     let (status, body) = admin_post(&router, "/admin/policies/cheapest/rollback").await;
     assert_eq!((status, body["error"]["message"].as_str()), (409, Some("no canary `cheapest.canary` is serving")), "{body}");
+    // A policy the router does not know is not found, whatever the action.
+    for action in ["rollback", "promote", "activate?version=0000"] {
+        let (status, body) = admin_post(&router, &format!("/admin/policies/nope/{action}")).await;
+        assert_eq!(status, 404, "{action}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("no policy `nope`"), "{body}");
+    }
     assert_eq!(policy(&router, "cheapest").await["candidates"]["canary"]["state"], "promoted");
 }
 

@@ -217,6 +217,23 @@ fn config_check_says_what_would_serve_and_print_default_starts_a_config() {
     assert!(stdout.contains("valid") && stdout.contains("-> cheapest-healthy (serving "), "{stdout}");
     assert!(stdout.contains("mock-private") && stdout.contains("tags=private"), "{stdout}");
     assert!(!dir.path().join("decisions.jsonl").exists());
+    // A decision log `serve` could not open fails the check too, named as `serve` names it.
+    for (path, problem) in [("no/such/dir/decisions.jsonl", "its directory does not exist"), (".", "it is a directory")] {
+        std::fs::write(&file, format!("{default}\n[decision_log]\npath = \"{path}\"\n")).unwrap();
+        let out = switchyard(&["config", "check", file.to_str().unwrap()]);
+        let stderr = text(&out).1;
+        assert!(!out.status.success() && stderr.contains("decision_log.path: cannot open") && stderr.contains(problem), "{path}: {stderr}");
+    }
+    // A password or query in a backend's URL (secrets from the environment) is not printed.
+    std::fs::write(
+        &file,
+        "[[backends]]\nname = \"b\"\nprovider = \"openai\"\nbase_url = \"http://u:p4ss@127.0.0.1:1/v1?key=s3cret\"\nmodel = \"m\"\n",
+    )
+    .unwrap();
+    let out = switchyard(&["config", "check", file.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(stdout.contains("http://u:***@127.0.0.1:1/v1?***"), "{stdout}{stderr}");
+    assert!(!stdout.contains("p4ss") && !stdout.contains("s3cret"), "{stdout}");
 
     // A route naming a policy that does not exist: said, and a failing exit.
     std::fs::write(&file, default.replacen("policy = \"cheapest-healthy\"", "policy = \"no-such-policy\"", 1)).unwrap();

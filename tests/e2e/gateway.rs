@@ -128,7 +128,9 @@ async fn completions_embeddings_and_models() {
     let a = post(&router.url, "/chat/completions", &chat("auto", false), &[]).await;
     assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some("m")), "{}", a.body);
     let a = post(&router.url, "/v1/models/auto", &chat("auto", false), &[]).await;
-    assert_eq!(a.status, 405, "{}", a.body);
+    assert_eq!((a.status, a.header("allow")), (405, Some("GET")), "{}", a.body);
+    let get = support::client().get(format!("{}/v1/chat/completions", router.url)).send().await.unwrap();
+    assert_eq!((get.status().as_u16(), get.headers().get("allow").and_then(|v| v.to_str().ok())), (405, Some("POST")));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -344,6 +346,15 @@ async fn http2_clients_are_served() {
     assert_eq!(response.status(), 200);
     let body = response.text().await.unwrap();
     assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    // `server.max_headers` (100 by default) holds over HTTP/2 too, with the API's error JSON.
+    let mut many = h2.post(format!("{}/v1/chat/completions", router.url)).json(&chat("m", false));
+    for i in 0..120 {
+        many = many.header(format!("x-h{i}"), "v");
+    }
+    let response = many.send().await.unwrap();
+    assert_eq!(response.status(), 431);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "too_many_headers", "{error}");
 }
 
 /// A backend with `h2c = true` gets HTTP/2 over plain TCP: every request in
@@ -778,7 +789,9 @@ async fn the_open_file_limit_is_raised_and_bounds_the_connections() {
 
     // A hard limit of 300: 70 connections at once ((300 - 160) / 2).
     let router = support::Proc::start_with_open_files("-n 300", &args, dir.path(), &[]);
-    assert!(router.logs().contains("server.max_connections is 10000 but the open-file limit (300) allows 70"), "{}", router.logs());
+    let logs = router.logs();
+    let line = logs.lines().find(|l| l.contains("server.max_connections is 10000 but the open-file limit (300) allows 70"));
+    assert!(line.is_some_and(|l| l.contains("WARN")), "a cut that large is a warning: {logs}");
     let addr = router.url.trim_start_matches("http://").to_owned();
     let mut held = Vec::new();
     for _ in 0..70 {
@@ -1077,4 +1090,22 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let router = support::router(dir.path(), "[server]\nhttp2_keepalive_ms = 100\n[[backends]]\nname = \"m\"\nprovider = \"mock\"\n", &[]);
     assert_eq!(polite_h2_peer(&router.url, Duration::from_secs(2)).await, None, "closed though the default idle timeout is 2 min");
+}
+
+/// A request no target of its route can ever serve (embeddings to an
+/// Anthropic backend) is the client's error, 400, not a passing 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_no_target_can_serve_is_a_bad_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let toml = format!(
+        "[[backends]]\nname = \"c\"\nprovider = \"anthropic\"\nbase_url = \"{}/v1\"\napi_key = \"sk-ant-test\"\nmodel = \"claude-x\"\n",
+        mock.url
+    );
+    let router = router(dir.path(), &toml, &[]);
+    let a = post(&router.url, "/v1/embeddings", &json!({"model": "c", "input": "hi"}), &[]).await;
+    assert_eq!((a.status, a.header("x-should-retry")), (400, Some("false")), "{}", a.body);
+    assert_eq!(a.json()["error"]["type"], "invalid_request_error");
+    assert!(a.json()["error"]["message"].as_str().unwrap().contains("c: cannot serve this API"), "{}", a.body);
+    assert!(received(&mock).await.is_empty());
 }

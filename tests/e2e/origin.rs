@@ -336,6 +336,16 @@ fn policy_keygen_sign_and_verify_from_the_command_line() {
     let (code, out) = run(&["policy", "keygen", "--out", "release.pem"]);
     assert_eq!(code, Some(0), "{out}");
     let public = out.lines().find_map(|l| l.strip_prefix("release = \"")).unwrap().trim_end_matches('"').to_owned();
+    // openssl reads the key, and derives the same public key (the README's recipe).
+    let openssl = std::process::Command::new("openssl")
+        .args(["pkey", "-in", "release.pem", "-pubout", "-outform", "DER"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl (scripts/test installs it)");
+    assert!(openssl.status.success(), "{}", String::from_utf8_lossy(&openssl.stderr));
+    let der = openssl.stdout;
+    use base64::Engine as _;
+    assert_eq!(base64::engine::general_purpose::STANDARD.encode(&der[der.len() - 32..]), public);
     let (code, out) = run(&["policy", "keygen", "--out", "release.pem"]);
     assert!(code != Some(0) && out.contains("never overwritten"), "never overwrites a key: {out}");
     std::fs::copy(artifacts::CHEAPEST_HEALTHY, dir.path().join("p.wasm")).unwrap();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use switchyard::config::{Config, OnPolicyError, EMBEDDED_TOML};
+use switchyard::config::{Config, ConfigError, OnPolicyError, EMBEDDED_TOML};
 use switchyard::gateway::Gateway;
 use switchyard::policy::PolicyRuntime;
 
@@ -37,7 +37,23 @@ fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(&file)?;
     // Checking writes nothing: no decision log file is created, and the
     // origin is not polled (policies already pulled into `dir` are checked).
-    config.decision_log.path = None;
+    // What would stop `serve` from opening the log is still found.
+    if let Some(path) = config.decision_log.path.take() {
+        let in_a_dir = path.parent().is_none_or(|dir| dir.as_os_str().is_empty() || dir.is_dir());
+        let problem = if path.is_dir() {
+            Some("it is a directory")
+        } else if !in_a_dir {
+            Some("its directory does not exist")
+        } else if std::fs::metadata(&path).is_ok_and(|m| m.permissions().readonly()) {
+            Some("it is read-only")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            let problem = format!("cannot open {}: {problem}", path.display());
+            return Err(ConfigError { file: config.source.clone(), key: "decision_log.path".into(), problem }.into());
+        }
+    }
     let pulled = !config.policies.source.is_empty();
     if pulled {
         config.policies.source.clear();
@@ -88,7 +104,7 @@ fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
     }
     println!("backends:");
     for b in &state.config.backends {
-        let url = b.base_url.as_deref().unwrap_or("(in-process mock)");
+        let url = b.base_url.as_deref().map_or_else(|| "(in-process mock)".to_owned(), shown_url);
         let tags = if b.tags.is_empty() { String::new() } else { format!(" tags={}", b.tags.join(",")) };
         println!(
             "  {:<20} {:<10} model={} {url} ${}/${} per million tokens{tags}",
@@ -100,4 +116,36 @@ fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// A backend's URL as printed: no password and no query, where secrets
+/// from the environment may sit (`?key=${KEY}`).
+fn shown_url(text: &str) -> String {
+    match reqwest::Url::parse(text) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            if url.query().is_some() {
+                url.set_query(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "(not a URL)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn printed_urls_keep_no_secret() {
+        let cases = [
+            ("http://127.0.0.1:1/v1?key=supersecret", "http://127.0.0.1:1/v1?***"),
+            ("https://u:p4ss@api.example.com/v1", "https://u:***@api.example.com/v1"),
+            ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(super::shown_url(url), shown);
+        }
+    }
 }

@@ -149,11 +149,18 @@ fn fit_connections_to_open_files(server: &mut switchyard::config::ServerConfig) 
     };
     let allowed = switchyard::open_files::connections_allowed(limit);
     if server.max_connections > allowed {
-        tracing::warn!(
+        let message = format!(
             "server.max_connections is {} but the open-file limit ({limit}) allows {allowed} at once (two descriptors each, {} kept for the rest): serving at most {allowed}; raise the limit (ulimit -n, systemd's LimitNOFILE) to allow more",
             server.max_connections,
             switchyard::open_files::RESERVED
         );
+        // A cut of under a tenth asks nothing of the operator (the default
+        // 10 000 under a limit of 20 000 is 9 920): not a warning.
+        if allowed >= server.max_connections / 10 * 9 {
+            tracing::info!("{message}");
+        } else {
+            tracing::warn!("{message}");
+        }
         server.max_connections = allowed;
     }
 }

@@ -885,6 +885,10 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(("server.max_body_bytes".into(), "must be at least 1024".into()));
         }
+        if self.server.max_headers < 32 {
+            // Below that the official SDKs' own requests (about 20 headers) get 431.
+            return Err(("server.max_headers".into(), "must be at least 32 (the official SDKs send about 20 headers)".into()));
+        }
         if self.server.max_connections == 0 {
             return Err(("server.max_connections".into(), "must be at least 1".into()));
         }

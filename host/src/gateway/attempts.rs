@@ -116,6 +116,8 @@ pub(super) async fn run(
     let mut refused_models: Vec<&str> = Vec::new();
     let mut upstream_wait = Duration::ZERO;
     let mut failed = Vec::new();
+    // Targets that cannot serve the request's API at all.
+    let mut unsupported = 0usize;
     let finish = |outcome, attempts, failures, failed, upstream_wait| Finished { outcome, attempts, failures, failed, upstream_wait };
 
     'targets: for (i, target) in plan.targets.iter().enumerate() {
@@ -125,6 +127,7 @@ pub(super) async fn run(
         }
         if !upstream.supports(inbound.surface) {
             failures.push(format!("{}: cannot serve this API", upstream.name()));
+            unsupported += 1;
             continue;
         }
         if refused_models.contains(&target.model.as_str()) {
@@ -216,6 +219,11 @@ pub(super) async fn run(
     let outcome = match last {
         // The refusal is the client's to see when no larger model was left.
         Some((upstream, failure)) if is_context_length(&failure) => refused(upstream, failure),
+        // No target can ever serve it: the request's fault, not a passing failure.
+        None if unsupported == plan.targets.len() && unsupported > 0 => Outcome::Failed(GatewayError::bad_request(
+            format!("no backend of this route serves this API ({})", failures.join("; ")),
+            Some("model"),
+        )),
         last => Outcome::Failed(no_answer(last.as_ref().map(|(_, failure)| failure), attempts, &failures)),
     };
     finish(outcome, attempts, failures, failed, upstream_wait)

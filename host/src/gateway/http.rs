@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -101,6 +101,12 @@ pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Respon
             }
         }
     };
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        // What the path takes (RFC 9110 asks a 405 to say).
+        let api = api_path(&path);
+        let allow = if api == "/models" || api == "/healthz" || api.starts_with("/models/") { "GET" } else { "POST" };
+        response.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
@@ -114,6 +120,11 @@ async fn dispatch(
     request_id: &str,
     started: Instant,
 ) -> Result<Response<Body>, GatewayError> {
+    // HTTP/1 never gets here with more (hyper answers 431); HTTP/2 does.
+    let max_headers = gateway.state().config.server.max_headers;
+    if request.headers().len() > max_headers {
+        return Err(GatewayError::too_many_headers(max_headers));
+    }
     let full_path = request.uri().path();
     let path = api_path(full_path);
     let surface = match path {
@@ -446,7 +457,7 @@ async fn proxy(
     tracing::info!(
         %request_id, model = %inbound.model, policy = %plan.policy, backend = backend.as_deref().unwrap_or("-"),
         attempts = finished.attempts, status = status.as_u16(), stream = inbound.stream,
-        ms = started.elapsed().as_secs_f64() * 1000.0, "request"
+        ms = millis(started.elapsed()), "request"
     );
     Ok(response)
 }
@@ -638,8 +649,14 @@ fn decision_record(log: &DecisionLog, plan: &Plan, inbound: &InboundRequest, w: 
         "request_id": inbound.view.id, "policy": plan.policy, "seed": inbound.view.seed,
         "request": log.request_json(&inbound.view), "backends": seen, "decision": decision,
         "attempts": w.attempts, "failures": w.failures, "error": w.error, "backend": w.backend, "model": w.model,
-        "status": w.status.as_u16(), "latency_ms": w.total.as_secs_f64() * 1000.0, "overhead_ms": w.overhead.as_secs_f64() * 1000.0,
+        "status": w.status.as_u16(), "latency_ms": millis(w.total), "overhead_ms": millis(w.overhead),
     })
+}
+
+/// Milliseconds to the microsecond, as logs print them (`0.445`, not
+/// `0.44538500000000003`).
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// The client key's name, or 401; with no keys configured, anyone may call.

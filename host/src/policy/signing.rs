@@ -112,6 +112,11 @@ pub fn public_key(text: &str) -> Result<[u8; 32], String> {
     bytes.try_into().map_err(|b: Vec<u8>| format!("an Ed25519 public key is 32 bytes, this one is {}", b.len()))
 }
 
+/// PKCS#8 v1 for Ed25519 (RFC 8410): a sequence of version 0, the
+/// algorithm 1.3.101.112 and the 32-byte seed as an octet string, which
+/// follows this prefix.
+const PKCS8_V1_ED25519_PREFIX: [u8; 16] = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+
 /// A signing key, read from a PKCS#8 PEM file's text.
 pub struct SigningKey(Ed25519KeyPair);
 
@@ -129,11 +134,17 @@ impl SigningKey {
         Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map(Self).map_err(|e| format!("not an Ed25519 private key in PKCS#8: {e}"))
     }
 
-    /// A new key, as PKCS#8 PEM text.
+    /// A new key, as PKCS#8 v1 PEM text: the form openssl writes and reads
+    /// (OpenSSL 3.0 refuses the v2 form, with the public key, that ring
+    /// generates).
     pub fn generate_pem() -> Result<String, String> {
-        let rng = ring::rand::SystemRandom::new();
-        let document = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| format!("cannot generate a key: {e}"))?;
-        let body = BASE64.encode(document.as_ref());
+        let mut der = PKCS8_V1_ED25519_PREFIX.to_vec();
+        let mut seed = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).map_err(|e| format!("cannot generate a key: {e}"))?;
+        der.extend_from_slice(&seed);
+        // The same reader as `from_pem`: what is written can be read back.
+        Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| format!("cannot generate a key: {e}"))?;
+        let body = BASE64.encode(&der);
         let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
         for line in body.as_bytes().chunks(64) {
             pem.push_str(&String::from_utf8_lossy(line));
@@ -202,6 +213,10 @@ mod tests {
             "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIBS8Gk0JUtyOB1Nb1Cw0XQi35FjDixyl2O38t4BC0Nsr\n-----END PRIVATE KEY-----\n";
         let key = SigningKey::from_pem(pem).unwrap();
         assert_eq!(key.public_base64().len(), 44);
+        // What keygen writes has the same form: the prefix of that key, a new seed.
+        let ours = pem_body(&SigningKey::generate_pem().unwrap(), "PRIVATE KEY").unwrap();
+        let theirs = pem_body(pem, "PRIVATE KEY").unwrap();
+        assert_eq!((ours.len(), &ours[..16]), (theirs.len(), &theirs[..16]));
         assert!(SigningKey::from_pem("garbage").unwrap_err().contains("BEGIN PRIVATE KEY"));
         let bad = BTreeMap::from([("ops".to_owned(), "AAAA".to_owned())]);
         let (name, problem) = TrustedKeys::parse(&bad).unwrap_err();
