@@ -29,6 +29,10 @@ pub struct ReplayReport {
     pub unreadable: u64,
     /// Replayed records whose prompts were not logged: decided on what was.
     pub without_prompts: u64,
+    /// Replayed records whose logged backends are not the configuration's:
+    /// the candidate chose among backends the logged decision did not have
+    /// (or lacked some it had).
+    pub other_backends: u64,
     /// Same first target (or both rejected).
     pub agreed: u64,
     /// Changed decisions: `before -> after` first target (`reject` for a
@@ -114,6 +118,9 @@ pub fn replay(log: impl BufRead, candidates: &Candidates<'_>, mut progress: impl
         report.replayed += 1;
         if prompts_left_out(&request) {
             report.without_prompts += 1;
+        }
+        if !same_backends(&record["backends"], candidates.backends) {
+            report.other_backends += 1;
         }
         let stats = stats_for(&record["backends"], candidates.backends);
         let before = match candidates.against {
@@ -204,6 +211,12 @@ impl Reservoir {
 /// their lengths.
 fn prompts_left_out(request: &Request) -> bool {
     request.messages.iter().any(|m| m.text.is_empty() && m.text_bytes > 0)
+}
+
+/// Whether the logged backends are, by name, the configuration's.
+fn same_backends(logged: &Value, backends: &[Backend]) -> bool {
+    let logged: std::collections::BTreeSet<&str> = logged.as_array().into_iter().flatten().filter_map(|b| b["name"].as_str()).collect();
+    logged == backends.iter().map(|b| b.name.as_str()).collect()
 }
 
 /// The logged stats in `backends`' order (idle for a backend the record

@@ -146,6 +146,13 @@ async fn a_worse_canary_is_rolled_back_on_its_numbers() {
         if canary["state"] == "rolled_back" || started.elapsed() > Duration::from_secs(30) {
             assert_eq!(canary["state"], "rolled_back", "{canary}");
             assert!(canary["reason"].as_str().unwrap().contains("mean cost"), "{canary}");
+            // The windows it was judged on: means, and the totals behind them.
+            let (candidate, stable) = (&canary["candidate"], &canary["stable"]);
+            let mean = |w: &Value, key: &str| w[key].as_f64().unwrap_or_else(|| panic!("{key}: {w}"));
+            let total_over_requests = mean(candidate, "total_cost_usd") / mean(candidate, "requests");
+            assert!((mean(candidate, "mean_cost_usd") - total_over_requests).abs() < 1e-12, "{canary}");
+            assert!(mean(candidate, "mean_cost_usd") > 4.0 * mean(stable, "mean_cost_usd"), "{canary}");
+            assert!(mean(stable, "mean_latency_ms") < mean(stable, "total_latency_ms") || mean(stable, "requests") <= 1.0, "{canary}");
             break;
         }
         let a = post(&router.url, "/v1/chat/completions", &ask(&format!("u{i}")), &[]).await;

@@ -80,6 +80,12 @@ fn a_log_of_ten_thousand_records_replays_to_exact_numbers() {
         r["tokens"] = Value::Null;
         writeln!(file, "{r}").unwrap();
     }
+    // Logged when the configuration had only `cheap`: replayed, and counted as decided among other backends.
+    for i in [61, 62, 64, 65] {
+        let mut r = record(i);
+        r["backends"] = json!([r["backends"][0].clone()]);
+        writeln!(file, "{r}").unwrap();
+    }
     for i in 0..3 {
         writeln!(file, "{}", json!({"ts_ms": 1, "request_id": format!("r{i}"), "policy": "p@x", "shadow": {"result": "differed"}}))
             .unwrap();
@@ -92,20 +98,21 @@ fn a_log_of_ten_thousand_records_replays_to_exact_numbers() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     // cheapest-healthy picks `cheap` every time: it agrees with the 6 666
     // records logged on `cheap` and moves the 3 334 logged on `dear`.
-    assert_eq!(report["records"], 10_130);
+    assert_eq!(report["records"], 10_134);
     assert_eq!(
         (report["replayed"].as_u64(), report["skipped"].as_u64(), report["unreadable"].as_u64()),
-        (Some(10_015), Some(108), Some(7))
+        (Some(10_019), Some(108), Some(7))
     );
+    assert_eq!(report["other_backends"], 4);
     assert_eq!(report["without_prompts"], 50 + 10 + 5, "the edge cases reuse the first records' requests");
-    assert_eq!(report["agreed"], 6_666);
+    assert_eq!(report["agreed"], 6_670);
     assert_eq!(report["changed"], json!({"dear -> cheap": 3_334, "gone -> cheap": 5, "reject -> cheap": 10}));
     assert_eq!((report["rejected"].as_u64(), report["errors"].clone()), (Some(0), json!({})));
-    assert_eq!(report["costed"], 10_000);
+    assert_eq!(report["costed"], 10_004);
     // 100 in, 50 out: $0.0002 on cheap, $0.001 on dear.
-    let before = 6_666.0 * 0.0002 + 3_334.0 * 0.001;
+    let before = 6_670.0 * 0.0002 + 3_334.0 * 0.001;
     assert!((report["cost_before"].as_f64().unwrap() - before).abs() < 1e-9, "{report}");
-    assert!((report["cost_after"].as_f64().unwrap() - 10_000.0 * 0.0002).abs() < 1e-9, "{report}");
+    assert!((report["cost_after"].as_f64().unwrap() - 10_004.0 * 0.0002).abs() < 1e-9, "{report}");
     assert!(
         report["decision_us_p50"].as_f64().unwrap() > 0.0
             && report["decision_us_p99"].as_f64().unwrap() >= report["decision_us_p50"].as_f64().unwrap()
@@ -124,12 +131,12 @@ fn a_log_of_ten_thousand_records_replays_to_exact_numbers() {
         "--json",
     ]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((report["agreed"].as_u64(), report["changed"].clone()), (Some(10_015), json!({})));
+    assert_eq!((report["agreed"].as_u64(), report["changed"].clone()), (Some(10_019), json!({})));
     assert_eq!(report["cost_before"], report["cost_after"], "the same choices cost the same");
     // Only one policy's records: none here are `other`'s.
     let args = ["replay", log.to_str().unwrap(), "--policy", policy, "--config", config.to_str().unwrap(), "--name", "other", "--json"];
     let report: Value = serde_json::from_slice(&switchyard(&args).stdout).unwrap();
-    assert_eq!((report["replayed"].as_u64(), report["skipped"].as_u64()), (Some(0), Some(10_123)));
+    assert_eq!((report["replayed"].as_u64(), report["skipped"].as_u64()), (Some(0), Some(10_127)));
 
     // The human report says the same, and a gzipped log reads the same.
     let gz = dir.path().join("decisions.jsonl.gz");
@@ -139,10 +146,11 @@ fn a_log_of_ten_thousand_records_replays_to_exact_numbers() {
     let out = switchyard(&["replay", gz.to_str().unwrap(), "--policy", policy, "--config", config.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("agreement     66.56% (6666 of 10015)"), "{text}");
+    assert!(text.contains("agreement     66.57% (6670 of 10019)"), "{text}");
+    assert!(text.contains("other backends  4 (logged with other backends"), "{text}");
     assert!(text.contains("3334  dear -> cheap"), "{text}");
     assert!(text.contains("without prompts 65"), "{text}");
-    assert!(text.contains("cost          $4.6672 -> $2.0000"), "{text}");
+    assert!(text.contains("cost          $4.6680 -> $2.0008"), "{text}");
 }
 
 #[test]

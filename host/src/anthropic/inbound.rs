@@ -102,6 +102,12 @@ pub fn to_chat_body(body: &Map<String, Value>, count_only: bool) -> Result<ChatB
             _ => return Err(bad(&format!("{param}.role"), "must be `user` or `assistant`")),
         }
     }
+    if messages.is_empty() {
+        // Every block was one chat has no form for: the request goes to
+        // Anthropic backends only (noted), and the view keeps one empty
+        // turn, its text counted as cut.
+        messages.push(json!({"role": "user", "content": ""}));
+    }
     out.insert("messages".into(), Value::Array(messages));
     match body.get("max_tokens") {
         Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n > 0) => {
@@ -322,6 +328,15 @@ mod tests {
     fn chat(body: Value) -> ChatBody {
         let Value::Object(body) = body else { unreachable!() };
         to_chat_body(&body, false).unwrap()
+    }
+
+    #[test]
+    fn a_request_of_blocks_chat_cannot_carry_goes_native_only() {
+        let out =
+            chat(json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "zzz", "text": "secret"}]}]}));
+        assert_eq!(out.anthropic_only.as_deref(), Some("`zzz` content blocks"));
+        assert_eq!(out.unseen_text_bytes, ("zzz".len() + "secret".len()) as u64);
+        assert_eq!(Value::Object(out.body)["messages"], json!([{"role": "user", "content": ""}]));
     }
 
     #[test]

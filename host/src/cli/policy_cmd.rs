@@ -54,8 +54,9 @@ pub enum PolicyCommand {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// Load every `NAME.wasm` of a policy directory as the router would and
-    /// print each policy's status.
+    /// Load every `NAME.wasm` of a policy directory on its own (no policy
+    /// configs, trusted keys or backends: `config check` loads them with the
+    /// router's configuration) and print each policy's status.
     Status {
         /// The policy directory.
         dir: PathBuf,

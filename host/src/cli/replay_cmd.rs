@@ -102,6 +102,12 @@ fn print_report(r: &ReplayReport, args: &ReplayArgs, against: bool) {
     if r.unreadable > 0 {
         println!("  unreadable    {} lines", r.unreadable);
     }
+    if r.other_backends > 0 {
+        println!(
+            "  other backends  {} (logged with other backends than this configuration's: the candidate chose among different ones; replay with the configuration of the time)",
+            r.other_backends
+        );
+    }
     if r.without_prompts > 0 {
         println!("  without prompts {} (the log kept only lengths: decided on what was logged)", r.without_prompts);
     }

@@ -988,7 +988,9 @@ impl Config {
             let key = |field: &str| format!("routes[{i}].{field}");
             match (r.policy.is_empty(), r.targets.is_empty(), r.split.is_empty()) {
                 (false, true, true) | (true, false, true) | (true, true, false) => {}
-                (true, true, true) => return Err((key("policy"), "a route needs a `policy`, `targets` or a `split`".into())),
+                (true, true, true) => {
+                    return Err((key("policy"), "a route needs a `policy`, `targets` or a `split` (an empty list is none)".into()))
+                }
                 _ => return Err((key("policy"), "give one of `policy`, `targets` and `split`, not several".into())),
             }
             if r.policy.is_empty() && (r.policy_config.is_some() || r.on_policy_error != OnPolicyError::Reject) {

@@ -50,7 +50,7 @@ pub struct CanaryArm {
 }
 
 /// One side's numbers over the current window.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Window {
     /// Requests.
     pub requests: u64,
@@ -60,6 +60,22 @@ pub struct Window {
     pub latency_ms: f64,
     /// Total estimated cost, USD.
     pub cost: f64,
+}
+
+/// As the admin API shows it: the totals named as totals, and the means
+/// the canary is judged on.
+impl serde::Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut window = serializer.serialize_struct("Window", 6)?;
+        window.serialize_field("requests", &self.requests)?;
+        window.serialize_field("errors", &self.errors)?;
+        window.serialize_field("mean_latency_ms", &self.mean_latency())?;
+        window.serialize_field("mean_cost_usd", &self.mean_cost())?;
+        window.serialize_field("total_latency_ms", &self.latency_ms)?;
+        window.serialize_field("total_cost_usd", &self.cost)?;
+        window.end()
+    }
 }
 
 impl Window {

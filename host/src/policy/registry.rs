@@ -486,7 +486,8 @@ impl PolicyRegistry {
 }
 
 fn record_failure(entry: &mut Entry, error: PolicyError) {
-    tracing::error!(policy = %entry.status.name, file = %entry.status.file.display(), "policy not loaded, previous version keeps serving: {error}");
+    let then = if entry.status.version.is_some() { "the previous version keeps serving" } else { "no version of it serves" };
+    tracing::error!(policy = %entry.status.name, file = %entry.status.file.display(), "policy not loaded, {then}: {error}");
     entry.status.last_error = Some(error);
     entry.status.failed_at = Some(SystemTime::now());
     entry.status.failed_loads += 1;

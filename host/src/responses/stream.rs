@@ -102,7 +102,15 @@ impl ResponsesEncoder {
         let mut r = self.skeleton.clone();
         r.insert("status".into(), json!(status));
         if status != "in_progress" {
-            r.insert("output".into(), Value::Array(self.items.iter().map(Item::finished).collect()));
+            // An item still open when the stream failed did not finish.
+            let item = |i: &Item| {
+                let mut value = i.finished();
+                if !i.done && value.get("status").is_some() {
+                    value["status"] = json!("incomplete");
+                }
+                value
+            };
+            r.insert("output".into(), Value::Array(self.items.iter().map(item).collect()));
             r.insert("usage".into(), self.usage.clone().unwrap_or(Value::Null));
         }
         Value::Object(r)
@@ -457,5 +465,12 @@ mod tests {
         let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["response.created", "response.in_progress", "error", "response.failed"]);
         assert_eq!(got[3].1["response"]["error"]["message"], "broke");
+        // Cut mid-message: the message in the failed response is incomplete, not completed.
+        let mut e = ResponsesEncoder::new(&request());
+        e.chunk(json!({"id": "c", "choices": [{"index": 0, "delta": {"content": "half an ans"}}]}).to_string().as_bytes(), false);
+        let got = events(&e.error(&json!({"error": {"message": "broke", "code": "stream_interrupted"}})));
+        let failed = &got.last().unwrap().1["response"];
+        assert_eq!((failed["status"].as_str(), failed["output"][0]["status"].as_str()), (Some("failed"), Some("incomplete")), "{failed}");
+        assert_eq!(failed["output"][0]["content"][0]["text"], "half an ans");
     }
 }
