@@ -245,6 +245,8 @@ async fn what_only_anthropic_serves_skips_openai_backends() {
     assert_eq!(seen.len(), 1, "the OpenAI backend got nothing: {seen:?}");
     let only_openai = json!({"model": "gpt", "max_tokens": 20, "tools": body["tools"], "messages": body["messages"]});
     let a = post(&router.url, "/v1/messages", &only_openai, &[KEY]).await;
+    // No backend it may go to can take it: the client's error, not a failed upstream.
+    assert_eq!((a.status, a.json()["error"]["type"].as_str()), (400, Some("invalid_request_error")), "{}", a.body);
     assert_eq!(a.json()["type"], "error", "{}", a.body);
     assert!(a.json()["error"]["message"].as_str().unwrap().contains("web_search_20250305"), "{}", a.body);
 }

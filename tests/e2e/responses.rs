@@ -180,6 +180,7 @@ async fn the_policy_sees_a_responses_request_and_built_in_tools_skip_chat_backen
     assert_eq!(received(&mock).await.len(), 1, "the chat backend got nothing");
     let only_chat = json!({"model": "chat", "input": "Search it", "tools": [{"type": "web_search"}]});
     let a = post(&router.url, "/v1/responses", &only_chat, &[KEY]).await;
+    assert_eq!(a.status, 400, "{}", a.body);
     assert!(a.json()["error"]["message"].as_str().unwrap().contains("`web_search`"), "{}", a.body);
 }
 

@@ -116,7 +116,7 @@ pub(super) async fn run(
     let mut refused_models: Vec<&str> = Vec::new();
     let mut upstream_wait = Duration::ZERO;
     let mut failed = Vec::new();
-    // Targets that cannot serve the request's API at all.
+    // Targets that can never serve the request (its API, or what only its own API carries).
     let mut unsupported = 0usize;
     let finish = |outcome, attempts, failures, failed, upstream_wait| Finished { outcome, attempts, failures, failed, upstream_wait };
 
@@ -125,8 +125,8 @@ pub(super) async fn run(
         if attempts >= max_attempts {
             break;
         }
-        if !upstream.supports(inbound.surface) {
-            failures.push(format!("{}: cannot serve this API", upstream.name()));
+        if let Some(why) = upstream.cannot_serve(inbound) {
+            failures.push(format!("{}: {why}", upstream.name()));
             unsupported += 1;
             continue;
         }
@@ -221,7 +221,7 @@ pub(super) async fn run(
         Some((upstream, failure)) if is_context_length(&failure) => refused(upstream, failure),
         // No target can ever serve it: the request's fault, not a passing failure.
         None if unsupported == plan.targets.len() && unsupported > 0 => Outcome::Failed(GatewayError::bad_request(
-            format!("no backend of this route serves this API ({})", failures.join("; ")),
+            format!("no backend this request may go to can serve it ({})", failures.join("; ")),
             Some("model"),
         )),
         last => Outcome::Failed(no_answer(last.as_ref().map(|(_, failure)| failure), attempts, &failures)),

@@ -128,8 +128,12 @@ impl Rescuer {
                 tries.push(json!({"skipped": "the rescue's time budget ran out"}));
                 return None;
             }
-            if !upstream.supports(self.inbound.surface) || !upstream.stats.admit() {
-                tries.push(json!({"backend": upstream.name(), "skipped": "circuit open or cannot serve this API"}));
+            if let Some(why) = upstream.cannot_serve(&self.inbound) {
+                tries.push(json!({"backend": upstream.name(), "skipped": why}));
+                continue;
+            }
+            if !upstream.stats.admit() {
+                tries.push(json!({"backend": upstream.name(), "skipped": "circuit open"}));
                 continue;
             }
             let mut modes = Vec::with_capacity(2);

@@ -117,16 +117,25 @@ impl Upstream {
         }
     }
 
+    /// Why this backend can never serve `inbound`, if it cannot: its API, or
+    /// something in it only backends of the request's own API can take.
+    pub fn cannot_serve(&self, inbound: &InboundRequest) -> Option<String> {
+        if !self.supports(inbound.surface) {
+            return Some("cannot serve this API".into());
+        }
+        let native = inbound.native.as_ref()?;
+        let what = native.only_native.as_deref().filter(|_| !self.serves_natively(native.api))?;
+        let backends = match native.api {
+            NativeApi::Messages => "Anthropic backends",
+            NativeApi::Responses => "backends that serve the Responses API",
+        };
+        Some(format!("only {backends} can take {what}"))
+    }
+
     /// Sends the request. For streams, returns once the upstream accepted it.
     pub async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
-        if let Some(native) = &call.inbound.native {
-            if let Some(what) = native.only_native.as_deref().filter(|_| !self.serves_natively(native.api)) {
-                let backends = match native.api {
-                    NativeApi::Messages => "Anthropic backends",
-                    NativeApi::Responses => "backends that serve the Responses API",
-                };
-                return Err(AttemptFailure::Unsupported(format!("only {backends} can take {what}")));
-            }
+        if let Some(why) = self.cannot_serve(call.inbound) {
+            return Err(AttemptFailure::Unsupported(why));
         }
         match &self.client {
             Client::OpenAi(c) => c.call(call).await,
