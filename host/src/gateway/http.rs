@@ -121,7 +121,7 @@ async fn dispatch(
     started: Instant,
 ) -> Result<Response<Body>, GatewayError> {
     // HTTP/1 never gets here with more (hyper answers 431); HTTP/2 does.
-    let max_headers = gateway.state().config.server.max_headers;
+    let max_headers = gateway.max_headers();
     if request.headers().len() > max_headers {
         return Err(GatewayError::too_many_headers(max_headers));
     }

@@ -318,6 +318,11 @@ impl Gateway {
         self.state.load_full()
     }
 
+    /// `server.max_headers` now (no reference count taken: read per request).
+    pub fn max_headers(&self) -> usize {
+        self.state.load().config.server.max_headers
+    }
+
     /// The policy registry.
     pub fn registry(&self) -> &Arc<PolicyRegistry> {
         &self.registry

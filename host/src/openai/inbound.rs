@@ -448,18 +448,27 @@ fn chat_messages(body: &Map<String, Value>) -> Result<Vec<Message>, GatewayError
                 has_file: false,
                 has_tool_calls: false,
             };
-            let mut texts: Vec<&str> = Vec::new();
+            // The message's texts, one line apart.
+            let mut text = String::new();
+            let mut add = |t: Option<&str>| {
+                if let Some(t) = t {
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(t);
+                }
+            };
             match m.get("content") {
                 None | Some(Value::Null) => {}
-                Some(Value::String(s)) => texts.push(s),
+                Some(Value::String(s)) => add(Some(s)),
                 Some(Value::Array(parts)) => {
                     for part in parts {
                         match part.get("type").and_then(Value::as_str) {
-                            Some("text") | Some("input_text") => texts.extend(part.get("text").and_then(Value::as_str)),
+                            Some("text") | Some("input_text") => add(part.get("text").and_then(Value::as_str)),
                             Some("image_url") | Some("input_image") | Some("image") => message.has_image = true,
                             Some("input_audio") | Some("audio") => message.has_audio = true,
                             Some("file") | Some("input_file") => message.has_file = true,
-                            Some("refusal") => texts.extend(part.get("refusal").and_then(Value::as_str)),
+                            Some("refusal") => add(part.get("refusal").and_then(Value::as_str)),
                             _ => return Err(bad("every content part needs a known `type` (text, image_url, input_audio, file)")),
                         }
                     }
@@ -468,14 +477,14 @@ fn chat_messages(body: &Map<String, Value>) -> Result<Vec<Message>, GatewayError
             }
             // The rest of what the model reads, and the upstream receives:
             // a policy that looks for private data must see it too.
-            texts.extend(m.get("refusal").and_then(Value::as_str));
+            add(m.get("refusal").and_then(Value::as_str));
             let calls = m.get("tool_calls").and_then(Value::as_array).into_iter().flatten().filter_map(|c| c.get("function"));
             for function in calls.chain(m.get("function_call")) {
-                texts.extend(function.get("name").and_then(Value::as_str));
-                texts.extend(function.get("arguments").and_then(Value::as_str));
+                add(function.get("name").and_then(Value::as_str));
+                add(function.get("arguments").and_then(Value::as_str));
             }
-            texts.extend(m.get("name").and_then(Value::as_str));
-            message.text = texts.join("\n");
+            add(m.get("name").and_then(Value::as_str));
+            message.text = text;
             message.has_tool_calls = role == Role::Tool || m.get("tool_calls").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
             message.text_bytes = message.text.len().min(u32::MAX as usize) as u32;
             Ok(message)
