@@ -158,16 +158,11 @@ async fn the_config_file_is_hot_reloaded_and_a_broken_one_is_ignored() {
     }
     // A reload that names a policy that does not exist says so.
     write(&format!("{base}[[routes]]\nmodel = \"fresh-route\"\npolicy = \"cheapest-healthy\"\n[[routes]]\nmodel = \"ghost\"\npolicy = \"ghost-policy\"\n"));
-    let started = Instant::now();
-    while !router.logs().contains("route `ghost` names policy `ghost-policy`") {
-        assert!(started.elapsed() < Duration::from_secs(10), "no warning about `ghost-policy`:\n{}", router.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    router.until_logged("route `ghost` names policy `ghost-policy`", 1).await;
     assert!(!router.logs().contains("RescanReport"), "a reload logs its report as fields:\n{}", router.logs());
     write("[[backends]]\nname = \"m\"\nprovider = \"bogus\"\n");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    router.until_logged("configuration not reloaded", 1).await;
     assert_eq!(post(&router.url, "/v1/chat/completions", &chat("fresh-route", false), &[]).await.status, 200);
-    assert!(router.logs().contains("configuration not reloaded"), "{}", router.logs());
     assert!(router.logs().contains("unknown variant `bogus`"));
 }
 
@@ -732,7 +727,7 @@ async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
         }
     };
     released("HTTP/1.1").await;
-    assert!(router.logs().contains("client stopped reading the stream"), "{}", router.logs());
+    router.until_logged("client stopped reading the stream", 1).await;
     // And its connection is closed: reading again, the client gets what was
     // sent, then the connection's end, not a last chunk that would make the
     // cut stream look whole (before, hyper ended the response cleanly once
@@ -752,7 +747,7 @@ async fn a_stream_whose_client_stops_reading_is_ended_and_released() {
     let response = h2.post(format!("{}/v1/chat/completions", router.url)).json(&chat("auto", true)).send().await.unwrap();
     assert_eq!((response.version(), response.status().as_u16()), (reqwest::Version::HTTP_2, 200));
     released("HTTP/2").await;
-    assert_eq!(router.logs().matches("client stopped reading the stream").count(), 2, "{}", router.logs());
+    router.until_logged("client stopped reading the stream", 2).await;
     // Read again, the stream is reset after what was sent, not ended as if whole.
     let rest = tokio::time::timeout(Duration::from_secs(10), response.bytes()).await.expect("the cut stream never ended");
     assert!(rest.is_err(), "the cut HTTP/2 stream ended like a whole one ({} bytes)", rest.map(|b| b.len()).unwrap_or(0));
@@ -992,11 +987,7 @@ async fn sighup_reopens_the_decision_log_after_an_external_rotation() {
     assert_eq!(support::decision_records(&path, 1).await.len(), 1);
     std::fs::rename(&path, &moved).unwrap();
     router.hangup();
-    let started = Instant::now();
-    while !router.logs().contains("decision log reopened") {
-        assert!(started.elapsed() < Duration::from_secs(5), "{}", router.logs());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    router.until_logged("decision log reopened", 1).await;
     assert_eq!(post(&router.url, "/v1/chat/completions", &chat("auto", false), &[]).await.status, 200);
     assert_eq!(support::decision_records(&path, 1).await.len(), 1, "the new file has the new record");
     assert_eq!(std::fs::read_to_string(&moved).unwrap().lines().count(), 1, "the rotated file keeps the old one");

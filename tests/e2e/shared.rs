@@ -430,5 +430,5 @@ async fn the_store_stopped_mid_run_then_back() {
     assert_eq!(ask(&a, "key-free-000", &hello("chat", "after")).await.status, 200);
     let rt = redis.cli(&["HGET", "switchyard:q:client:free", "rt"]);
     assert!(rt.parse::<f64>().is_ok(), "the count is on the store again: {rt:?}");
-    assert!(b.logs().contains("the shared store answers again"), "{}", b.logs());
+    b.until_logged("the shared store answers again", 1).await;
 }

@@ -76,6 +76,16 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (up to 10 s) until the process has logged `needle` `times`
+    /// times: a log line may land a moment after the effect it reports.
+    pub async fn until_logged(&self, needle: &str, times: usize) {
+        let started = std::time::Instant::now();
+        while self.logs().matches(needle).count() < times {
+            assert!(started.elapsed() < Duration::from_secs(10), "`{needle}` not logged {times} times:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
