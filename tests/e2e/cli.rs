@@ -290,3 +290,49 @@ fn an_address_space_limit_too_small_for_the_policy_pool_is_named() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("instance pool reserves address space") && stderr.contains("ulimit -v"), "{stderr}");
 }
+
+/// A reader that went away is not a failure of the command: a report cut
+/// by `| head` ends quietly with status 0 (before: a panic, status 101),
+/// and a server whose stdout is closed serves on (before: it panicked while
+/// printing the address it listens on).
+#[test]
+fn a_closed_stdout_neither_panics_a_command_nor_stops_the_server() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    // A pipe whose reading end is closed: every write to it fails (EPIPE).
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).args(["config", "print-default"]).stdout(closed()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "{:?}: {stderr}", out.status);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("XDG_CACHE_HOME", std::env::temp_dir().join("switchyard-cli-test-cache"))
+        .stdout(closed())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let answer = loop {
+        let mut got = String::new();
+        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+            let _ = c.read_to_string(&mut got);
+        }
+        if got.starts_with("HTTP/1.1 200") || server.try_wait().unwrap().is_some() || started.elapsed() > Duration::from_secs(30) {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let running = server.try_wait().unwrap().is_none();
+    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+    let out = server.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(running && answer.starts_with("HTTP/1.1 200"), "{answer}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

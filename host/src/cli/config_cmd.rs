@@ -27,7 +27,7 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ConfigCommand::Check { file } => check(file),
         ConfigCommand::PrintDefault => {
-            print!("{}", EMBEDDED_TOML.trim_start());
+            out!("{}", EMBEDDED_TOML.trim())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -66,8 +66,8 @@ fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
     let state = gateway.state();
     let registry = gateway.registry();
     let statuses = registry.statuses();
-    println!("{}: valid", file.display());
-    println!("routes:");
+    out!("{}: valid", file.display())?;
+    out!("routes:")?;
     let mut ok = true;
     for route in &state.config.routes {
         let Some(instance) = route.policy_instance() else {
@@ -77,7 +77,7 @@ fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
             } else {
                 format!("targets in order: {}", route.targets.join(", "))
             };
-            println!("  {:<20} -> {how} (no policy)", route.model);
+            out!("  {:<20} -> {how} (no policy)", route.model)?;
             continue;
         };
         let serving = match (registry.get(&instance), statuses.iter().find(|s| s.name == instance)) {
@@ -100,20 +100,20 @@ fn check(file: PathBuf) -> anyhow::Result<ExitCode> {
             OnPolicyError::Backends(names) => names.join(", "),
         };
         let own = if route.policy_config.is_some() { ", with this route's policy_config" } else { "" };
-        println!("  {:<20} -> {}{own} ({serving}); on policy error: {on_error}", route.model, route.policy);
+        out!("  {:<20} -> {}{own} ({serving}); on policy error: {on_error}", route.model, route.policy)?;
     }
-    println!("backends:");
+    out!("backends:")?;
     for b in &state.config.backends {
         let url = b.base_url.as_deref().map_or_else(|| "(in-process mock)".to_owned(), shown_url);
         let tags = if b.tags.is_empty() { String::new() } else { format!(" tags={}", b.tags.join(",")) };
-        println!(
+        out!(
             "  {:<20} {:<10} model={} {url} ${}/${} per million tokens{tags}",
             b.name,
             b.provider.as_str(),
             b.model(),
             b.input_price,
             b.output_price
-        );
+        )?;
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

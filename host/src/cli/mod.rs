@@ -1,5 +1,22 @@
 //! Command-line parsing and dispatch.
 
+/// `println!` that returns the write's error instead of panicking: a
+/// command whose reader went away (`switchyard ... | head`) stops with an
+/// `io::Error` of kind `BrokenPipe`, which `main` ends quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// Prints a line a supervisor (or a test) may wait for, such as the
+/// address a server listens on. Nobody reading it is not the server's
+/// failure, so a write error (a closed stdout) is ignored.
+pub(crate) fn announce(line: std::fmt::Arguments<'_>) {
+    let _ = out!("{line}");
+}
+
 mod config_cmd;
 mod policy_cmd;
 mod replay_cmd;

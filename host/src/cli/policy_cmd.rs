@@ -107,7 +107,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::New { name, lang, dir, sdk } => {
             let created = super::scaffold::new_policy(&name, lang, &dir, sdk.as_deref())?;
-            println!("created {}; its README.md says how to build and check it", created.display());
+            out!("created {}; its README.md says how to build and check it", created.display())?;
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::Check { file, backends, common } => check(&file, backends.as_deref(), &common),
@@ -130,8 +130,8 @@ fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
     }
     let mut file = file.open(out).with_context(|| format!("cannot create {} (an existing key is never overwritten)", out.display()))?;
     std::io::Write::write_all(&mut file, pem.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
-    println!("private key written to {} (keep it secret)", out.display());
-    println!("public key, for the routers' configuration:\n\n[policies.trusted_keys]\nrelease = \"{}\"", key.public_base64());
+    out!("private key written to {} (keep it secret)", out.display())?;
+    out!("public key, for the routers' configuration:\n\n[policies.trusted_keys]\nrelease = \"{}\"", key.public_base64())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -140,7 +140,7 @@ fn sign(file: &Path, key: &Path) -> anyhow::Result<ExitCode> {
     let bytes = read_policy(file)?;
     let sig = signing::signature_path(file);
     std::fs::write(&sig, format!("{}\n", key.sign(&bytes))).with_context(|| format!("cannot write {}", sig.display()))?;
-    println!("{} signed: {} ({}, key {})", file.display(), sig.display(), signing::digest(&bytes), key.public_base64());
+    out!("{} signed: {} ({}, key {})", file.display(), sig.display(), signing::digest(&bytes), key.public_base64())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -159,11 +159,11 @@ fn verify(file: &Path, config: Option<&Path>, trusted: &[String]) -> anyhow::Res
     let signature = std::fs::read_to_string(&sig).ok();
     match trust.verify(&bytes, signature.as_deref()) {
         Ok(key) => {
-            println!("{}: signed by `{key}` ({})", file.display(), signing::digest(&bytes));
+            out!("{}: signed by `{key}` ({})", file.display(), signing::digest(&bytes))?;
             Ok(ExitCode::SUCCESS)
         }
         Err(refusal) => {
-            println!("{}: REFUSED ({}): {refusal}", file.display(), refusal.as_str());
+            out!("{}: REFUSED ({}): {refusal}", file.display(), refusal.as_str())?;
             Ok(ExitCode::FAILURE)
         }
     }
@@ -210,14 +210,14 @@ fn check(file: &Path, backends: Option<&Path>, common: &CommonArgs) -> anyhow::R
     let started = Instant::now();
     let report = runtime.inspect(&name, &bytes)?;
     let compiled_in = started.elapsed();
-    println!("{}: fits {}", file.display(), report.world);
-    println!("  version  {}", report.hash);
-    println!("  size     {} bytes (compiled or loaded from cache in {:.1?})", report.size, compiled_in);
-    println!("  imports  {}", report.imports.join("\n           "));
-    println!("  exports  {}", report.exports.join("\n           "));
+    out!("{}: fits {}", file.display(), report.world)?;
+    out!("  version  {}", report.hash)?;
+    out!("  size     {} bytes (compiled or loaded from cache in {:.1?})", report.size, compiled_in)?;
+    out!("  imports  {}", report.imports.join("\n           "))?;
+    out!("  exports  {}", report.exports.join("\n           "))?;
     let started = Instant::now();
     runtime.load(&name, &bytes, &config, &backends)?;
-    println!("  init     accepted its config; probe decision made ({:.1?} for init and probe)", started.elapsed());
+    out!("  init     accepted its config; probe decision made ({:.1?} for init and probe)", started.elapsed())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -229,7 +229,7 @@ fn eval(file: &Path, request: &Path, backends: &Path, common: &CommonArgs) -> an
     let bytes = read_policy(file)?;
     let policy = runtime(common.no_cache)?.load(&policy_name(file), &bytes, &config, &backends)?;
     let decision: Decision = policy.decide(&request, &stats)?;
-    println!("{}", serde_json::to_string_pretty(&decision)?);
+    out!("{}", serde_json::to_string_pretty(&decision)?)?;
     let fuel = policy.call_stats().fuel_used;
     eprintln!("fuel used: {fuel} of the default budget of {} (policies.call_fuel)", switchyard::policy::DEFAULT_CALL_FUEL);
     Ok(ExitCode::SUCCESS)
@@ -246,16 +246,16 @@ fn status(dir: &Path, no_cache: bool) -> anyhow::Result<ExitCode> {
     let registry = PolicyRegistry::open(runtime(no_cache)?, sources, Vec::new(), HashMap::new())?;
     let statuses = registry.statuses();
     if statuses.is_empty() {
-        println!("no `*.wasm` policy in {}", dir.display());
+        out!("no `*.wasm` policy in {}", dir.display())?;
     }
     let mut failed = false;
     for s in statuses {
         let version = s.version.as_deref().unwrap_or("-");
         match &s.last_error {
-            None => println!("{:<24} serving {version}", s.name),
+            None => out!("{:<24} serving {version}", s.name)?,
             Some(e) => {
                 failed = true;
-                println!("{:<24} FAILED  {e}", s.name);
+                out!("{:<24} FAILED  {e}", s.name)?;
             }
         }
     }

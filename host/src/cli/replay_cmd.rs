@@ -62,9 +62,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let report = replay(log, &candidates, |n| bar.set_position(n));
     bar.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print_report(&report, &args, against.is_some());
+        print_report(&report, &args, against.is_some())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -93,44 +93,46 @@ fn progress_bar() -> indicatif::ProgressBar {
     bar
 }
 
-fn print_report(r: &ReplayReport, args: &ReplayArgs, against: bool) {
+fn print_report(r: &ReplayReport, args: &ReplayArgs, against: bool) -> std::io::Result<()> {
     let baseline = if against { "the --against policy" } else { "the logged decisions" };
-    println!("replayed {} of {} records through {} (against {baseline})", r.replayed, r.records, args.policy.display());
+    out!("replayed {} of {} records through {} (against {baseline})", r.replayed, r.records, args.policy.display())?;
     if r.skipped > 0 {
-        println!("  skipped       {} (not decided by a policy: direct, targets or split routes, or a failed policy)", r.skipped);
+        out!("  skipped       {} (not decided by a policy: direct, targets or split routes, or a failed policy)", r.skipped)?;
     }
     if r.unreadable > 0 {
-        println!("  unreadable    {} lines", r.unreadable);
+        out!("  unreadable    {} lines", r.unreadable)?;
     }
     if r.other_backends > 0 {
-        println!(
+        out!(
             "  other backends  {} (logged with other backends than this configuration's: the candidate chose among different ones; replay with the configuration of the time)",
             r.other_backends
-        );
+        )?;
     }
     if r.without_prompts > 0 {
-        println!("  without prompts {} (the log kept only lengths: decided on what was logged)", r.without_prompts);
+        out!("  without prompts {} (the log kept only lengths: decided on what was logged)", r.without_prompts)?;
     }
-    println!("  agreement     {:.2}% ({} of {})", r.agreement() * 100.0, r.agreed, r.replayed);
+    out!("  agreement     {:.2}% ({} of {})", r.agreement() * 100.0, r.agreed, r.replayed)?;
     if !r.changed.is_empty() {
-        println!("  changed first target:");
+        out!("  changed first target:")?;
         let mut changed: Vec<_> = r.changed.iter().collect();
         changed.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         for (change, n) in changed {
-            println!("    {n:>8}  {change}");
+            out!("    {n:>8}  {change}")?;
         }
     }
-    println!("  rejections    {}", r.rejected);
+    out!("  rejections    {}", r.rejected)?;
     for (kind, n) in &r.errors {
-        println!("  errors        {n} {kind}");
+        out!("  errors        {n} {kind}")?;
     }
     if r.costed > 0 {
         let diff = r.cost_after - r.cost_before;
         let pct = if r.cost_before > 0.0 { diff / r.cost_before * 100.0 } else { 0.0 };
-        println!(
+        out!(
             "  cost          ${:.4} -> ${:.4} ({diff:+.4}, {pct:+.1}%) over {} records with token usage",
-            r.cost_before, r.cost_after, r.costed
-        );
+            r.cost_before,
+            r.cost_after,
+            r.costed
+        )?;
     }
-    println!("  decision time p50 {:.1} µs, p99 {:.1} µs", r.decision_us_p50, r.decision_us_p99);
+    out!("  decision time p50 {:.1} µs, p99 {:.1} µs", r.decision_us_p50, r.decision_us_p99)
 }

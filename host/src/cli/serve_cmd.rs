@@ -95,7 +95,7 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
         };
         let admin_task = if let Some(admin_addr) = state.config.admin.listen {
             let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("cannot listen on {admin_addr} (admin.listen)"))?;
-            println!("admin listening on http://{}", admin.local_addr()?);
+            super::announce(format_args!("admin listening on http://{}", admin.local_addr()?));
             let (gateway, token) = (gateway.clone(), state.config.admin.token.as_deref().map(Arc::from));
             let handler = move |request| switchyard::admin::handle(gateway.clone(), token.clone(), request);
             // The admin listener: few clients (a scraper, an operator).
@@ -112,7 +112,7 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
             None
         };
         // Printed last: scripts (and the tests) wait for this line.
-        println!("switchyard listening on http://{addr}");
+        super::announce(format_args!("switchyard listening on http://{addr}"));
         tracing::info!(%addr, config = %state.config.source, policies = ?gateway.registry().names(), "serving");
         let server = &state.config.server;
         let limits = Limits {
@@ -169,7 +169,7 @@ pub fn mock_upstream(args: MockArgs) -> anyhow::Result<ExitCode> {
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     tokio.block_on(async move {
         let listener = TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-        println!("mock upstream listening on http://{}", listener.local_addr()?);
+        super::announce(format_args!("mock upstream listening on http://{}", listener.local_addr()?));
         let settings = switchyard::mock_upstream::MockSettings { answer_tokens: args.tokens, latency_ms: args.latency_ms };
         switchyard::mock_upstream::run(listener, settings, shutdown_signal()).await;
         Ok(ExitCode::SUCCESS)
