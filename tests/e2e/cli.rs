@@ -103,6 +103,10 @@ fn every_wrong_input_gets_a_clear_error() {
         (vec!["policy", "eval", p, "--request", &bad_json, "--backends", &backends], "is not a valid request"),
         (vec!["policy", "eval", p, "--request", &req], "--backends"),
         (vec!["policy", "frobnicate"], "unrecognized subcommand"),
+        (vec!["policy", "status", "/no/such/dir"], "/no/such/dir: no such directory of policies"),
+        (vec!["config", "check", "/no/such/file.toml"], "/no/such/file.toml: cannot read: No such file"),
+        (vec!["probe", "notaurl"], "invalid value 'notaurl' for '[URL]': not a URL"),
+        (vec!["probe", "ftp://127.0.0.1/healthz"], "the scheme must be http or https, not `ftp`"),
     ];
     for (args, expected) in cases {
         let out = switchyard(&args);

@@ -68,18 +68,27 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct ProbeArgs {
-    /// The URL to GET.
-    #[arg(default_value = "http://127.0.0.1:8080/healthz")]
-    url: String,
+    /// The URL to GET (http or https).
+    #[arg(default_value = "http://127.0.0.1:8080/healthz", value_parser = http_url)]
+    url: reqwest::Url,
     /// Give up after this many ms.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
 }
 
+/// An absolute http or https URL, for clap.
+fn http_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("the scheme must be http or https, not `{other}`")),
+    }
+}
+
 fn probe(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_millis(args.timeout_ms)).build()?;
-    let answer = runtime.block_on(async { client.get(&args.url).send().await.map(|r| r.status()) });
+    let answer = runtime.block_on(async { client.get(args.url.clone()).send().await.map(|r| r.status()) });
     match answer {
         Ok(status) if status.is_success() => Ok(ExitCode::SUCCESS),
         Ok(status) => {

@@ -242,6 +242,7 @@ fn read_backends(path: &Path) -> anyhow::Result<(Vec<Backend>, Vec<BackendStats>
 }
 
 fn status(dir: &Path, no_cache: bool) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(dir.is_dir(), "{}: no such directory of policies", dir.display());
     let sources = PolicySources { dir: Some(dir.to_path_buf()), builtin: Vec::new(), trust: None };
     let registry = PolicyRegistry::open(runtime(no_cache)?, sources, Vec::new(), HashMap::new())?;
     let statuses = registry.statuses();

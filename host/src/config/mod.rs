@@ -33,7 +33,7 @@ pub const DEFAULT_CALL_DEADLINE_MS: u64 = 250;
 
 /// A configuration error: which file, which key, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {key}: {problem}")]
+#[error("{file}: {}{problem}", if key == "-" { String::new() } else { format!("{key}: ") })]
 pub struct ConfigError {
     /// The file (or `<embedded>`).
     pub file: String,
@@ -761,6 +761,10 @@ impl Config {
             let path = e.path().to_string();
             let e = e.into_inner();
             let at = e.span().map(|s| line_col(text, s.start)).map(|(line, col)| format!("line {line}, column {col}"));
+            // A value the parser itself refused (a number too large) has no
+            // path yet: the key is read off the line it is on.
+            let path =
+                if matches!(path.as_str(), "." | "") { e.span().and_then(|s| key_on_line(text, s.start)).unwrap_or(path) } else { path };
             let key = match (path.as_str(), at) {
                 ("." | "", Some(at)) => at,
                 ("." | "", None) => "-".to_owned(),
@@ -1097,6 +1101,30 @@ fn interpolate(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
     Ok(out)
 }
 
+/// The dotted key of the `key = value` line at `offset`, under the table
+/// header above it (`backends[1].weight`), for errors the TOML parser
+/// reports without a path. Best effort: `None` where the line is no
+/// simple assignment.
+fn key_on_line(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        return None;
+    }
+    // The nearest table header above, and for an array of tables its index.
+    let above = &text[..start];
+    let Some(header) = above.lines().rev().map(str::trim).find(|l| l.starts_with('[')) else { return Some(key.to_owned()) };
+    let table = header.trim_matches(|c| c == '[' || c == ']').trim();
+    if header.starts_with("[[") {
+        let index = above.lines().filter(|l| l.trim() == header).count().saturating_sub(1);
+        return Some(format!("{table}[{index}].{key}"));
+    }
+    Some(format!("{table}.{key}"))
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -1141,6 +1169,13 @@ mod tests {
     fn errors_name_the_file_the_key_and_the_problem() {
         let cases: &[(&str, &str, &str)] = &[
             ("[server]\nlisen = 1\n", "server.lisen (line 2, column 1)", "unknown field `lisen`"),
+            // Refused by the TOML parser itself, before any key is known.
+            ("[server]\nmax_connections = 99999999999999999999999\n", "server.max_connections (line 2, column 19)", "too large"),
+            (
+                "[[backends]]\nname = \"a\"\nprovider = \"mock\"\n[[backends]]\nname = \"b\"\nweight = 1e999999999\n",
+                "backends[1].weight (line 6",
+                "",
+            ),
             (
                 "[telemetry]\notlp_endpoint = \"collector:4318\"\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n",
                 "telemetry.otlp_endpoint",
