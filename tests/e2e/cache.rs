@@ -49,7 +49,7 @@ cache = {{ ttl_s = 60, mode = "all" }}
 [[routes]]
 model = "short"
 targets = ["a"]
-cache = {{ ttl_s = 1 }}
+cache = {{ ttl_s = 3 }}
 
 [[routes]]
 model = "tiny"
@@ -210,7 +210,7 @@ async fn entries_expire_and_large_answers_are_not_kept() {
     let body = request("short", "expire", false);
     assert_eq!(chat(&router, &body, &[]).await.header("x-switchyard-cache"), Some("miss"));
     assert_eq!(chat(&router, &body, &[]).await.header("x-switchyard-cache"), Some("hit"));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     assert_eq!(chat(&router, &body, &[]).await.header("x-switchyard-cache"), Some("miss"), "past its ttl_s");
     support::clear(&mock).await;
     // An answer over max_entry_bytes (64) is served, never kept.

@@ -179,25 +179,24 @@ async fn a_failing_observe_never_touches_a_request() {
     // Three traps and two loops: five failures in a row bench the policy's
     // background calls, so the next five outcomes are dropped, not run.
     let models = ["observe-trap", "observe-trap", "observe-trap", "observe-loop", "observe-loop"];
-    for model in models.iter().chain(&models) {
+    let mut stats = Value::Null;
+    for (i, model) in models.iter().chain(&models).enumerate() {
         let a =
             post(&router.url, "/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}), &[]).await;
         assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some("cheap")), "{model}: {}", a.body);
         assert!(a.json()["choices"][0]["message"]["content"].as_str().unwrap().starts_with("This is a mock answer"));
-        // One at a time: the outcome reaches the policy before the next request.
-        tokio::time::sleep(Duration::from_millis(if model.ends_with("loop") { 400 } else { 50 })).await;
+        // One at a time: the outcome is done with (failed or dropped) before the next request.
+        let started = Instant::now();
+        stats = loop {
+            let observer = policies(&router).await.into_iter().find(|p| p["name"] == "observer").unwrap();
+            let stats = observer["stats"].clone();
+            let done = stats["observe_failures"].as_u64().unwrap() + stats["observe_dropped"].as_u64().unwrap();
+            if done > i as u64 || started.elapsed() > Duration::from_secs(10) {
+                break stats;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
     }
-    let started = Instant::now();
-    let stats = loop {
-        let observer = policies(&router).await.into_iter().find(|p| p["name"] == "observer").unwrap();
-        let stats = observer["stats"].clone();
-        if stats["observe_failures"].as_u64().unwrap() + stats["observe_dropped"].as_u64().unwrap() >= 10
-            || started.elapsed() > Duration::from_secs(10)
-        {
-            break stats;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
     assert_eq!((stats["observe_failures"].as_u64(), stats["observe_dropped"].as_u64()), (Some(5), Some(5)), "{stats}\n{}", router.logs());
     router.until_logged("failed 5 times in a row: benched for 30 s", 1).await;
     // The policy still decides (its learning resumes after the bench).

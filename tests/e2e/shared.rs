@@ -46,6 +46,31 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Waits (up to 10 s) until every reservation on the store is settled:
+    /// a node sends its settlements after the answer, so they land a moment
+    /// later.
+    async fn until_settled(&self) {
+        let started = Instant::now();
+        loop {
+            let leases = self.cli(&["--scan", "--pattern", "switchyard:q:*:lease"]);
+            if leases.lines().all(|key| self.cli(&["ZCARD", key]) == "0") {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "reservations still unsettled: {leases}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (up to 10 s) until the store holds a cached answer: a node
+    /// writes it after answering.
+    async fn until_cached(&self) {
+        let started = Instant::now();
+        while self.cli(&["--scan", "--pattern", "switchyard:c:*"]).is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(10), "no cached answer reached the store");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn stop(mut self) -> u16 {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -323,7 +348,7 @@ async fn a_budget_spent_on_either_node_is_spent_for_both() {
         answered += 1;
         assert!(answered < 100, "the budget never ran out");
         // Settlement is on its way when the answer is; let it land.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        redis.until_settled().await;
     }
     let per_answer = spent / f64::from(answered);
     // Each answer failed over (two attempts): counted once, so the fleet
@@ -343,11 +368,12 @@ async fn failovers_and_rescues_settle_once_and_a_cached_answer_serves_both_nodes
     let redis = Redis::start(None);
     let (mock, a, b) = fleet(dir.path(), &redis, ["local", "local"]);
     // A failover on node a: two attempts, one settlement.
+    let started = Instant::now();
     let first = ask(&a, "key-tpm-0000", &hello("failover", "tokens once")).await;
     assert_eq!((first.status, first.header("x-switchyard-attempts")), (200, Some("2")), "{}", first.body);
     let reserved = 6000 - remaining_tokens(&first);
     let used = first.json()["usage"]["total_tokens"].as_u64().unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.until_settled().await;
     // A stream that breaks after 3 chunks and is rescued on another backend, on node b.
     let mut body = hello("rescue", "tokens once");
     body["stream"] = json!(true);
@@ -358,13 +384,14 @@ async fn failovers_and_rescues_settle_once_and_a_cached_answer_serves_both_nodes
     let usage =
         stream.events().iter().filter_map(|e| serde_json::from_str::<Value>(e).ok()).find_map(|c| c["usage"]["total_tokens"].as_u64());
     let stream_used = usage.expect("the rescued stream reports usage");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.until_settled().await;
     let third = ask(&a, "key-tpm-0000", &hello("chat", "after")).await;
     let expected = 6000 - used - stream_used - reserved;
     let left = remaining_tokens(&third);
-    // Refill: 100 tokens a second over the test's few hundred milliseconds.
+    // Refill: 100 tokens a second while the test ran.
+    let refilled = (started.elapsed().as_secs_f64() * 100.0).ceil() as u64 + 1;
     assert!(
-        (expected..=expected + 100).contains(&left),
+        (expected..=expected + refilled).contains(&left),
         "{left} left, expected {expected} (+ refill); reserved {reserved}/{reserved_stream}"
     );
 
@@ -373,8 +400,8 @@ async fn failovers_and_rescues_settle_once_and_a_cached_answer_serves_both_nodes
     let cold = json!({"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": "shared cache"}]});
     let miss = ask(&a, "key-free-000", &cold).await;
     assert_eq!(miss.header("x-switchyard-cache"), Some("miss"));
-    // The write to the store leaves after the answer: give it a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The write to the store leaves after the answer.
+    redis.until_cached().await;
     let hit = ask(&b, "key-free-000", &cold).await;
     assert_eq!(hit.header("x-switchyard-cache"), Some("hit"), "node b found node a's answer");
     assert_eq!(hit.json(), miss.json());

@@ -358,7 +358,7 @@ async fn routes_share_a_policy_file_with_their_own_configs_and_reload_alone() {
     let before = loads().await;
     assert_eq!(before.len(), 2, "one instance per route config: {before:?}");
 
-    std::fs::write(dir.path().join("switchyard.toml"), config("c")).unwrap();
+    support::replace_file(&dir.path().join("switchyard.toml"), &config("c"));
     let started = std::time::Instant::now();
     while first("one").await != "c" {
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "the new policy_config was not applied");

@@ -197,19 +197,30 @@ pub async fn received(mock: &Proc) -> Vec<serde_json::Value> {
     client().get(format!("{}/mock/requests", mock.url)).send().await.unwrap().json().await.unwrap()
 }
 
+/// Replaces the file at `path` with `text` at once (written beside it, then
+/// renamed), as an operator's deploy does: the router's watcher never reads
+/// it half written.
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 /// Forgets what the mock upstream received.
 pub async fn clear(mock: &Proc) {
     client().delete(format!("{}/mock/requests", mock.url)).send().await.unwrap();
 }
 
 /// The decision log's records at `path`, once there are at least `n` (or
-/// what there is after 5 s: the writer thread flushes every 200 ms).
+/// what there is after 10 s: the writer thread flushes every 200 ms).
+/// Only whole lines count: the last may be half written.
 pub async fn decision_records(path: &Path, n: usize) -> Vec<serde_json::Value> {
     let started = std::time::Instant::now();
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        if records.len() >= n || started.elapsed() > Duration::from_secs(5) {
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        let records: Vec<serde_json::Value> = whole.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        if records.len() >= n || started.elapsed() > Duration::from_secs(10) {
             return records;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
