@@ -269,7 +269,8 @@ mod tests {
 
     #[test]
     fn circuit_opens_probes_and_closes() {
-        let s = stats(3, 50);
+        // 500 ms open: the checks that it is open must fit in it on a busy machine.
+        let s = stats(3, 500);
         for _ in 0..2 {
             s.record_failure();
         }
@@ -277,13 +278,13 @@ mod tests {
         s.record_failure();
         assert_eq!(s.circuit_state(), CircuitState::Open);
         assert!(!s.admit());
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(600));
         assert_eq!(s.circuit_state(), CircuitState::HalfOpen);
         assert!(s.admit(), "the first probe goes through");
         assert!(!s.admit(), "one probe at a time");
         s.record_failure();
         assert_eq!(s.circuit_state(), CircuitState::Open, "a failed probe opens again");
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(600));
         assert!(s.admit());
         s.record_success(Duration::from_millis(5));
         assert_eq!(s.circuit_state(), CircuitState::Closed);

@@ -146,6 +146,10 @@ impl Lang {
 }
 
 fn build_polyglot(lang: Lang, source: &Path, out: &Path) -> std::path::PathBuf {
+    // One build at a time in a process: two tests asking for the same
+    // component must not both write it, nor read it half written.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let root = repo_root();
     let newest_source = std::fs::read_dir(source).unwrap().filter_map(|e| e.ok()?.metadata().ok()?.modified().ok()).max();
     let built = std::fs::metadata(out).and_then(|m| m.modified()).ok();
@@ -154,7 +158,10 @@ fn build_polyglot(lang: Lang, source: &Path, out: &Path) -> std::path::PathBuf {
     }
     require_toolchain(lang);
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let (wit, src, dst) = (root.join("wit"), source.to_str().unwrap(), out.to_str().unwrap());
+    // Built beside `out`, then renamed: an interrupted build leaves no
+    // truncated file that would count as built.
+    let partial = out.with_extension(format!("partial-{}.wasm", std::process::id()));
+    let (wit, src, dst) = (root.join("wit"), source.to_str().unwrap(), partial.to_str().unwrap());
     let mut build = match lang {
         Lang::Python => {
             command("componentize-py", &["-d", wit.to_str().unwrap(), "-w", "policy", "componentize", "app", "-p", src, "-o", dst])
@@ -163,6 +170,7 @@ fn build_polyglot(lang: Lang, source: &Path, out: &Path) -> std::path::PathBuf {
     };
     let status = build.status().unwrap();
     assert!(status.success(), "building the {lang:?} policy {} failed", source.display());
+    std::fs::rename(&partial, out).unwrap();
     out.to_owned()
 }
 

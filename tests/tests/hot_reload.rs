@@ -26,7 +26,9 @@ struct Fixture {
 fn fixture(layout: impl FnOnce(&Path)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     layout(dir.path());
-    let settings = RuntimeSettings { call_deadline: Duration::from_millis(50), cache_dir: None, ..RuntimeSettings::default() };
+    // A backstop of 1 s: a decider thread paused on a busy machine must not
+    // count as a failed decision.
+    let settings = RuntimeSettings { call_deadline: Duration::from_secs(1), cache_dir: None, ..RuntimeSettings::default() };
     let backends = eight_backends().backends;
     let sources = PolicySources { dir: Some(dir.path().to_path_buf()), builtin: vec![], trust: None };
     let registry = Arc::new(PolicyRegistry::open(PolicyRuntime::new(settings).unwrap(), sources, backends, HashMap::new()).unwrap());
@@ -115,11 +117,12 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Duration {
 /// the hostile fixture takes over with no failed decision. Returns the time
 /// from the swap to the first decision by the new version.
 fn swap_under_load(fx: &Fixture, swap: impl FnOnce(&Path)) -> Duration {
+    let old = cheapest_version();
     let deciders = start_deciders(&fx.registry, "p");
     std::thread::sleep(Duration::from_millis(100));
     let swapped_at = Instant::now();
     swap(fx.dir.path());
-    wait_until("new version serving", || fx.registry.get("p").is_some_and(|p| p.version() != cheapest_version()));
+    wait_until("new version serving", || fx.registry.get("p").is_some_and(|p| p.version() != old));
     std::thread::sleep(Duration::from_millis(100));
     let tally = deciders.finish();
     assert!(

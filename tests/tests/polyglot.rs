@@ -88,7 +88,8 @@ fn a_python_policy_hot_swaps_with_a_rust_one() {
         // Requests keep being served by the Rust version while the Python one loads.
         arm(registry.get("split").unwrap().decide(&as_user(Some("u1".into()), 1), &fleet.stats).unwrap());
         decisions += 1;
-        assert!(started.elapsed() < Duration::from_secs(60), "the Python version never took over: {:?}", registry.statuses());
+        // Generous: a cold compile of an 18 MB component on a busy 2-core machine.
+        assert!(started.elapsed() < Duration::from_secs(300), "the Python version never took over: {:?}", registry.statuses());
         std::thread::sleep(Duration::from_millis(5));
     }
     eprintln!("Python version serving {:?} after the swap ({decisions} decisions meanwhile)", started.elapsed());

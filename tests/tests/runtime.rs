@@ -9,14 +9,18 @@ use switchyard_tests::{artifacts, chat_request, eight_backends, read, Fleet};
 
 fn settings() -> RuntimeSettings {
     RuntimeSettings {
-        // Generous for loaded CI machines; the looping guest still stops fast.
-        call_deadline: Duration::from_millis(50),
+        // Generous for loaded CI machines (a paused thread is no failed
+        // decision); the backstop's own tests set 50 ms.
+        call_deadline: Duration::from_secs(1),
         init_deadline: Duration::from_millis(500),
         memory_limit: 16 << 20,
         cache_dir: None,
         ..RuntimeSettings::default()
     }
 }
+
+/// The wall-clock backstop in the tests of the backstop itself.
+const BACKSTOP: Duration = Duration::from_millis(50);
 
 fn runtime() -> PolicyRuntime {
     PolicyRuntime::new(settings()).unwrap()
@@ -199,7 +203,7 @@ fn an_infinite_loop_is_stopped_by_its_fuel() {
 
 #[test]
 fn the_backstop_holds_after_the_node_was_idle() {
-    let runtime = PolicyRuntime::new(RuntimeSettings { call_fuel: u64::MAX / 2, ..settings() }).unwrap();
+    let runtime = PolicyRuntime::new(RuntimeSettings { call_fuel: u64::MAX / 2, call_deadline: BACKSTOP, ..settings() }).unwrap();
     let policy = hostile(&runtime);
     // Past a second with no guest code running the epoch ticker sleeps; the
     // next call must wake it, or the loop would never be stopped.
@@ -214,7 +218,7 @@ fn the_backstop_holds_after_the_node_was_idle() {
 
 #[test]
 fn the_wall_clock_backstop_stops_what_fuel_does_not() {
-    let runtime = PolicyRuntime::new(RuntimeSettings { call_fuel: u64::MAX / 2, ..settings() }).unwrap();
+    let runtime = PolicyRuntime::new(RuntimeSettings { call_fuel: u64::MAX / 2, call_deadline: BACKSTOP, ..settings() }).unwrap();
     let policy = hostile(&runtime);
     let started = Instant::now();
     let err = policy.decide(&chat_request("loop", "x"), &eight_backends().stats).unwrap_err();
@@ -321,6 +325,7 @@ fn a_version_that_keeps_timing_out_is_quarantined() {
         quarantine_after: 2,
         quarantine_for: Duration::from_secs(60),
         call_fuel: u64::MAX / 2,
+        call_deadline: BACKSTOP,
         ..settings()
     })
     .unwrap();

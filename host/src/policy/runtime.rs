@@ -364,8 +364,11 @@ mod artifact_cache {
 
     pub(super) fn store(dir: &Path, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        // Write-then-rename, so a reader never sees half an artifact.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Write-then-rename, so a reader never sees half an artifact; a name
+        // of its own per process and call, as two threads may store one.
+        static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
         std::fs::write(&tmp, artifact)?;
         std::fs::rename(&tmp, path)
     }
@@ -434,6 +437,7 @@ mod tests {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         let ticker = super::EpochTicker::start(wasmtime::Engine::new(&config).unwrap()).unwrap();
+        // Generous bounds: on a busy machine a 1 ms tick's sleep takes several.
         let until = |asleep: bool, within: Duration| {
             let started = Instant::now();
             while ticker.is_sleeping() != asleep {
@@ -441,14 +445,14 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(5));
             }
         };
-        until(true, Duration::from_secs(5));
+        until(true, Duration::from_secs(30));
         let running = ticker.guest_running();
         until(false, Duration::from_secs(1));
         // A guest running for longer than the idle period keeps it awake.
         std::thread::sleep(super::EPOCH_TICK * (super::IDLE_TICKS_BEFORE_SLEEP + 200));
         assert!(!ticker.is_sleeping());
         drop(running);
-        until(true, Duration::from_secs(5));
+        until(true, Duration::from_secs(30));
         ticker.stop();
     }
 

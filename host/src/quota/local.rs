@@ -223,7 +223,9 @@ mod tests {
         // It used 10 tokens, not 60, and cost 0.6 of a dollar.
         books.settle(&a, Use { tokens: 10, nano_usd: 600_000_000 });
         let second = books.admit(&a).expect("admitted after settling");
-        assert_eq!(second.headers.tokens.map(|t| t.remaining), Some(130));
+        // (One token comes back every 300 ms: a paused test may see it.)
+        let remaining = second.headers.tokens.map(|t| t.remaining).unwrap();
+        assert!((130..=132).contains(&remaining), "{remaining}");
         let used = second.budget_used.expect("a budget");
         assert!((used - 0.6).abs() < 1e-6, "{used}");
         books.settle(&a, Use { tokens: 60, nano_usd: 500_000_000 });
