@@ -22,7 +22,7 @@ use crate::gateway::http::{constant_time_eq, error_response, json_response, Body
 use crate::gateway::Gateway;
 
 /// Answers one admin request; `token` is `admin.token` (None disables `/admin/*`).
-pub async fn handle(gateway: Arc<Gateway>, token: Option<Arc<str>>, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     match (method, path.as_str()) {
         (Method::GET, "/metrics") => {
@@ -38,8 +38,10 @@ pub async fn handle(gateway: Arc<Gateway>, token: Option<Arc<str>>, request: Req
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             json_response(status, Bytes::from(json!({"ready": ready, "draining": draining, "policies_not_loaded": missing}).to_string()))
         }
+        (method, "/metrics" | "/healthz" | "/readyz") => not_allowed(&method, &path, "GET"),
         (method, path) if path.starts_with("/admin/") => {
-            if let Err(e) = authorize(token.as_deref(), &request) {
+            // Read per request: a reloaded configuration's token applies at once.
+            if let Err(e) = authorize(gateway.admin_token().as_deref(), &request) {
                 return error_response(&e);
             }
             match (method, path) {
@@ -50,6 +52,9 @@ pub async fn handle(gateway: Arc<Gateway>, token: Option<Arc<str>>, request: Req
                     let query = request.uri().query().unwrap_or_default().to_owned();
                     policy_action(gateway, path.trim_start_matches("/admin/policies/"), &query).await
                 }
+                (method, "/admin/policies" | "/admin/backends") => not_allowed(&method, path, "GET"),
+                (method, "/admin/reload") => not_allowed(&method, path, "POST"),
+                (method, path) if path.starts_with("/admin/policies/") => not_allowed(&method, path, "POST"),
                 (method, path) => error_response(&GatewayError::unknown_url(method.as_str(), path)),
             }
         }
@@ -70,18 +75,26 @@ async fn policy_action(gateway: Arc<Gateway>, rest: &str, query: &str) -> Respon
         error.status = StatusCode::NOT_FOUND;
         return error_response(&error);
     }
-    let (name, action, query) = (name.to_owned(), action.to_owned(), query.to_owned());
+    // The request's own mistakes are 404 and 400; a 409 is a refusal of the policy's state.
+    let version = query.split('&').find_map(|kv| kv.strip_prefix("version=")).unwrap_or_default().to_owned();
+    match action {
+        "promote" | "rollback" => {}
+        "activate" if !version.is_empty() => {}
+        "activate" => return error_response(&GatewayError::bad_request("activate needs the version: activate?version=V", Some("version"))),
+        other => {
+            let mut error = GatewayError::bad_request(format!("unknown action `{other}`: promote, rollback or activate?version=V"), None);
+            error.status = StatusCode::NOT_FOUND;
+            return error_response(&error);
+        }
+    }
+    let (name, action) = (name.to_owned(), action.to_owned());
     let result = tokio::task::spawn_blocking(move || match action.as_str() {
         "promote" => gateway.promote(&name).map(|v| json!({"promoted": name, "serving": v})),
         "rollback" => {
             let canary = crate::policy::Candidate::Canary.name_for(&name);
             gateway.roll_back(&canary, "rolled back through the admin API").map(|()| json!({"rolled_back": canary}))
         }
-        "activate" => {
-            let version = query.split('&').find_map(|kv| kv.strip_prefix("version=")).unwrap_or_default().to_owned();
-            gateway.registry().activate(&name, &version).map(|p| json!({"activated": name, "serving": p.version()}))
-        }
-        other => Err(format!("unknown action `{other}`: promote, rollback or activate?version=V")),
+        _ => gateway.registry().activate(&name, &version).map(|p| json!({"activated": name, "serving": p.version()})),
     })
     .await;
     match result {
@@ -127,6 +140,14 @@ async fn reload(gateway: Arc<Gateway>) -> Response<Body> {
     }
 }
 
+/// 405 for a known path asked with another method, with the `Allow` header
+/// RFC 9110 asks for.
+fn not_allowed(method: &Method, path: &str, allow: &'static str) -> Response<Body> {
+    let mut response = error_response(&GatewayError::method_not_allowed(method.as_str(), path));
+    response.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 fn authorize(token: Option<&str>, request: &Request<Incoming>) -> Result<(), GatewayError> {
     let Some(token) = token else {
         let mut e = GatewayError::unauthorized();
@@ -134,7 +155,14 @@ fn authorize(token: Option<&str>, request: &Request<Incoming>) -> Result<(), Gat
         e.message = "the admin API is off: set admin.token in the configuration".into();
         return Err(e);
     };
-    let sent = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // The scheme's name is case-insensitive (RFC 9110, 11.1).
+    let sent = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim_start());
     match sent {
         Some(sent) if constant_time_eq(sent.as_bytes(), token.as_bytes()) => Ok(()),
         _ => {

@@ -206,11 +206,30 @@ async fn a_clean_canary_is_promoted_and_a_kept_version_comes_back() {
     assert_eq!((status, body["serving"].as_str()), (200, Some(stable.as_str())), "{body}");
     let a = post(&router.url, "/v1/chat/completions", &ask("u1"), &[]).await;
     assert!(a.header("x-switchyard-policy").unwrap().ends_with(&stable));
+    // A configuration reload that changes the backends reloads the version
+    // activated by hand with them, not the file's (before: the file's
+    // version came back silently).
+    let file = dir.path().join("switchyard.toml");
+    let config = std::fs::read_to_string(&file).unwrap();
+    support::replace_file(&file, &config.replace("output_price = 2.0", "output_price = 3.0"));
+    let (status, body) = admin_post(&router, "/admin/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let serving = policy(&router, "cheapest").await;
+    assert_eq!(serving["version"], stable.as_str(), "{serving}");
+    assert_eq!(serving["kept_versions"], json!([canary]), "{serving}");
+    let a = post(&router.url, "/v1/chat/completions", &ask("u1"), &[]).await;
+    assert!(a.header("x-switchyard-policy").unwrap().ends_with(&stable), "{:?}", a.header("x-switchyard-policy"));
+    router.until_logged("version activated by hand reloaded with the new configuration", 1).await;
     let (status, body) = admin_post(&router, "/admin/policies/cheapest/activate?version=0000").await;
     assert_eq!(status, 409);
     assert!(body["error"]["message"].as_str().unwrap().contains("no kept version 0000"), "{body}");
     let (status, body) = admin_post(&router, "/admin/policies/cheapest/rollback").await;
     assert_eq!((status, body["error"]["message"].as_str()), (409, Some("no canary `cheapest.canary` is serving")), "{body}");
+    // The request's own mistakes: no version, an action there is not.
+    let (status, body) = admin_post(&router, "/admin/policies/cheapest/activate").await;
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("version")), "{body}");
+    let (status, body) = admin_post(&router, "/admin/policies/cheapest/explode").await;
+    assert_eq!(status, 404, "{body}");
     // A policy the router does not know is not found, whatever the action.
     for action in ["rollback", "promote", "activate?version=0000"] {
         let (status, body) = admin_post(&router, &format!("/admin/policies/nope/{action}")).await;
@@ -218,6 +237,15 @@ async fn a_clean_canary_is_promoted_and_a_kept_version_comes_back() {
         assert!(body["error"]["message"].as_str().unwrap().contains("no policy `nope`"), "{body}");
     }
     assert_eq!(policy(&router, "cheapest").await["candidates"]["canary"]["state"], "promoted");
+
+    // The policy's file deleted: its requests are still served, by the
+    // version loaded (before: it was unloaded, and every request failed).
+    std::fs::remove_file(dir.path().join("policies/cheapest.wasm")).unwrap();
+    router.until_logged("policy file removed; the loaded version serves on", 1).await;
+    let a = post(&router.url, "/v1/chat/completions", &ask("u1"), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.header("x-switchyard-policy").unwrap().ends_with(&stable), "{:?}", a.header("x-switchyard-policy"));
+    assert_eq!(policy(&router, "cheapest").await["kept_versions"], json!([canary]));
 }
 
 #[tokio::test(flavor = "multi_thread")]

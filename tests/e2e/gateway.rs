@@ -518,6 +518,37 @@ async fn metrics_overhead_and_the_admin_api() {
     let reload = http.post(format!("{admin}/admin/reload")).header("authorization", bearer).send().await.unwrap();
     assert_eq!(reload.status(), 200);
     assert!(!router.logs().contains("admin-token-0123456789"));
+    // The scheme's name in any case; a known path with another method is a 405 that says which.
+    let lower = http.get(format!("{admin}/admin/policies")).header("authorization", "bearer admin-token-0123456789").send().await.unwrap();
+    assert_eq!(lower.status(), 200);
+    for (method, path, allow) in [("GET", "/admin/reload", "POST"), ("POST", "/metrics", "GET"), ("DELETE", "/admin/backends", "GET")] {
+        let r = http.request(method.parse().unwrap(), format!("{admin}{path}")).header("authorization", bearer).send().await.unwrap();
+        assert_eq!((r.status().as_u16(), r.headers().get("allow").and_then(|v| v.to_str().ok())), (405, Some(allow)), "{method} {path}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["type"], "invalid_request_error");
+    }
+    // A rotated token applies once the file is reloaded (by its watcher
+    // here): the old one is refused from then on.
+    let accepts = |token: &'static str| {
+        let (http, admin) = (http.clone(), admin.clone());
+        async move {
+            let started = Instant::now();
+            loop {
+                let r =
+                    http.get(format!("{admin}/admin/policies")).header("authorization", format!("Bearer {token}")).send().await.unwrap();
+                if r.status() == 200 {
+                    return;
+                }
+                assert!(started.elapsed() < Duration::from_secs(10), "`{token}` never accepted: {}", r.status());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    support::replace_file(&file, &config.replace("${ADMIN_TOKEN}", "admin-token-rotated-98765"));
+    accepts("admin-token-rotated-98765").await;
+    let old = http.get(format!("{admin}/admin/policies")).header("authorization", bearer).send().await.unwrap();
+    assert_eq!(old.status(), 401, "the old admin token still works after its rotation");
+    support::replace_file(&file, &config);
+    accepts("admin-token-0123456789").await;
 
     // Model names that only the catch-all route serves do not become label
     // values: a client cannot grow the metric series.

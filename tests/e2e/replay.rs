@@ -137,6 +137,24 @@ fn a_log_of_ten_thousand_records_replays_to_exact_numbers() {
     let args = ["replay", log.to_str().unwrap(), "--policy", policy, "--config", config.to_str().unwrap(), "--name", "other", "--json"];
     let report: Value = serde_json::from_slice(&switchyard(&args).stdout).unwrap();
     assert_eq!((report["replayed"].as_u64(), report["skipped"].as_u64()), (Some(0), Some(10_127)));
+    // With `--name`, a candidate takes that name's configuration, whatever
+    // its file is called (before: its file's stem's, so `ab_test.wasm`
+    // found no `[policies.config.ab]` and refused to start).
+    let ab = dir.path().join("ab.toml");
+    let arms = r#"arms = [{ name = "control", backend = "dear", weight = 50 }, { name = "cand", backend = "cheap", weight = 50 }]"#;
+    std::fs::write(&ab, format!("{CONFIG}\n[policies.config.ab]\n{arms}\n")).unwrap();
+    let out = switchyard(&[
+        "replay",
+        log.to_str().unwrap(),
+        "--policy",
+        artifacts::AB_TEST,
+        "--config",
+        ab.to_str().unwrap(),
+        "--name",
+        "ab",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // The human report says the same, and a gzipped log reads the same.
     let gz = dir.path().join("decisions.jsonl.gz");

@@ -229,6 +229,51 @@ async fn ab_test_is_sticky_per_user_and_labels_the_arm() {
     assert_eq!(arms.len(), 2, "12 users all landed in one arm: {arms:?}");
 }
 
+/// A reload removes a backend that the policy's configuration names: the
+/// policy refuses the new configuration and its version serves on. Its
+/// choice of the removed backend is skipped (its next target serves) and
+/// the decision log says which was skipped (`decision.gone`), so the
+/// record is not the policy's decision rewritten.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_the_configuration_no_longer_has_is_skipped_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::copy(artifacts::AB_TEST, dir.path().join("policies/ab.wasm")).unwrap();
+    let arms =
+        "arms = [{ name = \"control\", backend = \"model-a\", weight = 50 }, { name = \"candidate\", backend = \"model-b\", weight = 50 }]";
+    let toml = |b_name: &str| {
+        format!(
+            "[decision_log]\npath = \"decisions.jsonl\"\n[policies]\ndir = \"policies\"\n[policies.config.ab]\n{arms}\n[[routes]]\nmodel = \"auto\"\npolicy = \"ab\"\n{}{}",
+            backend("model-a", &mock, "a", ""),
+            backend(b_name, &mock, "b", "")
+        )
+    };
+    let router = router(dir.path(), &toml("model-b"), &[]);
+    // A user on the candidate arm (sticky by user).
+    let (mut candidate, mut asked) = (None, 0);
+    for u in 0..40 {
+        asked += 1;
+        let body = json!({"model": "auto", "user": format!("user-{u}"), "messages": [{"role": "user", "content": "hi"}]});
+        let a = post(&router.url, "/v1/chat/completions", &body, &[]).await;
+        if a.header("x-switchyard-labels").unwrap_or_default().contains("arm=candidate") {
+            assert_eq!(a.header("x-switchyard-backend"), Some("model-b"));
+            candidate = Some(body);
+            break;
+        }
+    }
+    let body = candidate.expect("no user on the candidate arm");
+    support::replace_file(&dir.path().join("switchyard.toml"), &toml("model-b2"));
+    router.until_logged("configuration reloaded", 1).await;
+    let a = post(&router.url, "/v1/chat/completions", &body, &[]).await;
+    assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some("model-a")), "{}", a.body);
+    let records = support::decision_records(&dir.path().join("decisions.jsonl"), asked + 1).await;
+    let last = records.last().expect("the request's record");
+    assert_eq!(last["backend"], "model-a", "{last}");
+    assert_eq!(last["decision"]["gone"], json!(["model-b"]), "{last}");
+    assert_eq!(last["decision"]["labels"]["arm"], "candidate", "{last}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn fallback_cheaper_falls_back_in_price_order() {
     let dir = tempfile::tempdir().unwrap();

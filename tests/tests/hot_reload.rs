@@ -259,20 +259,31 @@ fn a_refused_config_keeps_the_previous_version() {
     assert_eq!(fx.registry.get("p").unwrap().backends().len(), 2);
 }
 
+/// New files load. A policy whose file is removed serves on (its routes'
+/// requests must not fail for a mistaken delete); a candidate whose file is
+/// removed stops.
 #[test]
-fn new_files_load_and_removed_files_unload() {
+fn new_files_load_and_a_removed_file_stops_only_a_candidate() {
     let fx = fixture(|_| {});
     assert!(fx.registry.names().is_empty());
     std::fs::write(fx.dir.path().join("README.md"), "not a policy").unwrap();
     write_then_rename(&fx.dir.path().join("new.wasm"), &read(artifacts::CHEAPEST_HEALTHY));
-    wait_until("new policy loaded", || fx.registry.get("new").is_some());
-    assert_eq!(fx.registry.names(), ["new"]);
-    let held = fx.registry.get("new").unwrap();
+    write_then_rename(&fx.dir.path().join("new.canary.wasm"), &read(artifacts::CHEAPEST_HEALTHY));
+    wait_until("new policy and its canary loaded", || fx.registry.names() == ["new", "new.canary"]);
+    let version = fx.registry.get("new").unwrap().version().to_owned();
+    std::fs::remove_file(fx.dir.path().join("new.canary.wasm")).unwrap();
     std::fs::remove_file(fx.dir.path().join("new.wasm")).unwrap();
-    wait_until("removed policy unloaded", || fx.registry.get("new").is_none());
-    assert!(fx.registry.statuses().is_empty());
-    // A request that held the version finishes on it.
-    assert!(held.decide(&chat_request("auto", "hi"), &eight_backends().stats).is_ok());
+    wait_until("the removed canary stopped", || fx.registry.get("new.canary").is_none());
+    fx.registry.rescan();
+    let serving = fx.registry.get("new").expect("the removed policy serves on");
+    assert_eq!(serving.version(), version);
+    assert!(serving.decide(&chat_request("auto", "hi"), &eight_backends().stats).is_ok());
+    assert_eq!(fx.registry.statuses().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["new"]);
+    // The file back, the same bytes: the same version, not a reload.
+    write_then_rename(&fx.dir.path().join("new.wasm"), &read(artifacts::CHEAPEST_HEALTHY));
+    fx.registry.rescan();
+    assert_eq!(fx.registry.get("new").unwrap().version(), version);
+    assert_eq!(fx.registry.statuses()[0].loads, 1, "{:?}", fx.registry.statuses());
 }
 
 #[test]

@@ -31,7 +31,8 @@ pub struct ReplayArgs {
     #[arg(long)]
     against: Option<PathBuf>,
     /// Only the records decided by this policy (as the log names it), when
-    /// the log holds several routes' decisions.
+    /// the log holds several routes' decisions; the candidates then take
+    /// this name's `[policies.config.NAME]` (else their file's name's).
     #[arg(long)]
     name: Option<String>,
     /// The report as JSON.
@@ -46,7 +47,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     // The router's own limits (fuel, memory, backstop) for the candidates.
     let runtime = PolicyRuntime::new(super::serve_cmd::runtime_settings(&config))?;
     let load = |file: &Path, own: Option<&Path>| -> anyhow::Result<std::sync::Arc<LoadedPolicy>> {
-        let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("policy").to_owned();
+        let stem = || file.file_stem().and_then(|s| s.to_str()).unwrap_or("policy").to_owned();
+        let name = args.name.clone().unwrap_or_else(stem);
         let policy_config = match own {
             Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read the policy config {}", path.display()))?,
             None => configs.get(&name).cloned().unwrap_or_else(|| EMPTY_CONFIG.to_owned()),

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -96,8 +95,8 @@ pub fn serve(args: ServeArgs, log_format: super::LogFormat) -> anyhow::Result<Ex
         let admin_task = if let Some(admin_addr) = state.config.admin.listen {
             let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("cannot listen on {admin_addr} (admin.listen)"))?;
             super::announce(format_args!("admin listening on http://{}", admin.local_addr()?));
-            let (gateway, token) = (gateway.clone(), state.config.admin.token.as_deref().map(Arc::from));
-            let handler = move |request| switchyard::admin::handle(gateway.clone(), token.clone(), request);
+            let gateway = gateway.clone();
+            let handler = move |request| switchyard::admin::handle(gateway.clone(), request);
             // The admin listener: few clients (a scraper, an operator).
             let server = &state.config.server;
             let limits = Limits {

@@ -427,6 +427,7 @@ async fn proxy(
         let notable = !status.is_success()
             || plan.policy_error.is_some()
             || plan.refusal.is_some()
+            || !plan.gone.is_empty()
             || finished.attempts > 1
             || !finished.failures.is_empty();
         (log.clone(), record, notable)
@@ -640,6 +641,10 @@ fn decision_record(log: &DecisionLog, plan: &Plan, inbound: &InboundRequest, w: 
             json!({"targets": targets, "labels": labels})
         }
     };
+    if !plan.gone.is_empty() {
+        // Chosen by the policy, skipped: this configuration no longer has them.
+        decision["gone"] = json!(plan.gone);
+    }
     if let Some(e) = &plan.policy_error {
         // The targets or the rejection above are then the route's, not the policy's.
         decision["policy_error"] = json!({"kind": e.kind().as_str(), "message": e.message()});

@@ -318,6 +318,12 @@ impl Gateway {
         self.state.load_full()
     }
 
+    /// `admin.token` now: a reload that changes it applies to the next
+    /// admin request.
+    pub fn admin_token(&self) -> Option<String> {
+        self.state.load().config.admin.token.clone()
+    }
+
     /// `server.max_headers` now (no reference count taken: read per request).
     pub fn max_headers(&self) -> usize {
         self.state.load().config.server.max_headers
@@ -471,6 +477,13 @@ impl Gateway {
         }
         if config.shared != old.config.shared || config.cache != old.config.cache {
             tracing::warn!(file = %config.source, "[shared] and [cache] changes take effect after a restart");
+        }
+        // (admin.token is read per request: it changes at once.)
+        if config.decision_log != old.config.decision_log
+            || config.telemetry != old.config.telemetry
+            || config.admin.listen != old.config.admin.listen
+        {
+            tracing::warn!(file = %config.source, "[decision_log], [telemetry] and admin.listen changes take effect after a restart");
         }
         let state = build_state(config, &self.stats, Some(&old))?;
         let backends = state.upstreams.iter().map(|u| u.contract()).collect();

@@ -40,6 +40,9 @@ pub(super) struct Plan {
     /// The policy's own first target, before backends this configuration
     /// no longer has were dropped: what a shadow is compared with.
     pub decided_first: Option<String>,
+    /// Backends the policy chose that this configuration no longer has
+    /// (its version was loaded before a reload): skipped, and recorded.
+    pub gone: Vec<String>,
 }
 
 impl Plan {
@@ -56,6 +59,7 @@ impl Plan {
             instance: None,
             canary: None,
             decided_first: None,
+            gone: Vec::new(),
         }
     }
 }
@@ -121,13 +125,17 @@ pub(super) async fn plan(
             if let Some(arm) = &canary {
                 route.labels.push(("canary".into(), if arm.candidate { "candidate" } else { "stable" }.into()));
             }
+            let mut gone = Vec::new();
             let targets = route
                 .targets
                 .into_iter()
                 .filter_map(|t| {
                     // A backend the current configuration no longer has is
                     // skipped: the version was loaded before a reload.
-                    let upstream = state.by_name.get(&t.backend).map(|&i| &state.upstreams[i])?;
+                    let Some(upstream) = state.by_name.get(&t.backend).map(|&i| &state.upstreams[i]) else {
+                        gone.push(t.backend);
+                        return None;
+                    };
                     Some(target(upstream, t.model))
                 })
                 .collect();
@@ -142,6 +150,7 @@ pub(super) async fn plan(
                 instance: Some(instance.clone()),
                 canary,
                 decided_first,
+                gone,
             })
         }
         Ok((Decision::Reject { status, message }, stats)) => Ok(Plan {
@@ -155,6 +164,7 @@ pub(super) async fn plan(
             instance: Some(instance.clone()),
             canary,
             decided_first: None,
+            gone: Vec::new(),
         }),
         Err(error) => {
             let mut plan = policy_failed(state, instance, on_policy_error, route.rescue, metrics, &inbound.view.id, error);
@@ -201,6 +211,7 @@ fn policy_failed(
         instance: None,
         canary: None,
         decided_first: None,
+        gone: Vec::new(),
     }
 }
 

@@ -64,7 +64,8 @@ pub struct RescanReport {
     pub loaded: Vec<String>,
     /// Names whose new file failed; the previous version (if any) still serves.
     pub failed: Vec<String>,
-    /// Names whose file disappeared and which no longer serve.
+    /// Candidates (shadow, canary) whose file disappeared: they no longer
+    /// run. A policy whose file disappears keeps serving its loaded version.
     pub unloaded: Vec<String>,
 }
 
@@ -91,6 +92,10 @@ struct Entry {
     kept: std::collections::VecDeque<Arc<LoadedPolicy>>,
     /// Digest and signer of each version serving or kept, by version.
     provenance: HashMap<String, (String, Option<String>)>,
+    /// The version serving was activated by hand: a reload with new inputs
+    /// (configuration, backends) reloads it, not the file, until the file
+    /// changes.
+    activated: bool,
 }
 
 /// Where policies come from.
@@ -266,6 +271,7 @@ impl PolicyRegistry {
             return Err(format!("`{name}` changed while version {version} was warming; try again"));
         }
         entry.kept.retain(|p| p.version() != version);
+        entry.activated = true;
         if let Some(current) = current {
             current.cool();
             entry.kept.push_front(current);
@@ -370,6 +376,7 @@ impl PolicyRegistry {
                 tried: None,
                 kept: std::collections::VecDeque::new(),
                 provenance: HashMap::new(),
+                activated: false,
             });
             entry.status.file = path.clone();
             let trust = self.sources.trust.as_deref().filter(|_| matches!(file, PolicyFile::Path(_)));
@@ -380,6 +387,32 @@ impl PolicyRegistry {
             let inputs_changed = entry.tried.as_ref().is_some_and(|(_, c, g)| c != config || *g != generation);
             if stamp.is_some() && stamp == entry.stamp && !inputs_changed {
                 continue;
+            }
+            if entry.activated && stamp == entry.stamp {
+                // New inputs for a version activated by hand: it gets them,
+                // and serves on until its file changes.
+                if let Some(current) = serving.get(name).cloned() {
+                    entry.tried = entry.tried.take().map(|(hash, _, _)| (hash, config.to_owned(), generation));
+                    match current.reinit(config, backends) {
+                        Ok(policy) => {
+                            tracing::info!(policy = %name, version = %policy.version(), "version activated by hand reloaded with the new configuration (it serves until its file changes)");
+                            entry.status.loaded_at = Some(policy.loaded_at());
+                            entry.status.last_error = None;
+                            entry.status.failed_at = None;
+                            entry.status.loads += 1;
+                            if let Some(previous) = serving.insert(name.clone(), policy) {
+                                previous.cool();
+                            }
+                            changed = true;
+                            report.loaded.push(name.clone());
+                        }
+                        Err(e) => {
+                            record_failure(entry, e);
+                            report.failed.push(name.clone());
+                        }
+                    }
+                    continue;
+                }
             }
             let read = match file {
                 PolicyFile::Path(path) => std::fs::read(path).map(std::borrow::Cow::Owned),
@@ -440,6 +473,7 @@ impl PolicyRegistry {
                     entry.status.last_error = None;
                     entry.status.failed_at = None;
                     entry.status.loads += 1;
+                    entry.activated = false;
                     let loaded = policy.version().to_owned();
                     if let Some(previous) = serving.insert(name.clone(), policy) {
                         previous.cool();
@@ -464,9 +498,20 @@ impl PolicyRegistry {
 
         let gone: Vec<String> = entries.keys().filter(|n| !files.contains_key(*n)).cloned().collect();
         for name in gone {
+            // A policy routes requests: losing its file (a mistaken delete,
+            // a deploy's gap) must not fail them. It serves on, with its
+            // kept versions, until a new file or a restart. A candidate's
+            // file going is how it is stopped.
+            if Candidate::base_of(&name).is_none() && serving.contains_key(&name) {
+                let entry = entries.get_mut(&name).expect("a name listed from the entries");
+                if entry.stamp.take().is_some() {
+                    tracing::warn!(policy = %name, "policy file removed; the loaded version serves on until a new file or a restart (to retire a policy, remove its routes)");
+                }
+                continue;
+            }
             entries.remove(&name);
             if serving.remove(&name).is_some() {
-                tracing::info!(policy = %name, "policy file removed; policy unloaded");
+                tracing::info!(policy = %name, "candidate's file removed; it no longer runs");
                 changed = true;
                 report.unloaded.push(name);
             }

@@ -21,6 +21,7 @@ use crate::contract::{self, idle_stats, Backend, BackendStats, Outcome, Request}
 
 /// A linked component, ready to instantiate: of the current world, or of
 /// 0.1 (served through `compat.rs`).
+#[derive(Clone)]
 pub(crate) enum Pre {
     Current(PolicyBindingsPre<InstanceState>),
     V0_1(v0_1::PolicyPre<InstanceState>),
@@ -131,6 +132,24 @@ struct Counters {
 }
 
 impl LoadedPolicy {
+    /// This version's code with another configuration or other backends:
+    /// `init`, the probe and the warm pool again (a version activated by
+    /// hand, given a reload's new inputs). The version string stays: it
+    /// names the code.
+    pub(crate) fn reinit(&self, config: &str, backends: &[Backend]) -> Result<Arc<LoadedPolicy>, PolicyError> {
+        let policy = Arc::new(LoadedPolicy::new(
+            self.runtime.clone(),
+            &self.name,
+            self.version.clone(),
+            config,
+            backends,
+            self.pre.clone(),
+            self.state.clone(),
+        ));
+        policy.probe_and_warm()?;
+        Ok(policy)
+    }
+
     pub(crate) fn new(
         runtime: PolicyRuntime,
         name: &str,
