@@ -99,7 +99,11 @@ fn print_report(r: &ReplayReport, args: &ReplayArgs, against: bool) -> std::io::
     let baseline = if against { "the --against policy" } else { "the logged decisions" };
     out!("replayed {} of {} records through {} (against {baseline})", r.replayed, r.records, args.policy.display())?;
     if r.skipped > 0 {
-        out!("  skipped       {} (not decided by a policy: direct, targets or split routes, or a failed policy)", r.skipped)?;
+        let other = if args.name.is_some() { ", or by another policy than --name's" } else { "" };
+        out!(
+            "  skipped       {} (not decided by a policy: direct, targets or split routes, a failed policy, shadow records{other})",
+            r.skipped
+        )?;
     }
     if r.unreadable > 0 {
         out!("  unreadable    {} lines", r.unreadable)?;
