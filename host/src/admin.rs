@@ -21,7 +21,7 @@ use crate::error::GatewayError;
 use crate::gateway::http::{constant_time_eq, error_response, json_response, Body};
 use crate::gateway::Gateway;
 
-/// Answers one admin request; `token` is `admin.token` (None disables `/admin/*`).
+/// Answers one admin request; `/admin/*` takes the `admin.token` serving now (none: off).
 pub async fn handle(gateway: Arc<Gateway>, request: Request<Incoming>) -> Response<Body> {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     match (method, path.as_str()) {

@@ -258,15 +258,15 @@ async fn concurrency_counts_a_stream_until_it_ends_or_its_client_leaves() {
     let (_mock, router) = start(dir.path());
     // A slow stream (20 events 100 ms apart) holds the one slot.
     let slow = json!({"model": "slow", "stream": true, "messages": [{"role": "user", "content": "one two three four five six seven eight nine ten eleven twelve"}]});
-    let url = router.url.clone();
     // Its headers come once it is admitted and streaming.
-    let held = support::client()
-        .post(format!("{url}/v1/chat/completions"))
-        .header("authorization", "Bearer key-conc-000")
-        .json(&slow)
-        .send()
-        .await
-        .unwrap();
+    let stream_slowly = || {
+        support::client()
+            .post(format!("{}/v1/chat/completions", router.url))
+            .header("authorization", "Bearer key-conc-000")
+            .json(&slow)
+            .send()
+    };
+    let held = stream_slowly().await.unwrap();
     let refused = ask(&router, "key-conc-000", hello("chat", None)).await;
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert!(refused.json()["error"]["message"].as_str().unwrap().contains("in flight"), "{}", refused.body);
@@ -275,13 +275,7 @@ async fn concurrency_counts_a_stream_until_it_ends_or_its_client_leaves() {
     assert_eq!(ask(&router, "key-conc-000", hello("chat", None)).await.status, 200, "the slot is free once the stream ended");
 
     // A client that leaves mid-stream frees the slot too.
-    let response = support::client()
-        .post(format!("{url}/v1/chat/completions"))
-        .header("authorization", "Bearer key-conc-000")
-        .json(&slow)
-        .send()
-        .await
-        .unwrap();
+    let response = stream_slowly().await.unwrap();
     assert_eq!(response.status(), 200);
     drop(response);
     let mut freed = false;
