@@ -206,7 +206,8 @@ fn policies(gateway: &Gateway) -> serde_json::Value {
                 "failed_at": unix(s.failed_at),
                 "stats": calls,
                 "kept_versions": s.kept,
-                "candidates": crate::gateway::candidates::admin_json(gateway.candidates(), &s.name),
+                "activated_by_hand": s.activated_by_hand,
+                "candidates": crate::gateway::candidates::admin_json(gateway.candidates(), registry, &s.name),
             })
         })
         .collect();

@@ -98,8 +98,8 @@ async fn a_shadow_is_compared_and_never_changes_an_answer() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(
-        (shadow["differed"].as_u64(), shadow["agreed"].as_u64(), shadow["failed"].as_u64()),
-        (Some(20), Some(0), Some(0)),
+        (shadow["differed"].as_u64(), shadow["agreed"].as_u64(), shadow["failed"].as_u64(), shadow["running"].as_bool()),
+        (Some(20), Some(0), Some(0), Some(true)),
         "{shadow}"
     );
     let records = support::decision_records(&dir.path().join("decisions.jsonl"), 40).await;
@@ -109,6 +109,11 @@ async fn a_shadow_is_compared_and_never_changes_an_answer() {
     let metrics =
         support::client().get(format!("{}/metrics", router.admin_url.as_ref().unwrap())).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"switchyard_shadow_decisions_total{policy="cheapest.shadow",result="differed"} 20"#), "{metrics}");
+    // Its file removed, the shadow stops; its last tally stays, marked as not running.
+    std::fs::remove_file(dir.path().join("policies/cheapest.shadow.wasm")).unwrap();
+    router.until_logged("candidate's file removed; it no longer runs", 1).await;
+    let shadow = policy(&router, "cheapest").await["candidates"]["shadow"].clone();
+    assert_eq!((shadow["differed"].as_u64(), shadow["running"].as_bool()), (Some(20), Some(false)), "{shadow}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -198,6 +203,7 @@ async fn a_clean_canary_is_promoted_and_a_kept_version_comes_back() {
     let promoted = policy(&router, "cheapest").await;
     assert_eq!(promoted["version"], canary.as_str());
     assert_eq!(promoted["kept_versions"], json!([stable]), "{promoted}");
+    assert_eq!(promoted["activated_by_hand"], false, "{promoted}");
     let a = post(&router.url, "/v1/chat/completions", &ask("u1"), &[]).await;
     assert!(a.header("x-switchyard-policy").unwrap().ends_with(&canary), "{:?}", a.header("x-switchyard-policy"));
 
@@ -217,6 +223,7 @@ async fn a_clean_canary_is_promoted_and_a_kept_version_comes_back() {
     let serving = policy(&router, "cheapest").await;
     assert_eq!(serving["version"], stable.as_str(), "{serving}");
     assert_eq!(serving["kept_versions"], json!([canary]), "{serving}");
+    assert_eq!(serving["activated_by_hand"], true, "{serving}");
     let a = post(&router.url, "/v1/chat/completions", &ask("u1"), &[]).await;
     assert!(a.header("x-switchyard-policy").unwrap().ends_with(&stable), "{:?}", a.header("x-switchyard-policy"));
     router.until_logged("version activated by hand reloaded with the new configuration", 1).await;

@@ -376,8 +376,14 @@ fn spawn_blocking(f: impl FnOnce() + Send + 'static) {
 }
 
 /// The JSON of the candidates beside `name`, for `/admin/policies`.
-pub fn admin_json(candidates: &Candidates, name: &str) -> Value {
-    let shadow = candidates.shadow_tally(&Candidate::Shadow.name_for(name));
+pub fn admin_json(candidates: &Candidates, registry: &PolicyRegistry, name: &str) -> Value {
+    let shadow_name = Candidate::Shadow.name_for(name);
+    // A tally outlives its shadow (its last figures stay to be read): `running` says which.
+    let shadow = candidates.shadow_tally(&shadow_name).map(|tally| {
+        let mut shown = json!(tally);
+        shown["running"] = json!(registry.get(&shadow_name).is_some());
+        shown
+    });
     let canary = candidates.canary_book(&Candidate::Canary.name_for(name));
     json!({"shadow": shadow, "canary": canary})
 }

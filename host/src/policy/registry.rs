@@ -55,6 +55,11 @@ pub struct PolicyStatus {
     pub signed_by: Option<String>,
     /// New versions refused for their signature since start.
     pub signature_refusals: u64,
+    /// The serving version was activated by hand
+    /// ([`PolicyRegistry::activate`]): a reload with new inputs
+    /// (configuration, backends) reloads it, not the file, until the file
+    /// changes.
+    pub activated_by_hand: bool,
 }
 
 /// What one rescan of the directory did.
@@ -92,10 +97,6 @@ struct Entry {
     kept: std::collections::VecDeque<Arc<LoadedPolicy>>,
     /// Digest and signer of each version serving or kept, by version.
     provenance: HashMap<String, (String, Option<String>)>,
-    /// The version serving was activated by hand: a reload with new inputs
-    /// (configuration, backends) reloads it, not the file, until the file
-    /// changes.
-    activated: bool,
 }
 
 /// Where policies come from.
@@ -271,7 +272,7 @@ impl PolicyRegistry {
             return Err(format!("`{name}` changed while version {version} was warming; try again"));
         }
         entry.kept.retain(|p| p.version() != version);
-        entry.activated = true;
+        entry.status.activated_by_hand = true;
         if let Some(current) = current {
             current.cool();
             entry.kept.push_front(current);
@@ -371,12 +372,12 @@ impl PolicyRegistry {
                     digest: None,
                     signed_by: None,
                     signature_refusals: 0,
+                    activated_by_hand: false,
                 },
                 stamp: None,
                 tried: None,
                 kept: std::collections::VecDeque::new(),
                 provenance: HashMap::new(),
-                activated: false,
             });
             entry.status.file = path.clone();
             let trust = self.sources.trust.as_deref().filter(|_| matches!(file, PolicyFile::Path(_)));
@@ -388,7 +389,7 @@ impl PolicyRegistry {
             if stamp.is_some() && stamp == entry.stamp && !inputs_changed {
                 continue;
             }
-            if entry.activated && stamp == entry.stamp {
+            if entry.status.activated_by_hand && stamp == entry.stamp {
                 // New inputs for a version activated by hand: it gets them,
                 // and serves on until its file changes.
                 if let Some(current) = serving.get(name).cloned() {
@@ -473,7 +474,7 @@ impl PolicyRegistry {
                     entry.status.last_error = None;
                     entry.status.failed_at = None;
                     entry.status.loads += 1;
-                    entry.activated = false;
+                    entry.status.activated_by_hand = false;
                     let loaded = policy.version().to_owned();
                     if let Some(previous) = serving.insert(name.clone(), policy) {
                         previous.cool();
