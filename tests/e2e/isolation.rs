@@ -164,6 +164,8 @@ async fn guest_output_never_reaches_a_request_in_any_language() {
     }
 }
 
+const ADMIN_TOKEN: &str = "isolation-admin-token";
+
 /// A router over a public and a private backend (public first, so the old
 /// fall-open to configuration order would pick it), with the hostile fixture
 /// on a rejecting route and a route that falls back to the private backend.
@@ -172,7 +174,7 @@ fn fail_closed_router(dir: &Path, mock: &Proc, policies: &str) -> Proc {
     install(dir, "hostile-fallback", Path::new(artifacts::HOSTILE));
     install(dir, "private-data", Path::new(artifacts::PRIVATE_DATA));
     let config = format!(
-        "[policies]\ndir = \"policies\"\n{policies}\n[decision_log]\npath = \"decisions.jsonl\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+        "[policies]\ndir = \"policies\"\n{policies}\n[decision_log]\npath = \"decisions.jsonl\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n\
          [[routes]]\nmodel = \"reject-route\"\npolicy = \"hostile\"\n\
          [[routes]]\nmodel = \"fallback-route\"\npolicy = \"hostile-fallback\"\non_policy_error = [\"private\"]\n\
          [[routes]]\nmodel = \"pd\"\npolicy = \"private-data\"\n\
@@ -274,6 +276,62 @@ async fn a_quarantined_policy_fails_closed_too() {
     force(&router, "ok", "quarantined").await;
     for r in received(&mock).await {
         assert_ne!(r["model"], "public-model", "a prompt reached the public backend: {r}");
+    }
+}
+
+/// Guest code that runs long (a loop that only its backstop ends) never
+/// holds up the router's other connections, wherever decisions run: on the
+/// workers it yields to them at every epoch tick, with `decide_on =
+/// "threads"` it runs on threads of its own. Past `threads` decisions at
+/// once and `queue` waiting, a decision fails at once as overloaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_running_long_never_holds_up_other_requests() {
+    // More loops at once than the router has workers (one per core), on machines of up to 8 cores.
+    const LOOPS: usize = 8;
+    for decide_on in ["worker", "threads"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mock = mock_upstream(dir.path());
+        let policies =
+            format!("decide_on = \"{decide_on}\"\nthreads = {LOOPS}\nqueue = 1\ncall_fuel = 100000000000\ncall_deadline_ms = 1000");
+        let router = fail_closed_router(dir.path(), &mock, &policies);
+        // LOOPS run, one waits, one is refused.
+        let loops: Vec<_> = (0..LOOPS + 2)
+            .map(|_| {
+                let url = router.url.clone();
+                tokio::spawn(async move {
+                    post(&url, "/v1/chat/completions", &ask("fallback-route", "x"), &[("x-switchyard-mode", "loop")]).await
+                })
+            })
+            .collect();
+        let admin = router.admin_url.clone().unwrap();
+        eventually(30, &format!("{decide_on}: every loop to be under way"), || {
+            let admin = admin.clone();
+            async move {
+                let status = support::admin_json(&admin, "/admin/policies", ADMIN_TOKEN).await;
+                let policy = status["policies"].as_array().unwrap().iter().find(|p| p["name"] == "hostile-fallback").cloned().unwrap();
+                policy["stats"]["calls"].as_u64() >= Some(LOOPS as u64)
+            }
+        })
+        .await;
+        // Requests that need no policy are answered while every loop still runs.
+        for i in 0..5 {
+            let a = post(&router.url, "/v1/chat/completions", &ask("public-model", "hello"), &[]).await;
+            assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some("public")), "{decide_on} #{i}: {}", a.body);
+        }
+        let ended = loops.iter().filter(|l| l.is_finished()).count();
+        assert!(ended <= 1, "{decide_on}: {ended} loops ended before the other requests were answered (only the refused one may)");
+        let mut labelled = Vec::new();
+        for l in loops {
+            let a = l.await.unwrap();
+            assert_eq!(a.header("x-switchyard-backend"), Some("private"), "{decide_on}: {}", a.body);
+            labelled.push(labels(&a).to_owned());
+        }
+        let count = |label: &str| labelled.iter().filter(|l| *l == label).count();
+        // The one that waited ran after the others' timeouts, which may have benched the version by then.
+        let (overloaded, timeouts, quarantined) =
+            (count("policy_error=overloaded"), count("policy_error=timeout"), count("policy_error=quarantined"));
+        assert_eq!((overloaded, timeouts + quarantined), (1, LOOPS + 1), "{decide_on}: {labelled:?}");
+        assert!(timeouts >= LOOPS, "{decide_on}: {labelled:?}");
     }
 }
 

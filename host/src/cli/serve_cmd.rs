@@ -199,6 +199,7 @@ pub fn runtime_settings(config: &Config) -> RuntimeSettings {
     RuntimeSettings {
         call_fuel: config.policies.call_fuel,
         call_deadline: config.call_deadline(),
+        decide_on: config.policies.decide_on,
         threads,
         queue: config.policies.queue,
         warm_instances: config.policies.warm_instances.unwrap_or(threads),

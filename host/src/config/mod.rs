@@ -236,6 +236,20 @@ pub enum InstanceModeConfig {
     Fresh,
 }
 
+/// Where the server's policy decisions run (`policies.decide_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DecideOn {
+    /// On the async worker serving the request, in a fiber that yields to
+    /// the worker's other connections at every epoch tick (1 ms): no
+    /// hand-over between threads.
+    #[default]
+    Worker,
+    /// On the policy threads: guest CPU apart from the workers, at the cost
+    /// of a hand-over to a thread and back for every decision.
+    Threads,
+}
+
 /// `[policies]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -260,12 +274,15 @@ pub struct PoliciesConfig {
     /// Wall-clock backstop of one decision, in ms: far above what the fuel
     /// budget takes, for host-side stalls.
     pub call_deadline_ms: u64,
-    /// Threads that run policy calls (default: one per core).
+    /// Where decisions run.
+    pub decide_on: DecideOn,
+    /// Decisions that run at once (with `decide_on = "threads"`, the
+    /// policy threads; default: one per core).
     pub threads: Option<usize>,
-    /// Warm instances per policy version, created at load (default: one per
-    /// policy thread).
+    /// Warm instances per policy version, created at load (default: as many
+    /// as `threads`).
     pub warm_instances: Option<usize>,
-    /// Decisions that may wait for a policy thread; past that, a decision
+    /// Decisions that may wait for their turn; past that, a decision
     /// fails as `overloaded` (and the route's `on_policy_error` applies).
     pub queue: usize,
     /// Most messages passed to a policy, the newest; the rest still count in
@@ -338,6 +355,7 @@ impl Default for PoliciesConfig {
             trusted_keys: BTreeMap::new(),
             call_fuel: DEFAULT_CALL_FUEL,
             call_deadline_ms: DEFAULT_CALL_DEADLINE_MS,
+            decide_on: DecideOn::Worker,
             threads: None,
             warm_instances: None,
             queue: 1024,

@@ -62,7 +62,7 @@ pub struct InboundRequest {
     pub stream: bool,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
-    /// What the policy sees (shared with the policy thread that decides).
+    /// What the policy sees (shared with wherever it decides).
     pub view: Arc<Request>,
     /// The request as sent, when it came in on another API than OpenAI's
     /// chat, completions or embeddings (`body` is then its translation).

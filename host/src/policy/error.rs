@@ -33,7 +33,7 @@ pub enum PolicyErrorKind {
     InvalidDecision,
     /// The version kept hitting its wall-clock backstop and is benched for a while.
     Quarantined,
-    /// Every policy thread was busy and the queue of waiting decisions full.
+    /// Every decision's turn was taken and the queue of waiting decisions full.
     Overloaded,
     /// No policy of that name is loaded.
     NotFound,

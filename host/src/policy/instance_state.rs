@@ -32,6 +32,9 @@ pub(crate) struct InstanceState {
     pub(crate) stats: Vec<BackendStats>,
     /// The policy's state, shared by its instances.
     state: Arc<PolicyState>,
+    /// Epoch ticks the current call may still run before its backstop ends
+    /// it (counted down at each tick, see `version.rs`).
+    pub(crate) backstop_ticks_left: u64,
 }
 
 impl InstanceState {
@@ -56,7 +59,17 @@ impl InstanceState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        Self { wasi, table: ResourceTable::new(), log, memory_limit, memory_limit_hit: false, stderr_tail, stats, state }
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            log,
+            memory_limit,
+            memory_limit_hit: false,
+            stderr_tail,
+            stats,
+            state,
+            backstop_ticks_left: 0,
+        }
     }
 }
 

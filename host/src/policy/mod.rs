@@ -21,6 +21,7 @@ mod settings;
 pub mod signing;
 pub mod state;
 mod threads;
+mod turns;
 mod version;
 mod watch;
 
@@ -31,6 +32,8 @@ pub use registry::{
     Candidate, PolicyRegistry, PolicySources, PolicyStatus, RescanReport, EMPTY_CONFIG, INSTANCE_SEPARATOR, KEPT_VERSIONS, POLICY_EXTENSION,
 };
 pub use runtime::{ComponentReport, PolicyRuntime};
-pub use settings::{default_cache_dir, default_threads, InstanceMode, RuntimeSettings, DEFAULT_CALL_DEADLINE_MS, DEFAULT_CALL_FUEL};
+pub use settings::{
+    default_cache_dir, default_threads, DecideOn, InstanceMode, RuntimeSettings, DEFAULT_CALL_DEADLINE_MS, DEFAULT_CALL_FUEL,
+};
 pub use version::{LoadedPolicy, PolicyCallStats};
 pub use watch::{watch, PolicyWatcher, DEFAULT_DEBOUNCE, DEFAULT_POLL};

@@ -14,9 +14,10 @@ use super::bindings::{v0_1, PolicyBindings, PolicyBindingsPre};
 use super::error::{PolicyError, PolicyErrorKind};
 use super::function_cache::{FunctionCache, FunctionCacheStats};
 use super::instance_state::InstanceState;
-use super::settings::RuntimeSettings;
+use super::settings::{DecideOn, RuntimeSettings};
 use super::state::PolicyState;
 use super::threads::PolicyThreads;
+use super::turns::Turns;
 use super::version::{LoadedPolicy, Pre};
 use crate::contract::{Backend, WORLD, WORLD_0_1};
 
@@ -41,7 +42,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) linker: Linker<InstanceState>,
     pub(crate) settings: RuntimeSettings,
     /// Where the decisions of [`LoadedPolicy::decide_async`] run.
-    pub(crate) threads: PolicyThreads,
+    pub(crate) deciders: Deciders,
     /// Where [`LoadedPolicy::observe`] and
     /// [`LoadedPolicy::decide_in_background`] run.
     pub(crate) background: PolicyThreads,
@@ -58,6 +59,14 @@ impl Drop for RuntimeInner {
     fn drop(&mut self) {
         self.ticker.stop();
     }
+}
+
+/// Where the server's decisions run ([`DecideOn`]).
+pub(crate) enum Deciders {
+    /// On the calling task, one of `threads` turns at a time.
+    Worker(Turns),
+    /// On the policy threads.
+    Threads(PolicyThreads),
 }
 
 /// What `switchyard policy check` reports about a component.
@@ -106,7 +115,9 @@ impl PolicyRuntime {
         })?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(runtime_err)?;
+        // Async: guest calls run on fibers that yield at every epoch tick,
+        // and a guest's stdio never blocks on a runtime.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(runtime_err)?;
         PolicyBindings::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s).map_err(runtime_err)?;
         v0_1::Policy::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s).map_err(runtime_err)?;
 
@@ -116,14 +127,17 @@ impl PolicyRuntime {
 
         let thread_err = |e: std::io::Error| PolicyError::new(PolicyErrorKind::Runtime, "-", format!("cannot start a thread: {e}"));
         let ticker = EpochTicker::start(engine.clone()).map_err(thread_err)?;
-        let threads = PolicyThreads::start("policy", settings.threads, settings.queue).map_err(thread_err)?;
+        let deciders = match settings.decide_on {
+            DecideOn::Worker => Deciders::Worker(Turns::new(settings.threads, settings.queue)),
+            DecideOn::Threads => Deciders::Threads(PolicyThreads::start("policy", settings.threads, settings.queue).map_err(thread_err)?),
+        };
         // Outcomes and shadow decisions get a thread of their own: a slow
         // one never holds up a decision queued behind it.
         let background = PolicyThreads::start("policy-background", 1, BACKGROUND_QUEUE).map_err(thread_err)?;
 
         let states = std::sync::Mutex::default();
         Ok(Self {
-            inner: Arc::new(RuntimeInner { engine, linker, settings, threads, background, engine_key, ticker, states, function_cache }),
+            inner: Arc::new(RuntimeInner { engine, linker, settings, deciders, background, engine_key, ticker, states, function_cache }),
         })
     }
 
@@ -263,6 +277,8 @@ fn pooling_config(settings: &RuntimeSettings) -> PoolingAllocationConfig {
         // Keeping a little memory resident between instances halves the cost
         // of a fresh instance.
         .linear_memory_keep_resident(4 << 20)
+        // A guest call's fiber stack: one per call under way.
+        .total_stacks(POOL_MEMORIES)
         .table_keep_resident(64 << 10)
         .pagemap_scan(wasmtime::Enabled::Auto);
     pool

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::config::{DEFAULT_CALL_DEADLINE_MS, DEFAULT_CALL_FUEL, DEFAULT_INIT_FUEL};
+pub use crate::config::{DecideOn, DEFAULT_CALL_DEADLINE_MS, DEFAULT_CALL_FUEL, DEFAULT_INIT_FUEL};
 
 /// How instances of a policy version are reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +34,14 @@ pub struct RuntimeSettings {
     pub call_deadline: Duration,
     /// Wall-clock backstop of instantiation plus `init`.
     pub init_deadline: Duration,
-    /// Threads that run guest calls for requests (never an async worker).
+    /// Where [`LoadedPolicy::decide_async`](super::LoadedPolicy::decide_async) runs guest code.
+    pub decide_on: DecideOn,
+    /// Decisions that run at once: on the workers, calls that hold an
+    /// instance (a call longer than a tick yields and still holds it); with
+    /// [`DecideOn::Threads`], the policy threads.
     pub threads: usize,
-    /// Decisions that may wait for a policy thread; past that a decision
-    /// fails at once as overloaded.
+    /// Decisions that may wait for their turn; past that a decision fails
+    /// at once as overloaded.
     pub queue: usize,
     /// Cap on one instance's linear memory, in bytes.
     pub memory_limit: usize,
@@ -84,6 +88,7 @@ impl Default for RuntimeSettings {
             init_fuel: DEFAULT_INIT_FUEL,
             call_deadline: Duration::from_millis(DEFAULT_CALL_DEADLINE_MS),
             init_deadline: Duration::from_secs(10),
+            decide_on: DecideOn::Worker,
             threads: default_threads(),
             queue: 1024,
             memory_limit: 64 << 20,

@@ -1,12 +1,14 @@
 //! One loaded version of a policy: its linked component, its warm instances,
 //! and the call that turns a request into a decision.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
-use wasmtime::{Store, Trap};
+use futures_util::FutureExt;
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{v0_1, PolicyBindings, PolicyBindingsPre};
 use super::compat;
@@ -14,9 +16,10 @@ use super::decision::{validate, Decision};
 use super::error::{PolicyError, PolicyErrorKind};
 use super::guest_log::GuestLog;
 use super::instance_state::InstanceState;
-use super::runtime::{deadline_ticks, EpochTicker, GuestRunning, PolicyRuntime};
+use super::runtime::{deadline_ticks, Deciders, EpochTicker, GuestRunning, PolicyRuntime};
 use super::settings::InstanceMode;
 use super::state::PolicyState;
+use super::threads::block_on_guest;
 use crate::contract::{self, idle_stats, Backend, BackendStats, Outcome, Request};
 
 /// A linked component, ready to instantiate: of the current world, or of
@@ -227,7 +230,7 @@ impl LoadedPolicy {
         self.observes.load(Ordering::Relaxed)
     }
 
-    /// Hands `outcome` to the policy's `observe` on a policy thread, when it
+    /// Hands `outcome` to the policy's `observe` on the background thread, when it
     /// asked for outcomes; returns at once. Dropped (and counted) when too
     /// many are waiting or the threads' queue is full; a failure is counted
     /// and the instance dropped, never more.
@@ -253,7 +256,7 @@ impl LoadedPolicy {
     ) -> bool {
         let version = self.clone();
         self.in_background(move || {
-            let decided = version.decide_here(&request, &stats);
+            let decided = block_on_guest(version.decide_here(&request, &stats));
             version.background_went(decided.is_ok());
             done(decided)
         })
@@ -318,17 +321,19 @@ impl LoadedPolicy {
     /// failure), under the call's fuel and backstop.
     fn observe_here(&self, outcome: &Outcome) {
         self.counters.observed.fetch_add(1, Ordering::Relaxed);
-        let mut slot = self.observer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let instance = match slot.take() {
-            Some(instance) => Ok(instance),
-            None => self.probed_instance(),
-        };
-        let result = instance.and_then(|mut instance| {
-            instance.observe(&self.name, outcome, self.call_ticks, self.call_fuel)?;
+        let result = block_on_guest(async {
+            // Only the background thread takes the observer, so the slot is
+            // not locked while the guest runs.
+            let taken = self.observer.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            let mut instance = match taken {
+                Some(instance) => instance,
+                None => self.probed_instance().await?,
+            };
+            instance.observe(&self.name, outcome, self.call_ticks, self.call_fuel).await?;
             if self.keeps_instances() {
-                *slot = Some(instance);
+                *self.observer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(instance);
             }
-            Ok(())
+            Ok::<_, PolicyError>(())
         });
         self.background_went(result.is_ok());
         if let Err(e) = result {
@@ -344,36 +349,59 @@ impl LoadedPolicy {
     /// backstop (plus instantiation when no warm instance is free); every
     /// failure is a [`PolicyError`]. The server uses [`Self::decide_async`].
     pub fn decide(&self, request: &Request, stats: &[BackendStats]) -> Result<Decision, PolicyError> {
-        outside_tokio(&self.name, || self.decide_here(request, stats))
+        outside_tokio(&self.name, || block_on_guest(self.decide_here(request, stats)))
     }
 
-    /// [`Self::decide`] on one of the runtime's policy threads, for async
-    /// callers: the worker awaits, guest code never runs on it. The stats
-    /// come back with the decision (for the decision log). Fails at once as
-    /// [`PolicyErrorKind::Overloaded`] when the policy threads' queue is full;
-    /// a request dropped while queued is not decided.
+    /// [`Self::decide`] for async callers, where the settings' `decide_on`
+    /// says: on this task, in a fiber that yields to the worker's other
+    /// tasks at every epoch tick, or on a policy thread while the task
+    /// awaits. The stats come back with the decision (for the decision
+    /// log). Fails at once as [`PolicyErrorKind::Overloaded`] when `threads`
+    /// decisions run and `queue` wait; a request dropped while it waits is
+    /// not decided, and one dropped while its guest yields loses only its
+    /// instance.
     pub async fn decide_async(
         self: &Arc<Self>,
         request: Arc<Request>,
         stats: Vec<BackendStats>,
     ) -> Result<(Decision, Vec<BackendStats>), PolicyError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let version = self.clone();
-        let job = Box::new(move || {
-            if !tx.is_closed() {
-                let result = version.decide_here(&request, &stats);
-                let _ = tx.send(result.map(|d| (d, stats)));
-            }
-        });
-        if self.runtime.inner.threads.submit(job).is_err() {
+        let overloaded = || {
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             self.count_failure(PolicyErrorKind::Overloaded);
-            return Err(PolicyError::new(PolicyErrorKind::Overloaded, &self.name, "every policy thread is busy and the queue is full"));
+            PolicyError::new(PolicyErrorKind::Overloaded, &self.name, "every decision slot is busy and the queue is full")
+        };
+        match &self.runtime.inner.deciders {
+            Deciders::Worker(turns) => {
+                let Some(_turn) = turns.take().await else {
+                    return Err(overloaded());
+                };
+                // A panic here is a bug of ours (guest failures are errors):
+                // it fails this decision, not the connection.
+                let decided = AssertUnwindSafe(self.decide_here(&request, &stats)).catch_unwind().await.unwrap_or_else(|_| {
+                    tracing::error!(policy = %self.name, "a policy call panicked");
+                    Err(PolicyError::new(PolicyErrorKind::Runtime, &self.name, "the policy call panicked"))
+                });
+                decided.map(|d| (d, stats))
+            }
+            Deciders::Threads(threads) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let version = self.clone();
+                let job = Box::new(move || {
+                    if !tx.is_closed() {
+                        let result = block_on_guest(version.decide_here(&request, &stats));
+                        let _ = tx.send(result.map(|d| (d, stats)));
+                    }
+                });
+                if threads.submit(job).is_err() {
+                    return Err(overloaded());
+                }
+                rx.await
+                    .unwrap_or_else(|_| Err(PolicyError::new(PolicyErrorKind::Runtime, &self.name, "the policy thread dropped the call")))
+            }
         }
-        rx.await.unwrap_or_else(|_| Err(PolicyError::new(PolicyErrorKind::Runtime, &self.name, "the policy thread dropped the call")))
     }
 
-    fn decide_here(&self, request: &Request, stats: &[BackendStats]) -> Result<Decision, PolicyError> {
+    async fn decide_here(&self, request: &Request, stats: &[BackendStats]) -> Result<Decision, PolicyError> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         if stats.len() != self.backends.len() {
             return Err(PolicyError::new(
@@ -382,24 +410,25 @@ impl LoadedPolicy {
                 format!("stats for {} backends given, the version was loaded with {}", stats.len(), self.backends.len()),
             ));
         }
-        let result = self.decide_raw(request, stats).and_then(|raw| validate(&self.name, raw, &self.backends, self.runtime.settings()));
+        let result =
+            self.decide_raw(request, stats).await.and_then(|raw| validate(&self.name, raw, &self.backends, self.runtime.settings()));
         if let Err(e) = &result {
             self.count_failure(e.kind());
         }
         result
     }
 
-    fn decide_raw(&self, request: &Request, stats: &[BackendStats]) -> Result<contract::Decision, PolicyError> {
+    async fn decide_raw(&self, request: &Request, stats: &[BackendStats]) -> Result<contract::Decision, PolicyError> {
         self.check_quarantine()?;
         let settings = self.runtime.settings();
         let mut instance = match settings.instance_mode {
             InstanceMode::Pooled => match self.warm.pop() {
                 Some(instance) => instance,
-                None => self.probed_instance()?,
+                None => self.probed_instance().await?,
             },
-            InstanceMode::Fresh => self.instantiate()?,
+            InstanceMode::Fresh => self.instantiate().await?,
         };
-        match instance.route(&self.name, request, stats, self.call_ticks, self.call_fuel) {
+        match instance.route(&self.name, request, stats, self.call_ticks, self.call_fuel).await {
             Ok((decision, fuel)) => {
                 self.counters.fuel_used.fetch_add(fuel, Ordering::Relaxed);
                 self.counters.consecutive_timeouts.store(0, Ordering::Relaxed);
@@ -426,14 +455,16 @@ impl LoadedPolicy {
     pub(crate) fn probe_and_warm(&self) -> Result<(), PolicyError> {
         self.retired.store(false, Ordering::Release);
         outside_tokio(&self.name, || {
-            let first = self.probed_instance()?;
-            if self.runtime.settings().instance_mode == InstanceMode::Pooled {
-                let _ = self.warm.push(first);
-                while self.warm.len() < self.warm.capacity() {
-                    let _ = self.warm.push(self.probed_instance()?);
+            block_on_guest(async {
+                let first = self.probed_instance().await?;
+                if self.runtime.settings().instance_mode == InstanceMode::Pooled {
+                    let _ = self.warm.push(first);
+                    while self.warm.len() < self.warm.capacity() {
+                        let _ = self.warm.push(self.probed_instance().await?);
+                    }
                 }
-            }
-            Ok(())
+                Ok(())
+            })
         })
     }
 
@@ -441,10 +472,10 @@ impl LoadedPolicy {
     /// starts from this same history, so the same request costs the same
     /// fuel on any of them while they are young (lazy set-up, such as
     /// compiling regular expressions, happens in the probe for all alike).
-    fn probed_instance(&self) -> Result<WarmInstance, PolicyError> {
+    async fn probed_instance(&self) -> Result<WarmInstance, PolicyError> {
         let stats = vec![idle_stats(); self.backends.len()];
-        let mut instance = self.instantiate()?;
-        instance.route(&self.name, &probe_request(), &stats, self.call_ticks, self.call_fuel)?;
+        let mut instance = self.instantiate().await?;
+        instance.route(&self.name, &probe_request(), &stats, self.call_ticks, self.call_fuel).await?;
         Ok(instance)
     }
 
@@ -464,23 +495,25 @@ impl LoadedPolicy {
         }
     }
 
-    fn instantiate(&self) -> Result<WarmInstance, PolicyError> {
+    async fn instantiate(&self) -> Result<WarmInstance, PolicyError> {
         self.counters.instances_created.fetch_add(1, Ordering::Relaxed);
         let settings = self.runtime.settings();
         let idle = vec![idle_stats(); self.backends.len()];
         let state = InstanceState::new(self.log.clone(), settings.memory_limit, &self.random, idle, self.state.clone());
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|state| state);
+        store.epoch_deadline_callback(on_epoch_tick);
         let _running = self.runtime.inner.ticker.guest_running();
-        store.set_epoch_deadline(self.init_ticks);
+        store.data_mut().backstop_ticks_left = self.init_ticks;
+        store.set_epoch_deadline(1);
         store.set_fuel(self.init_fuel).map_err(|e| classify(&self.name, &store, e, PolicyErrorKind::Runtime))?;
         let (bindings, init) = match &self.pre {
             Pre::Current(pre) => {
-                let bindings = match pre.instantiate(&mut store) {
+                let bindings = match pre.instantiate_async(&mut store).await {
                     Ok(bindings) => bindings,
                     Err(e) => return Err(classify(&self.name, &store, e, PolicyErrorKind::Instantiate)),
                 };
-                let init = bindings.call_init(&mut store, &self.config, &self.backends).map(|r| {
+                let init = bindings.call_init(&mut store, &self.config, &self.backends).await.map(|r| {
                     r.map(|features| {
                         if features.contains(contract::Features::OBSERVE) {
                             self.observes.store(true, Ordering::Relaxed);
@@ -490,11 +523,11 @@ impl LoadedPolicy {
                 (Bindings::Current(bindings), init)
             }
             Pre::V0_1(pre) => {
-                let bindings = match pre.instantiate(&mut store) {
+                let bindings = match pre.instantiate_async(&mut store).await {
                     Ok(bindings) => bindings,
                     Err(e) => return Err(classify(&self.name, &store, e, PolicyErrorKind::Instantiate)),
                 };
-                let init = bindings.call_init(&mut store, &self.config, &self.backends_0_1);
+                let init = bindings.call_init(&mut store, &self.config, &self.backends_0_1).await;
                 (Bindings::V0_1(bindings), init)
             }
         };
@@ -561,7 +594,7 @@ struct WarmInstance {
 impl WarmInstance {
     /// One `route` call under `ticks` of wall clock and `fuel`; answers the
     /// decision and the fuel it used.
-    fn route(
+    async fn route(
         &mut self,
         name: &str,
         request: &Request,
@@ -576,11 +609,11 @@ impl WarmInstance {
                 let snapshot = &mut self.store.data_mut().stats;
                 snapshot.clear();
                 snapshot.extend_from_slice(stats);
-                bindings.call_route(&mut self.store, request)
+                bindings.call_route(&mut self.store, request).await
             }
             Bindings::V0_1(bindings) => {
                 let stats: Vec<_> = stats.iter().map(compat::stats).collect();
-                bindings.call_route(&mut self.store, &compat::request(request), &stats).map(compat::decision)
+                bindings.call_route(&mut self.store, &compat::request(request), &stats).await.map(compat::decision)
             }
         };
         let decision = decision.map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))?;
@@ -589,11 +622,11 @@ impl WarmInstance {
     }
 
     /// One `observe` call (current-world instances only).
-    fn observe(&mut self, name: &str, outcome: &Outcome, ticks: u64, fuel: u64) -> Result<(), PolicyError> {
+    async fn observe(&mut self, name: &str, outcome: &Outcome, ticks: u64, fuel: u64) -> Result<(), PolicyError> {
         let _running = self.prepare(name, ticks, fuel)?;
         match &self.bindings {
             Bindings::Current(bindings) => {
-                bindings.call_observe(&mut self.store, outcome).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))
+                bindings.call_observe(&mut self.store, outcome).await.map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))
             }
             Bindings::V0_1(_) => Ok(()),
         }
@@ -607,18 +640,30 @@ impl WarmInstance {
         self.store.data_mut().memory_limit_hit = false;
         self.store.data().stderr_tail.clear();
         let running = self.ticker.guest_running();
-        self.store.set_epoch_deadline(ticks);
+        self.store.data_mut().backstop_ticks_left = ticks;
+        self.store.set_epoch_deadline(1);
         self.store.set_fuel(fuel).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Runtime))?;
         Ok(running)
     }
 }
 
-/// Runs `f`, which enters guest code, outside any tokio runtime: wasmtime-wasi's
-/// synchronous stdio blocks on the current runtime's handle, which panics
-/// on a runtime's thread (a guest's `print` would take the caller down).
-/// Inside a runtime, `f` runs on a thread of its own; the server never gets
-/// here that way (its decisions run on the policy threads), only loads and
-/// tools do.
+/// At every epoch tick while guest code runs: yields to the executor (the
+/// worker's other tasks run), or ends the call once its backstop has passed.
+fn on_epoch_tick(mut store: wasmtime::StoreContextMut<'_, InstanceState>) -> wasmtime::Result<UpdateDeadline> {
+    let left = &mut store.data_mut().backstop_ticks_left;
+    if *left <= 1 {
+        return Ok(UpdateDeadline::Interrupt);
+    }
+    *left -= 1;
+    // A plain `Yield` does not let the worker's other tasks run; tokio's
+    // own yield does.
+    Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+}
+
+/// Runs `f`, which blocks on guest code ([`block_on_guest`]), outside any
+/// tokio runtime: blocking on a runtime's thread panics. Inside a runtime,
+/// `f` runs on a thread of its own; the server never gets here that way
+/// (its decisions are async), only loads and tools do.
 fn outside_tokio<T: Send>(name: &str, f: impl FnOnce() -> Result<T, PolicyError> + Send) -> Result<T, PolicyError> {
     if tokio::runtime::Handle::try_current().is_err() {
         return f();
