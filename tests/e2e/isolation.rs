@@ -335,6 +335,34 @@ async fn a_policy_running_long_never_holds_up_other_requests() {
     }
 }
 
+/// A burst of requests, many more than the decisions that may wait, is
+/// decided by the policy, none refused as overloaded: a decision short of a
+/// tick never yields its worker, and a freed turn goes to whoever asks
+/// first, not to a waiter that a busy worker has yet to poll.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_requests_is_decided_by_the_policy_not_refused() {
+    const BURST: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let router = fail_closed_router(dir.path(), &mock, "queue = 4");
+    let answers: Vec<_> = (0..BURST)
+        .map(|i| {
+            let url = router.url.clone();
+            tokio::spawn(async move { post(&url, "/v1/chat/completions", &ask("pd", &format!("question {i}")), &[]).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for a in answers {
+        let a = a.await.unwrap();
+        if labels(&a).starts_with("policy_error") {
+            refused += 1;
+        } else {
+            assert_eq!((a.status, a.header("x-switchyard-backend")), (200, Some("public")), "{}", a.body);
+        }
+    }
+    assert_eq!(refused, 0, "of {BURST} requests at once, {refused} were not decided by the policy");
+}
+
 /// Context switches so far of the router's thread named `name` (Linux).
 fn thread_switches(router: &Proc, name: &str) -> u64 {
     let tasks = std::fs::read_dir(format!("/proc/{}/task", router.pid())).unwrap();

@@ -32,9 +32,10 @@ pub(crate) struct InstanceState {
     pub(crate) stats: Vec<BackendStats>,
     /// The policy's state, shared by its instances.
     state: Arc<PolicyState>,
-    /// Epoch ticks the current call may still run before its backstop ends
-    /// it (counted down at each tick, see `version.rs`).
-    pub(crate) backstop_ticks_left: u64,
+    /// Epoch ticks after which the current call's backstop ends it, and the
+    /// ticks it has seen so far (see `on_epoch_tick` in `version.rs`).
+    pub(crate) backstop_ticks: u64,
+    pub(crate) ticks_seen: u64,
 }
 
 impl InstanceState {
@@ -68,7 +69,8 @@ impl InstanceState {
             stderr_tail,
             stats,
             state,
-            backstop_ticks_left: 0,
+            backstop_ticks: 0,
+            ticks_seen: 0,
         }
     }
 }

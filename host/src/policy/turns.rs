@@ -1,32 +1,43 @@
 //! Turns for the decisions that run on the workers (`decide_on = "worker"`):
-//! at most `running` guest calls under way at once (a call longer than an
-//! epoch tick yields, and keeps its instance meanwhile), at most `waiting`
+//! at most `running` guest calls under way at once (a call that runs past
+//! an epoch tick yields, and keeps its turn meanwhile), at most `waiting`
 //! more waiting for a turn; past that a decision is refused at once, as a
 //! full policy-thread queue refuses one.
+//!
+//! A free turn goes to whoever asks first, a newcomer included: handing it
+//! to the longest waiter instead would leave it idle until that task is
+//! polled again, behind every other task of a busy worker.
 
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::Notify;
 
 /// The turns of one runtime.
 pub(crate) struct Turns {
-    running: Semaphore,
-    /// Decisions running or waiting for a turn.
-    admitted: AtomicUsize,
-    max_admitted: usize,
+    running: AtomicUsize,
+    max_running: usize,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    /// Told when a turn ends.
+    freed: Notify,
 }
 
 /// A decision's turn: given back when dropped.
-pub(crate) struct Turn<'a> {
-    _running: SemaphorePermit<'a>,
-    _admitted: Admitted<'a>,
+pub(crate) struct Turn<'a>(&'a Turns);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
 }
 
-/// Counts a decision as admitted until dropped (while it waits too, so a
-/// request dropped while waiting gives its place back).
-struct Admitted<'a>(&'a AtomicUsize);
+/// Counts a decision as waiting until dropped (a request dropped while it
+/// waits gives its place back).
+struct Waiting<'a>(&'a AtomicUsize);
 
-impl Drop for Admitted<'_> {
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -35,20 +46,40 @@ impl Drop for Admitted<'_> {
 impl Turns {
     /// `running` turns at once (at least one), `waiting` more in line.
     pub(crate) fn new(running: usize, waiting: usize) -> Self {
-        let running = running.max(1);
-        Self { running: Semaphore::new(running), admitted: AtomicUsize::new(0), max_admitted: running + waiting }
+        Self {
+            running: AtomicUsize::new(0),
+            max_running: running.max(1),
+            waiting: AtomicUsize::new(0),
+            max_waiting: waiting,
+            freed: Notify::new(),
+        }
     }
 
-    /// Waits for a turn; `None` at once when the line is full.
+    /// A turn, at once if one is free, else after waiting for one; `None`
+    /// at once when the line is full.
     pub(crate) async fn take(&self) -> Option<Turn<'_>> {
-        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.max_admitted {
-            self.admitted.fetch_sub(1, Ordering::AcqRel);
+        if let Some(turn) = self.try_take() {
+            return Some(turn);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        let admitted = Admitted(&self.admitted);
-        // The semaphore is never closed.
-        let running = self.running.acquire().await.ok()?;
-        Some(Turn { _running: running, _admitted: admitted })
+        let _waiting = Waiting(&self.waiting);
+        loop {
+            // Registered before looking, so that a turn freed in between
+            // is not missed.
+            let mut freed = pin!(self.freed.notified());
+            freed.as_mut().enable();
+            if let Some(turn) = self.try_take() {
+                return Some(turn);
+            }
+            freed.await;
+        }
+    }
+
+    fn try_take(&self) -> Option<Turn<'_>> {
+        self.running.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_running).then_some(n + 1)).ok().map(|_| Turn(self))
     }
 }
 
@@ -72,7 +103,23 @@ mod tests {
         let mut waiting = Box::pin(turns.take());
         assert!(waiting.as_mut().now_or_never().is_none());
         drop(waiting);
-        assert!(turns.take().now_or_never().is_none(), "a dropped waiter gave its place back: this one waits");
+        let mut waiting = Box::pin(turns.take());
+        assert!(waiting.as_mut().now_or_never().is_none(), "a dropped waiter gave its place back: this one waits, not refused");
         drop(again);
+        assert!(waiting.now_or_never().flatten().is_some());
+    }
+
+    #[test]
+    fn a_freed_turn_goes_to_whoever_asks_first() {
+        let turns = Turns::new(1, 1);
+        let first = turns.take().now_or_never().flatten().unwrap();
+        let mut waiter = Box::pin(turns.take());
+        assert!(waiter.as_mut().now_or_never().is_none());
+        drop(first);
+        // Not handed to the waiter before it runs again: a newcomer takes it.
+        let newcomer = turns.take().now_or_never().flatten().expect("the free turn, at once");
+        assert!(waiter.as_mut().now_or_never().is_none(), "the waiter looks again and waits");
+        drop(newcomer);
+        assert!(waiter.now_or_never().flatten().is_some(), "and gets the next one");
     }
 }

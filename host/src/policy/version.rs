@@ -504,7 +504,7 @@ impl LoadedPolicy {
         store.limiter(|state| state);
         store.epoch_deadline_callback(on_epoch_tick);
         let _running = self.runtime.inner.ticker.guest_running();
-        store.data_mut().backstop_ticks_left = self.init_ticks;
+        (store.data_mut().backstop_ticks, store.data_mut().ticks_seen) = (self.init_ticks, 0);
         store.set_epoch_deadline(1);
         store.set_fuel(self.init_fuel).map_err(|e| classify(&self.name, &store, e, PolicyErrorKind::Runtime))?;
         let (bindings, init) = match &self.pre {
@@ -640,21 +640,27 @@ impl WarmInstance {
         self.store.data_mut().memory_limit_hit = false;
         self.store.data().stderr_tail.clear();
         let running = self.ticker.guest_running();
-        self.store.data_mut().backstop_ticks_left = ticks;
+        (self.store.data_mut().backstop_ticks, self.store.data_mut().ticks_seen) = (ticks, 0);
         self.store.set_epoch_deadline(1);
         self.store.set_fuel(fuel).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Runtime))?;
         Ok(running)
     }
 }
 
-/// At every epoch tick while guest code runs: yields to the executor (the
-/// worker's other tasks run), or ends the call once its backstop has passed.
+/// At every epoch tick while guest code runs: ends the call once its
+/// backstop has passed; else, from the second tick on (the call has run a
+/// whole tick), yields to the executor, so that the worker's other tasks
+/// run. A call that merely spans one tick goes on: yielding it would hold
+/// its instance and turn behind every task of a busy worker.
 fn on_epoch_tick(mut store: wasmtime::StoreContextMut<'_, InstanceState>) -> wasmtime::Result<UpdateDeadline> {
-    let left = &mut store.data_mut().backstop_ticks_left;
-    if *left <= 1 {
+    let state = store.data_mut();
+    state.ticks_seen += 1;
+    if state.ticks_seen >= state.backstop_ticks {
         return Ok(UpdateDeadline::Interrupt);
     }
-    *left -= 1;
+    if state.ticks_seen < 2 {
+        return Ok(UpdateDeadline::Continue(1));
+    }
     // A plain `Yield` does not let the worker's other tasks run; tokio's
     // own yield does.
     Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
