@@ -104,7 +104,7 @@ table=$(cat <<MD
 |---|---|---|---|
 | bare hyper + reqwest + serde_json proxy | ${bare_allocs} | ${bare_cs} | ${bare_sys} |
 | router, backend named directly | ${direct_allocs} | ${direct_cs} | ${direct_sys} |
-| router, policy \`cheapest-healthy\` deciding (on a policy thread) | ${policy_allocs} | ${policy_cs} | ${policy_sys} |
+| router, policy \`cheapest-healthy\` deciding (on the worker, in a fiber) | ${policy_allocs} | ${policy_cs} | ${policy_sys} |
 MD
 )
 echo "$table"

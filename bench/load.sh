@@ -99,7 +99,7 @@ ttft_router=$(first_event_us "$url_router" upstream 200)
 per_event=$(( (sr50 - sd50) / chunks ))
 if [ "$per_event" -gt 0 ]; then per_event="+${per_event} µs per event"; else per_event="no added time per event measurable"; fi
 
-# ---- Policies under load: guest calls on the policy threads, fuel budgets ----
+# ---- Policies under load: guest calls on the workers (decide_on = "worker"), fuel budgets ----
 # The same A/B strategy in Rust and in Python, each on its own route, at c=64;
 # then 5,000 concurrent connections streaming through the Rust policy.
 cargo build --release --target wasm32-wasip2 --manifest-path policies/Cargo.toml -p ab-test --target-dir target/guests >/dev/null 2>&1
@@ -161,7 +161,7 @@ Load benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /p
 | CPU time (user + sys) of the proxy process per request at c=64 | bare proxy ${bare_cpu} µs | ${router_cpu} µs; per stream ${stream_cpu} µs |
 | router resident memory | idle ${rss_idle} KiB | after the c=64 runs $(rss_kb "$router_pid") KiB |
 
-Policies under load (a second router; guest calls on its policy threads, default fuel budget):
+Policies under load (a second router; guest calls on the workers serving the requests, default fuel budget):
 
 | route | p50 at c=64 | p99 at c=64 | requests/s | non-2xx answers |
 |---|---|---|---|---|
