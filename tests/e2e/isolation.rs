@@ -309,7 +309,8 @@ async fn a_policy_running_long_never_holds_up_other_requests() {
             async move {
                 let status = support::admin_json(&admin, "/admin/policies", ADMIN_TOKEN).await;
                 let policy = status["policies"].as_array().unwrap().iter().find(|p| p["name"] == "hostile-fallback").cloned().unwrap();
-                policy["stats"]["calls"].as_u64() >= Some(LOOPS as u64)
+                // The loops, and the one refused (counted as a call too).
+                policy["stats"]["calls"].as_u64() >= Some(LOOPS as u64 + 1)
             }
         })
         .await;
@@ -361,6 +362,23 @@ async fn a_burst_of_requests_is_decided_by_the_policy_not_refused() {
         }
     }
     assert_eq!(refused, 0, "of {BURST} requests at once, {refused} were not decided by the policy");
+}
+
+/// A guest that waits in the host (a sleep, which spends no fuel) meets
+/// the wall-clock backstop too, and fails closed: the epoch counts the time
+/// a call spends suspended, and a call suspended in one long host call is
+/// ended at its backstop.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_that_sleeps_meets_its_backstop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = mock_upstream(dir.path());
+    let router = fail_closed_router(dir.path(), &mock, "call_deadline_ms = 100");
+    for mode in ["sleep", "sleep-long"] {
+        force(&router, mode, "timeout").await;
+    }
+    for r in received(&mock).await {
+        assert_ne!(r["model"], "public-model", "a prompt reached the public backend: {r}");
+    }
 }
 
 /// Context switches so far of the router's thread named `name` (Linux).

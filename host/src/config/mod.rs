@@ -240,9 +240,9 @@ pub enum InstanceModeConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DecideOn {
-    /// On the async worker serving the request, in a fiber that yields to
-    /// the worker's other connections at every epoch tick (1 ms): no
-    /// hand-over between threads.
+    /// On the async worker serving the request, in a fiber that, once a
+    /// call has run a whole epoch tick (1 ms), yields to the worker's other
+    /// connections at every tick: no hand-over between threads.
     #[default]
     Worker,
     /// On the policy threads: guest CPU apart from the workers, at the cost

@@ -32,10 +32,10 @@ pub(crate) struct InstanceState {
     pub(crate) stats: Vec<BackendStats>,
     /// The policy's state, shared by its instances.
     state: Arc<PolicyState>,
-    /// Epoch ticks after which the current call's backstop ends it, and the
-    /// ticks it has seen so far (see `on_epoch_tick` in `version.rs`).
-    pub(crate) backstop_ticks: u64,
-    pub(crate) ticks_seen: u64,
+    /// The epoch at which the current call's backstop ends it, and the one
+    /// from which it yields at each tick (see `on_epoch_tick` in `version.rs`).
+    pub(crate) backstop_at: u64,
+    pub(crate) yield_from: u64,
 }
 
 impl InstanceState {
@@ -69,8 +69,8 @@ impl InstanceState {
             stderr_tail,
             stats,
             state,
-            backstop_ticks: 0,
-            ticks_seen: 0,
+            backstop_at: 0,
+            yield_from: 0,
         }
     }
 }

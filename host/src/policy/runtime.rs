@@ -115,7 +115,7 @@ impl PolicyRuntime {
         })?;
 
         let mut linker = Linker::new(&engine);
-        // Async: guest calls run on fibers that yield at every epoch tick,
+        // Async: guest calls run on fibers that can yield at epoch ticks,
         // and a guest's stdio never blocks on a runtime.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(runtime_err)?;
         PolicyBindings::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s).map_err(runtime_err)?;
@@ -128,7 +128,7 @@ impl PolicyRuntime {
         let thread_err = |e: std::io::Error| PolicyError::new(PolicyErrorKind::Runtime, "-", format!("cannot start a thread: {e}"));
         let ticker = EpochTicker::start(engine.clone()).map_err(thread_err)?;
         let deciders = match settings.decide_on {
-            DecideOn::Worker => Deciders::Worker(Turns::new(settings.threads, settings.queue)),
+            DecideOn::Worker => Deciders::Worker(Turns::new(settings.threads, settings.queue, settings.call_deadline)),
             DecideOn::Threads => Deciders::Threads(PolicyThreads::start("policy", settings.threads, settings.queue).map_err(thread_err)?),
         };
         // Outcomes and shadow decisions get a thread of their own: a slow
@@ -290,6 +290,9 @@ fn pooling_config(settings: &RuntimeSettings) -> PoolingAllocationConfig {
 /// for its whole length, which wakes the ticker if it sleeps: a deadline
 /// counts from the epoch when the call began, so it is not shortened.
 pub(crate) struct EpochTicker {
+    /// Ticks so far: the engine's epoch (advanced just before it), which
+    /// wasmtime does not expose.
+    epoch: std::sync::atomic::AtomicU64,
     /// Guest calls under way.
     running: AtomicUsize,
     sleeping: AtomicBool,
@@ -309,6 +312,7 @@ impl Drop for GuestRunning {
 impl EpochTicker {
     fn start(engine: Engine) -> std::io::Result<Arc<Self>> {
         let ticker = Arc::new(Self {
+            epoch: std::sync::atomic::AtomicU64::new(0),
             running: AtomicUsize::new(0),
             sleeping: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -335,6 +339,7 @@ impl EpochTicker {
                 idle = 0;
             }
             std::thread::sleep(EPOCH_TICK);
+            self.epoch.fetch_add(1, Ordering::SeqCst);
             engine.increment_epoch();
         }
     }
@@ -347,6 +352,11 @@ impl EpochTicker {
             self.wake();
         }
         GuestRunning(self.clone())
+    }
+
+    /// The current epoch, for absolute deadlines.
+    pub(crate) fn now(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// Whether the ticker sleeps now (for tests).

@@ -110,7 +110,7 @@ impl Default for RuntimeSettings {
     }
 }
 
-/// One policy thread per core.
+/// One per core: decisions at once, or policy threads.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }

@@ -1,8 +1,9 @@
 //! Turns for the decisions that run on the workers (`decide_on = "worker"`):
 //! at most `running` guest calls under way at once (a call that runs past
 //! an epoch tick yields, and keeps its turn meanwhile), at most `waiting`
-//! more waiting for a turn; past that a decision is refused at once, as a
-//! full policy-thread queue refuses one.
+//! more waiting for a turn, each for at most `max_wait`; past that a
+//! decision is refused (overloaded), as a full policy-thread queue refuses
+//! one.
 //!
 //! A free turn goes to whoever asks first, a newcomer included: handing it
 //! to the longest waiter instead would leave it idle until that task is
@@ -10,6 +11,7 @@
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -19,6 +21,8 @@ pub(crate) struct Turns {
     max_running: usize,
     waiting: AtomicUsize,
     max_waiting: usize,
+    /// A waiter that a newcomer keeps beating to a freed turn gives up then.
+    max_wait: Duration,
     /// Told when a turn ends.
     freed: Notify,
 }
@@ -44,19 +48,21 @@ impl Drop for Waiting<'_> {
 }
 
 impl Turns {
-    /// `running` turns at once (at least one), `waiting` more in line.
-    pub(crate) fn new(running: usize, waiting: usize) -> Self {
+    /// `running` turns at once (at least one), `waiting` more in line, each
+    /// for at most `max_wait`.
+    pub(crate) fn new(running: usize, waiting: usize, max_wait: Duration) -> Self {
         Self {
             running: AtomicUsize::new(0),
             max_running: running.max(1),
             waiting: AtomicUsize::new(0),
             max_waiting: waiting,
+            max_wait,
             freed: Notify::new(),
         }
     }
 
     /// A turn, at once if one is free, else after waiting for one; `None`
-    /// at once when the line is full.
+    /// at once when the line is full, or after `max_wait` in it.
     pub(crate) async fn take(&self) -> Option<Turn<'_>> {
         if let Some(turn) = self.try_take() {
             return Some(turn);
@@ -66,16 +72,19 @@ impl Turns {
             return None;
         }
         let _waiting = Waiting(&self.waiting);
-        loop {
-            // Registered before looking, so that a turn freed in between
-            // is not missed.
-            let mut freed = pin!(self.freed.notified());
-            freed.as_mut().enable();
-            if let Some(turn) = self.try_take() {
-                return Some(turn);
+        let wait = async {
+            loop {
+                // Registered before looking, so that a turn freed in
+                // between is not missed.
+                let mut freed = pin!(self.freed.notified());
+                freed.as_mut().enable();
+                if let Some(turn) = self.try_take() {
+                    return turn;
+                }
+                freed.await;
             }
-            freed.await;
-        }
+        };
+        tokio::time::timeout(self.max_wait, wait).await.ok()
     }
 
     fn try_take(&self) -> Option<Turn<'_>> {
@@ -88,9 +97,16 @@ mod tests {
     use super::*;
     use futures_util::FutureExt;
 
+    /// A runtime entered for the waits' timers (never driven: they do not fire).
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap()
+    }
+
     #[test]
     fn turns_run_so_many_at_once_queue_so_many_and_refuse_the_rest() {
-        let turns = Turns::new(1, 1);
+        let rt = runtime();
+        let _entered = rt.enter();
+        let turns = Turns::new(1, 1, Duration::from_secs(60));
         let first = turns.take().now_or_never().flatten().expect("a free turn is given at once");
         let mut second = Box::pin(turns.take());
         assert!(second.as_mut().now_or_never().is_none(), "the second waits while the first runs");
@@ -111,7 +127,9 @@ mod tests {
 
     #[test]
     fn a_freed_turn_goes_to_whoever_asks_first() {
-        let turns = Turns::new(1, 1);
+        let rt = runtime();
+        let _entered = rt.enter();
+        let turns = Turns::new(1, 1, Duration::from_secs(60));
         let first = turns.take().now_or_never().flatten().unwrap();
         let mut waiter = Box::pin(turns.take());
         assert!(waiter.as_mut().now_or_never().is_none());
@@ -121,5 +139,13 @@ mod tests {
         assert!(waiter.as_mut().now_or_never().is_none(), "the waiter looks again and waits");
         drop(newcomer);
         assert!(waiter.now_or_never().flatten().is_some(), "and gets the next one");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gives_up_after_its_longest_wait() {
+        let turns = Turns::new(1, 1, Duration::from_millis(20));
+        let _first = turns.take().await.unwrap();
+        assert!(turns.take().await.is_none(), "no turn came within the wait: refused");
+        assert_eq!(turns.waiting.load(Ordering::Acquire), 0, "its place in line is given back");
     }
 }

@@ -1,9 +1,12 @@
 //! One loaded version of a policy: its linked component, its warm instances,
 //! and the call that turns a request into a decision.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Instant, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
@@ -16,7 +19,7 @@ use super::decision::{validate, Decision};
 use super::error::{PolicyError, PolicyErrorKind};
 use super::guest_log::GuestLog;
 use super::instance_state::InstanceState;
-use super::runtime::{deadline_ticks, Deciders, EpochTicker, GuestRunning, PolicyRuntime};
+use super::runtime::{deadline_ticks, Deciders, EpochTicker, GuestRunning, PolicyRuntime, EPOCH_TICK};
 use super::settings::InstanceMode;
 use super::state::PolicyState;
 use super::threads::block_on_guest;
@@ -65,7 +68,7 @@ pub struct LoadedPolicy {
     state: Arc<PolicyState>,
     /// `init` asked for outcomes (`features.observe`).
     observes: AtomicBool,
-    /// The instance `observe` runs on (on the observe thread only): apart
+    /// The instance `observe` runs on (on the background thread only): apart
     /// from the warm pool, so decisions never wait for it.
     observer: std::sync::Mutex<Option<WarmInstance>>,
     /// Cooled (kept for a rollback): used instances are dropped.
@@ -330,8 +333,10 @@ impl LoadedPolicy {
                 None => self.probed_instance().await?,
             };
             instance.observe(&self.name, outcome, self.call_ticks, self.call_fuel).await?;
+            let mut slot = self.observer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Looked at under the lock, which `cool` takes too.
             if self.keeps_instances() {
-                *self.observer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(instance);
+                *slot = Some(instance);
             }
             Ok::<_, PolicyError>(())
         });
@@ -354,7 +359,7 @@ impl LoadedPolicy {
 
     /// [`Self::decide`] for async callers, where the settings' `decide_on`
     /// says: on this task, in a fiber that yields to the worker's other
-    /// tasks at every epoch tick, or on a policy thread while the task
+    /// tasks once it has run a tick, or on a policy thread while the task
     /// awaits. The stats come back with the decision (for the decision
     /// log). Fails at once as [`PolicyErrorKind::Overloaded`] when `threads`
     /// decisions run and `queue` wait; a request dropped while it waits is
@@ -502,18 +507,21 @@ impl LoadedPolicy {
         let state = InstanceState::new(self.log.clone(), settings.memory_limit, &self.random, idle, self.state.clone());
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|state| state);
-        store.epoch_deadline_callback(on_epoch_tick);
+        let ticker = self.runtime.inner.ticker.clone();
+        store.epoch_deadline_callback(move |store| on_epoch_tick(store, ticker.now()));
         let _running = self.runtime.inner.ticker.guest_running();
-        (store.data_mut().backstop_ticks, store.data_mut().ticks_seen) = (self.init_ticks, 0);
-        store.set_epoch_deadline(1);
+        arm_backstop(&mut store, &self.runtime.inner.ticker, self.init_ticks);
+        let deadline = backstop_instant(self.init_ticks);
+        let waited_too_long = || waited_past_backstop(&self.name);
         store.set_fuel(self.init_fuel).map_err(|e| classify(&self.name, &store, e, PolicyErrorKind::Runtime))?;
         let (bindings, init) = match &self.pre {
             Pre::Current(pre) => {
-                let bindings = match pre.instantiate_async(&mut store).await {
+                let bindings = match within_backstop(deadline, pre.instantiate_async(&mut store)).await.ok_or_else(waited_too_long)? {
                     Ok(bindings) => bindings,
                     Err(e) => return Err(classify(&self.name, &store, e, PolicyErrorKind::Instantiate)),
                 };
-                let init = bindings.call_init(&mut store, &self.config, &self.backends).await.map(|r| {
+                let init = within_backstop(deadline, bindings.call_init(&mut store, &self.config, &self.backends));
+                let init = init.await.ok_or_else(waited_too_long)?.map(|r| {
                     r.map(|features| {
                         if features.contains(contract::Features::OBSERVE) {
                             self.observes.store(true, Ordering::Relaxed);
@@ -523,11 +531,12 @@ impl LoadedPolicy {
                 (Bindings::Current(bindings), init)
             }
             Pre::V0_1(pre) => {
-                let bindings = match pre.instantiate_async(&mut store).await {
+                let bindings = match within_backstop(deadline, pre.instantiate_async(&mut store)).await.ok_or_else(waited_too_long)? {
                     Ok(bindings) => bindings,
                     Err(e) => return Err(classify(&self.name, &store, e, PolicyErrorKind::Instantiate)),
                 };
-                let init = bindings.call_init(&mut store, &self.config, &self.backends_0_1).await;
+                let init = within_backstop(deadline, bindings.call_init(&mut store, &self.config, &self.backends_0_1));
+                let init = init.await.ok_or_else(waited_too_long)?;
                 (Bindings::V0_1(bindings), init)
             }
         };
@@ -603,19 +612,23 @@ impl WarmInstance {
         fuel: u64,
     ) -> Result<(contract::Decision, u64), PolicyError> {
         let _running = self.prepare(name, ticks, fuel)?;
+        let deadline = backstop_instant(ticks);
         let decision = match &self.bindings {
             Bindings::Current(bindings) => {
                 // The `host` imports read this call's snapshot.
                 let snapshot = &mut self.store.data_mut().stats;
                 snapshot.clear();
                 snapshot.extend_from_slice(stats);
-                bindings.call_route(&mut self.store, request).await
+                within_backstop(deadline, bindings.call_route(&mut self.store, request)).await
             }
             Bindings::V0_1(bindings) => {
                 let stats: Vec<_> = stats.iter().map(compat::stats).collect();
-                bindings.call_route(&mut self.store, &compat::request(request), &stats).await.map(compat::decision)
+                within_backstop(deadline, bindings.call_route(&mut self.store, &compat::request(request), &stats))
+                    .await
+                    .map(|d| d.map(compat::decision))
             }
         };
+        let decision = decision.ok_or_else(|| waited_past_backstop(name))?;
         let decision = decision.map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))?;
         let left = self.store.get_fuel().unwrap_or(fuel);
         Ok((decision, fuel.saturating_sub(left)))
@@ -626,7 +639,8 @@ impl WarmInstance {
         let _running = self.prepare(name, ticks, fuel)?;
         match &self.bindings {
             Bindings::Current(bindings) => {
-                bindings.call_observe(&mut self.store, outcome).await.map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))
+                let observed = within_backstop(backstop_instant(ticks), bindings.call_observe(&mut self.store, outcome));
+                observed.await.ok_or_else(|| waited_past_backstop(name))?.map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Trap))
             }
             Bindings::V0_1(_) => Ok(()),
         }
@@ -640,25 +654,64 @@ impl WarmInstance {
         self.store.data_mut().memory_limit_hit = false;
         self.store.data().stderr_tail.clear();
         let running = self.ticker.guest_running();
-        (self.store.data_mut().backstop_ticks, self.store.data_mut().ticks_seen) = (ticks, 0);
-        self.store.set_epoch_deadline(1);
+        arm_backstop(&mut self.store, &self.ticker, ticks);
         self.store.set_fuel(fuel).map_err(|e| classify(name, &self.store, e, PolicyErrorKind::Runtime))?;
         Ok(running)
     }
 }
 
-/// At every epoch tick while guest code runs: ends the call once its
-/// backstop has passed; else, from the second tick on (the call has run a
-/// whole tick), yields to the executor, so that the worker's other tasks
+/// When a call of `ticks` started now reaches its backstop.
+fn backstop_instant(ticks: u64) -> Instant {
+    Instant::now() + EPOCH_TICK * u32::try_from(ticks).unwrap_or(u32::MAX)
+}
+
+/// Runs a guest call to its end, or `None` at `deadline`. The epoch ends a
+/// call whose guest code runs past its backstop, but not one suspended in
+/// a host call (a guest's sleep): for that, a timer, set only once the call
+/// first waits, so that a call done in one go costs none.
+async fn within_backstop<T>(deadline: Instant, call: impl Future<Output = T>) -> Option<T> {
+    let mut call = pin!(call);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = call.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// The error of a call that [`within_backstop`] ended.
+fn waited_past_backstop(name: &str) -> PolicyError {
+    PolicyError::new(PolicyErrorKind::Timeout, name, "the guest ran past its wall-clock backstop (waiting in a host call)")
+}
+
+/// Sets a call's backstop `ticks` from now, as an absolute epoch: the time
+/// the call spends suspended (yielded, or waiting on a host call such as a
+/// guest's sleep) counts too.
+fn arm_backstop(store: &mut Store<InstanceState>, ticker: &EpochTicker, ticks: u64) {
+    let now = ticker.now();
+    let state = store.data_mut();
+    state.backstop_at = now + ticks;
+    state.yield_from = now + 2;
+    store.set_epoch_deadline(1);
+}
+
+/// At every epoch tick while guest code runs (`now`, the ticker's epoch):
+/// ends the call once its backstop has passed; else, once the call has run
+/// a whole tick, yields to the executor, so that the worker's other tasks
 /// run. A call that merely spans one tick goes on: yielding it would hold
 /// its instance and turn behind every task of a busy worker.
-fn on_epoch_tick(mut store: wasmtime::StoreContextMut<'_, InstanceState>) -> wasmtime::Result<UpdateDeadline> {
+fn on_epoch_tick(mut store: wasmtime::StoreContextMut<'_, InstanceState>, now: u64) -> wasmtime::Result<UpdateDeadline> {
     let state = store.data_mut();
-    state.ticks_seen += 1;
-    if state.ticks_seen >= state.backstop_ticks {
+    if now >= state.backstop_at {
         return Ok(UpdateDeadline::Interrupt);
     }
-    if state.ticks_seen < 2 {
+    if now < state.yield_from {
         return Ok(UpdateDeadline::Continue(1));
     }
     // A plain `Yield` does not let the worker's other tasks run; tokio's

@@ -30,6 +30,15 @@ impl Policy for Hostile {
     fn route(&self, request: &Request, backends: &[Backend]) -> Decision {
         match request.tag("mode").unwrap_or(request.model.as_str()) {
             "loop" => spin_forever(),
+            // Waits in the host, where fuel is not spent: short sleeps
+            // forever, or one sleep longer than any backstop.
+            "sleep" => loop {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            },
+            "sleep-long" => {
+                std::thread::sleep(std::time::Duration::from_secs(600));
+                route(backends.first()).into()
+            }
             "bomb" => {
                 // Grows memory without touching it, so the cap (not the fuel) stops it.
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
