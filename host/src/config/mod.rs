@@ -1253,6 +1253,7 @@ mod tests {
             ("[policies]\ncall_fuel = 5\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.call_fuel", "at least 10000"),
             ("[policies]\nthreads = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.threads", "between 1 and 256"),
             ("[policies]\nqueue = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.queue", "at least 1"),
+            ("[policies]\ndecide_on = \"gpu\"\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.decide_on", "unknown variant `gpu`"),
             ("[policies.canary]\nshare = 120.0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.canary.share", "percentage"),
             ("[policies.canary]\nmax_cost_increase = -1.0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.canary.max_cost_increase", "0 or above"),
             ("[policies]\nview_max_messages = 0\n[[backends]]\nname = \"a\"\nprovider = \"mock\"\n", "policies.view_max_messages", "at least 1"),

@@ -32,10 +32,10 @@ pub(crate) struct InstanceState {
     pub(crate) stats: Vec<BackendStats>,
     /// The policy's state, shared by its instances.
     state: Arc<PolicyState>,
-    /// The epoch at which the current call's backstop ends it, and the one
-    /// from which it yields at each tick (see `on_epoch_tick` in `version.rs`).
+    /// The epoch at which the current call's backstop ends it, and the ticks
+    /// its guest code has seen run (see `on_epoch_tick` in `version.rs`).
     pub(crate) backstop_at: u64,
-    pub(crate) yield_from: u64,
+    pub(crate) ticks_run: u64,
 }
 
 impl InstanceState {
@@ -70,7 +70,7 @@ impl InstanceState {
             stats,
             state,
             backstop_at: 0,
-            yield_from: 0,
+            ticks_run: 0,
         }
     }
 }

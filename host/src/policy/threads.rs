@@ -47,18 +47,9 @@ impl PolicyThreads {
     /// Queues `job`; refused at once when every thread is busy and the
     /// queue is full.
     pub(crate) fn submit(&self, job: Job) -> Result<(), QueueFull> {
-        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.max_admitted {
-            self.admitted.fetch_sub(1, Ordering::AcqRel);
+        let Some(place) = Place::take(&self.admitted, self.max_admitted) else {
             return Err(QueueFull);
-        }
-        /// Gives the job's place back however it ends (a panic included).
-        struct Place(Arc<AtomicUsize>);
-        impl Drop for Place {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        let place = Place(self.admitted.clone());
+        };
         let job = Box::new(move || {
             let _place = place;
             job();
@@ -67,6 +58,27 @@ impl PolicyThreads {
         self.jobs.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) | TrySendError::Disconnected(_) => QueueFull,
         })
+    }
+}
+
+/// One place of a bounded count, held until dropped (however its holder
+/// ends, a panic included).
+pub(crate) struct Place(Arc<AtomicUsize>);
+
+impl Place {
+    /// A place in `count`, unless it holds `max` already.
+    pub(crate) fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        if count.fetch_add(1, Ordering::AcqRel) >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(count.clone()))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Instant, SystemTime};
@@ -22,7 +22,7 @@ use super::instance_state::InstanceState;
 use super::runtime::{deadline_ticks, Deciders, EpochTicker, GuestRunning, PolicyRuntime, EPOCH_TICK};
 use super::settings::InstanceMode;
 use super::state::PolicyState;
-use super::threads::block_on_guest;
+use super::threads::{block_on_guest, Place};
 use crate::contract::{self, idle_stats, Backend, BackendStats, Outcome, Request};
 
 /// A linked component, ready to instantiate: of the current world, or of
@@ -42,7 +42,7 @@ enum Bindings {
 /// Most background jobs (outcomes, shadow decisions) waiting for, or on,
 /// the background thread per version: past it they are dropped (and
 /// counted).
-const MAX_BACKGROUND_QUEUED: u32 = 64;
+const MAX_BACKGROUND_QUEUED: usize = 64;
 
 /// Background failures in a row that bench a version's background work.
 const BACKGROUND_FAILURES: u32 = 5;
@@ -131,7 +131,7 @@ struct Counters {
     observe_failures: AtomicU64,
     observe_dropped: AtomicU64,
     /// Background jobs queued or running now.
-    background: Arc<AtomicU32>,
+    background: Arc<AtomicUsize>,
     background_failures_in_row: AtomicU32,
     /// Milliseconds (as `now_ms`) until which background work is dropped.
     background_benched_until_ms: AtomicU64,
@@ -271,19 +271,9 @@ impl LoadedPolicy {
         if now_ms() < self.counters.background_benched_until_ms.load(Ordering::Relaxed) {
             return false;
         }
-        let waiting = &self.counters.background;
-        if waiting.fetch_add(1, Ordering::AcqRel) >= MAX_BACKGROUND_QUEUED {
-            waiting.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = Place::take(&self.counters.background, MAX_BACKGROUND_QUEUED) else {
             return false;
-        }
-        /// Gives the slot back however the job ends (a panic included).
-        struct Slot(Arc<AtomicU32>);
-        impl Drop for Slot {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        let slot = Slot(self.counters.background.clone());
+        };
         let job = Box::new(move || {
             let _slot = slot;
             job();
@@ -697,21 +687,24 @@ fn arm_backstop(store: &mut Store<InstanceState>, ticker: &EpochTicker, ticks: u
     let now = ticker.now();
     let state = store.data_mut();
     state.backstop_at = now + ticks;
-    state.yield_from = now + 2;
+    state.ticks_run = 0;
     store.set_epoch_deadline(1);
 }
 
 /// At every epoch tick while guest code runs (`now`, the ticker's epoch):
 /// ends the call once its backstop has passed; else, once the call has run
 /// a whole tick, yields to the executor, so that the worker's other tasks
-/// run. A call that merely spans one tick goes on: yielding it would hold
-/// its instance and turn behind every task of a busy worker.
+/// run. Run time is counted in these checks, which only running guest code
+/// makes: a call that merely spans one tick, or that its thread's
+/// preemption stretched, goes on, since yielding it would hold its
+/// instance and turn behind every task of a busy worker.
 fn on_epoch_tick(mut store: wasmtime::StoreContextMut<'_, InstanceState>, now: u64) -> wasmtime::Result<UpdateDeadline> {
     let state = store.data_mut();
     if now >= state.backstop_at {
         return Ok(UpdateDeadline::Interrupt);
     }
-    if now < state.yield_from {
+    state.ticks_run += 1;
+    if state.ticks_run < 2 {
         return Ok(UpdateDeadline::Continue(1));
     }
     // A plain `Yield` does not let the worker's other tasks run; tokio's
