@@ -1,8 +1,8 @@
 //! Plain threads for guest work off the request path (outcomes, shadow
 //! decisions) and, with `decide_on = "threads"`, decisions: a few
 //! dedicated threads behind a bounded queue keep that guest CPU apart from
-//! the I/O that serves clients. Guest calls are async (they yield at every
-//! epoch tick); a thread runs one to its end with [`block_on_guest`].
+//! the I/O that serves clients. Guest calls are async (they yield once they
+//! have run an epoch tick); a thread runs one to its end with [`block_on_guest`].
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};

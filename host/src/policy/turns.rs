@@ -11,15 +11,20 @@
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+
+use super::threads::Place;
 
 /// The turns of one runtime.
 pub(crate) struct Turns {
     running: AtomicUsize,
     max_running: usize,
-    waiting: AtomicUsize,
+    /// Decisions waiting for a turn (a request dropped while it waits gives
+    /// its place back).
+    waiting: Arc<AtomicUsize>,
     max_waiting: usize,
     /// A waiter that a newcomer keeps beating to a freed turn gives up then.
     max_wait: Duration,
@@ -37,16 +42,6 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// Counts a decision as waiting until dropped (a request dropped while it
-/// waits gives its place back).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl Turns {
     /// `running` turns at once (at least one), `waiting` more in line, each
     /// for at most `max_wait`.
@@ -54,7 +49,7 @@ impl Turns {
         Self {
             running: AtomicUsize::new(0),
             max_running: running.max(1),
-            waiting: AtomicUsize::new(0),
+            waiting: Arc::default(),
             max_waiting: waiting,
             max_wait,
             freed: Notify::new(),
@@ -67,11 +62,7 @@ impl Turns {
         if let Some(turn) = self.try_take() {
             return Some(turn);
         }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        let _waiting = Waiting(&self.waiting);
+        let _waiting = Place::take(&self.waiting, self.max_waiting)?;
         let wait = async {
             loop {
                 // Registered before looking, so that a turn freed in
