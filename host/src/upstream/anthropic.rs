@@ -13,13 +13,13 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::Uri;
 use serde_json::{json, Map, Value};
 
-use super::failure::{from_reqwest, redirected, retry_after};
-use super::openai::sse_events;
-use super::openai::{read_capped, MAX_ANSWER, MAX_ERROR_BODY};
-use super::{http_client, Answer, AnswerShape, AttemptFailure, Call, ChunkHead, Reply};
+use super::http::{endpoint, read_capped, Answered, HttpClient, MAX_ERROR_BODY};
+use super::openai::{sse_events, MAX_ANSWER};
+use super::{Answer, AnswerShape, AttemptFailure, Call, ChunkHead, Reply};
 use crate::config::BackendConfig;
 use crate::mock_answers::unix_now;
 use crate::native::{NativeApi, NativeRequest};
@@ -32,9 +32,9 @@ const API_VERSION: &str = "2023-06-01";
 const DEFAULT_MAX_TOKENS: u32 = 8192;
 
 pub(super) struct AnthropicClient {
-    http: reqwest::Client,
-    url: String,
-    count_url: String,
+    http: HttpClient,
+    url: Uri,
+    count_url: Uri,
     key: Option<HeaderValue>,
     /// `max_tokens` for chat requests that set none.
     max_tokens: u32,
@@ -52,9 +52,9 @@ impl AnthropicClient {
             None => None,
         };
         Ok(Self {
-            http: http_client(config)?,
-            url: format!("{base}/messages"),
-            count_url: format!("{base}/messages/count_tokens"),
+            http: HttpClient::new(config)?,
+            url: endpoint(&base, "/messages")?,
+            count_url: endpoint(&base, "/messages/count_tokens")?,
             key,
             max_tokens: config.max_output_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         })
@@ -62,29 +62,22 @@ impl AnthropicClient {
 
     /// Posts `body` to `url` with the client's Anthropic headers, if it sent
     /// any; a non-2xx answer is a failure with its body as it came.
-    async fn post(&self, url: &str, body: Bytes, inbound: &InboundRequest, request_id: &str) -> Result<reqwest::Response, AttemptFailure> {
-        let mut request = self.http.post(url).header(CONTENT_TYPE, "application/json").header("x-request-id", request_id).body(body);
+    async fn post(&self, url: &Uri, body: Bytes, inbound: &InboundRequest, request_id: &str) -> Result<Answered, AttemptFailure> {
+        let mut headers = HeaderMap::with_capacity(6);
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert("x-request-id", id);
+        }
         let passed = messages_request(inbound).map(|n| n.headers.as_slice()).unwrap_or_default();
         if !passed.iter().any(|(name, _)| name == "anthropic-version") {
-            request = request.header("anthropic-version", API_VERSION);
+            headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
         }
         for (name, value) in passed {
-            request = request.header(name, value);
+            headers.append(name.clone(), value.clone());
         }
         if let Some(key) = &self.key {
-            request = request.header("x-api-key", key.clone());
+            headers.insert(HeaderName::from_static("x-api-key"), key.clone());
         }
-        let response = super::with_trace_context(request).send().await.map_err(from_reqwest)?;
-        let status = response.status();
-        if status.is_redirection() {
-            return Err(redirected(status.as_u16()));
-        }
-        if !status.is_success() {
-            let retry_after = retry_after(response.headers());
-            let body = read_capped(response, MAX_ERROR_BODY).await.unwrap_or_default();
-            return Err(AttemptFailure::Status { status: status.as_u16(), retry_after, body });
-        }
-        Ok(response)
+        self.http.post(url, headers, body).await
     }
 
     /// `POST /v1/messages/count_tokens` for a Messages API request.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 pub enum AttemptFailure {
     /// No connection (refused, reset, DNS, TLS).
     Connect(String),
-    /// A time limit passed: `connect`, `response`, `first token`, `stream idle`.
+    /// A time limit passed: `connection`, `response`, `first token`, `stream idle`.
     Timeout(&'static str),
     /// The upstream answered with an error status.
     Status {
@@ -109,7 +109,7 @@ impl AttemptFailure {
 
 /// Parses `retry-after-ms`, or `retry-after` in seconds or as an HTTP date
 /// (a date in the past means now).
-pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let number = |name: &str| text(name).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e9);
     let date = || {
@@ -122,17 +122,6 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .or_else(date)
 }
 
-/// Maps a reqwest error to a failure. Its URL is left out: errors reach
-/// clients and logs, and a backend's URL is the operator's business.
-pub(crate) fn from_reqwest(e: reqwest::Error) -> AttemptFailure {
-    // Anything else (connect, reset, TLS, a body cut short) is trouble on the way.
-    if e.is_timeout() {
-        AttemptFailure::Timeout("response")
-    } else {
-        AttemptFailure::Connect(error_chain(&e.without_url()))
-    }
-}
-
 /// An upstream that answered with a redirect. The router never follows one:
 /// the request's credentials (`Authorization`, `x-api-key`) and its prompt
 /// would go wherever the upstream pointed.
@@ -140,21 +129,10 @@ pub(crate) fn redirected(status: u16) -> AttemptFailure {
     AttemptFailure::Protocol(format!("answered with a redirect (HTTP {status}), which the router does not follow"))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::{HeaderMap, HeaderValue};
+    use hyper::header::{HeaderMap, HeaderValue};
 
     fn wait(pairs: &[(&'static str, String)]) -> Option<Duration> {
         let mut headers = HeaderMap::new();

@@ -4,6 +4,7 @@
 
 mod anthropic;
 mod failure;
+mod http;
 mod mock;
 mod openai;
 mod responses;
@@ -232,37 +233,5 @@ impl ChunkHead {
         if let Some(Ok(SseEvent::Data(chunk))) = out.get_mut(at) {
             *chunk = crate::native::with_native_event(chunk, event);
         }
-    }
-}
-
-/// A reqwest client for one backend: pooled keep-alive connections,
-/// TCP_NODELAY, rustls.
-fn http_client(config: &BackendConfig) -> Result<reqwest::Client, String> {
-    let builder = reqwest::Client::builder();
-    // h2c: every request in flight shares one connection.
-    let builder = if config.h2c { builder.http2_prior_knowledge() } else { builder };
-    builder
-        .use_rustls_tls()
-        .tcp_nodelay(true)
-        .connect_timeout(std::time::Duration::from_millis(config.connect_timeout_ms))
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        // An HTTP/2 connection (h2c, or an https upstream's choice) carries
-        // many requests: a dead one is found by ping, not by each stream's
-        // idle limit.
-        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-        .http2_keep_alive_timeout(std::time::Duration::from_secs(10))
-        // A 3xx is a failed attempt (`failure::redirected`), never followed.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
-}
-
-/// Adds the trace context of the current (attempt) span, when traces are
-/// exported, so the upstream's own spans join the request's trace.
-fn with_trace_context(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    match crate::telemetry::upstream_headers() {
-        Some(headers) => request.headers(headers),
-        None => request,
     }
 }

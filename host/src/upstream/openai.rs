@@ -4,33 +4,32 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use hyper::Uri;
 
-use super::failure::{from_reqwest, redirected, retry_after};
-use super::{http_client, Answer, AnswerShape, AttemptFailure, Call, EventStream, Reply};
+use super::http::{body_stream, endpoint, read_capped, Answered, HttpClient};
+use super::{Answer, AnswerShape, AttemptFailure, Call, EventStream, Reply};
 use crate::config::BackendConfig;
 use crate::contract::ApiSurface;
 use crate::native::NativeApi;
 use crate::openai::sse::{SseEvent, SseParser};
 
-/// Most bytes of an upstream error body kept.
-pub(super) const MAX_ERROR_BODY: usize = 64 << 10;
 /// Most bytes of a complete answer accepted.
 pub(super) const MAX_ANSWER: usize = 64 << 20;
 
 pub(super) struct OpenAiClient {
-    http: reqwest::Client,
-    /// Endpoint URLs, parsed once: chat, completions, embeddings.
-    urls: [reqwest::Url; 3],
+    http: HttpClient,
+    /// Endpoint URIs, parsed once: chat, completions, embeddings.
+    urls: [Uri; 3],
     /// `/responses`, when the backend serves the Responses API itself.
-    responses_url: Option<reqwest::Url>,
+    responses_url: Option<Uri>,
     auth: Option<HeaderValue>,
 }
 
 impl OpenAiClient {
     pub(super) fn new(config: &BackendConfig) -> Result<Self, String> {
         let base_url = config.base_url.clone().ok_or("base_url is required")?.trim_end_matches('/').to_owned();
-        let url = |path: &str| reqwest::Url::parse(&format!("{base_url}{path}")).map_err(|e| format!("base_url: {e}"));
+        let url = |path: &str| endpoint(&base_url, path);
         let urls = [url("/chat/completions")?, url("/completions")?, url("/embeddings")?];
         let auth = match config.api_key.as_deref().filter(|k| !k.is_empty()) {
             Some(key) => {
@@ -41,32 +40,19 @@ impl OpenAiClient {
             None => None,
         };
         let responses_url = if config.capabilities.responses { Some(url("/responses")?) } else { None };
-        Ok(Self { http: http_client(config)?, urls, responses_url, auth })
+        Ok(Self { http: HttpClient::new(config)?, urls, responses_url, auth })
     }
 
     /// Posts `body`; a non-2xx answer is a failure with its body.
-    async fn post(
-        &self,
-        url: &reqwest::Url,
-        body: impl Into<reqwest::Body>,
-        request_id: &str,
-    ) -> Result<reqwest::Response, AttemptFailure> {
-        let mut request =
-            self.http.post(url.clone()).header(CONTENT_TYPE, "application/json").header("x-request-id", request_id).body(body);
+    async fn post(&self, url: &Uri, body: Bytes, request_id: &str) -> Result<Answered, AttemptFailure> {
+        let mut headers = HeaderMap::with_capacity(4);
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert("x-request-id", id);
+        }
         if let Some(auth) = &self.auth {
-            request = request.header(AUTHORIZATION, auth.clone());
+            headers.insert(AUTHORIZATION, auth.clone());
         }
-        let response = super::with_trace_context(request).send().await.map_err(from_reqwest)?;
-        let status = response.status();
-        if status.is_redirection() {
-            return Err(redirected(status.as_u16()));
-        }
-        if !status.is_success() {
-            let retry_after = retry_after(response.headers());
-            let body = read_capped(response, MAX_ERROR_BODY).await.unwrap_or_default();
-            return Err(AttemptFailure::Status { status: status.as_u16(), retry_after, body });
-        }
-        Ok(response)
+        self.http.post(url, headers, body).await
     }
 
     pub(super) async fn call(&self, call: &Call<'_>) -> Result<Reply, AttemptFailure> {
@@ -181,30 +167,16 @@ impl serde::Serialize for WithPrefill<'_> {
     }
 }
 
-/// The body of `response`, or a failure once it passes `cap` bytes.
-pub(super) async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Bytes, AttemptFailure> {
-    let mut out = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(from_reqwest)?;
-        if out.len() + chunk.len() > cap {
-            return Err(AttemptFailure::Protocol(format!("the answer is larger than {cap} bytes")));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(out))
-}
-
 /// The SSE events of a streamed answer. A stream that ends without
 /// `[DONE]` ends with an error.
-pub(super) fn sse_events(response: reqwest::Response) -> EventStream {
+pub(super) fn sse_events(response: Answered) -> EventStream {
     struct State {
-        body: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+        body: futures_util::stream::BoxStream<'static, Result<Bytes, AttemptFailure>>,
         parser: SseParser,
         ready: std::collections::VecDeque<SseEvent>,
         finished: bool,
     }
-    let state = State { body: response.bytes_stream().boxed(), parser: SseParser::default(), ready: Default::default(), finished: false };
+    let state = State { body: body_stream(response), parser: SseParser::default(), ready: Default::default(), finished: false };
     Box::pin(futures_util::stream::unfold(state, |mut s| async move {
         loop {
             if s.finished {
@@ -226,7 +198,11 @@ pub(super) fn sse_events(response: reqwest::Response) -> EventStream {
                 },
                 Some(Err(e)) => {
                     s.finished = true;
-                    return Some((Err(AttemptFailure::Connect(format!("the stream broke: {e}"))), s));
+                    let broke = match e {
+                        AttemptFailure::Connect(e) => AttemptFailure::Connect(format!("the stream broke: {e}")),
+                        other => other,
+                    };
+                    return Some((Err(broke), s));
                 }
                 None => {
                     s.finished = true;

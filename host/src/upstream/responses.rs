@@ -9,7 +9,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::openai::{read_capped, sse_events, MAX_ANSWER};
+use super::http::{read_capped, Answered};
+use super::openai::{sse_events, MAX_ANSWER};
 use super::{Answer, AnswerShape, AttemptFailure, ChunkHead, EventStream};
 use crate::native::NativeRequest;
 use crate::openai::sse::SseEvent;
@@ -29,7 +30,7 @@ pub(super) fn body(native: &NativeRequest, model: &str, prefill: Option<&str>) -
 }
 
 /// A complete answer, checked to be a JSON object, as it came.
-pub(super) async fn answer(response: reqwest::Response) -> Result<Answer, AttemptFailure> {
+pub(super) async fn answer(response: Answered) -> Result<Answer, AttemptFailure> {
     let body = read_capped(response, MAX_ANSWER).await?;
     let parsed: Value = serde_json::from_slice(&body).map_err(|_| AttemptFailure::Protocol("the answer is not JSON".into()))?;
     let usage = &parsed["usage"];
@@ -38,7 +39,7 @@ pub(super) async fn answer(response: reqwest::Response) -> Result<Answer, Attemp
 }
 
 /// A streamed answer as chat chunks carrying their events.
-pub(super) fn events(response: reqwest::Response, include_usage: bool) -> EventStream {
+pub(super) fn events(response: Answered, include_usage: bool) -> EventStream {
     let mut translator = EventTranslator { include_usage, ..Default::default() };
     Box::pin(sse_events(response).flat_map(move |item| {
         let out: Vec<Result<SseEvent, AttemptFailure>> = match item {
