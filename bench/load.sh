@@ -67,24 +67,39 @@ rss_idle=$(rss_kb "$router_pid")
 # Warm up connections, caches and the policy's instances.
 wrk -t1 -c8 -d2s -s "$(script auto)" "$url_router/v1/chat/completions" >/dev/null
 
-read -r d50 d99 _ <<<"$(run "$url_mock" gpt-bench 1)"
-read -r x50 x99 _ <<<"$(run "$url_bare" gpt-bench 1)"
-read -r p50 p99 _ <<<"$(run "$url_router" auto 1)"
-read -r b50 b99 _ <<<"$(run "$url_router" upstream 1)"
-read -r _ _ drps <<<"$(run "$url_mock" gpt-bench 64)"
+# The c=1 and c=64 comparisons in interleaved rounds (this machine drifts by
+# more than what is compared): each figure is the median over rounds, and
+# the router against the bare proxy is also given round by round.
+rounds=${LOAD_ROUNDS:-3}
 # CPU time (user + sys) a proxy process spends per request: less shaken by a
 # noisy machine than latency is.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 cpu_us_per_request() { # PID TICKS_BEFORE REQUESTS_PER_SECOND
   echo $(( ($(cpu_ticks "$1") - $2) * 1000000 / $(getconf CLK_TCK) / ($3 * secs) ))
 }
+median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 bare_pid=$(pgrep -f "bare-proxy 127.0.0.1:0" | head -1)
-t0=$(cpu_ticks "$router_pid")
-read -r _ _ prps <<<"$(run "$url_router" auto 64)"
-router_cpu=$(cpu_us_per_request "$router_pid" "$t0" "$prps")
-t0=$(cpu_ticks "$bare_pid")
-read -r _ _ xrps <<<"$(run "$url_bare" gpt-bench 64)"
-bare_cpu=$(cpu_us_per_request "$bare_pid" "$t0" "$xrps")
+: >"$work/rounds.txt"
+for round in $(seq "$rounds"); do
+  read -r rd50 rd99 _ <<<"$(run "$url_mock" gpt-bench 1)"
+  read -r rx50 rx99 _ <<<"$(run "$url_bare" gpt-bench 1)"
+  read -r rp50 rp99 _ <<<"$(run "$url_router" auto 1)"
+  read -r rb50 rb99 _ <<<"$(run "$url_router" upstream 1)"
+  t0=$(cpu_ticks "$bare_pid")
+  read -r _ _ rxrps <<<"$(run "$url_bare" gpt-bench 64)"
+  rxcpu=$(cpu_us_per_request "$bare_pid" "$t0" "$rxrps")
+  t0=$(cpu_ticks "$router_pid")
+  read -r _ _ rprps <<<"$(run "$url_router" auto 64)"
+  rpcpu=$(cpu_us_per_request "$router_pid" "$t0" "$rprps")
+  echo "$round $rd50 $rd99 $rx50 $rx99 $rp50 $rp99 $rb50 $rb99 $rxrps $rxcpu $rprps $rpcpu" >>"$work/rounds.txt"
+done
+column() { awk -v c="$1" '{print $c}' "$work/rounds.txt" | median; }
+d50=$(column 2); d99=$(column 3); x50=$(column 4); x99=$(column 5)
+p50=$(column 6); p99=$(column 7); b50=$(column 8); b99=$(column 9)
+xrps=$(column 10); bare_cpu=$(column 11); prps=$(column 12); router_cpu=$(column 13)
+read -r _ _ drps <<<"$(run "$url_mock" gpt-bench 64)"
+# Round by round: the router with its policy against the bare proxy.
+per_round=$(awk '{printf "%s%+d µs, %.2f×", (NR > 1 ? "; " : ""), $6 - $4, $12 / $10}' "$work/rounds.txt")
 rss_load=$(rss_kb "$router_pid")
 read -r _ _ srps_direct <<<"$(run "$url_slow" gpt-slow 64)"
 read -r _ _ srps_router <<<"$(run "$url_router" slow-upstream 64)"
@@ -144,7 +159,7 @@ read -r st50 st99 strps stbad sterr <<<"$(run_counted "$url_prouter" auto 5000 s
 stream_failures=$(( $(policy_failures) - failures_before_streams ))
 
 table=$(cat <<MD
-Load benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), wrk 1 thread, ${secs} s per run; mock upstream, router and wrk share the machine.
+Load benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), wrk 1 thread, ${secs} s per run; mock upstream, router and wrk share the machine. The c=1 and c=64 figures of the first table are medians of ${rounds} interleaved rounds.
 
 | path | p50 at c=1 | p99 at c=1 | added p50 | added p99 | requests/s at c=64 |
 |---|---|---|---|---|---|
@@ -152,6 +167,8 @@ Load benchmark, $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /p
 | bare hyper + reqwest + serde_json proxy (\`bench/bare-proxy\`) | ${x50} µs | ${x99} µs | $((x50 - d50)) µs | $((x99 - d99)) µs | ${xrps} |
 | router, policy \`cheapest-healthy\` (model \`auto\`) | ${p50} µs | ${p99} µs | $((p50 - d50)) µs | $((p99 - d99)) µs | ${prps} |
 | router, backend named directly (no policy) | ${b50} µs | ${b99} µs | $((b50 - d50)) µs | $((b99 - d99)) µs | |
+
+The router with its policy against the bare proxy, round by round (p50 at c=1 minus the bare proxy's; requests/s at c=64 over the bare proxy's): ${per_round}.
 
 | more | direct | through the router |
 |---|---|---|

@@ -108,7 +108,8 @@ pub(super) fn endpoint(base: &str, path: &str) -> Result<Uri, String> {
     }
 }
 
-/// The body of `response`, or a failure once it passes `cap` bytes.
+/// The body of `response`, or a failure once it passes `cap` bytes. Copied
+/// out of hyper's read buffers: a cached answer must not hold one.
 pub(super) async fn read_capped(response: Answered, cap: usize) -> Result<Bytes, AttemptFailure> {
     let mut body = response.into_body();
     let mut out = Vec::new();
@@ -117,10 +118,6 @@ pub(super) async fn read_capped(response: Answered, cap: usize) -> Result<Bytes,
         let Ok(chunk) = frame.into_data() else { continue };
         if out.len() + chunk.len() > cap {
             return Err(AttemptFailure::Protocol(format!("the answer is larger than {cap} bytes")));
-        }
-        if out.is_empty() && hyper::body::Body::is_end_stream(&body) {
-            // The whole body in one frame: no copy.
-            return Ok(chunk);
         }
         out.extend_from_slice(&chunk);
     }
